@@ -1,0 +1,1 @@
+"""Settings and client factories shared by flows, tasks and the CLI."""

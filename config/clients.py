@@ -1,0 +1,72 @@
+"""boto3 and s3fs client factories.
+
+Endpoints come from the standard AWS variables. When the HealthImaging endpoint
+is not on ``amazonaws.com`` (the local service, a proxy), host-prefix injection
+is turned off: otherwise botocore prepends ``runtime-`` to the host of the
+eight data-plane operations and the request goes nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    import s3fs
+
+
+def _endpoint_for(service_env: str) -> str | None:
+    return os.environ.get(service_env) or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _is_local(endpoint: str | None) -> bool:
+    if not endpoint:
+        return False
+    host = urlparse(endpoint).hostname or ""
+    return not host.endswith("amazonaws.com")
+
+
+def region() -> str:
+    return (
+        os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or boto3.session.Session().region_name
+        or "us-east-1"
+    )
+
+
+def medical_imaging_client(max_attempts: int = 5, retry_mode: str = "standard") -> Any:
+    """A ``medical-imaging`` client. botocore's own retries are the inner, fast
+    layer; the flow's backoff around 402/429 is the outer one."""
+    endpoint = _endpoint_for("AWS_ENDPOINT_URL_MEDICAL_IMAGING")
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": retry_mode},
+        inject_host_prefix=not _is_local(endpoint),
+        max_pool_connections=50,
+    )
+    return boto3.client(
+        "medical-imaging", endpoint_url=endpoint, region_name=region(), config=config
+    )
+
+
+def s3_client(max_attempts: int = 5) -> Any:
+    endpoint = _endpoint_for("AWS_ENDPOINT_URL_S3")
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                    max_pool_connections=50)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region(), config=config)
+
+
+def s3_filesystem(**kwargs: Any) -> s3fs.S3FileSystem:
+    """An s3fs filesystem on the same endpoint boto3 would use. A fresh instance
+    (no fsspec instance cache) so that endpoint changes in tests are honoured."""
+    import s3fs
+
+    endpoint = _endpoint_for("AWS_ENDPOINT_URL_S3")
+    client_kwargs: dict[str, Any] = {"region_name": region()}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, **kwargs)

@@ -1,0 +1,84 @@
+"""One settings class for the whole tool: env vars (prefix ``DICOM_IMPORT_``) and an
+optional TOML file (``DICOM_IMPORT_CONFIG`` or ``./dicom-import.toml``).
+
+AWS endpoints and credentials are deliberately *not* here: they come from the
+standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``,
+``AWS_ENDPOINT_URL_MEDICAL_IMAGING``, ``AWS_REGION``...) so that the same
+environment drives boto3, s3fs and the AWS CLI alike.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("DICOM_IMPORT_CONFIG", "dicom-import.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DICOM_IMPORT_", extra="ignore")
+
+    region: str = Field(default="us-east-1", description="AWS region of the data store.")
+    datastore: str | None = Field(default=None, description="Data store ID or name.")
+    staging_prefix: str | None = Field(
+        default=None, description="s3:// prefix where valid files are staged for import."
+    )
+    output_prefix: str | None = Field(
+        default=None, description="s3:// prefix where HealthImaging writes job output."
+    )
+    import_role_arn: str = Field(
+        default="arn:aws:iam::123456789012:role/HealthImagingImportRole",
+        description="IAM role HealthImaging assumes to read input and write output.",
+    )
+    report_location: str = Field(default="./reports", description="Folder or s3:// prefix.")
+    max_files_per_job: int = Field(default=5000, ge=1, le=5000)
+    max_bytes_per_job: int = Field(default=10 * 1000**3, ge=1)
+    max_concurrent_jobs: int = Field(default=20, ge=1, le=100)
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    poll_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
+    validation_workers: int | None = Field(
+        default=None, description="Processes for validation; default: one per core."
+    )
+    stage_concurrency: int = Field(default=16, ge=1)
+    dask_address: str | None = Field(
+        default=None, description="tcp://host:8786 of a Dask scheduler; local when unset."
+    )
+    ledger_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ingestion ledger; SQLite under the report "
+        "location when unset.",
+    )
+    schedule_cron: str = Field(default="0 2 * * *", description="Scheduled ingestion cron.")
+    schedule_timezone: str = Field(default="UTC")
+    max_attempts: int = Field(default=3, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only, the I/O lives in ``tasks``."""

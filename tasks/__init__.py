@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each task is a plain function underneath."""
