@@ -55,8 +55,9 @@ def medical_imaging_client(max_attempts: int = 5, retry_mode: str = "standard") 
 
 def s3_client(max_attempts: int = 5) -> Any:
     endpoint = _endpoint_for("AWS_ENDPOINT_URL_S3")
-    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
-                    max_pool_connections=50)
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": "standard"}, max_pool_connections=50
+    )
     return boto3.client("s3", endpoint_url=endpoint, region_name=region(), config=config)
 
 

@@ -1,0 +1,27 @@
+"""Settings of the local service: quotas, timings and identity. All of them
+are adjustable because the published AWS values are adjustable too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServiceConfig:
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    max_files_per_job: int = 5000
+    max_bytes_per_job: int = 10 * 1000**3
+    max_bytes_per_file: int = 10 * 1000**3
+    max_concurrent_jobs: int = 100
+    max_datastores: int = 100
+    import_workers: int = 4
+    # CREATING -> ACTIVE and DELETING -> DELETED of a data store.
+    datastore_transition_seconds: float = 0.2
+    # How long an image set stays LOCKED during Update/Copy/Delete.
+    write_seconds: float = 0.1
+    # Where import jobs read and write S3; None means this service's own endpoint.
+    s3_endpoint: str | None = None
+    # Store frames as HTJ2K lossless (AWS behaviour). Off keeps the source
+    # bytes, to measure what transcoding costs.
+    transcode_htj2k: bool = True

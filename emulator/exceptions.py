@@ -1,0 +1,53 @@
+"""One class per HealthImaging error code, named exactly like the code, so the
+HTTP layer can render ``x-amzn-ErrorType`` and botocore raises the real
+``ClientError``."""
+
+from __future__ import annotations
+
+
+class HealthImagingError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+
+class ValidationException(HealthImagingError):
+    status = 400
+
+
+class BadRequestException(HealthImagingError):
+    status = 400
+
+
+class ServiceQuotaExceededException(HealthImagingError):
+    status = 402
+
+
+class AccessDeniedException(HealthImagingError):
+    status = 403
+
+
+class ResourceNotFoundException(HealthImagingError):
+    status = 404
+
+
+class NotAcceptableException(HealthImagingError):
+    status = 406
+
+
+class ConflictException(HealthImagingError):
+    status = 409
+
+
+class ThrottlingException(HealthImagingError):
+    status = 429
+
+
+class InternalServerException(HealthImagingError):
+    status = 500

@@ -1,0 +1,246 @@
+"""Image sets: the current record of each set, every version's metadata
+document, and the frames. Shared by the import worker (which creates and
+extends sets) and the image set operations (read, search, update, copy,
+delete).
+
+Every version stays readable: a version is an immutable gzip-compressed
+metadata document plus a small record; frames are immutable blobs shared by
+all versions (and by copies) that reference their IDs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+from emulator.exceptions import ResourceNotFoundException
+from emulator.store import Store
+
+SET_KIND = "imageset"
+VERSION_KIND = "imageset_version"
+FRAME_KIND = "frame"
+
+# DICOMTags of a SearchImageSets item -> (level, DICOM keyword).
+SEARCH_TAGS: dict[str, tuple[str, str]] = {
+    "DICOMPatientId": ("Patient", "PatientID"),
+    "DICOMPatientName": ("Patient", "PatientName"),
+    "DICOMPatientBirthDate": ("Patient", "PatientBirthDate"),
+    "DICOMPatientSex": ("Patient", "PatientSex"),
+    "DICOMStudyInstanceUID": ("Study", "StudyInstanceUID"),
+    "DICOMStudyId": ("Study", "StudyID"),
+    "DICOMStudyDescription": ("Study", "StudyDescription"),
+    "DICOMAccessionNumber": ("Study", "AccessionNumber"),
+    "DICOMStudyDate": ("Study", "StudyDate"),
+    "DICOMStudyTime": ("Study", "StudyTime"),
+    "DICOMSeriesInstanceUID": ("Series", "SeriesInstanceUID"),
+    "DICOMSeriesModality": ("Series", "Modality"),
+    "DICOMSeriesBodyPart": ("Series", "BodyPartExamined"),
+    "DICOMSeriesNumber": ("Series", "SeriesNumber"),
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dicom_tags(doc: dict[str, Any]) -> dict[str, Any]:
+    """The DICOMTags summary SearchImageSets returns, derived from a document."""
+    series_map = doc.get("Study", {}).get("Series", {})
+    series = next(iter(series_map.values()), {}) if series_map else {}
+    levels = {
+        "Patient": doc.get("Patient", {}).get("DICOM", {}),
+        "Study": doc.get("Study", {}).get("DICOM", {}),
+        "Series": series.get("DICOM", {}),
+    }
+    tags: dict[str, Any] = {}
+    for name, (level, keyword) in SEARCH_TAGS.items():
+        value = levels[level].get(keyword)
+        if value is None:
+            continue
+        if name == "DICOMSeriesNumber":
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                continue
+        tags[name] = value if isinstance(value, int) else str(value)
+    if series_map:
+        tags.setdefault("DICOMSeriesInstanceUID", next(iter(series_map)))
+    tags["DICOMNumberOfStudyRelatedSeries"] = len(series_map)
+    tags["DICOMNumberOfStudyRelatedInstances"] = sum(
+        len(s.get("Instances", {})) for s in series_map.values()
+    )
+    return tags
+
+
+class ImageSetRepository:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.lock = threading.RLock()
+        self.sets: dict[str, dict[str, Any]] = dict(store.load(SET_KIND))
+        self.versions: dict[str, list[dict[str, Any]]] = {}
+        for _, record in store.load(VERSION_KIND):
+            self.versions.setdefault(record["imageSetId"], []).append(record)
+        for records in self.versions.values():
+            records.sort(key=lambda r: int(r["versionId"]))
+        self.frames: dict[str, dict[str, Any]] = dict(store.load(FRAME_KIND))
+
+    # -- frames -------------------------------------------------------------
+    def put_frame(self, frame_id: str, data: bytes, transfer_syntax_uid: str) -> None:
+        self._store.put_blob(f"frames/{frame_id}", data)
+        record = {"transferSyntaxUID": transfer_syntax_uid, "size": len(data)}
+        with self.lock:
+            self.frames[frame_id] = record
+            self._store.put(FRAME_KIND, frame_id, record)
+
+    def frame(self, frame_id: str) -> tuple[bytes, str]:
+        record = self.frames.get(frame_id)
+        if record is None:
+            raise ResourceNotFoundException(f"Image frame {frame_id} does not exist")
+        return self._store.get_blob(f"frames/{frame_id}"), record["transferSyntaxUID"]
+
+    # -- sets and versions --------------------------------------------------
+    def get(self, datastore_id: str, image_set_id: str) -> dict[str, Any]:
+        record = self.sets.get(image_set_id)
+        if record is None or record["datastoreId"] != datastore_id:
+            raise ResourceNotFoundException(
+                f"Image set {image_set_id} does not exist in data store {datastore_id}"
+            )
+        return record
+
+    def version(self, image_set_id: str, version_id: str | int | None = None) -> dict[str, Any]:
+        records = self.versions.get(image_set_id, [])
+        if version_id is None:
+            if not records:
+                raise ResourceNotFoundException(f"Image set {image_set_id} has no version")
+            return records[-1]
+        for record in records:
+            if record["versionId"] == str(version_id):
+                return record
+        raise ResourceNotFoundException(
+            f"Version {version_id} of image set {image_set_id} does not exist"
+        )
+
+    def metadata_blob(self, image_set_id: str, version_id: str | int | None = None) -> bytes:
+        record = self.version(image_set_id, version_id)
+        return self._store.get_blob(record["metadataKey"])
+
+    def metadata(self, image_set_id: str, version_id: str | int | None = None) -> dict[str, Any]:
+        return json.loads(gzip.decompress(self.metadata_blob(image_set_id, version_id)))
+
+    def create(
+        self,
+        datastore_id: str,
+        doc: dict[str, Any],
+        *,
+        is_primary: bool,
+        workflow_status: str,
+        state: str = "ACTIVE",
+        image_set_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A new image set at version 1. The caller fills ``doc`` in full; the
+        repository stamps DatastoreID and ImageSetID into it."""
+        image_set_id = image_set_id or new_id()
+        now = time.time()
+        record = {
+            "datastoreId": datastore_id,
+            "imageSetId": image_set_id,
+            "versionId": "0",
+            "imageSetState": state,
+            "imageSetWorkflowStatus": workflow_status,
+            "createdAt": now,
+            "updatedAt": now,
+            "isPrimary": is_primary,
+        }
+        with self.lock:
+            self.sets[image_set_id] = record
+            self.add_version(image_set_id, doc, workflow_status=workflow_status, state=state)
+        return record
+
+    def add_version(
+        self,
+        image_set_id: str,
+        doc: dict[str, Any],
+        *,
+        workflow_status: str,
+        state: str = "ACTIVE",
+        message: str | None = None,
+        is_primary: bool | None = None,
+    ) -> dict[str, Any]:
+        """Append a version with ``doc`` and make it current."""
+        with self.lock:
+            record = self.sets[image_set_id]
+            number = int(record["versionId"]) + 1
+            doc["DatastoreID"] = record["datastoreId"]
+            doc["ImageSetID"] = image_set_id
+            doc.setdefault("SchemaVersion", "1.1")
+            key = f"metadata/{image_set_id}/{number}.json.gz"
+            self._store.put_blob(key, gzip.compress(json.dumps(doc).encode(), compresslevel=5))
+            now = time.time()
+            if is_primary is not None:
+                record["isPrimary"] = is_primary
+            record.update(
+                versionId=str(number),
+                imageSetState=state,
+                imageSetWorkflowStatus=workflow_status,
+                updatedAt=now,
+                message=message,
+                dicomTags=dicom_tags(doc),
+            )
+            version = {
+                "imageSetId": image_set_id,
+                "versionId": str(number),
+                "imageSetState": state,
+                "ImageSetWorkflowStatus": workflow_status,
+                "createdAt": now,
+                "updatedAt": now,
+                "message": message,
+                "isPrimary": record["isPrimary"],
+                "metadataKey": key,
+            }
+            self.versions.setdefault(image_set_id, []).append(version)
+            self._store.put(VERSION_KIND, f"{image_set_id}/{number}", version)
+            self._store.put(SET_KIND, image_set_id, record)
+            return record
+
+    def set_state(
+        self,
+        image_set_id: str,
+        *,
+        state: str,
+        workflow_status: str,
+        message: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Change the state of the current record (and of its current version)."""
+        with self.lock:
+            record = self.sets[image_set_id]
+            now = time.time()
+            record.update(
+                imageSetState=state,
+                imageSetWorkflowStatus=workflow_status,
+                updatedAt=now,
+                message=message,
+                **fields,
+            )
+            current = self.versions[image_set_id][-1]
+            current.update(
+                imageSetState=state, ImageSetWorkflowStatus=workflow_status, updatedAt=now
+            )
+            if "deletedAt" in fields:
+                current["deletedAt"] = fields["deletedAt"]
+            self._store.put(SET_KIND, image_set_id, record)
+            self._store.put(VERSION_KIND, f"{image_set_id}/{current['versionId']}", current)
+            return record
+
+    def in_datastore(self, datastore_id: str, *, include_deleted: bool = False) -> list[dict]:
+        with self.lock:
+            return [
+                r
+                for r in self.sets.values()
+                if r["datastoreId"] == datastore_id
+                and (include_deleted or r["imageSetState"] != "DELETED")
+            ]

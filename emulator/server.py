@@ -1,0 +1,170 @@
+"""One local endpoint for S3 and HealthImaging.
+
+Requests are dispatched by the service name in their SigV4 credential scope:
+``medical-imaging`` goes to our app, everything else to moto's server (S3).
+``/_emulator/...`` is the admin route for fault injection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+from emulator.config import ServiceConfig
+from emulator.faults import FaultConfig, FaultInjector
+from emulator.models import HealthImagingBackend
+from emulator.responses import HealthImagingApp
+from emulator.store import Store
+
+log = logging.getLogger(__name__)
+
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_QUERY_SCOPE = re.compile(
+    r"X-Amz-Credential=[^&/]+(?:/|%2F)\d{8}(?:/|%2F)[^&/%]+(?:/|%2F)([^&/%]+)"
+)
+ADMIN_PREFIX = "/_emulator"
+
+
+def signing_service(environ: dict[str, Any]) -> str | None:
+    found = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if not found:
+        found = _QUERY_SCOPE.search(environ.get("QUERY_STRING", ""))
+    return found.group(1) if found else None
+
+
+class _RequestHandler(MotoRequestHandler):
+    """Request lines go to the debug log, not to stderr: a busy import would
+    otherwise drown the service's own messages."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug('"%s" %s %s', self.requestline, code, size)
+
+
+class LocalApplication:
+    """The WSGI app behind the endpoint."""
+
+    def __init__(self, backend: HealthImagingBackend, faults: FaultInjector) -> None:
+        self.backend = backend
+        self.faults = faults
+        self.health_imaging = HealthImagingApp(backend, faults.before_call)
+        self.moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "").startswith(ADMIN_PREFIX):
+            return self._admin(Request(environ))(environ, start_response)
+        if signing_service(environ) == "medical-imaging":
+            return self.health_imaging(environ, start_response)
+        return self.moto(environ, start_response)
+
+    def _admin(self, request: Request) -> Response:
+        """GET/POST /_emulator/faults reads/changes fault injection;
+        GET /_emulator/health answers when the service is up."""
+        path = request.path.removeprefix(ADMIN_PREFIX)
+        if path == "/health":
+            return Response(json.dumps({"status": "ok"}), content_type="application/json")
+        if path == "/faults":
+            if request.method == "POST":
+                try:
+                    self.faults.config.update(json.loads(request.get_data() or b"{}"))
+                except (ValueError, TypeError) as error:
+                    return Response(
+                        json.dumps({"message": str(error)}),
+                        status=400,
+                        content_type="application/json",
+                    )
+            return Response(
+                json.dumps(self.faults.config.as_dict()), content_type="application/json"
+            )
+        return Response(
+            json.dumps({"message": f"no admin route {path}"}),
+            status=404,
+            content_type="application/json",
+        )
+
+
+class LocalService:
+    """The local stack, started in-process on a free port (or a given one).
+
+    ``with LocalService() as svc: ...`` for tests and the demo; ``svc.env()``
+    gives the variables a client needs.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        data_dir: Path | None = None,
+        config: ServiceConfig | None = None,
+        faults: FaultConfig | None = None,
+    ) -> None:
+        self.config = config or ServiceConfig()
+        self.faults = faults or FaultConfig()
+        self.store = Store(data_dir)
+        self._injector = FaultInjector(self.faults)
+        self.backend = HealthImagingBackend(self.config, self.store, self._injector)
+        self._server: BaseWSGIServer = make_server(
+            host,
+            port,
+            LocalApplication(self.backend, self._injector),
+            threaded=True,
+            request_handler=_RequestHandler,
+        )
+        self.host = host
+        self.port = self._server.server_port
+        if self.backend.s3_endpoint is None:
+            self.backend.s3_endpoint = self.endpoint
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_REGION": self.config.region,
+            "AWS_DEFAULT_REGION": self.config.region,
+        }
+
+    def client_env(self) -> dict[str, str]:
+        return self.env()
+
+    def start(self) -> LocalService:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name="local-healthimaging"
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.backend.shutdown()
+        self.store.close()
+
+    def __enter__(self) -> LocalService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
