@@ -1,0 +1,36 @@
+"""Backoff shared by every loop that waits on HealthImaging.
+
+botocore retries throttling itself, but not ServiceQuotaExceededException
+(HTTP 402), and its few fast attempts are spent quickly against
+StartDICOMImportJob's ~1 request/s limit; this is the slower, outer layer.
+"""
+
+from __future__ import annotations
+
+import random
+
+from botocore.exceptions import ClientError
+
+# Worth waiting out: over a rate (429), over a quota such as concurrent jobs
+# (402), or a transient server error that outlived botocore's own retries.
+TRANSIENT_ERRORS = frozenset(
+    {"ThrottlingException", "ServiceQuotaExceededException", "InternalServerException"}
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_transient(exc: ClientError) -> bool:
+    return error_code(exc) in TRANSIENT_ERRORS
+
+
+def jittered(delay: float, rng: random.Random | None = None) -> float:
+    """Equal jitter: half fixed, half random, so callers that failed together
+    spread out but still wait at least half the nominal delay."""
+    return delay / 2 + (rng or random).uniform(0, delay / 2)
+
+
+def exponential(attempt: int, base: float, cap: float, factor: float = 2.0) -> float:
+    return min(cap, base * factor**attempt)

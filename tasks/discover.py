@@ -1,0 +1,94 @@
+"""Discovery: list every object under a source folder or S3 prefix.
+
+The listing is a generator so that a source with millions of objects is never
+held in memory at once, and it is depth-first in name order so that two runs
+over the same source see the files in the same order (batches, duplicate
+resolution and run IDs all depend on that order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.locations import filesystem_for, uri_for
+
+
+class SourceError(Exception):
+    """The source cannot be ingested as given; the message says what to fix."""
+
+
+class SourceNotFoundError(SourceError):
+    pass
+
+
+class SourceEmptyError(SourceError):
+    pass
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    uri: str
+    size: int
+    # Local mtime or S3 ETag: tells a changed file from an unchanged one.
+    version: str
+    # Path below the source root, reused as the staged key suffix.
+    relative_path: str
+
+
+def iter_source(source: str) -> Iterator[SourceFile]:
+    """Yield every object under ``source`` (local folder or ``s3://bucket/prefix``).
+
+    Raises:
+        SourceNotFoundError: the folder, bucket or prefix does not exist.
+        SourceEmptyError: it exists but holds no objects (raised once the walk ends).
+    """
+    fs, root = filesystem_for(source)
+    found = 0
+    try:
+        for entry in _walk(fs, root):
+            found += 1
+            yield _to_source_file(source, root, entry)
+    except FileNotFoundError as exc:
+        raise SourceNotFoundError(
+            f"Source {source!r} does not exist (no such folder, bucket or prefix)."
+        ) from exc
+    except NotADirectoryError as exc:
+        raise SourceNotFoundError(f"Source {source!r} is not a folder or prefix.") from exc
+    if not found:
+        raise SourceEmptyError(f"Source {source!r} contains no files; nothing to ingest.")
+
+
+def _walk(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:
+    # One ls per folder (one delimiter listing on S3); names sorted so the
+    # output is in the same order on every run and every filesystem.
+    entries = sorted(fs.ls(path, detail=True), key=lambda e: e["name"])
+    for entry in entries:
+        if entry["type"] == "directory":
+            if entry["name"].rstrip("/") != path.rstrip("/"):
+                yield from _walk(fs, entry["name"])
+        elif not entry["name"].endswith("/"):  # S3 "folder marker" objects
+            yield entry
+
+
+def _to_source_file(source: str, root: str, entry: dict[str, Any]) -> SourceFile:
+    name: str = entry["name"]
+    relative = name[len(root) :].lstrip("/") or name.rsplit("/", 1)[-1]
+    version = entry.get("ETag") or entry.get("mtime") or ""
+    return SourceFile(
+        uri=uri_for(source, name),
+        size=int(entry["size"]),
+        version=str(version).strip('"'),
+        relative_path=relative,
+    )
+
+
+@task(name="discover", cache_policy=NO_CACHE)
+def discover(source: str) -> list[SourceFile]:
+    """Materialise the listing: the flow needs it twice (validation, report)."""
+    return list(iter_source(source))

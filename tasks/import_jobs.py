@@ -1,0 +1,209 @@
+"""Import jobs: resolve the data store and start one DICOM import job per batch.
+
+Named ``import_jobs`` because ``import`` is a keyword. Starting a job is the
+one non-idempotent call in the pipeline, so its client token is derived from
+what the job imports: a Prefect retry, a flow rerun after a kill, or a botocore
+retry all send the same token and get the same job back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.clients import medical_imaging_client
+from tasks.backoff import error_code, exponential, is_transient, jittered
+from tasks.batch import Batch
+from tasks.poll import JobOutcome, JobStatus, wait_for_job
+
+DATASTORE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class ImportJobError(Exception):
+    """StartDICOMImportJob was refused for good (not a rate or quota to wait out)."""
+
+
+class DatastoreError(Exception):
+    """The data store cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    batch_id: str
+    datastore_id: str
+    job_id: str
+    client_token: str
+    input_s3_uri: str
+
+
+def client_token(datastore_id: str, input_s3_uri: str, batch_digest: str) -> str:
+    """64 hex characters, the longest token the API accepts."""
+    return hashlib.sha256(f"{datastore_id}|{input_s3_uri}|{batch_digest}".encode()).hexdigest()
+
+
+def start_import_job(
+    client: Any,
+    datastore_id: str,
+    batch: Batch,
+    input_s3_uri: str,
+    output_s3_uri: str,
+    role_arn: str,
+    max_attempts: int = 8,
+    base_delay: float = 2.0,
+    max_delay: float = 120.0,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> StartedJob:
+    """Start the batch's job, waiting out throttling (429) and quotas (402).
+
+    Raises:
+        ImportJobError: any other client error, or still throttled after
+            ``max_attempts`` calls.
+    """
+    token = client_token(datastore_id, input_s3_uri, batch.digest)
+    for attempt in range(max_attempts):
+        try:
+            response = client.start_dicom_import_job(
+                jobName=f"dicom-import-{batch.batch_id}",
+                datastoreId=datastore_id,
+                dataAccessRoleArn=role_arn,
+                clientToken=token,
+                inputS3Uri=input_s3_uri,
+                outputS3Uri=output_s3_uri,
+            )
+        except ClientError as exc:
+            if not is_transient(exc):
+                raise ImportJobError(
+                    f"StartDICOMImportJob for batch {batch.batch_id} failed with "
+                    f"{error_code(exc)}: {exc}"
+                ) from exc
+            if attempt == max_attempts - 1:
+                raise ImportJobError(
+                    f"StartDICOMImportJob for batch {batch.batch_id} still got "
+                    f"{error_code(exc)} after {max_attempts} attempts."
+                ) from exc
+            sleep(jittered(exponential(attempt, base_delay, max_delay), rng))
+        else:
+            return StartedJob(batch.batch_id, datastore_id, response["jobId"], token,
+                              input_s3_uri)
+    raise ValueError("max_attempts must be at least 1")
+
+
+def resolve_datastore(
+    client: Any,
+    id_or_name: str,
+    create: bool = True,
+    poll_interval: float = 2.0,
+    timeout: float = 600.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """The ID of an ACTIVE data store, given its ID or its name.
+
+    A name is looked up with ListDatastores and created when absent (with a
+    token derived from the name, so two racing runs create one store).
+
+    Raises:
+        DatastoreError: not found (and not created), ambiguous, or never ACTIVE.
+    """
+    if DATASTORE_ID.fullmatch(id_or_name):
+        datastore_id = id_or_name
+    else:
+        matches = _datastores_named(client, id_or_name)
+        if len(matches) > 1:
+            raise DatastoreError(
+                f"{len(matches)} data stores are named {id_or_name!r} "
+                f"({', '.join(matches)}); pass the ID instead."
+            )
+        if matches:
+            datastore_id = matches[0]
+        elif create:
+            datastore_id = client.create_datastore(
+                datastoreName=id_or_name,
+                clientToken=hashlib.sha256(f"datastore|{id_or_name}".encode()).hexdigest(),
+            )["datastoreId"]
+        else:
+            raise DatastoreError(f"No data store is named {id_or_name!r}.")
+    return _wait_until_active(client, datastore_id, poll_interval, timeout, sleep)
+
+
+def _datastores_named(client: Any, name: str) -> list[str]:
+    found = []
+    for page in client.get_paginator("list_datastores").paginate():
+        for summary in page.get("datastoreSummaries", []):
+            usable = summary.get("datastoreStatus") in {"ACTIVE", "CREATING"}
+            if summary.get("datastoreName") == name and usable:
+                found.append(summary["datastoreId"])
+    return sorted(found)
+
+
+def _wait_until_active(
+    client: Any,
+    datastore_id: str,
+    poll_interval: float,
+    timeout: float,
+    sleep: Callable[[float], None],
+) -> str:
+    waited = 0.0
+    while True:
+        try:
+            properties = client.get_datastore(datastoreId=datastore_id)["datastoreProperties"]
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                raise DatastoreError(f"Data store {datastore_id} does not exist.") from exc
+            if not is_transient(exc):
+                raise
+        else:
+            status = properties["datastoreStatus"]
+            if status == "ACTIVE":
+                return datastore_id
+            if status != "CREATING":
+                raise DatastoreError(f"Data store {datastore_id} is {status}, not ACTIVE.")
+        if waited >= timeout:
+            raise DatastoreError(
+                f"Data store {datastore_id} did not become ACTIVE within {timeout:g} s."
+            )
+        sleep(poll_interval)
+        waited += poll_interval
+
+
+@task(name="resolve-datastore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def resolve(id_or_name: str, create: bool = True) -> str:
+    return resolve_datastore(medical_imaging_client(), id_or_name, create=create)
+
+
+@task(name="import-batch", cache_policy=NO_CACHE)
+def import_batch(
+    datastore_id: str,
+    batch: Batch,
+    input_s3_uri: str,
+    output_s3_uri: str,
+    role_arn: str,
+    poll_interval: float,
+    poll_timeout: float,
+) -> JobOutcome:
+    """Start and wait: one task run per batch, the unit an operator retries.
+
+    A refused start becomes a NOT_STARTED outcome rather than an exception, so
+    the other batches carry on and the report says which files it affects.
+    """
+    client = medical_imaging_client()
+    try:
+        job = start_import_job(
+            client, datastore_id, batch, input_s3_uri, output_s3_uri, role_arn
+        )
+    except ImportJobError as exc:
+        return JobOutcome(batch.batch_id, datastore_id, None, JobStatus.NOT_STARTED, str(exc),
+                          input_s3_uri=input_s3_uri)
+    return wait_for_job(
+        client, datastore_id, job.job_id, batch.batch_id,
+        poll_interval=poll_interval, timeout=poll_timeout,
+    )

@@ -1,0 +1,66 @@
+"""Where files live: a local folder or an ``s3://`` prefix, behind one fsspec API.
+
+Every stage that touches storage goes through :func:`filesystem_for`, so local
+runs and S3 runs share one code path and differ only in the filesystem object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from config.clients import s3_filesystem
+
+_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    """A parsed ``s3://bucket/key`` so that bucket/key splitting happens once."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        if not uri.startswith(_SCHEME):
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        bucket, _, key = uri[len(_SCHEME) :].partition("/")
+        if not bucket:
+            raise ValueError(f"s3 URI without a bucket: {uri!r}")
+        return cls(bucket, key)
+
+    def join(self, *parts: str) -> S3Uri:
+        pieces = [self.key.strip("/"), *(p.strip("/") for p in parts)]
+        return S3Uri(self.bucket, "/".join(p for p in pieces if p))
+
+    @property
+    def path(self) -> str:
+        """The fsspec path (bucket/key, no scheme)."""
+        return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+    def __str__(self) -> str:
+        return f"{_SCHEME}{self.path}"
+
+
+def is_s3(location: str) -> bool:
+    return location.startswith(_SCHEME)
+
+
+def filesystem_for(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and fsspec path for a location.
+
+    s3fs gets a fresh instance without the listings cache: a listing of a
+    million-object prefix must not stay in memory after discovery.
+    """
+    if is_s3(location):
+        return s3_filesystem(use_listings_cache=False), S3Uri.parse(location).path.rstrip("/")
+    return LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def uri_for(location: str, fs_path: str) -> str:
+    """Turn an fsspec path back into the URI form the rest of the pipeline uses."""
+    return f"{_SCHEME}{fs_path}" if is_s3(location) else fs_path

@@ -1,0 +1,102 @@
+"""Polling: wait for an import job to end, without hanging forever.
+
+Import jobs run for minutes to hours, so the interval grows (x1.5 up to a cap)
+to keep GetDICOMImportJob traffic low; a timeout returns a ``timed_out``
+outcome so the flow can still write its report for everything else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tasks.backoff import is_transient
+
+
+class JobStatus(StrEnum):
+    SUBMITTED = "SUBMITTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    # Ours, not HealthImaging's: we stopped waiting; the job may still finish.
+    TIMED_OUT = "TIMED_OUT"
+    # Ours: StartDICOMImportJob itself was refused, so there is no job.
+    NOT_STARTED = "NOT_STARTED"
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    batch_id: str
+    datastore_id: str
+    job_id: str | None
+    status: JobStatus
+    message: str | None = None
+    # The job's own output folder (<output>/<datastoreId>-DicomImport-<jobId>/).
+    output_s3_uri: str | None = None
+    input_s3_uri: str | None = None
+
+
+def wait_for_job(
+    client: Any,
+    datastore_id: str,
+    job_id: str,
+    batch_id: str,
+    poll_interval: float = 5.0,
+    timeout: float = 6 * 3600.0,
+    max_interval: float = 120.0,
+    growth: float = 1.5,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> JobOutcome:
+    """Poll GetDICOMImportJob until COMPLETED/FAILED or ``timeout`` seconds pass."""
+    deadline = clock() + timeout
+    interval = poll_interval
+    properties: dict[str, Any] = {}
+    while True:
+        try:
+            properties = client.get_dicom_import_job(
+                datastoreId=datastore_id, jobId=job_id
+            )["jobProperties"]
+        except ClientError as exc:
+            if not is_transient(exc):
+                raise
+        else:
+            status = JobStatus(properties["jobStatus"])
+            if status in TERMINAL:
+                return _outcome(batch_id, datastore_id, job_id, status, properties)
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return _outcome(
+                batch_id, datastore_id, job_id, JobStatus.TIMED_OUT, properties,
+                message=f"Still {properties.get('jobStatus', 'unknown')} after {timeout:g} s; "
+                "stopped waiting (the job may still complete).",
+            )
+        sleep(min(interval, remaining))
+        interval = min(interval * growth, max_interval)
+
+
+def _outcome(
+    batch_id: str,
+    datastore_id: str,
+    job_id: str,
+    status: JobStatus,
+    properties: dict[str, Any],
+    message: str | None = None,
+) -> JobOutcome:
+    return JobOutcome(
+        batch_id=batch_id,
+        datastore_id=datastore_id,
+        job_id=job_id,
+        status=status,
+        message=message or properties.get("message"),
+        output_s3_uri=properties.get("outputS3Uri"),
+        input_s3_uri=properties.get("inputS3Uri"),
+    )

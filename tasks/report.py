@@ -1,0 +1,281 @@
+"""The report: one row per input file saying what happened to it, plus one row per job.
+
+Every discovered file gets exactly one final status, whichever stage stopped
+it. HealthImaging reports files by staged S3 key, so manifest rows are mapped
+back to the source through the staging results. Patient identifiers appear only
+when the operator opts in (``include_phi``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.batch import Batch
+from tasks.locations import filesystem_for, uri_for
+from tasks.manifest import JobOutput
+from tasks.poll import JobOutcome, JobStatus
+from tasks.stage import StageAction, StagedFile
+from tasks.validate import FileValidity, ValidationRecord
+
+
+class FileStatus(StrEnum):
+    IMPORTED = "imported"
+    IMPORTED_WITH_WARNINGS = "imported_with_warnings"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    IMPORT_FAILED = "import_failed"
+    JOB_FAILED = "job_failed"
+    TIMED_OUT = "timed_out"
+    # Valid and batched, but nothing was staged or imported (dry run).
+    VALIDATED = "validated"
+
+
+FILE_COLUMNS = [
+    "source_uri", "size", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
+    "series_number", "transfer_syntax", "sha256", "batch_id", "staged_key", "job_id",
+    "status", "image_set_id", "is_primary", "image_set_version", "error_type",
+    "error_message", "warning_codes", "reason_code",
+]
+PHI_COLUMNS = ["patient_name", "patient_id", "patient_birth_date"]
+JOB_COLUMNS = [
+    "batch_id", "job_id", "job_status", "message", "files", "bytes", "input_s3_uri",
+    "output_s3_uri", "scanned_files", "imported_files", "generated_image_sets",
+    *[s.value for s in FileStatus],
+]
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    files_parquet: str
+    files_csv: str
+    jobs_parquet: str
+    jobs_csv: str
+
+
+def build_file_report(
+    records: Sequence[ValidationRecord],
+    batches: Sequence[Batch],
+    staged: Sequence[StagedFile],
+    outcomes: Sequence[JobOutcome],
+    outputs: Mapping[str, JobOutput | str],
+    include_phi: bool = False,
+) -> pd.DataFrame:
+    """One row per validated (i.e. discovered) file.
+
+    ``outputs`` maps batch ID to the parsed job output, or to the reason it
+    could not be read.
+    """
+    files = pd.DataFrame(
+        {
+            "source_uri": [r.uri for r in records],
+            "size": pd.array([r.size for r in records], dtype="Int64"),
+            "sop_instance_uid": [r.sop_instance_uid for r in records],
+            "study_instance_uid": [r.study_instance_uid for r in records],
+            "series_instance_uid": [r.series_instance_uid for r in records],
+            "series_number": [r.series_number for r in records],
+            "transfer_syntax": [r.transfer_syntax for r in records],
+            "sha256": [r.sha256 for r in records],
+            "validity": [r.status.value for r in records],
+            "reason_code": [r.reason_code.value if r.reason_code else None for r in records],
+            "reason_message": [r.reason_message for r in records],
+        }
+    )
+    if include_phi:
+        for column in PHI_COLUMNS:
+            files[column] = [getattr(r, column) for r in records]
+
+    batch_of = {f.uri: b.batch_id for b in batches for f in b.files}
+    files["batch_id"] = files["source_uri"].map(batch_of)
+    stage = pd.DataFrame(
+        {
+            "source_uri": [s.source_uri for s in staged],
+            "staged_key": [s.key for s in staged],
+            "stage_action": [s.action.value for s in staged],
+            "stage_error": [s.error for s in staged],
+        },
+        columns=["source_uri", "staged_key", "stage_action", "stage_error"],
+    )
+    files = files.merge(stage, on="source_uri", how="left")
+    jobs = pd.DataFrame(
+        {
+            "batch_id": [o.batch_id for o in outcomes],
+            "job_id": [o.job_id for o in outcomes],
+            "job_status": [o.status.value for o in outcomes],
+            "job_message": [o.message for o in outcomes],
+        },
+        columns=["batch_id", "job_id", "job_status", "job_message"],
+    )
+    files = files.merge(jobs, on="batch_id", how="left")
+    files = files.merge(_manifest_rows(outputs), on="staged_key", how="left")
+    files["output_error"] = files["batch_id"].map(
+        {b: o for b, o in outputs.items() if isinstance(o, str)}
+    )
+    return _decide(files, include_phi)
+
+
+def _manifest_rows(outputs: Mapping[str, JobOutput | str]) -> pd.DataFrame:
+    """All manifest rows keyed by staged key; failure beats warning beats
+    success when one file is listed more than once."""
+    frames = []
+    for output in outputs.values():
+        if isinstance(output, str):
+            continue
+        frames.append(output.failure.assign(outcome="failure"))
+        frames.append(output.warning.assign(outcome="warning"))
+        frames.append(output.success.assign(outcome="success"))
+    columns = ["staged_key", "outcome", "imageSetId", "isPrimary", "imageSetVersion",
+               "exceptionType", "message", "warningCodes"]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    rows = pd.concat(frames, ignore_index=True).rename(columns={"inputFile": "staged_key"})
+    rows = rows.drop_duplicates("staged_key", keep="first")
+    return rows.reindex(columns=columns)
+
+
+def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
+    """First matching rule wins, in pipeline order: a file stopped by
+    validation never reaches the job rules."""
+    validity, job, outcome = files["validity"], files["job_status"], files["outcome"]
+    completed = job == JobStatus.COMPLETED.value
+    Text = pd.Series | str | None
+    rules: list[tuple[pd.Series, FileStatus, Text, Text]] = [
+        (validity == FileValidity.INVALID.value, FileStatus.INVALID, None,
+         files["reason_message"]),
+        (validity == FileValidity.DUPLICATE.value, FileStatus.DUPLICATE, None,
+         files["reason_message"]),
+        (files["batch_id"].isna(), FileStatus.IMPORT_FAILED, "NotBatched",
+         "The file was valid but was not put in any batch."),
+        (files["stage_action"] == StageAction.FAILED.value, FileStatus.IMPORT_FAILED,
+         "StagingError", files["stage_error"]),
+        (job.isna(), FileStatus.VALIDATED, None, None),
+        (job == JobStatus.NOT_STARTED.value, FileStatus.JOB_FAILED, "JobNotStarted",
+         files["job_message"]),
+        (job == JobStatus.FAILED.value, FileStatus.JOB_FAILED, "JobFailed",
+         files["job_message"]),
+        (job == JobStatus.TIMED_OUT.value, FileStatus.TIMED_OUT, "JobTimedOut",
+         files["job_message"]),
+        (completed & (outcome == "failure"), FileStatus.IMPORT_FAILED,
+         files["exceptionType"], files["message"]),
+        (completed & (outcome == "warning"), FileStatus.IMPORTED_WITH_WARNINGS, None, None),
+        (completed & (outcome == "success"), FileStatus.IMPORTED, None, None),
+        (completed & files["output_error"].notna(), FileStatus.IMPORT_FAILED,
+         "ManifestError", files["output_error"]),
+        (completed, FileStatus.IMPORT_FAILED, "MissingFromOutput",
+         "The job COMPLETED but this file is missing from its output: it is in "
+         "neither SUCCESS nor FAILURE."),
+    ]
+    status = pd.Series(None, index=files.index, dtype=object)
+    error_type = pd.Series(None, index=files.index, dtype=object)
+    message = pd.Series(None, index=files.index, dtype=object)
+    for condition, file_status, kind, text in rules:
+        mask = condition.fillna(False).astype(bool) & status.isna()
+        status[mask] = file_status.value
+        error_type[mask] = kind[mask] if isinstance(kind, pd.Series) else kind
+        message[mask] = text[mask] if isinstance(text, pd.Series) else text
+    imported = status.isin([FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value])
+    report = files.assign(
+        status=status,
+        image_set_id=files["imageSetId"].where(imported),
+        is_primary=files["isPrimary"].where(imported).astype("boolean"),
+        image_set_version=files["imageSetVersion"].where(imported).astype("Int64"),
+        error_type=error_type.where(error_type.notna(), None),
+        error_message=message.where(message.notna(), None),
+        warning_codes=files["warningCodes"].where(
+            status == FileStatus.IMPORTED_WITH_WARNINGS.value
+        ),
+    )
+    return report.reindex(columns=FILE_COLUMNS + (PHI_COLUMNS if include_phi else []))
+
+
+def build_job_summary(
+    batches: Sequence[Batch],
+    outcomes: Sequence[JobOutcome],
+    outputs: Mapping[str, JobOutput | str],
+    file_report: pd.DataFrame,
+) -> pd.DataFrame:
+    """One row per batch: the job, its end state and its files by final status."""
+    by_batch = {o.batch_id: o for o in outcomes}
+    counts = (
+        file_report.dropna(subset=["batch_id"])
+        .groupby(["batch_id", "status"]).size().unstack(fill_value=0)
+    )
+    rows = []
+    for batch in batches:
+        outcome = by_batch.get(batch.batch_id)
+        output = outputs.get(batch.batch_id)
+        summary = output.summary if isinstance(output, JobOutput) else {}
+        message = outcome.message if outcome else None
+        if isinstance(output, str):
+            message = output
+        row = {
+            "batch_id": batch.batch_id,
+            "job_id": outcome.job_id if outcome else None,
+            "job_status": outcome.status.value if outcome else None,
+            "message": message,
+            "files": len(batch.files),
+            "bytes": batch.total_bytes,
+            "input_s3_uri": outcome.input_s3_uri if outcome else None,
+            "output_s3_uri": outcome.output_s3_uri if outcome else None,
+            "scanned_files": summary.get("numberOfScannedFiles"),
+            "imported_files": summary.get("numberOfImportedFiles"),
+            "generated_image_sets": summary.get("numberOfGeneratedImageSets"),
+        }
+        for status in FileStatus:
+            row[status.value] = (
+                int(counts.at[batch.batch_id, status.value])
+                if batch.batch_id in counts.index and status.value in counts.columns
+                else 0
+            )
+        rows.append(row)
+    jobs = pd.DataFrame(rows, columns=JOB_COLUMNS)
+    for column in ("scanned_files", "imported_files", "generated_image_sets"):
+        jobs[column] = jobs[column].astype("Int64")
+    return jobs
+
+
+def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> ReportPaths:
+    """Parquet for tools, CSV for people; local folder or s3:// alike."""
+    fs, root = filesystem_for(folder)
+    fs.makedirs(root, exist_ok=True)
+    paths = {}
+    for name, frame in (("files", files), ("jobs", jobs)):
+        for extension in ("parquet", "csv"):
+            path = f"{root}/{name}.{extension}"
+            with fs.open(path, "wb") as out:
+                if extension == "parquet":
+                    frame.to_parquet(out, index=False)
+                else:
+                    frame.to_csv(out, index=False)
+            paths[f"{name}_{extension}"] = uri_for(folder, path)
+    return ReportPaths(**paths)
+
+
+def status_counts(files: pd.DataFrame) -> dict[str, int]:
+    counts = files["status"].value_counts()
+    return {s.value: int(counts.get(s.value, 0)) for s in FileStatus}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report(
+    records: list[ValidationRecord],
+    batches: list[Batch],
+    staged: list[StagedFile],
+    outcomes: list[JobOutcome],
+    outputs: dict[str, JobOutput | str],
+    folder: str,
+    include_phi: bool = False,
+) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
+    """Returns where the report is, counts by status and the job table: small
+    enough for artifacts, while the per-file rows stay in storage."""
+    files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+    paths = write_report(files, jobs, folder)
+    job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
+    return paths, status_counts(files), job_rows

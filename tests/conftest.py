@@ -1,0 +1,58 @@
+"""Session-wide test setup: an isolated, offline Prefect and an S3 endpoint.
+
+The environment is set at import time, before any test module imports
+prefect: Prefect reads PREFECT_HOME and the telemetry switches once, and a
+task cache under the real home would outlive the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dicom-import-prefect-")
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A throwaway Prefect API for flow tests; ~10 s to start, so once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto_s3_endpoint() -> Iterator[str]:
+    """moto's S3 over HTTP: s3fs (aiobotocore) bypasses the in-process mock,
+    and validation worker processes could not see it anyway."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the moto endpoint, with the AWS environment pointing at it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3", endpoint_url=moto_s3_endpoint, region_name="us-east-1"
+    ).create_bucket(Bucket=bucket)
+    return bucket

@@ -1,0 +1,195 @@
+"""Builders for test DICOM: valid CT series and files broken in one specific way.
+
+Shared by unit tests, end-to-end tests and benches, so every builder writes
+real Part 10 files with pydicom (nothing is downloaded) and returns their paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+PYDICOM_TEST_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+
+# A fixed root keeps generated UIDs valid (digits and dots, <= 64 characters).
+_UID_ROOT = "1.2.826.0.1.3680043.8.498."
+
+
+def uid(seed: str) -> str:
+    """A deterministic valid UID, so corpora are the same on every run."""
+    return generate_uid(prefix=_UID_ROOT, entropy_srcs=[seed])
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    study_instance_uid: str
+    series_instance_uid: str
+    series_number: int = 1
+    patient_name: str = "Doe^Jane"
+    patient_id: str = "PID-0001"
+
+
+def series_spec(seed: str, series_number: int = 1) -> SeriesSpec:
+    return SeriesSpec(uid(f"{seed}-study"), uid(f"{seed}-series"), series_number)
+
+
+def ct_slice(
+    spec: SeriesSpec, index: int, rows: int = 512, columns: int = 512
+) -> Dataset:
+    """One 16-bit CT slice; pixel values depend on the slice so files differ."""
+    sop_uid = uid(f"{spec.series_instance_uid}-{index}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = spec.study_instance_uid
+    ds.SeriesInstanceUID = spec.series_instance_uid
+    ds.SeriesNumber = spec.series_number
+    ds.InstanceNumber = index + 1
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.StudyDate = "20240101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "S1"
+    ds.AccessionNumber = "ACC1"
+    ds.StudyDescription = "Synthetic CT"
+    ds.Modality = "CT"
+    ds.ImagePositionPatient = [0, 0, float(index)]
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    pixels = (np.arange(rows * columns, dtype=np.uint32) + index * 7) % 4096
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def write_ct_series(
+    folder: Path,
+    count: int,
+    spec: SeriesSpec | None = None,
+    rows: int = 512,
+    columns: int = 512,
+) -> list[Path]:
+    """``count`` slices of one series as ``folder/slice_0000.dcm`` ..."""
+    spec = spec or series_spec(str(folder))
+    return [
+        write(ct_slice(spec, i, rows, columns), folder / f"slice_{i:04d}.dcm")
+        for i in range(count)
+    ]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- broken files: each breaks exactly one rule ---------------------------------
+
+def _small_slice(seed: str) -> Dataset:
+    return ct_slice(series_spec(seed), 0, rows=8, columns=8)
+
+
+def write_not_dicom(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is a text file, not DICOM\n" * 10)
+    return path
+
+
+def write_without_preamble(path: Path) -> Path:
+    """Valid dataset written without the 128-byte preamble and 'DICM'."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(_small_slice(str(path)), path)
+    path.write_bytes(path.read_bytes()[132:])
+    return path
+
+
+def write_without_transfer_syntax(path: Path) -> Path:
+    ds = _small_slice(str(path))
+    del ds.file_meta.TransferSyntaxUID
+    return _write_as_is(ds, path)
+
+
+def write_with_transfer_syntax(path: Path, transfer_syntax: str) -> Path:
+    ds = _small_slice(str(path))
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return _write_as_is(ds, path)
+
+
+def _write_as_is(ds: Dataset, path: Path) -> Path:
+    """Write the file meta unchecked (enforce_file_format would refuse it),
+    still as Part 10: preamble, 'DICM', explicit VR little endian dataset."""
+    ds.preamble = b"\0" * 128
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    return path
+
+
+def write_with(path: Path, **attributes: object) -> Path:
+    """A small valid slice with attributes overridden (``None`` deletes one)."""
+    ds = _small_slice(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the invalid values are the point
+        for keyword, value in attributes.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+    if "SOPInstanceUID" in attributes and attributes["SOPInstanceUID"] is not None:
+        ds.file_meta.MediaStorageSOPInstanceUID = attributes["SOPInstanceUID"]
+    return write(ds, path)
+
+
+def write_pixel_mismatch(path: Path) -> Path:
+    ds = _small_slice(str(path))
+    ds.PixelData = ds.PixelData[:-10]
+    return write(ds, path)
+
+
+def write_truncated(path: Path) -> Path:
+    write(_small_slice(str(path)), path)
+    path.write_bytes(path.read_bytes()[:-20])
+    return path
+
+
+def write_duplicate_of(original: Path, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(original.read_bytes())
+    return path
+
+
+BROKEN_MAKERS: dict[str, Callable[[Path], Path]] = {
+    "not_p10": write_not_dicom,
+    "no_transfer_syntax": write_without_transfer_syntax,
+    "unsupported_transfer_syntax": lambda p: write_with_transfer_syntax(p, "1.2.3.4.5"),
+    "missing_uid": lambda p: write_with(p, SeriesInstanceUID=None),
+    "invalid_uid": lambda p: write_with(p, StudyInstanceUID="1.02.3"),
+    "attribute_too_long": lambda p: write_with(p, StudyDescription="x" * 65),
+    "pixel_data_size_mismatch": write_pixel_mismatch,
+    "unreadable": write_truncated,
+}
+"""One maker per validation reason code, keyed by the code's value."""
