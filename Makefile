@@ -9,19 +9,25 @@ PIP := .venv/bin/pip
 	$(PIP) install --quiet -e '.[dev]'
 	touch .venv/.installed
 
-install: .venv/.installed
+# The AWS CLI pins its own botocore, which would fight s3fs/aiobotocore's pin:
+# it gets a venv of its own. Tests and benches call it against the local service.
+.awscli/bin/aws:
+	python3 -m venv .awscli
+	.awscli/bin/pip install --quiet awscli
 
-demo: .venv/.installed
+install: .venv/.installed .awscli/bin/aws
+
+demo: install
 	.venv/bin/dicom-import demo
 
-test: .venv/.installed
+test: install
 	$(PY) -m pytest
 
-bench: .venv/.installed
+bench: install
 	$(PY) -m bench
 
 lint: .venv/.installed
 	.venv/bin/ruff check .
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .venv .awscli .pytest_cache .ruff_cache build *.egg-info
