@@ -69,8 +69,12 @@ def start_import_job(
         ImportJobError: any other client error, or still throttled after
             ``max_attempts`` calls.
     """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
     token = client_token(datastore_id, input_s3_uri, batch.digest)
-    for attempt in range(max_attempts):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             response = client.start_dicom_import_job(
                 jobName=f"dicom-import-{batch.batch_id}",
@@ -86,16 +90,15 @@ def start_import_job(
                     f"StartDICOMImportJob for batch {batch.batch_id} failed with "
                     f"{error_code(exc)}: {exc}"
                 ) from exc
-            if attempt == max_attempts - 1:
+            if attempt == max_attempts:
                 raise ImportJobError(
                     f"StartDICOMImportJob for batch {batch.batch_id} still got "
                     f"{error_code(exc)} after {max_attempts} attempts."
                 ) from exc
-            sleep(jittered(exponential(attempt, base_delay, max_delay), rng))
+            sleep(jittered(exponential(attempt - 1, base_delay, max_delay), rng))
         else:
             return StartedJob(batch.batch_id, datastore_id, response["jobId"], token,
                               input_s3_uri)
-    raise ValueError("max_attempts must be at least 1")
 
 
 def resolve_datastore(

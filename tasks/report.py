@@ -90,6 +90,8 @@ def build_file_report(
         for column in PHI_COLUMNS:
             files[column] = [getattr(r, column) for r in records]
 
+    if len({o.batch_id for o in outcomes}) != len(outcomes):
+        raise ValueError("more than one job outcome for a batch")
     batch_of = {f.uri: b.batch_id for b in batches for f in b.files}
     files["batch_id"] = files["source_uri"].map(batch_of)
     stage = pd.DataFrame(

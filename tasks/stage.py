@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
@@ -86,7 +87,7 @@ def _stage_one(s3: Any, record: ValidationRecord, batch_id: str, target: S3Uri) 
         else:
             _copy(s3, record, target)
             action = StageAction.UPLOADED
-    except (ClientError, BotoCoreError, OSError) as exc:
+    except (ClientError, BotoCoreError, Boto3Error, OSError) as exc:
         return StagedFile(record.uri, batch_id, target.key, StageAction.FAILED, str(exc))
     return StagedFile(record.uri, batch_id, target.key, action)
 

@@ -159,9 +159,9 @@ def write_with(path: Path, **attributes: object) -> Path:
                 delattr(ds, keyword)
             else:
                 setattr(ds, keyword, value)
-    if "SOPInstanceUID" in attributes and attributes["SOPInstanceUID"] is not None:
-        ds.file_meta.MediaStorageSOPInstanceUID = attributes["SOPInstanceUID"]
-    return write(ds, path)
+        if attributes.get("SOPInstanceUID") is not None:
+            ds.file_meta.MediaStorageSOPInstanceUID = attributes["SOPInstanceUID"]
+        return write(ds, path)
 
 
 def write_pixel_mismatch(path: Path) -> Path:

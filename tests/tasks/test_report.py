@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.batch import make_batches
+from tasks.manifest import read_job_output
+from tasks.poll import JobOutcome, JobStatus
+from tasks.report import (
+    FILE_COLUMNS,
+    PHI_COLUMNS,
+    FileStatus,
+    build_file_report,
+    build_job_summary,
+    status_counts,
+    write_report,
+)
+from tasks.stage import StageAction, StagedFile
+from tasks.validate import FileValidity, ReasonCode, ValidationRecord
+from tests.import_output import (
+    DS,
+    failure_row,
+    image_set,
+    success_row,
+    warning_row,
+    write_job_output,
+)
+
+IMAGE_SET = "c" * 32
+
+
+def _valid(name: str, series: str, size: int = 10) -> ValidationRecord:
+    return ValidationRecord(
+        uri=f"/src/{name}", relative_path=name, size=size, status=FileValidity.VALID,
+        sop_instance_uid=f"1.{len(name)}.{series}.{name.count('x')}",
+        study_instance_uid="1.1", series_instance_uid=series, sha256=name,
+        patient_name="Doe^Jane", patient_id="P1",
+    )
+
+
+@pytest.fixture
+def scenario(tmp_path: Path):
+    """Three jobs (completed, failed, timed out) plus invalid and duplicate files."""
+    completed = [_valid(n, "1.2.1") for n in ["ok", "warn", "fail", "missing"]]
+    # 35 bytes against a 40-byte quota: each of these gets a job of its own.
+    failed = [_valid("jobfail", "1.2.2", 35)]
+    slow = [_valid("slow", "1.2.3", 35)]
+    unstaged = [_valid("unstaged", "1.2.4", 35)]
+    invalid = ValidationRecord("/src/bad", "bad", 3, FileValidity.INVALID,
+                               ReasonCode.NOT_P10, "Not a DICOM Part 10 file.")
+    duplicate = ValidationRecord("/src/dup", "dup", 10, FileValidity.DUPLICATE,
+                                 ReasonCode.DUPLICATE_SOP_INSTANCE, "kept /src/ok")
+    records = [*completed, *failed, *slow, *unstaged, invalid, duplicate]
+    batches = make_batches(records, max_files=4, max_bytes=40)
+    batch_of = {f.uri: b.batch_id for b in batches for f in b.files}
+    staged = [
+        StagedFile(r.uri, batch_of[r.uri], f"st/{batch_of[r.uri]}/{r.relative_path}",
+                   StageAction.FAILED if r is unstaged[0] else StageAction.UPLOADED,
+                   "AccessDenied" if r is unstaged[0] else None)
+        for r in [*completed, *failed, *slow, *unstaged]
+    ]
+    key = {s.source_uri: s.key for s in staged}
+    done = batch_of["/src/ok"]
+    output = write_job_output(
+        tmp_path / "out",
+        success=[success_row(key["/src/ok"], IMAGE_SET)],
+        warning=[warning_row(key["/src/warn"], IMAGE_SET, 0xB000, "COERCION_OF_DATA_ELEMENTS")],
+        failure=[failure_row(key["/src/fail"], "ValidationException", "bad UID")],
+        image_sets=[image_set(IMAGE_SET, 2)],
+    )
+    outcomes = [
+        JobOutcome(done, DS, "job-done", JobStatus.COMPLETED, output_s3_uri=str(output)),
+        JobOutcome(batch_of["/src/jobfail"], DS, "job-failed", JobStatus.FAILED,
+                   "Input unreadable"),
+        JobOutcome(batch_of["/src/slow"], DS, "job-slow", JobStatus.TIMED_OUT, "stopped"),
+        JobOutcome(batch_of["/src/unstaged"], DS, "job-x", JobStatus.COMPLETED),
+    ]
+    outputs = {done: read_job_output(str(output)), batch_of["/src/unstaged"]: "no manifest"}
+    return records, batches, staged, outcomes, outputs
+
+
+def _by_source(report: pd.DataFrame) -> dict[str, dict]:
+    return {row["source_uri"]: row for row in report.to_dict("records")}
+
+
+def test_every_file_gets_one_final_status(scenario) -> None:
+    report = build_file_report(*scenario)
+    rows = _by_source(report)
+
+    assert len(report) == len(scenario[0])
+    assert {uri: row["status"] for uri, row in rows.items()} == {
+        "/src/ok": FileStatus.IMPORTED,
+        "/src/warn": FileStatus.IMPORTED_WITH_WARNINGS,
+        "/src/fail": FileStatus.IMPORT_FAILED,
+        "/src/missing": FileStatus.IMPORT_FAILED,
+        "/src/jobfail": FileStatus.JOB_FAILED,
+        "/src/slow": FileStatus.TIMED_OUT,
+        "/src/unstaged": FileStatus.IMPORT_FAILED,
+        "/src/bad": FileStatus.INVALID,
+        "/src/dup": FileStatus.DUPLICATE,
+    }
+    assert rows["/src/ok"]["image_set_id"] == IMAGE_SET
+    assert rows["/src/ok"]["image_set_version"] == 2
+    assert rows["/src/ok"]["is_primary"] is True
+    assert rows["/src/warn"]["warning_codes"] == "COERCION_OF_DATA_ELEMENTS(0xB000)"
+    assert rows["/src/fail"]["error_type"] == "ValidationException"
+    assert rows["/src/fail"]["error_message"] == "bad UID"
+    assert rows["/src/fail"]["image_set_id"] is None or pd.isna(rows["/src/fail"]["image_set_id"])
+    assert rows["/src/missing"]["error_type"] == "MissingFromOutput"
+    assert "missing from its output" in rows["/src/missing"]["error_message"]
+    assert rows["/src/jobfail"]["error_message"] == "Input unreadable"
+    assert rows["/src/jobfail"]["job_id"] == "job-failed"
+    assert rows["/src/unstaged"]["error_type"] == "StagingError"
+    assert rows["/src/bad"]["reason_code"] == "not_p10"
+    assert rows["/src/dup"]["error_message"] == "kept /src/ok"
+
+
+def test_unreadable_output_marks_files_import_failed(scenario) -> None:
+    records, batches, staged, outcomes, outputs = scenario
+    staged = [StagedFile(s.source_uri, s.batch_id, s.key, StageAction.UPLOADED)
+              for s in staged]
+
+    rows = _by_source(build_file_report(records, batches, staged, outcomes, outputs))
+
+    assert rows["/src/unstaged"]["status"] == FileStatus.IMPORT_FAILED
+    assert rows["/src/unstaged"]["error_type"] == "ManifestError"
+
+
+def test_dry_run_leaves_valid_files_validated(scenario) -> None:
+    records, batches, *_ = scenario
+    report = build_file_report(records, batches, [], [], {})
+    assert status_counts(report)["validated"] == 7
+    assert status_counts(report)["invalid"] == 1
+
+
+def test_phi_columns_only_on_opt_in(scenario) -> None:
+    without = build_file_report(*scenario)
+    with_phi = build_file_report(*scenario, include_phi=True)
+
+    assert list(without.columns) == FILE_COLUMNS
+    assert not set(PHI_COLUMNS) & set(without.columns)
+    assert _by_source(with_phi)["/src/ok"]["patient_name"] == "Doe^Jane"
+
+
+def test_job_summary_counts_files_per_job(scenario) -> None:
+    _, batches, _, outcomes, outputs = scenario
+    files = build_file_report(*scenario)
+
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+
+    done = jobs.set_index("job_id").loc["job-done"]
+    assert (done["imported"], done["imported_with_warnings"], done["import_failed"]) == (1, 1, 2)
+    assert done["files"] == 4 and done["job_status"] == "COMPLETED"
+    assert done["imported_files"] == 1
+    assert len(jobs) == len(batches)
+
+
+def test_writes_parquet_and_csv(scenario, tmp_path: Path) -> None:
+    _, batches, _, outcomes, outputs = scenario
+    files = build_file_report(*scenario)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+
+    paths = write_report(files, jobs, str(tmp_path / "report"))
+
+    round_trip = pd.read_parquet(paths.files_parquet)
+    assert list(round_trip.columns) == FILE_COLUMNS
+    assert len(round_trip) == len(files)
+    assert len(pd.read_csv(paths.files_csv)) == len(files)
+    assert len(pd.read_parquet(paths.jobs_parquet)) == len(jobs)
+    assert Path(paths.jobs_csv).exists()
+
+
+def test_writes_to_s3(scenario, s3_bucket: str) -> None:
+    _, batches, _, outcomes, outputs = scenario
+    files = build_file_report(*scenario)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+
+    paths = write_report(files, jobs, f"s3://{s3_bucket}/reports/run")
+
+    assert paths.files_parquet == f"s3://{s3_bucket}/reports/run/files.parquet"
+    import boto3
+
+    body = boto3.client("s3").get_object(Bucket=s3_bucket, Key="reports/run/files.csv")
+    assert body["Body"].read().startswith(b"source_uri,")

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+
+from tasks.batch import make_batches
+from tasks.discover import iter_source
+from tasks.stage import (
+    StageAction,
+    batch_input_uri,
+    stage_batches,
+    staging_run_id,
+)
+from tasks.validate import validate_files
+from tests.dicom_factory import series_spec, sha256_of, write_ct_series
+
+
+def _batches(source: str, **quota: int):
+    return make_batches(validate_files(iter_source(source), workers=1), **quota)
+
+
+def test_run_id_is_derived_from_source_and_datastore() -> None:
+    assert staging_run_id("s3://b/in/", "ds") == staging_run_id("s3://b/in", "ds")
+    assert staging_run_id("s3://b/in", "ds") != staging_run_id("s3://b/in", "other")
+    assert staging_run_id("/data/a", "ds") != staging_run_id("/data/b", "ds")
+
+
+def test_uploads_under_run_and_batch_with_checksum(tmp_path: Path, s3_bucket: str) -> None:
+    paths = write_ct_series(tmp_path / "study", 3, rows=8, columns=8)
+    (batch,) = _batches(str(tmp_path))
+
+    staged = stage_batches([batch], f"s3://{s3_bucket}/staging", "run1", concurrency=4)
+
+    assert [s.action for s in staged] == [StageAction.UPLOADED] * 3
+    s3 = boto3.client("s3")
+    for path, item in zip(paths, staged, strict=True):
+        assert item.key == f"staging/run1/{batch.batch_id}/study/{path.name}"
+        head = s3.head_object(Bucket=s3_bucket, Key=item.key)
+        assert head["Metadata"]["sha256"] == sha256_of(path)
+        assert head["ContentLength"] == path.stat().st_size
+    assert str(batch_input_uri(f"s3://{s3_bucket}/staging", "run1", batch.batch_id)) == (
+        f"s3://{s3_bucket}/staging/run1/{batch.batch_id}"
+    )
+
+
+def test_rerun_skips_files_already_staged(tmp_path: Path, s3_bucket: str) -> None:
+    write_ct_series(tmp_path, 2, rows=8, columns=8)
+    batches = _batches(str(tmp_path))
+    stage_batches(batches, f"s3://{s3_bucket}/st", "r")
+
+    again = stage_batches(batches, f"s3://{s3_bucket}/st", "r")
+
+    assert [s.action for s in again] == [StageAction.SKIPPED] * 2
+
+
+def test_different_content_at_the_same_key_is_uploaded_again(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+    (batch,) = _batches(str(tmp_path))
+    (first,) = stage_batches([batch], f"s3://{s3_bucket}/st", "r")
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=s3_bucket, Key=first.key, Body=path.read_bytes(),
+                  Metadata={"sha256": "0" * 64})
+
+    (second,) = stage_batches([batch], f"s3://{s3_bucket}/st", "r")
+
+    assert second.action is StageAction.UPLOADED
+    head = s3.head_object(Bucket=s3_bucket, Key=first.key)
+    assert head["Metadata"]["sha256"] == sha256_of(path)
+
+
+def test_s3_source_is_copied_server_side(tmp_path: Path, s3_bucket: str) -> None:
+    paths = write_ct_series(tmp_path, 2, spec=series_spec("s3src"), rows=8, columns=8)
+    s3 = boto3.client("s3")
+    for path in paths:
+        s3.upload_file(str(path), s3_bucket, f"src/{path.name}")
+    batches = _batches(f"s3://{s3_bucket}/src")
+
+    staged = stage_batches(batches, f"s3://{s3_bucket}/st", "r")
+
+    assert [s.action for s in staged] == [StageAction.UPLOADED] * 2
+    body = s3.get_object(Bucket=s3_bucket, Key=staged[0].key)
+    assert body["Body"].read() == paths[0].read_bytes()
+    assert body["Metadata"]["sha256"] == sha256_of(paths[0])
+
+
+def test_upload_errors_are_reported_per_file(tmp_path: Path, s3_bucket: str) -> None:
+    write_ct_series(tmp_path, 1, rows=8, columns=8)
+    batches = _batches(str(tmp_path))
+
+    (item,) = stage_batches(batches, f"s3://{s3_bucket}-missing/st", "r")
+
+    assert item.action is StageAction.FAILED
+    assert item.error

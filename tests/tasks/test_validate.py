@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+from pydicom import dcmread
+
+from tasks.discover import SourceFile, iter_source
+from tasks.validate import (
+    FileValidity,
+    ReasonCode,
+    mark_duplicates,
+    validate_file,
+    validate_files,
+)
+from tests.dicom_factory import (
+    BROKEN_MAKERS,
+    PYDICOM_TEST_FILES,
+    ct_slice,
+    series_spec,
+    sha256_of,
+    write,
+    write_ct_series,
+    write_duplicate_of,
+    write_with,
+    write_without_preamble,
+)
+
+
+def _source(path: Path) -> SourceFile:
+    return SourceFile(str(path), path.stat().st_size, "v", path.name)
+
+
+def _check(path: Path, **kwargs: bool):
+    return validate_file(_source(path), **kwargs)
+
+
+class TestPydicomTestFiles:
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "CT_small.dcm",  # explicit VR little endian
+            "MR_small_implicit.dcm",
+            "MR_small_bigendian.dcm",
+            "image_dfl.dcm",  # deflated
+            "JPEG2000.dcm",
+            "MR_small_RLE.dcm",
+            "SC_rgb_jpeg_dcmtk.dcm",
+            "MR_small_jpeg_ls_lossless.dcm",
+            "SC_rgb_small_odd.dcm",  # odd-length pixel data, padded
+            "SC_ybr_full_422_uncompressed.dcm",
+        ],
+    )
+    def test_valid_files_pass(self, name: str) -> None:
+        path = PYDICOM_TEST_FILES / name
+        record = _check(path)
+
+        assert record.status is FileValidity.VALID, record.reason_message
+        reference = dcmread(path)
+        assert record.sop_instance_uid == reference.SOPInstanceUID
+        assert record.study_instance_uid == reference.StudyInstanceUID
+        assert record.series_instance_uid == reference.SeriesInstanceUID
+        assert record.transfer_syntax == reference.file_meta.TransferSyntaxUID
+        assert record.sha256 == sha256_of(path)
+
+    @pytest.mark.parametrize(
+        ("name", "code"),
+        [
+            ("no_meta.dcm", ReasonCode.NOT_P10),
+            ("README.txt", ReasonCode.NOT_P10),
+            ("meta_missing_tsyntax.dcm", ReasonCode.NO_TRANSFER_SYNTAX),
+            ("MR_truncated.dcm", ReasonCode.UNREADABLE),
+            ("MR_small_padded.dcm", ReasonCode.PIXEL_DATA_SIZE_MISMATCH),
+            ("JPEGLSNearLossless_08.dcm", ReasonCode.MISSING_UID),
+        ],
+    )
+    def test_invalid_files_get_their_reason(self, name: str, code: ReasonCode) -> None:
+        record = _check(PYDICOM_TEST_FILES / name)
+
+        assert record.status is FileValidity.INVALID
+        assert record.reason_code is code
+        assert record.reason_message
+
+
+class TestGeneratedFiles:
+    def test_ct_slice_is_valid(self, tmp_path: Path) -> None:
+        (path,) = write_ct_series(tmp_path, 1)
+        record = _check(path)
+        assert record.status is FileValidity.VALID
+        assert record.series_number == "1"
+        assert record.size == path.stat().st_size
+
+    @pytest.mark.parametrize("code", list(BROKEN_MAKERS))
+    def test_each_broken_maker_hits_its_rule(self, tmp_path: Path, code: str) -> None:
+        path = BROKEN_MAKERS[code](tmp_path / "broken.dcm")
+        record = _check(path)
+        assert record.status is FileValidity.INVALID
+        assert record.reason_code == code
+
+    def test_missing_preamble_is_not_p10(self, tmp_path: Path) -> None:
+        record = _check(write_without_preamble(tmp_path / "f.dcm"))
+        assert record.reason_code is ReasonCode.NOT_P10
+
+    @pytest.mark.parametrize(
+        ("keyword", "limit"),
+        [("StudyDescription", 64), ("StudyID", 16), ("PatientSex", 16), ("StudyTime", 28)],
+    )
+    def test_attribute_limits_are_inclusive(
+        self, tmp_path: Path, keyword: str, limit: int
+    ) -> None:
+        at_limit = _check(write_with(tmp_path / "ok.dcm", **{keyword: "1" * limit}))
+        over = _check(write_with(tmp_path / "long.dcm", **{keyword: "1" * (limit + 1)}))
+
+        assert at_limit.status is FileValidity.VALID
+        assert over.reason_code is ReasonCode.ATTRIBUTE_TOO_LONG
+        assert keyword in (over.reason_message or "")
+
+    def test_long_uid_is_invalid(self, tmp_path: Path) -> None:
+        record = _check(write_with(tmp_path / "f.dcm", SOPInstanceUID="1." + "2" * 63))
+        assert record.reason_code is ReasonCode.INVALID_UID
+
+    def test_odd_pixel_length_allows_one_pad_byte(self, tmp_path: Path) -> None:
+        ds = ct_slice(series_spec("odd"), 0, rows=3, columns=3)
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelData = bytes(9)  # written padded to 10
+        assert _check(write(ds, tmp_path / "odd.dcm")).status is FileValidity.VALID
+        ds.PixelData = bytes(12)
+        record = _check(write(ds, tmp_path / "long.dcm"))
+        assert record.reason_code is ReasonCode.PIXEL_DATA_SIZE_MISMATCH
+
+    def test_multiframe_size_counts_frames(self, tmp_path: Path) -> None:
+        ds = ct_slice(series_spec("mf"), 0, rows=4, columns=4)
+        ds.NumberOfFrames = 3
+        ds.PixelData = bytes(4 * 4 * 2 * 3)
+        assert _check(write(ds, tmp_path / "mf.dcm")).status is FileValidity.VALID
+        ds.NumberOfFrames = 2
+        record = _check(write(ds, tmp_path / "mf2.dcm"))
+        assert record.reason_code is ReasonCode.PIXEL_DATA_SIZE_MISMATCH
+
+    def test_missing_file_is_unreadable(self, tmp_path: Path) -> None:
+        record = validate_file(SourceFile(str(tmp_path / "gone.dcm"), 1, "v", "gone.dcm"))
+        assert record.reason_code is ReasonCode.UNREADABLE
+
+
+class TestPhi:
+    def test_phi_is_left_out_by_default(self, tmp_path: Path) -> None:
+        (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+        record = _check(path)
+        assert (record.patient_name, record.patient_id, record.patient_birth_date) == (
+            None, None, None,
+        )
+
+    def test_phi_on_opt_in(self, tmp_path: Path) -> None:
+        (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+        record = _check(path, include_phi=True)
+        assert record.patient_name == "Doe^Jane"
+        assert record.patient_id == "PID-0001"
+        assert record.patient_birth_date == "19700101"
+
+
+class TestValidateFiles:
+    def test_duplicates_first_in_order_wins(self, tmp_path: Path) -> None:
+        original = write_ct_series(tmp_path / "a", 1, rows=8, columns=8)[0]
+        copy = write_duplicate_of(original, tmp_path / "b" / "copy.dcm")
+
+        kept, duplicate = validate_files(iter_source(str(tmp_path)), workers=1)
+
+        assert kept.uri == str(original) and kept.status is FileValidity.VALID
+        assert duplicate.uri == str(copy)
+        assert duplicate.status is FileValidity.DUPLICATE
+        assert str(original) in (duplicate.reason_message or "")
+
+    def test_invalid_first_copy_does_not_shadow_a_valid_one(self, tmp_path: Path) -> None:
+        valid = write_ct_series(tmp_path, 1, rows=8, columns=8)[0]
+        records = validate_files([_source(valid)], workers=1)
+        invalid_copy = replace(records[0], uri="x", status=FileValidity.INVALID)
+        result = mark_duplicates([invalid_copy, records[0]])
+        assert result[1].status is FileValidity.VALID
+
+    def test_process_pool_gives_the_same_records_in_order(self, tmp_path: Path) -> None:
+        write_ct_series(tmp_path / "s", 6, rows=8, columns=8)
+        for code, make in BROKEN_MAKERS.items():
+            make(tmp_path / "broken" / f"{code}.dcm")
+        shutil.copy(PYDICOM_TEST_FILES / "CT_small.dcm", tmp_path / "ct.dcm")
+        files = list(iter_source(str(tmp_path)))
+
+        serial = validate_files(files, workers=1)
+        parallel = validate_files(iter(files), workers=2, chunk_size=3)
+
+        assert parallel == serial
+        assert [r.uri for r in parallel] == [f.uri for f in files]
+
+    def test_reads_s3_objects_in_workers(self, tmp_path: Path, s3_bucket: str) -> None:
+        paths = write_ct_series(tmp_path, 3, rows=8, columns=8)
+        broken = BROKEN_MAKERS["not_p10"](tmp_path / "bad.dcm")
+        s3 = boto3.client("s3")
+        for path in [*paths, broken]:
+            s3.upload_file(str(path), s3_bucket, f"src/{path.name}")
+
+        records = validate_files(iter_source(f"s3://{s3_bucket}/src"), workers=2, chunk_size=2)
+
+        by_name = {r.relative_path: r for r in records}
+        assert by_name["bad.dcm"].reason_code is ReasonCode.NOT_P10
+        for path in paths:
+            assert by_name[path.name].status is FileValidity.VALID
+            assert by_name[path.name].sha256 == sha256_of(path)
