@@ -183,7 +183,9 @@ def resolve(id_or_name: str, create: bool = True) -> str:
     return resolve_datastore(medical_imaging_client(), id_or_name, create=create)
 
 
-@task(name="import-batch", cache_policy=NO_CACHE)
+# Retrying the whole task is safe only because the client token is
+# deterministic: the retry gets the running job back instead of a second one.
+@task(name="import-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
 def import_batch(
     datastore_id: str,
     batch: Batch,

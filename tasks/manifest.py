@@ -9,6 +9,7 @@ schema rather than line by line in Python.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,11 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pajson
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.locations import filesystem_for
+from tasks.poll import JobOutcome, JobStatus
 
 MANIFEST_NAME = "job-output-manifest.json"
 SUCCESS_PATH = "SUCCESS/success.ndjson"
@@ -177,3 +181,26 @@ def _warning_code(warning: dict[str, Any]) -> str:
     number = warning.get("warning_reason_code")
     kind = warning.get("type") or "OTHER"
     return f"{kind}(0x{number:04X})" if number is not None else kind
+
+
+def read_outputs(outcomes: list[JobOutcome]) -> dict[str, JobOutput | str]:
+    """Output of every COMPLETED job by batch ID; an unreadable output becomes
+    its error message so one bad folder does not hide the others' results."""
+    completed = [o for o in outcomes if o.status is JobStatus.COMPLETED]
+
+    def read(outcome: JobOutcome) -> JobOutput | str:
+        if not outcome.output_s3_uri:
+            return "GetDICOMImportJob returned no outputS3Uri for a COMPLETED job."
+        try:
+            return read_job_output(outcome.output_s3_uri)
+        except (ManifestError, OSError) as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip((o.batch_id for o in completed), pool.map(read, completed),
+                        strict=True))
+
+
+@task(name="read-job-outputs", cache_policy=NO_CACHE)
+def job_outputs(outcomes: list[JobOutcome]) -> dict[str, JobOutput | str]:
+    return read_outputs(outcomes)

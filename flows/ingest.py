@@ -1,0 +1,155 @@
+"""The ``dicom-ingest`` flow: from a folder or S3 prefix to image sets, with a
+report that accounts for every file.
+
+Orchestration only; each stage lives in ``tasks``. Reruns are safe: batches,
+the staging prefix and job client tokens are all derived from the inputs, so a
+rerun after a kill skips files already staged and gets the jobs it already
+started back from HealthImaging instead of starting them twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from flows.parameters import IngestParameters
+from tasks.batch import Batch, batch
+from tasks.discover import discover
+from tasks.import_jobs import import_batch, resolve
+from tasks.manifest import job_outputs
+from tasks.poll import JobOutcome, JobStatus
+from tasks.report import FileStatus, report
+from tasks.stage import StageAction, StagedFile, batch_input_uri, stage, staging_run_id
+from tasks.validate import validate
+
+JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
+SUMMARY_ARTIFACT_KEY = "dicom-ingest-summary"
+
+
+class IngestResult(BaseModel):
+    run_id: str
+    datastore_id: str | None
+    files: int
+    jobs: int
+    counts: dict[str, int]
+    report_files_parquet: str
+    report_files_csv: str
+    report_jobs_parquet: str
+    report_jobs_csv: str
+
+
+# The pool only bounds threads; the number of jobs in flight is bounded per
+# run by max_concurrent_jobs (at most 100, HealthImaging's own quota).
+@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100))
+def dicom_ingest(params: IngestParameters) -> IngestResult:
+    """Validate DICOM files, import the valid ones into HealthImaging, report on all.
+
+    Args:
+        params: What to import, where to, and within which limits.
+    """
+    logger = get_run_logger()
+    files = discover(params.source)
+    records = validate(files, params.validation_workers, params.include_phi)
+    batches = batch(records, params.max_files_per_job, params.max_bytes_per_job)
+    logger.info("%d files, %d valid, in %d batches", len(files),
+                sum(r.is_valid for r in records), len(batches))
+
+    datastore_id: str | None = None
+    staged: list[StagedFile] = []
+    outcomes: list[JobOutcome] = []
+    if params.dry_run:
+        run_id = staging_run_id(params.source, params.datastore or "")
+    else:
+        datastore_id = resolve(params.datastore)
+        run_id = staging_run_id(params.source, datastore_id)
+        staged = stage(batches, params.staging_prefix, run_id, params.stage_concurrency)
+        outcomes = _run_jobs(params, datastore_id, run_id, batches, staged)
+    outputs = job_outputs(outcomes)
+
+    folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
+             f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    paths, counts, job_rows = report(
+        records, batches, staged, outcomes, outputs, folder, params.include_phi
+    )
+    _publish(job_rows, counts, paths.files_parquet)
+    return IngestResult(
+        run_id=run_id,
+        datastore_id=datastore_id,
+        files=len(records),
+        jobs=sum(o.job_id is not None for o in outcomes),
+        counts=counts,
+        report_files_parquet=paths.files_parquet,
+        report_files_csv=paths.files_csv,
+        report_jobs_parquet=paths.jobs_parquet,
+        report_jobs_csv=paths.jobs_csv,
+    )
+
+
+def _run_jobs(
+    params: IngestParameters,
+    datastore_id: str,
+    run_id: str,
+    batches: list[Batch],
+    staged: list[StagedFile],
+) -> list[JobOutcome]:
+    """One task run per batch, at most ``max_concurrent_jobs`` at a time: a slot
+    is taken before submitting and given back when the task ends."""
+    usable = {s.batch_id for s in staged if s.action is not StageAction.FAILED}
+    slots = threading.BoundedSemaphore(params.max_concurrent_jobs)
+    futures: list[tuple[Batch, PrefectFuture[JobOutcome] | None]] = []
+    for item in batches:
+        if item.batch_id not in usable:
+            futures.append((item, None))
+            continue
+        slots.acquire()
+        future = import_batch.submit(
+            datastore_id,
+            item,
+            f"{batch_input_uri(params.staging_prefix or '', run_id, item.batch_id)}/",
+            params.output_prefix or "",
+            params.import_role_arn,
+            params.poll_interval_seconds,
+            params.poll_timeout_seconds,
+        )
+        future.add_done_callback(lambda _: slots.release())
+        futures.append((item, future))
+    return [_outcome(item, future, datastore_id) for item, future in futures]
+
+
+def _outcome(
+    item: Batch, future: PrefectFuture[JobOutcome] | None, datastore_id: str
+) -> JobOutcome:
+    if future is None:
+        return JobOutcome(item.batch_id, datastore_id, None, JobStatus.NOT_STARTED,
+                          "No file of this batch could be staged.")
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        return future.result()
+    # The task crashed after its retries: the job may exist, but nothing is
+    # known about its files, so they are reported as not imported.
+    error = future.result(raise_on_failure=False)
+    return JobOutcome(item.batch_id, datastore_id, None, JobStatus.FAILED,
+                      f"Import task ended {state.name}: {error}")
+
+
+def _publish(job_rows: list[dict[str, object]], counts: dict[str, int], report: str) -> None:
+    """Counts and job IDs only: artifacts are visible to every UI user, so no PHI."""
+    create_table_artifact(
+        key=JOBS_ARTIFACT_KEY,
+        table=job_rows,
+        description="Import jobs of this run, one row per batch.",
+    )
+    lines = ["| status | files |", "|---|---:|"]
+    lines += [f"| {status.value} | {counts.get(status.value, 0)} |" for status in FileStatus]
+    create_markdown_artifact(
+        key=SUMMARY_ARTIFACT_KEY,
+        markdown="## DICOM ingest\n\n" + "\n".join(lines) + f"\n\nPer-file report: `{report}`\n",
+        description="Files by final status.",
+    )

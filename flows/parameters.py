@@ -1,0 +1,95 @@
+"""The ingest flow's parameters: one model, so the Prefect UI renders one form
+with a description per field, and defaults come from the settings of the
+machine that runs the flow (env ``DICOM_IMPORT_*`` or ``dicom-import.toml``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from config.settings import get_settings
+
+
+def _setting(name: str) -> Any:
+    return lambda: getattr(get_settings(), name)
+
+
+class IngestParameters(BaseModel):
+    source: str = Field(
+        description="Folder or s3://bucket/prefix holding the DICOM files (read recursively)."
+    )
+    datastore: str | None = Field(
+        default_factory=_setting("datastore"),
+        description="HealthImaging data store ID (32 hex) or name; a name that does not "
+        "exist yet is created.",
+    )
+    staging_prefix: str | None = Field(
+        default_factory=_setting("staging_prefix"),
+        description="s3:// prefix where valid files are copied, one folder per import job.",
+    )
+    output_prefix: str | None = Field(
+        default_factory=_setting("output_prefix"),
+        description="s3:// prefix where HealthImaging writes each job's output.",
+    )
+    import_role_arn: str = Field(
+        default_factory=_setting("import_role_arn"),
+        description="IAM role HealthImaging assumes to read the staged files and write output.",
+    )
+    report_location: str = Field(
+        default_factory=_setting("report_location"),
+        description="Folder or s3:// prefix for the per-file and per-job reports.",
+    )
+    max_files_per_job: int = Field(
+        default_factory=_setting("max_files_per_job"), ge=1, le=5000,
+        description="Files per import job (HealthImaging quota: 5,000).",
+    )
+    max_bytes_per_job: int = Field(
+        default_factory=_setting("max_bytes_per_job"), ge=1,
+        description="Bytes per import job (HealthImaging quota: 10 GB).",
+    )
+    max_concurrent_jobs: int = Field(
+        default_factory=_setting("max_concurrent_jobs"), ge=1, le=100,
+        description="Import jobs running at once (HealthImaging quota: 100 per data store).",
+    )
+    poll_interval_seconds: float = Field(
+        default_factory=_setting("poll_interval_seconds"), gt=0,
+        description="First wait between job status checks; grows x1.5 per check.",
+    )
+    poll_timeout_seconds: float = Field(
+        default_factory=_setting("poll_timeout_seconds"), gt=0,
+        description="Stop waiting for a job after this long and report its files as timed_out.",
+    )
+    validation_workers: int | None = Field(
+        default_factory=_setting("validation_workers"), ge=1,
+        description="Processes that validate files; default one per core.",
+    )
+    stage_concurrency: int = Field(
+        default_factory=_setting("stage_concurrency"), ge=1,
+        description="Parallel uploads while staging.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Discover, validate and batch only: no upload, no import, report only.",
+    )
+    include_phi: bool = Field(
+        default=False,
+        description="Add patient name, ID and birth date to the report files. Off by default: "
+        "they are protected health information.",
+    )
+
+    @model_validator(mode="after")
+    def _import_needs_locations(self) -> IngestParameters:
+        if not self.dry_run:
+            missing = [
+                name for name in ("datastore", "staging_prefix", "output_prefix")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(
+                    f"{', '.join(missing)} must be set to import (or set dry_run)."
+                )
+            for name in ("staging_prefix", "output_prefix"):
+                if not str(getattr(self, name)).startswith("s3://"):
+                    raise ValueError(f"{name} must be an s3:// URI.")
+        return self
