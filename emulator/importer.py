@@ -4,13 +4,35 @@ job's output folder exactly as AWS lays it out (behaviour doc §3)."""
 
 from __future__ import annotations
 
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from emulator.dicom_json import instance_attributes
+from emulator.frames import store_pixel_data
+from emulator.grouping import ImageSetsBusy, PreparedInstance, place_instances
+from emulator.import_output import (
+    CUSTOMER_ERROR,
+    SERVER_ERROR,
+    FileOutcome,
+    OutputNotWritable,
+    check_output_writable,
+    write_job_output,
+)
+from emulator.part10 import InvalidDicomFile, read_instance
+
 if TYPE_CHECKING:
     from emulator.models import HealthImagingBackend
+
+log = logging.getLogger(__name__)
+
+# Files read, decoded and encoded at once within one job. Decoding and HTJ2K
+# encoding release the GIL, so threads scale with cores.
+FILE_WORKERS = min(8, os.cpu_count() or 1)
 
 
 class ImportJobFailed(Exception):
@@ -49,4 +71,81 @@ def list_input(s3: Any, input_s3_uri: str) -> list[InputObject]:
 
 
 def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
-    raise NotImplementedError
+    """Import every object under the job's input prefix.
+
+    Files are read, checked and their frames stored in parallel; placing the
+    instances into image sets then happens once, in input key order, so the
+    result does not depend on which thread finished first. An empty input
+    prefix completes with nothing scanned (AWS does not document this case).
+    """
+    s3 = backend.s3_client()
+    try:
+        check_output_writable(s3, job["outputS3Uri"])
+    except OutputNotWritable as error:
+        raise ImportJobFailed(str(error)) from error
+    objects = sorted(list_input(s3, job["inputS3Uri"]), key=lambda o: o.key)
+    bucket, _ = split_s3_uri(job["inputS3Uri"])
+    with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
+        results = list(pool.map(lambda o: _import_file(s3, bucket, o, backend), objects))
+    outcomes = [outcome for outcome, _ in results]
+    prepared = [instance for _, instance in results if instance is not None]
+    try:
+        placed = place_instances(backend.image_sets, job["datastoreId"], prepared)
+    except ImageSetsBusy as error:
+        raise ImportJobFailed(str(error)) from error
+    try:
+        write_job_output(s3, job, outcomes, placed.placements, placed.summaries)
+    except OutputNotWritable as error:
+        raise ImportJobFailed(str(error)) from error
+
+
+def _import_file(
+    s3: Any, bucket: str, obj: InputObject, backend: HealthImagingBackend
+) -> tuple[FileOutcome, PreparedInstance | None]:
+    """Read, check and store the frames of one file. The file's own problems
+    become its FAILURE line, so one bad file does not stop the job."""
+    limit = backend.config.max_bytes_per_file
+    if obj.size > limit:
+        return _failed(obj.key, CUSTOMER_ERROR, f"File is {obj.size} bytes; the limit is {limit}")
+    try:
+        data = s3.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
+    except (ClientError, BotoCoreError) as error:
+        return _failed(obj.key, SERVER_ERROR, f"Unable to read s3://{bucket}/{obj.key}: {error}")
+    try:
+        checked = read_instance(data)
+    except InvalidDicomFile as error:
+        return _failed(obj.key, CUSTOMER_ERROR, str(error))
+    try:
+        attributes = instance_attributes(checked.dataset)
+    except Exception as error:  # pydicom raises many types for malformed values
+        return _failed(obj.key, CUSTOMER_ERROR, f"DICOM attributes could not be read: {error}")
+    try:
+        stored = store_pixel_data(
+            checked.dataset,
+            backend.image_sets.put_frame,
+            transcode=backend.config.transcode_htj2k,
+        )
+    except Exception:  # a bug or a storage failure here is ours, not the file's
+        log.exception("storing the frames of %s failed", obj.key)
+        return _failed(obj.key, SERVER_ERROR, "Internal error while storing the image frames")
+    entry = {
+        "DICOM": attributes.instance,
+        "DICOMVRs": attributes.vrs,
+        "StoredTransferSyntaxUID": str(stored.transfer_syntax_uid),
+        "ChecksumType": "DECOMPRESSED",
+        "ImageFrames": [frame.as_json() for frame in stored.frames],
+    }
+    instance = PreparedInstance(
+        obj.key,
+        checked.study_instance_uid,
+        checked.series_instance_uid,
+        checked.sop_instance_uid,
+        attributes,
+        entry,
+    )
+    outcome = FileOutcome(obj.key, warnings=checked.warnings + stored.warnings)
+    return outcome, instance
+
+
+def _failed(key: str, exception_type: str, message: str) -> tuple[FileOutcome, None]:
+    return FileOutcome(key, exception_type, message), None

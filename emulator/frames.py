@@ -1,0 +1,314 @@
+"""Image frames: what an import stores for each frame of an instance.
+
+AWS keeps pixel data as HTJ2K lossless (stored transfer syntax
+``1.2.840.10008.1.2.4.202``, served as ``image/jph``) except for syntaxes that
+are lossy already (JPEG baseline, JPEG 2000 lossy, HTJ2K lossy) and video, which
+it keeps as they came (behaviour doc §3.2). Frames are decoded with pydicom
+and encoded with OpenJPH through imagecodecs; both release the GIL, so the
+importer runs this in a thread pool.
+
+Choices where AWS documents nothing, written down here:
+
+* Decoding keeps the samples as stored (``as_rgb=False``): YBR pixel data is
+  not converted to RGB, so the HTJ2K frame and the checksum describe the values
+  in the file. The checksum is ``zlib.crc32`` of the decoded frame as
+  little-endian bytes, interleaved samples, for every frame that can be decoded
+  (kept-as-is frames too).
+* Pixel data that cannot be decoded or encoded is stored as it came (the
+  frame's fragments, or its slice of native pixel data) with the source
+  transfer syntax and a warning; such frames carry no checksum or min/max and
+  an empty ``PixelDataChecksumFromBaseToFullResolution``.
+* Video is one frame holding the whole bitstream, as DICOM does not split a
+  video stream into frames.
+* With ``transcode_htj2k`` off (a benchmark setting, not an AWS mode), native
+  pixel data is stored as the decoded frame's little-endian bytes under
+  Explicit VR Little Endian (bit-packed for BitsAllocated 1) and compressed
+  pixel data as it came.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import imagecodecs
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments, generate_frames
+from pydicom.pixels import get_decoder, iter_pixels
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    ExplicitVRLittleEndian,
+    HTJ2KLosslessRPCL,
+    JPEGBaseline8Bit,
+    MPEGTransferSyntaxes,
+)
+
+from emulator.imagesets import new_id
+from emulator.import_warnings import ImportWarning, WarningCode
+from emulator.part10 import native_frame_bits
+
+VIDEO = frozenset(MPEGTransferSyntaxes)
+# Lossy already: transcoding would not make them lossless, so AWS keeps them.
+KEPT_AS_IS = frozenset({JPEGBaseline8Bit, JPEG2000, HTJ2K}) | VIDEO
+
+# ISO/IEC 15444-1 Annex M enumerated colour spaces used in the 'colr' box.
+_SRGB, _GREYSCALE, _SYCC = 16, 17, 18
+
+PutFrame = Callable[[str, bytes, str], None]
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One stored frame, as listed in the instance's ImageFrames."""
+
+    frame_id: str
+    size: int
+    width: int
+    height: int
+    checksum: int | None = None
+    min_value: int | float | None = None
+    max_value: int | float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"ID": self.frame_id}
+        if self.checksum is None:
+            entry["PixelDataChecksumFromBaseToFullResolution"] = []
+        else:
+            entry["PixelDataChecksumFromBaseToFullResolution"] = [
+                {"Width": self.width, "Height": self.height, "Checksum": self.checksum}
+            ]
+            entry["MinPixelValue"] = self.min_value
+            entry["MaxPixelValue"] = self.max_value
+        entry["FrameSizeInBytes"] = self.size
+        return entry
+
+
+@dataclass
+class StoredPixelData:
+    transfer_syntax_uid: str
+    frames: list[FrameRecord] = field(default_factory=list)
+    warnings: list[ImportWarning] = field(default_factory=list)
+
+
+class _KeepAsItCame(Exception):
+    """Frames that will be stored as they came; carries the warning to report."""
+
+    def __init__(self, warning: ImportWarning) -> None:
+        super().__init__(warning.message)
+        self.warning = warning
+
+
+class _Undecodable(_KeepAsItCame):
+    """Decoding failed, so no checksum can be computed either."""
+
+
+class _Unencodable(_KeepAsItCame):
+    """Decoded fine, but HTJ2K encoding failed: checksums are still known."""
+
+
+def store_pixel_data(ds: Dataset, put_frame: PutFrame, *, transcode: bool) -> StoredPixelData:
+    """Store every frame of ``ds`` through ``put_frame`` and describe them.
+
+    Frames are decoded, encoded and put one at a time so that a long
+    multi-frame instance never sits in memory decoded. If a frame fails, the
+    instance falls back to its source frames (frames put before that stay
+    unreferenced), so an instance never has frames in two stored syntaxes.
+    """
+    source = UID(ds.file_meta.TransferSyntaxUID)
+    if "PixelData" not in ds:
+        return StoredPixelData(source)
+    if source in VIDEO:
+        stream = b"".join(generate_fragments(ds.PixelData))
+        return StoredPixelData(source, [_put(put_frame, source, stream, None, ds)])
+
+    warnings: list[ImportWarning] = []
+    decodable = True
+    if source not in KEPT_AS_IS and (transcode or not source.is_compressed):
+        target = HTJ2KLosslessRPCL if transcode else ExplicitVRLittleEndian
+        encode = _jph if transcode else _native_bytes
+        try:
+            records = [
+                _put(put_frame, target, _encoded(encode, pixels, ds, source), pixels, ds)
+                for pixels in _decode(ds, source)
+            ]
+        except _KeepAsItCame as failure:
+            warnings.append(failure.warning)
+            decodable = isinstance(failure, _Unencodable)
+        else:
+            return StoredPixelData(target, records)
+
+    frames = _source_frames(ds, source, warnings)
+    checksums: Iterator[np.ndarray | None] = iter(())
+    if decodable and len(frames) == _number_of_frames(ds):
+        checksums = _decode(ds, source)
+    records = []
+    for data in frames:
+        try:
+            pixels = next(checksums, None)
+        except _Undecodable as undecodable:
+            warnings.append(undecodable.warning)
+            checksums, pixels = iter(()), None
+        records.append(_put(put_frame, source, data, pixels, ds))
+    return StoredPixelData(source, records, warnings)
+
+
+def _encoded(
+    encode: Callable[[np.ndarray, Dataset], bytes], pixels: np.ndarray, ds: Dataset, source: UID
+) -> bytes:
+    try:
+        return encode(pixels, ds)
+    except (RuntimeError, ValueError, imagecodecs.Htj2kError) as error:
+        raise _Unencodable(
+            ImportWarning(
+                WarningCode.TRANSCODING_EXCEPTION,
+                f"HTJ2K encoding failed ({error}); frames stored in {source}",
+            )
+        ) from None
+
+
+def _decode(ds: Dataset, source: UID) -> Iterator[np.ndarray]:
+    """Decoded frames as contiguous little-endian arrays, samples interleaved."""
+    try:
+        decoder = get_decoder(source)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        raise _Undecodable(
+            ImportWarning(
+                WarningCode.UNSUPPORTED_TRANSFER_SYNTAX,
+                f"No decoder for transfer syntax {source}; frames stored as they came",
+            )
+        )
+    try:
+        for frame in iter_pixels(ds, as_rgb=False):
+            yield np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<"))
+    except Exception as error:  # any decoder failure means "keep it as it came"
+        raise _Undecodable(
+            ImportWarning(
+                WarningCode.TRANSCODING_EXCEPTION,
+                f"Pixel data could not be decoded ({error}); frames stored as they came",
+            )
+        ) from error
+
+
+def _source_frames(ds: Dataset, source: UID, warnings: list[ImportWarning]) -> list[bytes]:
+    """Each frame's bytes as they are in the file."""
+    count = _number_of_frames(ds)
+    data: bytes = ds.PixelData
+    if not source.is_encapsulated:
+        frame_length = _native_frame_length(ds) or len(data) // count
+        return [data[i * frame_length : (i + 1) * frame_length] for i in range(count)]
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        return list(generate_frames(data, number_of_frames=count, extended_offsets=offsets))
+    except (ValueError, struct.error) as error:
+        warnings.append(
+            ImportWarning(
+                WarningCode.FRAMES_EXTRACTION_FAILURE,
+                f"The {count} frame(s) could not be told apart ({error}); "
+                "the whole pixel data is stored as one frame",
+            )
+        )
+        return [b"".join(generate_fragments(data))]
+
+
+def _native_frame_length(ds: Dataset) -> int | None:
+    """Bytes per native frame; None for bit-packed data, whose frames need not
+    start on a byte boundary."""
+    bits = native_frame_bits(ds)
+    return None if bits % 8 else bits // 8
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    value = ds.get("NumberOfFrames")
+    return int(value) if value else 1
+
+
+def _native_bytes(pixels: np.ndarray, ds: Dataset) -> bytes:
+    if int(ds.BitsAllocated) == 1:
+        return np.packbits(pixels, bitorder="little").tobytes()
+    return pixels.tobytes()
+
+
+def _put(
+    put_frame: PutFrame,
+    transfer_syntax_uid: str,
+    data: bytes,
+    pixels: np.ndarray | None,
+    ds: Dataset,
+) -> FrameRecord:
+    frame_id = new_id()
+    put_frame(frame_id, data, transfer_syntax_uid)
+    width, height = int(ds.Columns), int(ds.Rows)
+    if pixels is None:
+        return FrameRecord(frame_id, len(data), width, height)
+    return FrameRecord(
+        frame_id,
+        len(data),
+        width,
+        height,
+        zlib.crc32(pixels.data),
+        pixels.min().item(),
+        pixels.max().item(),
+    )
+
+
+# -- the JPH file format (ISO/IEC 15444-15 Annex D) ---------------------------
+
+
+def _jph(pixels: np.ndarray, ds: Dataset) -> bytes:
+    codestream = bytes(imagecodecs.htj2k_encode(pixels))
+    return jph_file(codestream, colourspace=_colourspace(ds))
+
+
+def _colourspace(ds: Dataset) -> int:
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric in ("YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420"):
+        return _SYCC
+    # JPEG 2000 decoders undo YBR_RCT / YBR_ICT, so those frames are RGB.
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        return _SRGB
+    return _GREYSCALE
+
+
+def _box(box_type: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + box_type + payload
+
+
+def jph_file(codestream: bytes, *, colourspace: int) -> bytes:
+    """Wrap a raw HTJ2K codestream in the JPH boxes AWS serves as image/jph.
+
+    The image header is read back from the codestream's SIZ marker so that it
+    always agrees with what the encoder wrote (bit depth, signedness).
+    """
+    width, height, components, bpc = codestream_size(codestream)
+    ihdr = struct.pack(">IIHBBBB", height, width, components, bpc, 7, 0, 0)
+    colr = struct.pack(">BBBI", 1, 0, 0, colourspace)
+    return b"".join(
+        (
+            _box(b"jP  ", b"\r\n\x87\n"),
+            _box(b"ftyp", b"jph " + struct.pack(">I", 0) + b"jph "),
+            _box(b"jp2h", _box(b"ihdr", ihdr) + _box(b"colr", colr)),
+            _box(b"jp2c", codestream),
+        )
+    )
+
+
+def codestream_size(codestream: bytes) -> tuple[int, int, int, int]:
+    """(width, height, components, BPC) from the SIZ marker segment that
+    follows SOC; BPC is 255 when components differ, as the ihdr box says."""
+    if codestream[:4] != b"\xff\x4f\xff\x51":
+        raise ValueError("not a JPEG 2000 codestream starting with SOC and SIZ")
+    xsiz, ysiz, x0, y0 = struct.unpack_from(">IIII", codestream, 8)
+    (components,) = struct.unpack_from(">H", codestream, 40)
+    depths = {codestream[42 + 3 * i] for i in range(components)}
+    bpc = depths.pop() if len(depths) == 1 else 255
+    return xsiz - x0, ysiz - y0, components, bpc
