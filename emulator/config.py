@@ -20,6 +20,10 @@ class ServiceConfig:
     datastore_transition_seconds: float = 0.2
     # How long an image set stays LOCKED during Update/Copy/Delete.
     write_seconds: float = 0.1
+    # Image set write quotas (behaviour doc §3.4).
+    max_concurrent_writes: int = 100
+    max_copy_frames: int = 1000
+    max_update_payload_bytes: int = 10 * 1024
     # Where import jobs read and write S3; None means this service's own endpoint.
     s3_endpoint: str | None = None
     # Store frames as HTJ2K lossless (AWS behaviour). Off keeps the source

@@ -169,8 +169,11 @@ class ImageSetRepository:
         state: str = "ACTIVE",
         message: str | None = None,
         is_primary: bool | None = None,
+        overrides: dict[str, bool] | None = None,
     ) -> dict[str, Any]:
-        """Append a version with ``doc`` and make it current."""
+        """Append a version with ``doc`` and make it current. ``overrides``
+        records that the version was written with force (GetImageSet and
+        ListImageSetVersions report it)."""
         with self.lock:
             record = self.sets[image_set_id]
             number = int(record["versionId"]) + 1
@@ -189,6 +192,8 @@ class ImageSetRepository:
                 updatedAt=now,
                 message=message,
                 dicomTags=dicom_tags(doc),
+                # Search matches any series of a set (a copy can merge several).
+                seriesInstanceUIDs=list(doc.get("Study", {}).get("Series", {})),
             )
             version = {
                 "imageSetId": image_set_id,
@@ -200,6 +205,7 @@ class ImageSetRepository:
                 "message": message,
                 "isPrimary": record["isPrimary"],
                 "metadataKey": key,
+                "overrides": overrides,
             }
             self.versions.setdefault(image_set_id, []).append(version)
             self._store.put(VERSION_KIND, f"{image_set_id}/{number}", version)
