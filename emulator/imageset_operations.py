@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from emulator import copies, search
@@ -115,8 +117,16 @@ class ImageSetOperations:
                 f"the limit is {self.config.max_concurrent_writes}"
             )
 
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """The backend lock orders writes against each other; the repository
+        lock keeps an import from committing a version between a write's
+        checks and its own version (the importer takes only that one)."""
+        with self.lock, self.image_sets.lock:
+            yield
+
     def _finish_write(self, image_set_ids: list[str], state: str, workflow_status: str) -> None:
-        with self.lock:
+        with self._write_lock():
             extra = {"deletedAt": time.time()} if state == "DELETED" else {}
             for image_set_id in image_set_ids:
                 self.image_sets.set_state(
@@ -199,7 +209,7 @@ class ImageSetOperations:
         self._datastore(datastoreId)
         filters = search.parse_filters(searchCriteria)
         sort = (searchCriteria or {}).get("sort")
-        with self.lock:
+        with self.image_sets.lock:
             records = [
                 r
                 for r in self.image_sets.in_datastore(datastoreId)
@@ -267,7 +277,7 @@ class ImageSetOperations:
         cannot be updated at all."""
         force = bool(force)
         revert = updateImageSetMetadataUpdates.get("revertToVersionId")
-        with self.lock:
+        with self._write_lock():
             record = self._writable(datastoreId, imageSetId)
             self._check_latest(record, latestVersionId)
             self._check_write_quota(datastoreId)
@@ -386,7 +396,7 @@ class ImageSetOperations:
         source_info = copyImageSetInformation["sourceImageSet"]
         destination_info = copyImageSetInformation.get("destinationImageSet")
         copiable = (source_info.get("DICOMCopies") or {}).get("copiableAttributes")
-        with self.lock:
+        with self._write_lock():
             source = self._writable(datastoreId, sourceImageSetId)
             self._check_latest(source, source_info["latestVersionId"])
             destination = None
@@ -456,7 +466,7 @@ class ImageSetOperations:
         ``config.write_seconds``. Deleting a deleted set is a ConflictException
         like any write on a set that is not ACTIVE. Frames stay stored because
         copies may share them; tags stay readable."""
-        with self.lock:
+        with self._write_lock():
             self._writable(datastoreId, imageSetId)
             record = self.image_sets.set_state(
                 imageSetId, state="LOCKED", workflow_status="DELETING"

@@ -11,16 +11,25 @@ import gzip
 import json
 import zlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
+import imagecodecs
+import pydicom
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from emulator.imagesets import new_id
 from emulator.server import LocalService
-from tests.emulator.conftest import wait_datastore_active, wait_for
+from tests.emulator.conftest import (
+    BUCKET,
+    ROLE,
+    wait_datastore_active,
+    wait_for,
+    wait_job_done,
+)
 
 HTJ2K = "1.2.840.10008.1.2.4.202"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -1168,3 +1177,89 @@ def test_writes_need_an_active_data_store(service: LocalService, mi: Any) -> Non
         mi.delete_image_set(datastoreId=creating, imageSetId=image_set["id"])
     assert e.value.response["Error"]["Code"] == "ConflictException"
     wait_datastore_active(mi, creating)
+
+
+class TestImportedImageSets:
+    """The operations on what a real import job stored, from pydicom's own
+    test files (no download)."""
+
+    def test_search_get_update_copy_delete(self, mi: Any, s3: Any, datastore_id: str) -> None:
+        test_files = Path(pydicom.__file__).parent / "data" / "test_files"
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            s3.upload_file(str(test_files / name), BUCKET, f"real/{name}")
+        ct = pydicom.dcmread(test_files / "CT_small.dcm")
+        job = mi.start_dicom_import_job(
+            datastoreId=datastore_id,
+            dataAccessRoleArn=ROLE,
+            clientToken="real-data",
+            inputS3Uri=f"s3://{BUCKET}/real/",
+            outputS3Uri=f"s3://{BUCKET}/out/",
+        )
+        assert wait_job_done(mi, datastore_id, job["jobId"])["jobStatus"] == "COMPLETED"
+
+        [found] = mi.search_image_sets(
+            datastoreId=datastore_id,
+            searchCriteria={
+                "filters": [{"values": [{"DICOMPatientId": ct.PatientID}], "operator": "EQUAL"}]
+            },
+        )["imageSetsMetadataSummaries"]
+        assert found["DICOMTags"]["DICOMSeriesInstanceUID"] == ct.SeriesInstanceUID
+        assert found["DICOMTags"]["DICOMStudyDate"] == ct.StudyDate
+        image_set_id = found["imageSetId"]
+        props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+        assert (props["imageSetState"], props["imageSetWorkflowStatus"]) == ("ACTIVE", "IMPORTED")
+        assert props["isPrimary"] is True
+
+        doc = metadata(mi, datastore_id, image_set_id)
+        instance = doc["Study"]["Series"][ct.SeriesInstanceUID]["Instances"][ct.SOPInstanceUID]
+        [frame_info] = instance["ImageFrames"]
+        frame = mi.get_image_frame(
+            datastoreId=datastore_id,
+            imageSetId=image_set_id,
+            imageFrameInformation={"imageFrameId": frame_info["ID"]},
+        )
+        assert frame["contentType"] == "image/jph"
+        pixels = imagecodecs.jpeg2k_decode(frame["imageFrameBlob"].read())
+        full_resolution = frame_info["PixelDataChecksumFromBaseToFullResolution"][-1]
+        assert zlib.crc32(pixels.tobytes()) == full_resolution["Checksum"]
+        assert (pixels == ct.pixel_array).all()
+
+        update(
+            mi,
+            datastore_id,
+            image_set_id,
+            props["versionId"],
+            {"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "Anonymous"}}},
+        )
+        updated = wait_active(mi, datastore_id, image_set_id)
+        assert updated["imageSetWorkflowStatus"] == "UPDATED"
+        assert metadata(mi, datastore_id, image_set_id)["Patient"]["DICOM"]["PatientName"] == (
+            "Anonymous"
+        )
+
+        copied = copy(mi, datastore_id, {"id": image_set_id}, version=updated["versionId"])
+        copy_id = copied["destinationImageSetProperties"]["imageSetId"]
+        wait_active(mi, datastore_id, copy_id)
+        same_frame = mi.get_image_frame(
+            datastoreId=datastore_id,
+            imageSetId=copy_id,
+            imageFrameInformation={"imageFrameId": frame_info["ID"]},
+        )
+        assert imagecodecs.jpeg2k_decode(same_frame["imageFrameBlob"].read()).tobytes() == (
+            pixels.tobytes()
+        )
+
+        wait_active(mi, datastore_id, image_set_id)
+        mi.delete_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+        wait_for(
+            lambda: (
+                mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetState"]
+                == "DELETED"
+            )
+        )
+        remaining = search_ids(
+            mi,
+            datastore_id,
+            filters=[{"values": [{"DICOMPatientId": ct.PatientID}], "operator": "EQUAL"}],
+        )
+        assert remaining == [copy_id]
