@@ -61,7 +61,15 @@ class Settings(BaseSettings):
     )
     schedule_cron: str = Field(default="0 2 * * *", description="Scheduled ingestion cron.")
     schedule_timezone: str = Field(default="UTC")
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(
+        default=3, ge=1, description="Import jobs a file may be in before retry_failed gives up."
+    )
+    claim_lease_seconds: float = Field(
+        default=12 * 3600.0,
+        gt=0,
+        description="How long a run's claim on a file lasts: a run killed without cleaning "
+        "up holds its files that long. Keep it above the longest run.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -18,13 +18,15 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.parameters import IngestParameters
+from flows.parameters import ImportOptions, IngestParameters
+from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
-from tasks.discover import discover
+from tasks.discover import SourceFile, discover
 from tasks.import_jobs import import_batch, resolve
+from tasks.ledger import RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
-from tasks.report import FileStatus, report
+from tasks.report import report
 from tasks.stage import StageAction, StagedFile, batch_input_uri, stage, staging_run_id
 from tasks.validate import validate
 
@@ -42,42 +44,77 @@ class IngestResult(BaseModel):
     report_files_csv: str
     report_jobs_parquet: str
     report_jobs_csv: str
+    # Discovered but left out of this run's report (see docs/operations.md).
+    skipped_unchanged: int = 0
+    claimed_by_other_runs: int = 0
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
 # run by max_concurrent_jobs (at most 100, HealthImaging's own quota).
-@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100))
+@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100),
+      flow_run_name=ingest_run_name)
 def dicom_ingest(params: IngestParameters) -> IngestResult:
     """Validate DICOM files, import the valid ones into HealthImaging, report on all.
 
     Args:
         params: What to import, where to, and within which limits.
     """
-    logger = get_run_logger()
     files = discover(params.source)
+    if params.dry_run:
+        # A dry run claims nothing and records nothing: it changes no state.
+        return _import_and_report(params, files, None, None)
+    datastore_id = resolve(params.datastore)
+    tag_current_run(*datastore_tags(params.datastore, datastore_id))
+    ledger = run_ledger(params.report_location, datastore_id)
+    ledger.start_run("dicom-ingest", params.source)
+    try:
+        claim = claim_files(ledger, params.source, files, params.only_new)
+        get_run_logger().info(
+            "%d files found: %d to process, %d unchanged since an earlier run, "
+            "%d being processed by another run", len(files), len(claim.files),
+            claim.skipped_unchanged, claim.claimed_by_other_runs)
+        return _import_and_report(params, claim.files, datastore_id, ledger,
+                                  claim.skipped_unchanged, claim.claimed_by_other_runs)
+    finally:
+        ledger.release()
+
+
+def _import_and_report(
+    params: IngestParameters,
+    files: list[SourceFile],
+    datastore_id: str | None,
+    ledger: RunLedger | None,
+    skipped_unchanged: int = 0,
+    claimed_by_other_runs: int = 0,
+) -> IngestResult:
+    logger = get_run_logger()
     records = validate(files, params.validation_workers, params.include_phi)
+    if ledger is not None:
+        records, same_bytes = settle_unchanged(ledger, records, params.only_new)
+        skipped_unchanged += same_bytes
     batches = batch(records, params.max_files_per_job, params.max_bytes_per_job)
-    logger.info("%d files, %d valid, in %d batches", len(files),
+    logger.info("%d files, %d valid, in %d batches", len(records),
                 sum(r.is_valid for r in records), len(batches))
 
-    datastore_id: str | None = None
     staged: list[StagedFile] = []
     outcomes: list[JobOutcome] = []
-    if params.dry_run:
+    if datastore_id is None:
         run_id = staging_run_id(params.source, params.datastore or "")
     else:
-        datastore_id = resolve(params.datastore)
         run_id = staging_run_id(params.source, datastore_id)
-        staged = stage(batches, params.staging_prefix, run_id, params.stage_concurrency)
-        outcomes = _run_jobs(params, datastore_id, run_id, batches, staged)
+        staged, outcomes = import_batches(params, datastore_id, run_id, batches, ledger)
     outputs = job_outputs(outcomes)
 
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     paths, counts, job_rows = report(
-        records, batches, staged, outcomes, outputs, folder, params.include_phi
+        records, batches, staged, outcomes, outputs, folder, params.include_phi, ledger
     )
-    _publish(job_rows, counts, paths.files_parquet)
+    skipped = {"skipped_unchanged": skipped_unchanged,
+               "claimed_by_other_runs": claimed_by_other_runs}
+    publish(job_rows, counts, skipped, paths.files_parquet)
+    if ledger is not None:
+        ledger.finish_run({**counts, **skipped})
     return IngestResult(
         run_id=run_id,
         datastore_id=datastore_id,
@@ -88,15 +125,31 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
         report_files_csv=paths.files_csv,
         report_jobs_parquet=paths.jobs_parquet,
         report_jobs_csv=paths.jobs_csv,
+        **skipped,
     )
 
 
+def import_batches(
+    params: ImportOptions,
+    datastore_id: str,
+    run_id: str,
+    batches: list[Batch],
+    ledger: RunLedger | None,
+) -> tuple[list[StagedFile], list[JobOutcome]]:
+    """Stage, then import: shared by ingestion and retry_failed."""
+    staged = stage(batches, params.staging_prefix, run_id, params.stage_concurrency)
+    if ledger is not None:
+        ledger.renew()  # staging a large backfill can take a good part of a lease
+    return staged, _run_jobs(params, datastore_id, run_id, batches, staged, ledger)
+
+
 def _run_jobs(
-    params: IngestParameters,
+    params: ImportOptions,
     datastore_id: str,
     run_id: str,
     batches: list[Batch],
     staged: list[StagedFile],
+    ledger: RunLedger | None,
 ) -> list[JobOutcome]:
     """One task run per batch, at most ``max_concurrent_jobs`` at a time: a slot
     is taken before submitting and given back when the task ends."""
@@ -116,6 +169,7 @@ def _run_jobs(
             params.import_role_arn,
             params.poll_interval_seconds,
             params.poll_timeout_seconds,
+            ledger,
         )
         future.add_done_callback(lambda _: slots.release())
         futures.append((item, future))
@@ -139,17 +193,27 @@ def _outcome(
                       f"Import task ended {state.name}: {error}")
 
 
-def _publish(job_rows: list[dict[str, object]], counts: dict[str, int], report: str) -> None:
-    """Counts and job IDs only: artifacts are visible to every UI user, so no PHI."""
+def publish(
+    job_rows: list[dict[str, object]],
+    counts: dict[str, int],
+    skipped: dict[str, int],
+    report: str,
+    title: str = "DICOM ingest",
+    keys: tuple[str, str] = (JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY),
+) -> None:
+    """Counts and job IDs only: artifacts are visible to every UI user, so no PHI.
+    Stable keys give each artifact a version history in the UI."""
+    jobs_key, summary_key = keys
     create_table_artifact(
-        key=JOBS_ARTIFACT_KEY,
+        key=jobs_key,
         table=job_rows,
         description="Import jobs of this run, one row per batch.",
     )
     lines = ["| status | files |", "|---|---:|"]
-    lines += [f"| {status.value} | {counts.get(status.value, 0)} |" for status in FileStatus]
+    lines += [f"| {status} | {count} |" for status, count in counts.items()]
+    lines += [f"| {name} (not in the report) | {count} |" for name, count in skipped.items()]
     create_markdown_artifact(
-        key=SUMMARY_ARTIFACT_KEY,
-        markdown="## DICOM ingest\n\n" + "\n".join(lines) + f"\n\nPer-file report: `{report}`\n",
+        key=summary_key,
+        markdown=f"## {title}\n\n" + "\n".join(lines) + f"\n\nPer-file report: `{report}`\n",
         description="Files by final status.",
     )

@@ -15,9 +15,13 @@ def _setting(name: str) -> Any:
     return lambda: getattr(get_settings(), name)
 
 
-class IngestParameters(BaseModel):
-    source: str = Field(
-        description="Folder or s3://bucket/prefix holding the DICOM files (read recursively)."
+class ImportOptions(BaseModel):
+    """Where files go and within which limits: shared by ingestion and retries,
+    so both forms in the UI read the same."""
+
+    source: str | None = Field(
+        default=None,
+        description="Only files found under this folder or s3://bucket/prefix; all when empty.",
     )
     datastore: str | None = Field(
         default_factory=_setting("datastore"),
@@ -68,19 +72,18 @@ class IngestParameters(BaseModel):
         default_factory=_setting("stage_concurrency"), ge=1,
         description="Parallel uploads while staging.",
     )
-    dry_run: bool = Field(
-        default=False,
-        description="Discover, validate and batch only: no upload, no import, report only.",
-    )
     include_phi: bool = Field(
         default=False,
         description="Add patient name, ID and birth date to the report files. Off by default: "
         "they are protected health information.",
     )
 
+    def imports(self) -> bool:
+        return True
+
     @model_validator(mode="after")
-    def _import_needs_locations(self) -> IngestParameters:
-        if not self.dry_run:
+    def _import_needs_locations(self) -> ImportOptions:
+        if self.imports():
             missing = [
                 name for name in ("datastore", "staging_prefix", "output_prefix")
                 if not getattr(self, name)
@@ -93,3 +96,44 @@ class IngestParameters(BaseModel):
                 if not str(getattr(self, name)).startswith("s3://"):
                     raise ValueError(f"{name} must be an s3:// URI.")
         return self
+
+
+class IngestParameters(ImportOptions):
+    source: str = Field(
+        description="Folder or s3://bucket/prefix holding the DICOM files (read recursively)."
+    )
+    only_new: bool = Field(
+        default=False,
+        description="Skip files that an earlier run already handled and that have not changed "
+        "since (same size and ETag/mtime, or same SHA-256). Changed files are imported again. "
+        "The scheduled deployment turns this on.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Discover, validate and batch only: no upload, no import, report only.",
+    )
+
+    def imports(self) -> bool:
+        return not self.dry_run
+
+
+class RetryParameters(ImportOptions):
+    """Which failed files to import again. With neither a run nor a job, every
+    retryable file of the data store."""
+
+    run_id: str | None = Field(
+        default=None,
+        description="Only files that failed in this flow run (its ID in the Prefect UI).",
+    )
+    job_id: str | None = Field(
+        default=None, description="Only files of this HealthImaging import job.",
+    )
+    force: bool = Field(
+        default=False,
+        description="Also files that failed validation or with a customer error although "
+        "they have not changed, and files past the attempt limit.",
+    )
+    max_attempts: int = Field(
+        default_factory=_setting("max_attempts"), ge=1,
+        description="Import jobs a file may have been in; past this it is reported given_up.",
+    )

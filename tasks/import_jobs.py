@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 from prefect import task
@@ -24,6 +24,9 @@ from config.clients import medical_imaging_client
 from tasks.backoff import error_code, exponential, is_transient, jittered
 from tasks.batch import Batch
 from tasks.poll import JobOutcome, JobStatus, wait_for_job
+
+if TYPE_CHECKING:
+    from tasks.ledger import RunLedger
 
 DATASTORE_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -194,11 +197,14 @@ def import_batch(
     role_arn: str,
     poll_interval: float,
     poll_timeout: float,
+    ledger: RunLedger | None = None,
 ) -> JobOutcome:
     """Start and wait: one task run per batch, the unit an operator retries.
 
     A refused start becomes a NOT_STARTED outcome rather than an exception, so
     the other batches carry on and the report says which files it affects.
+    The ledger learns the job ID before the wait, so that a run killed while
+    waiting leaves a job that retry_failed can resume.
     """
     client = medical_imaging_client()
     try:
@@ -208,6 +214,8 @@ def import_batch(
     except ImportJobError as exc:
         return JobOutcome(batch.batch_id, datastore_id, None, JobStatus.NOT_STARTED, str(exc),
                           input_s3_uri=input_s3_uri)
+    if ledger is not None:
+        ledger.record_job_started(job.job_id, batch, input_s3_uri)
     return wait_for_job(
         client, datastore_id, job.job_id, batch.batch_id,
         poll_interval=poll_interval, timeout=poll_timeout,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
@@ -22,6 +23,9 @@ from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus
 from tasks.stage import StageAction, StagedFile
 from tasks.validate import FileValidity, ValidationRecord
+
+if TYPE_CHECKING:
+    from tasks.ledger import RunLedger
 
 
 class FileStatus(StrEnum):
@@ -41,6 +45,9 @@ FILE_COLUMNS = [
     "series_number", "transfer_syntax", "sha256", "batch_id", "staged_key", "job_id",
     "status", "image_set_id", "is_primary", "image_set_version", "error_type",
     "error_message", "warning_codes", "reason_code",
+    # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
+    # against what earlier runs recorded, and import jobs the file was in.
+    "change", "attempts",
 ]
 PHI_COLUMNS = ["patient_name", "patient_id", "patient_birth_date"]
 JOB_COLUMNS = [
@@ -273,10 +280,14 @@ def report(
     outputs: dict[str, JobOutput | str],
     folder: str,
     include_phi: bool = False,
+    ledger: RunLedger | None = None,
 ) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
     """Returns where the report is, counts by status and the job table: small
-    enough for artifacts, while the per-file rows stay in storage."""
+    enough for artifacts, while the per-file rows stay in storage. With a
+    ledger, the rows are recorded there first and written as recorded."""
     files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+    if ledger is not None:
+        files = ledger.record_outcomes(files, outcomes)
     jobs = build_job_summary(batches, outcomes, outputs, files)
     paths = write_report(files, jobs, folder)
     job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")

@@ -1,0 +1,862 @@
+"""The ingestion ledger: every source object seen, and what last happened to it.
+
+Reports are per run; a scheduled ingestion needs memory across runs (which
+files were already imported, unchanged), two runs started together need one
+place that decides which of them takes a file, and a retry needs the jobs that
+a killed run started but never read. That is this module, on SQLAlchemy Core:
+SQLite by default (a file beside the reports), PostgreSQL for a shared
+deployment. The rows recorded for a run are the rows of its report: the flow
+passes the report DataFrame through :meth:`RunLedger.record_outcomes` and
+writes what comes back (the same rows plus ``change`` and ``attempts``).
+
+Claims. A run claims a file before reading it, in one transaction per chunk
+(SQLite: ``BEGIN IMMEDIATE``, i.e. the database write lock; PostgreSQL:
+``SELECT ... FOR UPDATE`` on known rows and ``INSERT ... ON CONFLICT DO
+NOTHING`` for new ones), so of two concurrent runs exactly one gets each file.
+A claim names its owner (the Prefect flow run ID) and expires after a lease,
+so a killed run holds its files for at most that long; recording a file's
+outcome, or the end of the run, releases it.
+
+Identity. A file is (data store ID, URI): the same file is new to another data
+store. It is unchanged when its size and version (S3 ETag, local mtime) are
+those recorded with its last outcome, or, when only the version moved (a
+touched or re-uploaded file), when its SHA-256 is.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Connection, Engine
+
+from tasks.batch import Batch
+from tasks.discover import SourceFile
+from tasks.locations import S3Uri, is_s3
+from tasks.poll import JobOutcome
+from tasks.validate import FileValidity, ValidationRecord
+
+LEDGER_FILE_NAME = "ledger.sqlite"
+DEFAULT_LEASE_SECONDS = 12 * 3600.0
+# Files per claim transaction: long enough to amortise the lock, short
+# enough that a concurrent run waits milliseconds, not seconds.
+CLAIM_CHUNK = 500
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened as configured; the message says what to set."""
+
+
+class Change(StrEnum):
+    """How a file compares with what the ledger recorded for it."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+
+
+class LedgerStatus(StrEnum):
+    """States the ledger adds to the report's file statuses."""
+
+    # In a started import job whose output no run has read yet.
+    SUBMITTED = "submitted"
+    # Retryable, but already tried ``max_attempts`` times.
+    GIVEN_UP = "given_up"
+
+
+class RetryClass(StrEnum):
+    AUTOMATIC = "automatic"
+    IF_CHANGED = "if_changed"
+    NEVER = "never"
+
+
+# import_failed rows whose error_type says the service (or our own staging or
+# output reading) failed, not the file: the same bytes may well succeed later.
+SERVER_ERROR_TYPES = frozenset(
+    {"InternalServerException", "StagingError", "ManifestError", "MissingFromOutput",
+     "NotBatched"}
+)
+# Outcomes after which an unchanged file needs nothing from an ingestion run:
+# done, or refused for a reason the same bytes will meet again, or waiting for
+# retry_failed (which counts attempts). "validated" is a dry run: not done.
+_SETTLED = frozenset(
+    {"imported", "imported_with_warnings", "invalid", "duplicate", "import_failed",
+     "job_failed", "timed_out", LedgerStatus.GIVEN_UP.value}
+)
+# What an only_new ingestion leaves alone when unchanged: also files in a job
+# whose output nobody read yet (retry_failed resumes that job; importing them
+# again would import them twice).
+_SKIP_WHEN_UNCHANGED = _SETTLED | {LedgerStatus.SUBMITTED.value}
+
+
+def retry_class(status: str | None, error_type: str | None) -> RetryClass:
+    if status in {"job_failed", "timed_out"}:
+        return RetryClass.AUTOMATIC
+    if status == "import_failed":
+        return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
+    if status in {"invalid", "duplicate", LedgerStatus.GIVEN_UP.value}:
+        return RetryClass.IF_CHANGED
+    return RetryClass.NEVER
+
+
+class _UtcDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out: SQLite keeps no zone, PostgreSQL does."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+files_table = sa.Table(
+    "ledger_files",
+    metadata,
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    # The source the file was found under and its path below it: a retry
+    # stages it again under the same relative path.
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("relative_path", sa.Text, nullable=False),
+    # Identity of the content the latest outcome is about.
+    sa.Column("size", sa.BigInteger),
+    sa.Column("version", sa.String(256)),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(64)),
+    sa.Column("study_instance_uid", sa.String(64)),
+    sa.Column("series_instance_uid", sa.String(64)),
+    # Latest outcome.
+    sa.Column("status", sa.String(32)),
+    sa.Column("change", sa.String(16)),
+    sa.Column("error_type", sa.String(256)),
+    sa.Column("reason", sa.Text),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("batch_id", sa.String(16)),
+    sa.Column("image_set_id", sa.String(32)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_id", sa.String(64)),
+    # The current claim, and what the claiming run saw (recorded as the
+    # content identity only once an outcome exists, so that a run killed
+    # after claiming never makes a changed file look unchanged).
+    sa.Column("claim_owner", sa.String(64)),
+    sa.Column("claim_expires_at", _UtcDateTime),
+    sa.Column("claim_size", sa.BigInteger),
+    sa.Column("claim_version", sa.String(256)),
+    sa.Column("claim_change", sa.String(16)),
+    sa.Column("first_seen_at", _UtcDateTime, nullable=False),
+    sa.Column("updated_at", _UtcDateTime, nullable=False),
+    sa.Index("ix_ledger_files_status", "datastore_id", "status"),
+    sa.Index("ix_ledger_files_job", "datastore_id", "job_id"),
+    sa.Index("ix_ledger_files_claim", "claim_owner"),
+)
+
+jobs_table = sa.Table(
+    "ledger_jobs",
+    metadata,
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("batch_id", sa.String(16), nullable=False),
+    sa.Column("batch_digest", sa.String(64), nullable=False),
+    sa.Column("input_s3_uri", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16)),
+    sa.Column("message", sa.Text),
+    # The job's own output folder, known once it ended.
+    sa.Column("output_s3_uri", sa.Text),
+    # True once the files' outcomes from this job's output are recorded; a
+    # job started by a run that died before that is resumed by retry_failed.
+    sa.Column("outcome_recorded", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("submitted_at", _UtcDateTime, nullable=False),
+)
+
+outcomes_table = sa.Table(
+    "ledger_outcomes",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    sa.Column("change", sa.String(16)),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("image_set_id", sa.String(32)),
+    sa.Column("error_type", sa.String(256)),
+    sa.Column("reason", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("recorded_at", _UtcDateTime, nullable=False),
+    sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
+)
+
+runs_table = sa.Table(
+    "ledger_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Column("datastore_id", sa.String(64), nullable=False),
+    sa.Column("started_at", _UtcDateTime, nullable=False),
+    sa.Column("finished_at", _UtcDateTime),
+    sa.Column("counts", sa.Text),
+)
+
+
+def ledger_url(configured: str | None, report_location: str) -> str:
+    """The configured URL, else SQLite beside the reports.
+
+    Raises:
+        LedgerError: the reports go to S3, where SQLite cannot live.
+    """
+    if configured:
+        return configured
+    if is_s3(report_location):
+        raise LedgerError(
+            f"The report location {report_location} is on S3, where the SQLite ledger cannot "
+            "live: set DICOM_IMPORT_LEDGER_URL to a SQLite path (sqlite:////var/lib/dicom-import/"
+            "ledger.sqlite) or a PostgreSQL URL."
+        )
+    folder = Path(report_location).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / LEDGER_FILE_NAME}"
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per URL and process, schema created on first use."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            _create_schema(engine)
+            _engines[url] = engine
+        return engine
+
+
+def _create_engine(url: str) -> Engine:
+    dialect = sa.engine.make_url(url).get_backend_name()
+    if dialect == "sqlite":
+        # Waits up to a minute for another run's write transaction instead of
+        # failing with "database is locked".
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if dialect == "postgresql":
+        return sa.create_engine(url, pool_pre_ping=True)
+    raise LedgerError(f"Ledger URL {url!r}: only SQLite and PostgreSQL URLs are supported.")
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own implicit BEGIN is deferred (takes the write lock only at
+    # the first write, and two readers then deadlock on upgrading); turn it
+    # off and begin every transaction IMMEDIATE instead.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _create_schema(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes creating the schema at once would race on CREATE TABLE.
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x1ED6E2)))
+        metadata.create_all(conn)
+
+
+def _insert(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What a run may process, and what it left alone (counted, not listed)."""
+
+    files: list[SourceFile]
+    changes: dict[str, Change]
+    skipped_unchanged: int = 0
+    claimed_by_other_runs: int = 0
+
+
+@dataclass(frozen=True)
+class LedgerFile:
+    """A file as the ledger knows it."""
+
+    uri: str
+    source: str
+    relative_path: str
+    size: int | None
+    version: str | None
+    sha256: str | None
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    status: str | None
+    error_type: str | None
+    reason: str | None
+    job_id: str | None
+    attempts: int
+
+    def as_source_file(self) -> SourceFile:
+        return SourceFile(self.uri, self.size or 0, self.version or "", self.relative_path)
+
+    def as_validation_record(self) -> ValidationRecord:
+        """The record that was submitted in its job, to report on that job's output."""
+        return ValidationRecord(
+            uri=self.uri, relative_path=self.relative_path, size=self.size or 0,
+            status=FileValidity.VALID, sop_instance_uid=self.sop_instance_uid,
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uid=self.series_instance_uid, sha256=self.sha256,
+        )
+
+
+@dataclass(frozen=True)
+class LedgerJob:
+    """An import job started by some run, with the files it was given."""
+
+    job_id: str
+    datastore_id: str
+    run_id: str
+    batch: Batch
+    input_s3_uri: str
+    files: tuple[LedgerFile, ...] = field(default=())
+
+    def staged_key(self, item: LedgerFile) -> str:
+        return S3Uri.parse(self.input_s3_uri).join(item.relative_path).key
+
+
+@dataclass(frozen=True)
+class RunLedger:
+    """One run's handle on the ledger: small and picklable, so tasks can take
+    it as an argument and open the (per-process) engine themselves."""
+
+    url: str
+    run_id: str
+    datastore_id: str
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+    @property
+    def engine(self) -> Engine:
+        return engine_for(self.url)
+
+    # -- runs -------------------------------------------------------------
+
+    def start_run(self, flow: str, source: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                _insert(conn)(runs_table)
+                .values(run_id=self.run_id, flow=flow, source=source,
+                        datastore_id=self.datastore_id, started_at=_now())
+                .on_conflict_do_nothing()
+            )
+
+    def finish_run(self, counts: Mapping[str, int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs_table)
+                .where(runs_table.c.run_id == self.run_id)
+                .values(finished_at=_now(), counts=json.dumps(dict(counts), sort_keys=True))
+            )
+
+    # -- claims -----------------------------------------------------------
+
+    def claim(self, source: str, files: Iterable[SourceFile], only_new: bool) -> ClaimResult:
+        """Claim the files this run should process.
+
+        With ``only_new``, a file whose size and version match its settled
+        last outcome is skipped without a claim; a file claimed by another
+        run whose lease has not expired is skipped either way.
+        """
+        claimed: list[SourceFile] = []
+        changes: dict[str, Change] = {}
+        unchanged = elsewhere = 0
+        for chunk in _chunks(files, CLAIM_CHUNK):
+            won, chunk_changes, skipped, taken = self._claim_chunk(source, chunk, only_new)
+            claimed.extend(won)
+            changes.update(chunk_changes)
+            unchanged += skipped
+            elsewhere += taken
+        return ClaimResult(claimed, changes, unchanged, elsewhere)
+
+    def _claim_chunk(
+        self, source: str, chunk: list[SourceFile], only_new: bool
+    ) -> tuple[list[SourceFile], dict[str, Change], int, int]:
+        table = files_table
+        now = _now()
+        expires = now + timedelta(seconds=self.lease_seconds)
+        uris = [f.uri for f in chunk]
+        with self.engine.begin() as conn:
+            known = {
+                row.uri: row
+                for row in conn.execute(
+                    sa.select(table)
+                    .where(table.c.datastore_id == self.datastore_id, table.c.uri.in_(uris))
+                    # One lock order for every run, so PostgreSQL never deadlocks.
+                    .order_by(table.c.uri)
+                    .with_for_update()
+                )
+            }
+            changes: dict[str, Change] = {}
+            unchanged = taken = 0
+            new_rows = []
+            for item in chunk:
+                row = known.get(item.uri)
+                if row is None:
+                    changes[item.uri] = Change.NEW
+                    new_rows.append(self._new_row(source, item, now, expires))
+                    continue
+                if self._held_elsewhere(row, now):
+                    taken += 1
+                    continue
+                change = _compare(row, item)
+                if only_new and change is Change.UNCHANGED and row.status in _SKIP_WHEN_UNCHANGED:
+                    unchanged += 1
+                    continue
+                claimed = conn.execute(
+                    sa.update(table)
+                    .where(table.c.datastore_id == self.datastore_id, table.c.uri == item.uri,
+                           self._claimable(now))
+                    .values(claim_owner=self.run_id, claim_expires_at=expires,
+                            claim_size=item.size, claim_version=item.version,
+                            claim_change=change.value, source=source,
+                            relative_path=item.relative_path, updated_at=now)
+                ).rowcount
+                if claimed:
+                    changes[item.uri] = change
+                else:
+                    taken += 1
+            if new_rows:
+                inserted = set(
+                    conn.execute(
+                        _insert(conn)(table).values(new_rows).on_conflict_do_nothing()
+                        .returning(table.c.uri)
+                    ).scalars()
+                )
+                for row in new_rows:
+                    if row["uri"] not in inserted:
+                        # Another run inserted it between our read and our insert.
+                        del changes[row["uri"]]
+                        taken += 1
+        return [f for f in chunk if f.uri in changes], changes, unchanged, taken
+
+    def _new_row(
+        self, source: str, item: SourceFile, now: datetime, expires: datetime
+    ) -> dict[str, Any]:
+        return {
+            "datastore_id": self.datastore_id, "uri": item.uri, "source": source,
+            "relative_path": item.relative_path, "attempts": 0,
+            "claim_owner": self.run_id, "claim_expires_at": expires,
+            "claim_size": item.size, "claim_version": item.version,
+            "claim_change": Change.NEW.value, "first_seen_at": now, "updated_at": now,
+        }
+
+    def _held_elsewhere(self, row: Any, now: datetime) -> bool:
+        return (
+            row.claim_owner is not None
+            and row.claim_owner != self.run_id
+            and row.claim_expires_at is not None
+            and row.claim_expires_at > now
+        )
+
+    def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
+        table = files_table
+        return sa.or_(
+            table.c.claim_owner.is_(None),
+            table.c.claim_owner == self.run_id,
+            table.c.claim_expires_at <= now,
+        )
+
+    def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> list[SourceFile]:
+        """Claim files the ledger already has (a retry), as they are now on
+        storage; returns those won."""
+        now = _now()
+        expires = now + timedelta(seconds=self.lease_seconds)
+        won: list[SourceFile] = []
+        for chunk in _chunks(sorted(items, key=lambda pair: pair[0].uri), CLAIM_CHUNK):
+            with self.engine.begin() as conn:
+                for item, change in chunk:
+                    count = conn.execute(
+                        sa.update(files_table)
+                        .where(files_table.c.datastore_id == self.datastore_id,
+                               files_table.c.uri == item.uri, self._claimable(now))
+                        .values(claim_owner=self.run_id, claim_expires_at=expires,
+                                claim_size=item.size, claim_version=item.version,
+                                claim_change=change.value, updated_at=now)
+                    ).rowcount
+                    if count:
+                        won.append(item)
+        return won
+
+    def settle_unchanged(
+        self, records: Sequence[ValidationRecord], only_new: bool
+    ) -> tuple[list[ValidationRecord], int]:
+        """Drop files whose version moved but whose bytes did not.
+
+        Their checksum is only known after validation; they are released and
+        their new version recorded, so the next run skips them unread.
+        """
+        if not only_new:
+            return list(records), 0
+        by_uri = {r.uri: r for r in records}
+        same: list[str] = []
+        with self.engine.begin() as conn:
+            for chunk in _chunks(by_uri, CLAIM_CHUNK):
+                rows = conn.execute(
+                    sa.select(files_table).where(
+                        files_table.c.datastore_id == self.datastore_id,
+                        files_table.c.uri.in_(chunk),
+                        files_table.c.claim_owner == self.run_id,
+                        files_table.c.claim_change == Change.CHANGED.value,
+                    )
+                )
+                for row in rows:
+                    record = by_uri[row.uri]
+                    if (row.status in _SETTLED and record.sha256 is not None
+                            and record.sha256 == row.sha256 and record.size == row.size):
+                        same.append(row.uri)
+            for uri in same:
+                conn.execute(
+                    sa.update(files_table)
+                    .where(files_table.c.datastore_id == self.datastore_id,
+                           files_table.c.uri == uri)
+                    .values(version=files_table.c.claim_version, claim_owner=None,
+                            claim_expires_at=None, updated_at=_now())
+                )
+        dropped = set(same)
+        return [r for r in records if r.uri not in dropped], len(dropped)
+
+    def renew(self) -> None:
+        """Push this run's claims a full lease ahead (call between long stages)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(files_table)
+                .where(files_table.c.claim_owner == self.run_id)
+                .values(claim_expires_at=_now() + timedelta(seconds=self.lease_seconds))
+            )
+
+    def release(self) -> int:
+        """Give back every claim this run still holds (its files had no outcome)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(files_table)
+                .where(files_table.c.claim_owner == self.run_id)
+                .values(claim_owner=None, claim_expires_at=None)
+            ).rowcount
+
+    # -- jobs -------------------------------------------------------------
+
+    def record_job_started(self, job_id: str, batch: Batch, input_s3_uri: str) -> None:
+        """Called right after StartDICOMImportJob answered, before any waiting:
+        from here on a retry can find this job even if this run dies.
+
+        Attempts count jobs, not calls: the same job returned again (a Prefect
+        retry with the same client token) is not a new attempt, and changed
+        bytes start counting from one again.
+        """
+        now = _now()
+        table = files_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                _insert(conn)(jobs_table)
+                .values(datastore_id=self.datastore_id, job_id=job_id, run_id=self.run_id,
+                        batch_id=batch.batch_id, batch_digest=batch.digest,
+                        input_s3_uri=input_s3_uri, status="SUBMITTED", submitted_at=now)
+                .on_conflict_do_nothing()
+            )
+            for record in batch.files:
+                conn.execute(
+                    sa.update(table)
+                    .where(table.c.datastore_id == self.datastore_id, table.c.uri == record.uri)
+                    .values(
+                        attempts=sa.case(
+                            (table.c.job_id == job_id, table.c.attempts),
+                            (table.c.sha256 == record.sha256, table.c.attempts + 1),
+                            else_=1,
+                        ),
+                        status=LedgerStatus.SUBMITTED.value, job_id=job_id,
+                        batch_id=batch.batch_id, run_id=self.run_id,
+                        size=record.size, version=table.c.claim_version,
+                        sha256=record.sha256, sop_instance_uid=record.sop_instance_uid,
+                        study_instance_uid=record.study_instance_uid,
+                        series_instance_uid=record.series_instance_uid,
+                        error_type=None, reason=None, image_set_id=None, updated_at=now,
+                    )
+                )
+
+    def unfinished_jobs(
+        self, run_id: str | None = None, job_id: str | None = None
+    ) -> list[LedgerJob]:
+        """Jobs whose files still wait for an outcome: the run that started them
+        died before reading their output, or stopped waiting (timed_out)."""
+        pending = sa.select(files_table.c.job_id).where(
+            files_table.c.datastore_id == self.datastore_id,
+            files_table.c.status.in_([LedgerStatus.SUBMITTED.value, "timed_out"]),
+        )
+        query = sa.select(jobs_table).where(
+            jobs_table.c.datastore_id == self.datastore_id, jobs_table.c.job_id.in_(pending)
+        )
+        if job_id:
+            query = query.where(jobs_table.c.job_id == job_id)
+        if run_id:
+            query = query.where(
+                sa.or_(jobs_table.c.run_id == run_id,
+                       jobs_table.c.job_id.in_(self._outcome_jobs_of(run_id)))
+            )
+        with self.engine.begin() as conn:
+            jobs = list(conn.execute(query.order_by(jobs_table.c.submitted_at)))
+            result = []
+            for job in jobs:
+                members = tuple(
+                    _ledger_file(row)
+                    for row in conn.execute(
+                        sa.select(files_table)
+                        .where(files_table.c.datastore_id == self.datastore_id,
+                               files_table.c.job_id == job.job_id,
+                               files_table.c.status.in_(
+                                   [LedgerStatus.SUBMITTED.value, "timed_out"]))
+                        .order_by(files_table.c.uri)
+                    )
+                )
+                batch = Batch(files=tuple(m.as_validation_record() for m in members),
+                              digest=job.batch_digest)
+                result.append(LedgerJob(job.job_id, self.datastore_id, job.run_id, batch,
+                                        job.input_s3_uri, members))
+        return result
+
+    def _outcome_jobs_of(self, run_id: str) -> sa.Select[Any]:
+        return sa.select(outcomes_table.c.job_id).where(
+            outcomes_table.c.run_id == run_id,
+            outcomes_table.c.datastore_id == self.datastore_id,
+            outcomes_table.c.job_id.is_not(None),
+        )
+
+    # -- outcomes ---------------------------------------------------------
+
+    def failed_files(
+        self, run_id: str | None = None, job_id: str | None = None
+    ) -> list[LedgerFile]:
+        """Files whose latest outcome is a failure of any kind, optionally only
+        those that failed in a given run or job (whatever happened since)."""
+        failed = [s for s in _SETTLED if retry_class(s, None) is not RetryClass.NEVER]
+        query = sa.select(files_table).where(
+            files_table.c.datastore_id == self.datastore_id,
+            files_table.c.status.in_(failed),
+        )
+        if run_id or job_id:
+            touched = sa.select(outcomes_table.c.uri).where(
+                outcomes_table.c.datastore_id == self.datastore_id
+            )
+            if run_id:
+                touched = touched.where(outcomes_table.c.run_id == run_id)
+            if job_id:
+                touched = touched.where(outcomes_table.c.job_id == job_id)
+            query = query.where(files_table.c.uri.in_(touched))
+        with self.engine.begin() as conn:
+            return [_ledger_file(row) for row in conn.execute(query.order_by(files_table.c.uri))]
+
+    def record_outcomes(
+        self, report: pd.DataFrame, outcomes: Sequence[JobOutcome] = ()
+    ) -> pd.DataFrame:
+        """Record each report row as its file's latest outcome and release it.
+
+        Returns the same rows with ``change`` and ``attempts`` added: the
+        report is written from exactly what the ledger now holds.
+        """
+        now = _now()
+        table = files_table
+        rows = report.astype(object).where(report.notna(), None).to_dict("records")
+        changes: dict[str, str | None] = {}
+        attempts: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            for chunk in _chunks(rows, CLAIM_CHUNK):
+                uris = [r["source_uri"] for r in chunk]
+                known = {
+                    row.uri: row
+                    for row in conn.execute(
+                        sa.select(table.c.uri, table.c.claim_change, table.c.attempts)
+                        .where(table.c.datastore_id == self.datastore_id,
+                               table.c.uri.in_(uris))
+                    )
+                }
+                for row in chunk:
+                    uri = row["source_uri"]
+                    previous = known.get(uri)
+                    if previous is None:
+                        continue  # never claimed: not this ledger's file (dry runs)
+                    changes[uri] = previous.claim_change
+                    attempts[uri] = int(previous.attempts)
+                    conn.execute(
+                        sa.update(table)
+                        .where(table.c.datastore_id == self.datastore_id, table.c.uri == uri)
+                        .values(
+                            status=row["status"], change=previous.claim_change,
+                            error_type=row["error_type"], reason=row["error_message"],
+                            job_id=row["job_id"], batch_id=row["batch_id"],
+                            image_set_id=row["image_set_id"], run_id=self.run_id,
+                            size=row["size"], sha256=row["sha256"],
+                            version=sa.func.coalesce(table.c.claim_version, table.c.version),
+                            sop_instance_uid=row["sop_instance_uid"],
+                            study_instance_uid=row["study_instance_uid"],
+                            series_instance_uid=row["series_instance_uid"],
+                            claim_owner=None, claim_expires_at=None, updated_at=now,
+                        )
+                    )
+                history = [
+                    {"run_id": self.run_id, "datastore_id": self.datastore_id,
+                     "uri": r["source_uri"], "change": changes[r["source_uri"]],
+                     "status": r["status"], "job_id": r["job_id"],
+                     "image_set_id": r["image_set_id"], "error_type": r["error_type"],
+                     "reason": r["error_message"], "attempts": attempts[r["source_uri"]],
+                     "recorded_at": now}
+                    for r in chunk if r["source_uri"] in changes
+                ]
+                if history:
+                    stmt = _insert(conn)(outcomes_table).values(history)
+                    conn.execute(stmt.on_conflict_do_update(
+                        index_elements=["run_id", "datastore_id", "uri"],
+                        set_={c: stmt.excluded[c] for c in
+                              ("change", "status", "job_id", "image_set_id", "error_type",
+                               "reason", "attempts", "recorded_at")},
+                    ))
+            for outcome in outcomes:
+                if outcome.job_id:
+                    conn.execute(
+                        sa.update(jobs_table)
+                        .where(jobs_table.c.datastore_id == self.datastore_id,
+                               jobs_table.c.job_id == outcome.job_id)
+                        .values(status=outcome.status.value, message=outcome.message,
+                                output_s3_uri=outcome.output_s3_uri,
+                                outcome_recorded=outcome.status.value != "TIMED_OUT")
+                    )
+        return report.assign(
+            change=report["source_uri"].map(changes),
+            attempts=report["source_uri"].map(attempts).astype("Int64"),
+        )
+
+    def record_given_up(self, items: Sequence[LedgerFile], max_attempts: int) -> pd.DataFrame:
+        """Mark retryable files past the attempt limit; returns their report rows."""
+        now = _now()
+        rows = []
+        with self.engine.begin() as conn:
+            for item in items:
+                reason = (f"Gave up after {item.attempts} attempts (limit {max_attempts}); "
+                          f"last outcome {item.status}: {item.reason or item.error_type}")
+                conn.execute(
+                    sa.update(files_table)
+                    .where(files_table.c.datastore_id == self.datastore_id,
+                           files_table.c.uri == item.uri)
+                    .values(status=LedgerStatus.GIVEN_UP.value, reason=reason,
+                            run_id=self.run_id, updated_at=now)
+                )
+                conn.execute(
+                    _insert(conn)(outcomes_table)
+                    .values(run_id=self.run_id, datastore_id=self.datastore_id, uri=item.uri,
+                            change=Change.UNCHANGED.value,
+                            status=LedgerStatus.GIVEN_UP.value, job_id=item.job_id,
+                            error_type=item.error_type, reason=reason,
+                            attempts=item.attempts, recorded_at=now)
+                    .on_conflict_do_nothing()
+                )
+                rows.append({"source_uri": item.uri, "size": item.size,
+                             "sop_instance_uid": item.sop_instance_uid,
+                             "sha256": item.sha256, "job_id": item.job_id,
+                             "status": LedgerStatus.GIVEN_UP.value,
+                             "error_type": item.error_type, "error_message": reason,
+                             "change": Change.UNCHANGED.value, "attempts": item.attempts})
+        return pd.DataFrame(rows)
+
+    def outcomes_of_run(self) -> pd.DataFrame:
+        """This run's recorded outcomes, one row per file."""
+        with self.engine.begin() as conn:
+            return pd.DataFrame(
+                conn.execute(
+                    sa.select(outcomes_table)
+                    .where(outcomes_table.c.run_id == self.run_id)
+                    .order_by(outcomes_table.c.uri)
+                ).mappings().all()
+            )
+
+    def file(self, uri: str) -> LedgerFile | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(files_table).where(files_table.c.datastore_id == self.datastore_id,
+                                             files_table.c.uri == uri)
+            ).first()
+        return _ledger_file(row) if row is not None else None
+
+
+def _compare(row: Any, item: SourceFile) -> Change:
+    if row.size is None:
+        # Claimed by a run that died before submitting or reporting it.
+        return Change.NEW
+    if row.size == item.size and row.version == item.version:
+        return Change.UNCHANGED
+    return Change.CHANGED
+
+
+def _ledger_file(row: Any) -> LedgerFile:
+    return LedgerFile(
+        uri=row.uri, source=row.source, relative_path=row.relative_path, size=row.size,
+        version=row.version, sha256=row.sha256, sop_instance_uid=row.sop_instance_uid,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid, status=row.status,
+        error_type=row.error_type, reason=row.reason, job_id=row.job_id,
+        attempts=int(row.attempts or 0),
+    )
+
+
+@task(name="claim-files", cache_policy=NO_CACHE)
+def claim_files(
+    ledger: RunLedger, source: str, files: list[SourceFile], only_new: bool
+) -> ClaimResult:
+    return ledger.claim(source, files, only_new)
+
+
+@task(name="skip-unchanged-content", cache_policy=NO_CACHE)
+def settle_unchanged(
+    ledger: RunLedger, records: list[ValidationRecord], only_new: bool
+) -> tuple[list[ValidationRecord], int]:
+    return ledger.settle_unchanged(records, only_new)
