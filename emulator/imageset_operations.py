@@ -133,7 +133,9 @@ class ImageSetOperations:
                     image_set_id, state=state, workflow_status=workflow_status, **extra
                 )
 
-    def _version_properties(self, record: dict[str, Any], version: dict[str, Any]) -> dict:
+    def _version_properties(
+        self, record: dict[str, Any], version: dict[str, Any]
+    ) -> dict[str, Any]:
         """One version as GetImageSet/ListImageSetVersions describe it.
         createdAt is the image set's, updatedAt the version's (as in the
         AWS CLI examples). Once the set is deleted every version reports
