@@ -10,7 +10,6 @@ Deviations from AWS are written on the method that deviates.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from emulator.exceptions import (
 from emulator.faults import FaultInjector
 from emulator.imageset_operations import ImageSetOperations
 from emulator.imagesets import ImageSetRepository, new_id
+from emulator.pagination import paginate
 from emulator.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,23 +43,13 @@ TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
 
 RUNNING_JOB_STATES = ("SUBMITTED", "IN_PROGRESS")
-
-
-def _page(
-    items: list[Any], max_results: int | None, next_token: str | None
-) -> tuple[list, str | None]:
-    """Opaque offset tokens, as stable as the list they page."""
-    start = 0
-    if next_token:
-        try:
-            start = int(base64.urlsafe_b64decode(next_token.encode()).decode())
-        except ValueError:
-            raise ValidationException("nextToken is not a token this service issued") from None
-    size = max_results or 50
-    page = items[start : start + size]
-    more = start + size < len(items)
-    token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if more else None
-    return page, token
+_FINISHED_WRITES = {
+    "UPDATING": ("ACTIVE", "UPDATED"),
+    "COPYING": ("ACTIVE", "COPIED"),
+    "COPYING_WITH_READ_ONLY_ACCESS": ("ACTIVE", "COPIED"),
+    "DELETING": ("DELETED", "DELETED"),
+    "IMPORTING": ("ACTIVE", "IMPORTED"),
+}
 
 
 class HealthImagingBackend(ImageSetOperations):
@@ -75,6 +65,7 @@ class HealthImagingBackend(ImageSetOperations):
         self.image_sets = ImageSetRepository(store)
         self._import_pool = ThreadPoolExecutor(config.import_workers, "import-job")
         self._timer_pool = ThreadPoolExecutor(4, "transition")
+        self._stopped = threading.Event()
         self.s3_endpoint: str | None = config.s3_endpoint
         self._recover()
 
@@ -85,6 +76,8 @@ class HealthImagingBackend(ImageSetOperations):
 
         def run() -> None:
             time.sleep(delay)
+            if self._stopped.is_set():
+                return
             try:
                 action(*args)
             except Exception:
@@ -120,6 +113,7 @@ class HealthImagingBackend(ImageSetOperations):
         )
 
     def shutdown(self) -> None:
+        self._stopped.set()
         self._import_pool.shutdown(wait=False, cancel_futures=True)
         self._timer_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -142,12 +136,10 @@ class HealthImagingBackend(ImageSetOperations):
                 )
         for record in list(self.image_sets.sets.values()):
             if record["imageSetState"] == "LOCKED":
-                self.image_sets.set_state(
-                    record["imageSetId"],
-                    state="ACTIVE",
-                    workflow_status=record["imageSetWorkflowStatus"].replace("ING", "_FAILED"),
-                    message="The local service stopped during this write.",
-                )
+                # A write stores its new version before it locks the set, so
+                # what is left after a restart is only the end of the transition.
+                finished = _FINISHED_WRITES[record["imageSetWorkflowStatus"]]
+                self._finish_write([record["imageSetId"]], *finished)
 
     # -- data stores --------------------------------------------------------
     def _datastore(self, datastore_id: str) -> dict[str, Any]:
@@ -235,7 +227,7 @@ class HealthImagingBackend(ImageSetOperations):
         items = sorted(self.datastores.values(), key=lambda d: d["createdAt"])
         if datastoreStatus:
             items = [d for d in items if d["datastoreStatus"] == datastoreStatus]
-        page, token = _page(items, maxResults, nextToken)
+        page, token = paginate(items, maxResults, nextToken, datastoreStatus)
         keys = (
             "datastoreId",
             "datastoreName",
@@ -431,7 +423,7 @@ class HealthImagingBackend(ImageSetOperations):
         )
         if jobStatus:
             items = [j for j in items if j["jobStatus"] == jobStatus]
-        page, token = _page(items, maxResults, nextToken)
+        page, token = paginate(items, maxResults, nextToken, (datastoreId, jobStatus))
         keys = (
             "jobId",
             "jobName",
