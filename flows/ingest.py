@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -105,8 +106,9 @@ def _import_and_report(
         staged, outcomes = import_batches(params, datastore_id, run_id, batches, ledger)
     outputs = job_outputs(outcomes)
 
+    # The flow run ID too: two runs of one source can start within a second.
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
-             f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+             f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}"
     paths, counts, job_rows = report(
         records, batches, staged, outcomes, outputs, folder, params.include_phi, ledger
     )

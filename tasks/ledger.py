@@ -761,20 +761,29 @@ class RunLedger:
                               ("change", "status", "job_id", "image_set_id", "error_type",
                                "reason", "attempts", "recorded_at")},
                     ))
-            for outcome in outcomes:
-                if outcome.job_id:
-                    conn.execute(
-                        sa.update(jobs_table)
-                        .where(jobs_table.c.datastore_id == self.datastore_id,
-                               jobs_table.c.job_id == outcome.job_id)
-                        .values(status=outcome.status.value, message=outcome.message,
-                                output_s3_uri=outcome.output_s3_uri,
-                                outcome_recorded=outcome.status.value != "TIMED_OUT")
-                    )
+            self._record_jobs_ended(conn, outcomes)
         return report.assign(
             change=report["source_uri"].map(changes),
             attempts=report["source_uri"].map(attempts).astype("Int64"),
         )
+
+    def record_jobs_ended(self, outcomes: Sequence[JobOutcome]) -> None:
+        """For jobs whose files are reported elsewhere (a FAILED job's files
+        re-imported in the same retry)."""
+        with self.engine.begin() as conn:
+            self._record_jobs_ended(conn, outcomes)
+
+    def _record_jobs_ended(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.job_id:
+                conn.execute(
+                    sa.update(jobs_table)
+                    .where(jobs_table.c.datastore_id == self.datastore_id,
+                           jobs_table.c.job_id == outcome.job_id)
+                    .values(status=outcome.status.value, message=outcome.message,
+                            output_s3_uri=outcome.output_s3_uri,
+                            outcome_recorded=outcome.status.value != "TIMED_OUT")
+                )
 
     def record_given_up(self, items: Sequence[LedgerFile], max_attempts: int) -> pd.DataFrame:
         """Mark retryable files past the attempt limit; returns their report rows."""

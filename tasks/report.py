@@ -121,6 +121,8 @@ def build_file_report(
         columns=["batch_id", "job_id", "job_status", "job_message"],
     )
     files = files.merge(jobs, on="batch_id", how="left")
+    # An empty run (everything skipped as unchanged) has float64 empty columns.
+    files["staged_key"] = files["staged_key"].astype(object)
     files = files.merge(_manifest_rows(outputs), on="staged_key", how="left")
     files["output_error"] = files["batch_id"].map(
         {b: o for b, o in outputs.items() if isinstance(o, str)}

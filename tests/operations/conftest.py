@@ -1,0 +1,88 @@
+"""Fixtures for the operations tests: the local HealthImaging service reached
+through the standard AWS variables, and parameters for runs against it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from emulator.config import ServiceConfig
+from emulator.server import LocalService
+from flows.parameters import IngestParameters, RetryParameters
+
+BUCKET = "ops"
+DATASTORE = "ops-store"
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalService]:
+    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
+        for name, value in svc.env().items():
+            monkeypatch.setenv(name, value)
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE",
+                     "DICOM_IMPORT_LEDGER_URL"):
+            monkeypatch.delenv(name, raising=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield svc
+
+
+def _locations(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "datastore": DATASTORE,
+        "staging_prefix": f"s3://{BUCKET}/staging",
+        "output_prefix": f"s3://{BUCKET}/output",
+        "report_location": str(tmp_path / "reports"),
+        "max_files_per_job": 3,
+        "max_concurrent_jobs": 4,
+        "poll_interval_seconds": 0.1,
+        "poll_timeout_seconds": 120,
+        "validation_workers": 1,
+    }
+
+
+def ingest_params(tmp_path: Path, **overrides: Any) -> IngestParameters:
+    values = {"source": str(tmp_path / "source"), "only_new": True, **_locations(tmp_path)}
+    return IngestParameters(**{**values, **overrides})
+
+
+def retry_params(tmp_path: Path, **overrides: Any) -> RetryParameters:
+    return RetryParameters(**{**_locations(tmp_path), **overrides})
+
+
+def medical_imaging() -> Any:
+    return boto3.client("medical-imaging", config=Config(inject_host_prefix=False))
+
+
+def import_jobs(datastore_id: str) -> list[dict[str, Any]]:
+    pages = medical_imaging().get_paginator("list_dicom_import_jobs").paginate(
+        datastoreId=datastore_id
+    )
+    return [job for page in pages for job in page["jobSummaries"]]
+
+
+def imported_by_service(datastore_id: str) -> list[str]:
+    """The path below the source of every file the service reports imported,
+    over all its jobs, read from the jobs' own output folders: one entry per
+    import of a file."""
+
+    client, s3 = medical_imaging(), boto3.client("s3")
+    keys: list[str] = []
+    for summary in import_jobs(datastore_id):
+        job = client.get_dicom_import_job(datastoreId=datastore_id, jobId=summary["jobId"])
+        output = job["jobProperties"]["outputS3Uri"].removeprefix("s3://")
+        bucket, _, prefix = output.partition("/")
+        for name in ("SUCCESS/success.ndjson", "WARNING/warning.ndjson"):
+            try:
+                body = s3.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{name}")
+            except s3.exceptions.NoSuchKey:
+                continue
+            keys += [json.loads(line)["inputFile"] for line in body["Body"].read().splitlines()
+                     if line.strip()]
+    # staging/<run>/<batch>/<path below the source>
+    return [key.split("/", 3)[3] for key in keys]
