@@ -3,6 +3,7 @@ service, through boto3 only."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.request
 from typing import Any
@@ -12,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from emulator.config import ServiceConfig
 from emulator.server import LocalService
+from tests.dicom_factory import PYDICOM_TEST_FILES
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,
@@ -317,3 +319,34 @@ def test_unknown_admin_route_is_an_error(service: LocalService) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(request)
     assert e.value.code == 404
+
+
+def test_image_sets_and_frames_survive_a_restart(tmp_path: Any) -> None:
+    config = ServiceConfig(datastore_transition_seconds=0)
+    data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+    with LocalService(data_dir=tmp_path / "state", config=config) as svc:
+        mi, s3 = make_clients(svc)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="in/ct.dcm", Body=data)
+        ds = mi.create_datastore()["datastoreId"]
+        wait_datastore_active(mi, ds)
+        assert wait_job_done(mi, ds, start_job(mi, ds)["jobId"])["jobStatus"] == "COMPLETED"
+        image_set = mi.search_image_sets(datastoreId=ds)["imageSetsMetadataSummaries"][0]
+        before = mi.get_image_set_metadata(datastoreId=ds, imageSetId=image_set["imageSetId"])
+        document = before["imageSetMetadataBlob"].read()
+    with LocalService(data_dir=tmp_path / "state", config=config) as svc:
+        mi, _ = make_clients(svc)
+        image_set_id = image_set["imageSetId"]
+        after = mi.get_image_set_metadata(datastoreId=ds, imageSetId=image_set_id)
+        assert after["imageSetMetadataBlob"].read() == document
+        instance = next(iter(json.loads(gzip.decompress(document))["Study"]["Series"].values()))
+        frame_id = next(iter(instance["Instances"].values()))["ImageFrames"][0]["ID"]
+        frame = mi.get_image_frame(
+            datastoreId=ds,
+            imageSetId=image_set_id,
+            imageFrameInformation={"imageFrameId": frame_id},
+        )
+        assert frame["contentType"] == "image/jph"
+        assert len(frame["imageFrameBlob"].read()) > 0
+        versions = mi.list_image_set_versions(datastoreId=ds, imageSetId=image_set_id)
+        assert [v["versionId"] for v in versions["imageSetPropertiesList"]] == ["1"]
