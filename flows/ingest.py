@@ -45,6 +45,8 @@ class IngestResult(BaseModel):
     report_files_csv: str
     report_jobs_parquet: str
     report_jobs_csv: str
+    # The ID retry_failed selects a run by (the staging run_id is per source).
+    flow_run_id: str | None = None
     # Discovered but left out of this run's report (see docs/operations.md).
     skipped_unchanged: int = 0
     claimed_by_other_runs: int = 0
@@ -127,6 +129,7 @@ def _import_and_report(
         report_files_csv=paths.files_csv,
         report_jobs_parquet=paths.jobs_parquet,
         report_jobs_csv=paths.jobs_csv,
+        flow_run_id=flow_run.id,
         **skipped,
     )
 

@@ -88,6 +88,21 @@ def _to_source_file(source: str, root: str, entry: dict[str, Any]) -> SourceFile
     )
 
 
+def current_files(source: str, uris: list[str]) -> dict[str, SourceFile | None]:
+    """These files of ``source`` as they are now (None: gone), described exactly
+    as discovery would, so a retry can tell whether one changed since."""
+    fs, root = filesystem_for(source)
+    found: dict[str, SourceFile | None] = {}
+    for uri in uris:
+        try:
+            entry = fs.info(uri.removeprefix("s3://"))
+        except FileNotFoundError:
+            found[uri] = None
+        else:
+            found[uri] = _to_source_file(source, root, entry)
+    return found
+
+
 @task(name="discover", cache_policy=NO_CACHE)
 def discover(source: str) -> list[SourceFile]:
     """Materialise the listing: the flow needs it twice (validation, report)."""

@@ -1,0 +1,156 @@
+"""Retries: which failed files to import again, resuming jobs that nobody read,
+and the retry's report.
+
+The kind of failure decides: a server error, a FAILED job or a job we stopped
+waiting for may well succeed with the same bytes, so those are retried until
+the attempt limit; a file HealthImaging (or our validation) refused for its
+content would be refused again, so it is retried only once it changed, or when
+the operator forces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from botocore.exceptions import ClientError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.clients import medical_imaging_client
+from tasks.backoff import error_code
+from tasks.batch import Batch
+from tasks.discover import SourceFile, current_files
+from tasks.ledger import Change, LedgerFile, LedgerJob, RetryClass, RunLedger, retry_class
+from tasks.locations import is_s3
+from tasks.manifest import JobOutput
+from tasks.poll import JobOutcome, JobStatus, wait_for_job
+from tasks.report import (
+    ReportPaths,
+    build_file_report,
+    build_job_summary,
+    status_counts,
+    write_report,
+)
+from tasks.stage import StagedFile, staging_run_id
+from tasks.validate import ValidationRecord
+
+
+@dataclass(frozen=True)
+class RetryItem:
+    file: SourceFile
+    change: Change
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    # Grouped by the source each file was found under: staging paths are
+    # relative to it, and two sources may hold the same relative path.
+    by_source: dict[str, list[RetryItem]] = field(default_factory=dict)
+    give_up: list[LedgerFile] = field(default_factory=list)
+    # Refused for their content, unchanged since, and not forced.
+    not_retried: int = 0
+
+
+def under_source(uri: str, source: str | None) -> bool:
+    if not source:
+        return True
+    root = source.rstrip("/") if is_s3(source) else str(Path(source).expanduser().resolve())
+    return uri == root or uri.startswith(root + "/")
+
+
+def plan_retry(
+    candidates: Sequence[LedgerFile], force: bool, max_attempts: int
+) -> RetryPlan:
+    """Decide per file: import again, give up, or leave alone.
+
+    A file refused for its content is compared with storage now (one stat
+    each; failures are few); a file that is gone is still retried, so that
+    its validation reports it unreadable rather than it silently vanishing.
+    """
+    by_source: dict[str, list[RetryItem]] = defaultdict(list)
+    give_up: list[LedgerFile] = []
+    not_retried = 0
+    current: dict[str, SourceFile | None] = {}
+    for source in {c.source for c in candidates}:
+        current.update(current_files(source, [c.uri for c in candidates if c.source == source]))
+    for item in candidates:
+        kind = retry_class(item.status, item.error_type)
+        if kind is RetryClass.NEVER:
+            continue
+        now = current.get(item.uri) or item.as_source_file()
+        changed = (now.size, now.version) != (item.size, item.version)
+        change = Change.CHANGED if changed else Change.UNCHANGED
+        if kind is RetryClass.IF_CHANGED and not (changed or force):
+            not_retried += 1
+        elif kind is RetryClass.AUTOMATIC and item.attempts >= max_attempts and not (
+            changed or force
+        ):
+            give_up.append(item)
+        else:
+            by_source[item.source].append(RetryItem(now, change, item.attempts))
+    return RetryPlan(dict(by_source), give_up, not_retried)
+
+
+def retry_staging_id(source: str, datastore_id: str, items: Sequence[RetryItem]) -> str:
+    """A staging folder of its own for each retry of the same files.
+
+    The job client token is derived from the batch's input prefix; retrying
+    the very batch that failed under the ingestion's prefix would send the
+    same token and get the FAILED job back. Attempts go into the name, so a
+    rerun of a killed retry (no job started yet, attempts unchanged) lands on
+    the same prefix and token again.
+    """
+    digest = hashlib.sha256(staging_run_id(source, datastore_id).encode())
+    for item in sorted(items, key=lambda i: i.file.uri):
+        digest.update(f"|{item.file.uri}:{item.attempts}".encode())
+    return f"{staging_run_id(source, datastore_id)}-retry-{digest.hexdigest()[:12]}"
+
+
+@task(name="plan-retry", cache_policy=NO_CACHE)
+def plan(candidates: list[LedgerFile], force: bool, max_attempts: int) -> RetryPlan:
+    return plan_retry(candidates, force, max_attempts)
+
+
+@task(name="resume-job", cache_policy=NO_CACHE)
+def resume_job(job: LedgerJob, poll_interval: float, poll_timeout: float) -> JobOutcome:
+    """Wait for a job another run started (it may have ended long ago)."""
+    try:
+        return wait_for_job(
+            medical_imaging_client(), job.datastore_id, job.job_id, job.batch.batch_id,
+            poll_interval=poll_interval, timeout=poll_timeout,
+        )
+    except ClientError as exc:
+        # Jobs are listed for 90 days; an older one can no longer be read.
+        return JobOutcome(job.batch.batch_id, job.datastore_id, job.job_id, JobStatus.FAILED,
+                          f"GetDICOMImportJob failed with {error_code(exc)}: {exc}",
+                          input_s3_uri=job.input_s3_uri)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def retry_report(
+    records: list[ValidationRecord],
+    batches: list[Batch],
+    staged: list[StagedFile],
+    outcomes: list[JobOutcome],
+    outputs: dict[str, JobOutput | str],
+    given_up: pd.DataFrame,
+    folder: str,
+    include_phi: bool,
+    ledger: RunLedger,
+) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
+    """The ingestion report plus the files given up (which had no job)."""
+    files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+    files = ledger.record_outcomes(files, outcomes)
+    if not given_up.empty:
+        files = pd.concat([files, given_up.reindex(columns=files.columns)], ignore_index=True)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+    paths = write_report(files, jobs, folder)
+    counts = {**status_counts(files), "given_up": len(given_up)}
+    job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
+    return paths, counts, job_rows

@@ -1,0 +1,118 @@
+"""retry_failed against the local service: exactly the retryable files, to
+imported, with attempts counted and limits kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emulator.server import LocalService
+from flows.ingest import IngestResult, dicom_ingest
+from flows.retry import retry_failed
+from tests.dicom_factory import BROKEN_MAKERS, series_spec, write_ct_series
+from tests.operations.conftest import (
+    import_jobs,
+    imported_by_service,
+    ingest_params,
+    retry_params,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def _rows(path: str) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def _ingest_with_failed_jobs(
+    service: LocalService, tmp_path: Path, failures: int
+) -> tuple[IngestResult, pd.DataFrame]:
+    source = tmp_path / "source"
+    write_ct_series(source / "a", 3, series_spec("retry-a"), 16, 16)
+    write_ct_series(source / "b", 3, series_spec("retry-b"), 16, 16)
+    write_ct_series(source / "c", 2, series_spec("retry-c"), 16, 16)
+    BROKEN_MAKERS["missing_uid"](source / "broken" / "no-series.dcm")
+    service.faults.fail_jobs = failures
+    # One job at a time, so the injected failures hit whole batches in order.
+    result = dicom_ingest(ingest_params(tmp_path, max_concurrent_jobs=1))
+    return result, _rows(result.report_files_parquet)
+
+
+def test_retry_imports_exactly_the_failed_job_files(
+    service: LocalService, tmp_path: Path
+) -> None:
+    first, report = _ingest_with_failed_jobs(service, tmp_path, failures=1)
+    failed = sorted(report.loc[report["status"] == "job_failed", "source_uri"])
+    assert len(failed) == 3 and first.counts["imported"] == 5
+
+    result = retry_failed(retry_params(tmp_path))
+
+    rows = _rows(result.report_files_parquet)
+    assert sorted(rows["source_uri"]) == failed
+    assert rows["status"].eq("imported").all()
+    assert rows["attempts"].eq(2).all() and rows["change"].eq("unchanged").all()
+    assert result.jobs == 1 and result.not_retried_unchanged == 1  # the invalid file
+    imported = Counter(imported_by_service(result.datastore_id))
+    assert len(imported) == 8 and set(imported.values()) == {1}
+
+    # Nothing retryable is left: a second retry starts no job and reports nothing.
+    again = retry_failed(retry_params(tmp_path))
+    assert again.jobs == 0 and _rows(again.report_files_parquet).empty
+
+
+def test_retry_selects_by_job_and_gives_up_past_the_limit(
+    service: LocalService, tmp_path: Path
+) -> None:
+    first, report = _ingest_with_failed_jobs(service, tmp_path, failures=2)
+    failed = report[report["status"] == "job_failed"]
+    assert failed["job_id"].nunique() == 2
+    chosen_job, other_job = sorted(failed["job_id"].unique())
+    chosen = sorted(failed.loc[failed["job_id"] == chosen_job, "source_uri"])
+    jobs_before = len(import_jobs(first.datastore_id))
+
+    by_job = retry_failed(retry_params(tmp_path, job_id=chosen_job))
+    rows = _rows(by_job.report_files_parquet)
+    assert sorted(rows["source_uri"]) == chosen and rows["status"].eq("imported").all()
+
+    given_up = retry_failed(retry_params(tmp_path, run_id=first.flow_run_id, max_attempts=1))
+    rows = _rows(given_up.report_files_parquet)
+    others = sorted(failed.loc[failed["job_id"] == other_job, "source_uri"])
+    assert sorted(rows["source_uri"]) == others
+    assert rows["status"].eq("given_up").all() and given_up.counts["given_up"] == len(others)
+    assert len(import_jobs(first.datastore_id)) == jobs_before + 1
+
+    forced = retry_failed(retry_params(tmp_path, max_attempts=1, force=True))
+    rows = _rows(forced.report_files_parquet)
+    assert set(rows["source_uri"]) == set(others) | {str(tmp_path / "source/broken/no-series.dcm")}
+    assert dict(Counter(rows["status"])) == {"imported": len(others), "invalid": 1}
+
+
+def test_changed_invalid_file_is_retried(service: LocalService, tmp_path: Path) -> None:
+    _ingest_with_failed_jobs(service, tmp_path, failures=0)
+    broken = tmp_path / "source" / "broken" / "no-series.dcm"
+    write_ct_series(tmp_path / "fixed", 1, series_spec("fixed"), 16, 16)[0].replace(broken)
+
+    result = retry_failed(retry_params(tmp_path))
+
+    rows = _rows(result.report_files_parquet)
+    assert list(rows["source_uri"]) == [str(broken)]
+    assert (rows.loc[0, "status"], rows.loc[0, "change"]) == ("imported", "changed")
+
+
+def test_timed_out_job_is_resumed_not_imported_again(
+    service: LocalService, tmp_path: Path
+) -> None:
+    write_ct_series(tmp_path / "source" / "slow", 2, series_spec("slow"), 16, 16)
+    service.faults.job_duration_seconds = 3.0
+    first = dicom_ingest(ingest_params(tmp_path, poll_timeout_seconds=0.3))
+    assert first.counts["timed_out"] == 2
+
+    result = retry_failed(retry_params(tmp_path))
+
+    rows = _rows(result.report_files_parquet)
+    assert result.resumed_jobs == 1 and result.jobs == 0
+    assert rows["status"].eq("imported").all() and len(rows) == 2
+    assert len(import_jobs(first.datastore_id)) == 1
