@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the ingestion ledger; SQLite under the report "
         "location when unset.",
     )
+    schedule_source: str | None = Field(
+        default=None,
+        description="Folder or s3:// prefix the scheduled ingestion reads (its landing zone); "
+        "`dicom-import serve` serves the scheduled deployment only when this is set.",
+    )
     schedule_cron: str = Field(default="0 2 * * *", description="Scheduled ingestion cron.")
     schedule_timezone: str = Field(default="UTC")
     max_attempts: int = Field(

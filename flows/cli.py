@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deployments import serve as serve_cli
 from emulator import cli as local_cli
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     local_cli.add_parser(subparsers)
+    serve_cli.add_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,159 @@
+"""The deployments as an operator uses them: a real Prefect server on loopback,
+`dicom-import serve`, runs started through the API and from the UI, flow runs
+in subprocesses importing into the local HealthImaging service."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pandas as pd
+import pytest
+
+from emulator.config import ServiceConfig
+from emulator.server import LocalService
+from tests.dicom_factory import series_spec, write_ct_series
+from tests.operations.served import (
+    PrefectServer,
+    dicom_import_serve,
+    prefect_server,
+    quiet_env,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "served"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stack:
+    server: PrefectServer
+    service: LocalService
+    root: Path
+
+
+def _deployments(server: PrefectServer) -> dict[str, dict[str, Any]]:
+    # Deployments first: a flow is registered before its deployments.
+    found = httpx.post(f"{server.api_url}/deployments/filter", json={}, timeout=10).json()
+    flows = {f["id"]: f["name"] for f in
+             httpx.post(f"{server.api_url}/flows/filter", json={}, timeout=10).json()}
+    return {f"{flows[d['flow_id']]}/{d['name']}": d for d in found}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("served")
+    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as service:
+        boto3.client("s3", endpoint_url=service.endpoint, region_name="us-east-1",
+                     aws_access_key_id="local", aws_secret_access_key="local",
+                     ).create_bucket(Bucket=BUCKET)
+        settings = {
+            "DICOM_IMPORT_SCHEDULE_SOURCE": str(root / "landing"),
+            "DICOM_IMPORT_DATASTORE": "served-store",
+            "DICOM_IMPORT_STAGING_PREFIX": f"s3://{BUCKET}/staging",
+            "DICOM_IMPORT_OUTPUT_PREFIX": f"s3://{BUCKET}/output",
+            "DICOM_IMPORT_REPORT_LOCATION": str(root / "reports"),
+            "DICOM_IMPORT_POLL_INTERVAL_SECONDS": "0.2",
+            "DICOM_IMPORT_VALIDATION_WORKERS": "1",
+        }
+        with (
+            prefect_server(root / "server-home", root / "server.log") as server,
+            dicom_import_serve(server, root / "serve-home", root,
+                               {**service.env(), **settings}, root / "serve.log") as serve,
+        ):
+            wait_until(lambda: len(_deployments(server)) == 3,
+                       f"dicom-import serve (log: {root / 'serve.log'})", 60, serve)
+            yield Stack(server, service, root)
+
+
+def _custom_params(source: Path, reports: Path) -> dict[str, Any]:
+    """Differs from the served defaults in the source, the data store, the
+    report location and the batch size, so the run shows they were used."""
+    return {"params": {
+        "source": str(source),
+        "datastore": "custom-store",
+        "staging_prefix": f"s3://{BUCKET}/staging",
+        "output_prefix": f"s3://{BUCKET}/output",
+        "report_location": str(reports),
+        "max_files_per_job": 2,
+        "poll_interval_seconds": 0.2,
+        "validation_workers": 1,
+    }}
+
+
+def _only_parquet(folder: Path) -> pd.DataFrame:
+    (found,) = folder.rglob("files.parquet")
+    return pd.read_parquet(found)
+
+
+def test_served_deployments(stack: Stack) -> None:
+    deployments = _deployments(stack.server)
+    scheduled = deployments["dicom-ingest/scheduled"]
+    assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 2 * * *"]
+    assert scheduled["global_concurrency_limit"]["limit"] == 1
+    assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert scheduled["parameters"]["params"]["only_new"] is True
+    manual = deployments["dicom-ingest/manual"]
+    assert manual["schedules"] == [] and manual["global_concurrency_limit"] is None
+    properties = manual["parameter_openapi_schema"]["definitions"]["IngestParameters"][
+        "properties"]
+    assert all(field.get("description") for field in properties.values())
+    assert manual["parameters"]["params"]["datastore"] == "served-store"
+    assert "dicom-retry-failed/retry" in deployments
+
+
+def test_manual_deployment_through_the_api(stack: Stack, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    source = tmp_path / "incoming" / "ct"
+    write_ct_series(source, 3, series_spec("served-api"), 16, 16)
+
+    with temporary_settings({PREFECT_API_URL: stack.server.api_url}):
+        run = run_deployment("dicom-ingest/manual",
+                             parameters=_custom_params(source, tmp_path / "reports"),
+                             timeout=120)
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run.id)
+            artifacts = client.read_artifacts()
+
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert run.name.startswith("incoming/ct ")
+    datastores = {t for t in run.tags if t.startswith("datastore:")}
+    assert "datastore:custom-store" in datastores and len(datastores) == 2
+    report = _only_parquet(tmp_path / "reports")
+    assert report["status"].eq("imported").all() and len(report) == 3
+    assert report["job_id"].nunique() == 2  # max_files_per_job=2 was used
+    mine = {a.key for a in artifacts if a.flow_run_id == run.id}
+    assert mine == {"dicom-ingest-summary", "dicom-ingest-jobs"}
+
+
+def test_prefect_yaml_deploys_to_a_work_pool(stack: Stack) -> None:
+    env = {**quiet_env(stack.root / "deploy-home"), "PREFECT_API_URL": stack.server.api_url,
+           "DICOM_IMPORT_SCHEDULE_SOURCE": "s3://landing/ct/", "PWD": str(REPO)}
+    prefect = [sys.executable, "-m", "prefect"]
+    for command in (
+        ["work-pool", "create", "dicom-import", "--type", "process"],
+        ["deploy", "--all", "--prefect-file", "deployments/prefect.yaml", "--no-prompt"],
+    ):
+        done = subprocess.run([*prefect, *command], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    pooled = {name: d for name, d in _deployments(stack.server).items()
+              if d["work_pool_name"] == "dicom-import"}
+    assert set(pooled) == {"dicom-ingest/scheduled", "dicom-ingest/manual",
+                           "dicom-retry-failed/retry"}
+    scheduled = pooled["dicom-ingest/scheduled"]
+    assert scheduled["parameters"]["params"]["source"] == "s3://landing/ct/"
+    assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert pooled["dicom-ingest/manual"]["schedules"] == []
