@@ -18,6 +18,9 @@ Choices where AWS documents nothing, written down here:
   frame's fragments, or its slice of native pixel data) with the source
   transfer syntax and a warning; such frames carry no checksum or min/max and
   an empty ``PixelDataChecksumFromBaseToFullResolution``.
+* The JPH 'colr' box says greyscale for one sample per pixel, sRGB for three,
+  and sYCC for YBR_FULL / YBR_FULL_422 / YBR_PARTIAL_420, whose samples stay
+  YCbCr because they are not colour-converted.
 * Video is one frame holding the whole bitstream, as DICOM does not split a
   video stream into frames.
 * With ``transcode_htj2k`` off (a benchmark setting, not an AWS mode), native
