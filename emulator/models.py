@@ -103,7 +103,9 @@ class HealthImagingBackend(ImageSetOperations):
         return f"{self.datastore_arn(datastore_id)}/imageset/{image_set_id}"
 
     def s3_client(self) -> Any:
-        return boto3.client(
+        # A session of its own: boto3's default session is not thread-safe and
+        # several import jobs build clients at once.
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=self.s3_endpoint,
             region_name=self.config.region,
