@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
+from config.clients import s3_filesystem
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
 
@@ -163,7 +164,14 @@ def validate_files(
     head = list(islice(chunks, 2))
     if workers == 1 or len(head) < 2:
         # One chunk: starting worker processes (~1 s with spawn) costs more than it saves.
-        records = [r for chunk in chain(head, chunks) for r in _validate_chunk(chunk, include_phi)]
+        # A filesystem per call here, not the worker cache: this process outlives
+        # the call, and the S3 endpoint may have changed by the next one.
+        fs = None
+        records = []
+        for chunk in chain(head, chunks):
+            if fs is None and any(is_s3(f.uri) for f in chunk):
+                fs = s3_filesystem()
+            records.extend(validate_file(f, include_phi, fs) for f in chunk)
         return mark_duplicates(records)
     records: list[ValidationRecord] = []
     context = multiprocessing.get_context("spawn")
@@ -211,14 +219,14 @@ def _chunked(files: Iterable[SourceFile], size: int) -> Iterator[list[SourceFile
         yield chunk
 
 
+# One s3fs per worker process, reused across its chunks; the process (and the
+# pool) lives only as long as one validate_files call.
 _worker_s3fs: Any = None
 
 
 def _validate_chunk(chunk: list[SourceFile], include_phi: bool) -> list[ValidationRecord]:
     global _worker_s3fs
     if _worker_s3fs is None and any(is_s3(f.uri) for f in chunk):
-        from config.clients import s3_filesystem
-
         _worker_s3fs = s3_filesystem()
     return [validate_file(f, include_phi, _worker_s3fs) for f in chunk]
 

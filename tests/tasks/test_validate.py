@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -208,3 +209,25 @@ class TestValidateFiles:
         for path in paths:
             assert by_name[path.name].status is FileValidity.VALID
             assert by_name[path.name].sha256 == sha256_of(path)
+
+    def test_each_call_uses_the_current_s3_endpoint(
+        self, tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A filesystem kept from an earlier call would still aim at an endpoint
+        that is gone (the local service of an earlier run)."""
+        from moto.server import ThreadedMotoServer
+
+        (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+        session_endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+        boto3.client("s3").upload_file(str(path), s3_bucket, "src/a.dcm")
+        earlier = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        earlier.start()
+        host, port = earlier.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
+        assert validate_files(iter_source(f"s3://{s3_bucket}/src"), workers=1)[0].is_valid
+        earlier.stop()
+
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", session_endpoint)
+        (record,) = validate_files(iter_source(f"s3://{s3_bucket}/src"), workers=1)
+
+        assert record.is_valid, record.reason_message
