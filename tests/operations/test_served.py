@@ -4,8 +4,10 @@ in subprocesses importing into the local HealthImaging service."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +159,66 @@ def test_prefect_yaml_deploys_to_a_work_pool(stack: Stack) -> None:
     assert scheduled["parameters"]["params"]["source"] == "s3://landing/ct/"
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     assert pooled["dicom-ingest/manual"]["schedules"] == []
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.mark.browser
+def test_custom_run_from_the_ui(stack: Stack, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is missing: `apt-get install chromium chromium-driver` "
+                    "enables this test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    source = tmp_path / "from-ui" / "ct"
+    write_ct_series(source, 3, series_spec("served-ui"), 16, 16)
+    manual = _deployments(stack.server)["dicom-ingest/manual"]
+    run_name = f"ui-run-{uuid.uuid4().hex[:8]}"
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # The V1 UI's route; the server also mounts the V2 bundle elsewhere.
+            page.goto(f"{stack.server.url}/deployments/deployment/{manual['id']}/run")
+            page.locator(".p-label", has=page.get_by_text("Run Name", exact=True)).locator(
+                "input").fill(run_name)
+            _form_field(page, "Source").fill(str(source))
+            _form_field(page, "Datastore (Optional)").fill("ui-store")
+            _form_field(page, "Report Location (Optional)").fill(str(tmp_path / "reports"))
+            _form_field(page, "Max Files Per Job (Optional)").fill("2")
+            page.get_by_role("button", name="Submit").click()
+
+            # The deployment's runs list shows the new run under the name typed
+            # in the form, or under the one the flow gives it (source and start
+            # time) if it already started.
+            page.wait_for_url(re.compile(r".*tab=Runs"))
+            renamed = re.compile(rf"^({run_name}|from-ui/ct \d{{4}}-\d\d-\d\d)")
+            page.locator('a[href*="/runs/flow-run/"]', has_text=renamed).first.click()
+            page.wait_for_url(re.compile(r".*/runs/flow-run/.*"))
+            header = page.locator(".p-layout-default__header")
+            sync_api.expect(header.get_by_text("Completed", exact=True)).to_be_visible(
+                timeout=90_000)
+            sync_api.expect(header.get_by_text(re.compile(r"^from-ui/ct \d{4}-\d\d-\d\d"))
+                            ).to_be_visible()
+            sync_api.expect(header.get_by_text("datastore:ui-store", exact=True)).to_be_visible()
+
+            page.get_by_text("Artifacts", exact=True).click()
+            page.get_by_text("dicom-ingest-summary", exact=True).click()
+            sync_api.expect(page.get_by_role("heading", name="DICOM ingest")).to_be_visible()
+            sync_api.expect(page.get_by_role("cell", name="imported", exact=True)).to_be_visible()
+        finally:
+            browser.close()
+
+    report = _only_parquet(tmp_path / "reports")
+    assert report["status"].eq("imported").all() and report["job_id"].nunique() == 2
+
+
+def _form_field(page: Any, title: str) -> Any:
+    """The input of one property of the run form, found by its visible title."""
+    label = page.locator(".schema-form-property__label",
+                         has_text=re.compile(f"^{re.escape(title)}$"))
+    # Properties nest (params > source): the last match is the innermost.
+    return page.locator(".p-label", has=label).last.locator("textarea, input").first

@@ -1,0 +1,115 @@
+"""Ledger claims: exclusive across processes (SQLite file and PostgreSQL), and
+never held forever by a run that died."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.discover import SourceFile
+from tasks.ledger import RunLedger, ledger_url
+from tests.operations.served import free_port
+
+FILES = [SourceFile(f"/landing/f{i:04d}.dcm", 100 + i, f"v{i}", f"f{i:04d}.dcm")
+         for i in range(300)]
+DATASTORE = "0123456789abcdef0123456789abcdef"
+
+
+def _claim_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> list[str]:
+    ledger = RunLedger(url, run_id, DATASTORE)
+    ledger.engine  # schema and connection ready before the race starts  # noqa: B018
+    barrier.wait()
+    # Small slices so the processes' transactions interleave.
+    won: list[str] = []
+    for start in range(0, len(FILES), 7):
+        won += [f.uri for f in ledger.claim("/landing", FILES[start:start + 7], True).files]
+    return won
+
+
+def _race(url: str, processes: int = 3) -> list[list[str]]:
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(processes)
+        with context.Pool(processes) as pool:
+            return pool.starmap(
+                _claim_in_process, [(url, f"run-{i}", barrier) for i in range(processes)]
+            )
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL on loopback, from the machine's own binaries."""
+    initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                                            None)
+    if initdb is None:
+        pytest.skip("PostgreSQL binaries are missing (apt-get install postgresql)")
+    bin_dir = Path(initdb).parent
+    folder = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = folder / "data"
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
+                    str(folder / "log"), "-o", f"-p {port} -k {folder} -h 127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return ledger_url(None, str(tmp_path / "reports"))
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.mark.slow
+def test_concurrent_claims_never_give_a_file_twice(url: str) -> None:
+    if url.startswith("postgresql"):
+        # A fresh database per run of the test: truncate what a previous param left.
+        from tasks.ledger import engine_for, metadata
+
+        with engine_for(url).begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+    won = _race(url)
+    everything = [uri for claimed in won for uri in claimed]
+    assert sorted(everything) == sorted(f.uri for f in FILES)  # each exactly once
+
+
+def test_a_live_claim_blocks_and_an_expired_or_released_one_does_not(tmp_path: Path) -> None:
+    url = ledger_url(None, str(tmp_path / "reports"))
+    files = FILES[:5]
+    holder = RunLedger(url, "holder", DATASTORE)
+    assert len(holder.claim("/landing", files, True).files) == 5
+
+    blocked = RunLedger(url, "second", DATASTORE).claim("/landing", files, True)
+    assert blocked.files == [] and blocked.claimed_by_other_runs == 5
+
+    holder.release()
+    assert len(RunLedger(url, "third", DATASTORE, lease_seconds=0).claim(
+        "/landing", files, True).files) == 5
+    # "third" died holding them with a lease already run out: nobody waits for it.
+    assert len(RunLedger(url, "fourth", DATASTORE).claim("/landing", files, True).files) == 5
+
+
+def test_sqlite_ledger_cannot_live_on_s3() -> None:
+    from tasks.ledger import LedgerError
+
+    with pytest.raises(LedgerError, match="DICOM_IMPORT_LEDGER_URL"):
+        ledger_url(None, "s3://bucket/reports")
