@@ -3,6 +3,11 @@ imported, with attempts counted and limits kept."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -116,3 +121,49 @@ def test_timed_out_job_is_resumed_not_imported_again(
     assert result.resumed_jobs == 1 and result.jobs == 0
     assert rows["status"].eq("imported").all() and len(rows) == 2
     assert len(import_jobs(first.datastore_id)) == 1
+
+
+def test_job_of_a_killed_run_is_read_not_imported_again(
+    service: LocalService, tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.ledger import RunLedger, ledger_url
+    from tests.operations.conftest import medical_imaging
+    from tests.operations.served import quiet_env
+
+    files = write_ct_series(tmp_path / "source" / "killed", 2, series_spec("killed"), 16, 16)
+    client = medical_imaging()
+    datastore_id = client.create_datastore(datastoreName="killed-store")["datastoreId"]
+    service.faults.job_duration_seconds = 5.0
+    lease = 0.5
+    env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
+           "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "DICOM_IMPORT_CLAIM_LEASE_SECONDS": str(lease)}
+    params = ingest_params(tmp_path, datastore=datastore_id).model_dump_json()
+    run = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from flows.ingest import dicom_ingest; "
+         "from flows.parameters import IngestParameters; "
+         "dicom_ingest(IngestParameters.model_validate_json(sys.argv[1]))", params],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
+    try:
+        deadline = time.monotonic() + 120
+        while not observer.unfinished_jobs() and run.poll() is None:
+            assert time.monotonic() < deadline, "the run never started its job"
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    (job,) = observer.unfinished_jobs()
+    assert {f.status for f in job.files} == {"submitted"}
+    time.sleep(lease * 2)  # the killed run's claims run out
+
+    result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
+
+    rows = _rows(result.report_files_parquet)
+    assert sorted(rows["source_uri"]) == sorted(map(str, files))
+    assert rows["status"].eq("imported").all() and rows["job_id"].eq(job.job_id).all()
+    assert result.resumed_jobs == 1 and result.jobs == 0
+    assert len(import_jobs(datastore_id)) == 1
