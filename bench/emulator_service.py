@@ -28,7 +28,7 @@ from bench.common import (
     percentile,
     print_table,
 )
-from tests.dicom_factory import write_ct_series
+from emulator.samples import write_ct_series
 
 BUCKET = "bench-import"
 

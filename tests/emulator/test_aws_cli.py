@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from emulator.samples import PYDICOM_TEST_FILES
 from emulator.server import LocalService
-from tests.dicom_factory import PYDICOM_TEST_FILES
 from tests.emulator.conftest import ROLE, wait_for
 
 AWS = Path(__file__).resolve().parents[2] / ".awscli" / "bin" / "aws"

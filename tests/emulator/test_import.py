@@ -1,7 +1,7 @@
 """Imports into the local HealthImaging service, driven only through boto3.
 
 Inputs are pydicom's bundled test files (read from the installed package,
-never downloaded), files generated with ``tests.dicom_factory`` and files
+never downloaded), files generated with ``emulator.samples`` and files
 broken in one way each. Assertions read what a client reads: the job, its
 output folder, the metadata documents and the frames.
 """
@@ -27,8 +27,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.pixels import iter_pixels
 
 from emulator.config import ServiceConfig
-from emulator.server import LocalService
-from tests.dicom_factory import (
+from emulator.samples import (
     PYDICOM_TEST_FILES,
     ct_slice,
     series_spec,
@@ -38,6 +37,7 @@ from tests.dicom_factory import (
     write_with,
     write_without_transfer_syntax,
 )
+from emulator.server import LocalService
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,

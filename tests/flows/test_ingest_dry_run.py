@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
 from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
 from tasks.report import FILE_COLUMNS
-from tests.dicom_factory import BROKEN_MAKERS, series_spec, write_ct_series
 
 
 class TestParameters:

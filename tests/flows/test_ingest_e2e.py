@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 from botocore.config import Config
 
-from flows.ingest import JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, dicom_ingest
-from flows.parameters import IngestParameters
-from tasks.report import FILE_COLUMNS
-from tests.dicom_factory import (
+from emulator.samples import (
     BROKEN_MAKERS,
     series_spec,
     write_ct_series,
     write_duplicate_of,
 )
+from flows.ingest import JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, dicom_ingest
+from flows.parameters import IngestParameters
+from tasks.report import FILE_COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

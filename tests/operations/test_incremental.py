@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from emulator.samples import ct_slice, series_spec, write, write_ct_series
 from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
-from tests.dicom_factory import ct_slice, series_spec, write, write_ct_series
 from tests.operations.conftest import import_jobs, imported_by_service, ingest_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
 from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from flows.retry import retry_failed
-from tests.dicom_factory import BROKEN_MAKERS, series_spec, write_ct_series
 from tests.operations.conftest import (
     import_jobs,
     imported_by_service,

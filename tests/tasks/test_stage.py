@@ -4,6 +4,7 @@ from pathlib import Path
 
 import boto3
 
+from emulator.samples import series_spec, sha256_of, write_ct_series
 from tasks.batch import make_batches
 from tasks.discover import iter_source
 from tasks.stage import (
@@ -13,7 +14,6 @@ from tasks.stage import (
     staging_run_id,
 )
 from tasks.validate import validate_files
-from tests.dicom_factory import series_spec, sha256_of, write_ct_series
 
 
 def _batches(source: str, **quota: int):

@@ -9,15 +9,7 @@ import boto3
 import pytest
 from pydicom import dcmread
 
-from tasks.discover import SourceFile, iter_source
-from tasks.validate import (
-    FileValidity,
-    ReasonCode,
-    mark_duplicates,
-    validate_file,
-    validate_files,
-)
-from tests.dicom_factory import (
+from emulator.samples import (
     BROKEN_MAKERS,
     PYDICOM_TEST_FILES,
     ct_slice,
@@ -28,6 +20,14 @@ from tests.dicom_factory import (
     write_duplicate_of,
     write_with,
     write_without_preamble,
+)
+from tasks.discover import SourceFile, iter_source
+from tasks.validate import (
+    FileValidity,
+    ReasonCode,
+    mark_duplicates,
+    validate_file,
+    validate_files,
 )
 
 

@@ -1,7 +1,8 @@
-"""Builders for test DICOM: valid CT series and files broken in one specific way.
+"""Sample DICOM for the local stack: valid CT series and files broken in one
+specific way each.
 
-Shared by unit tests, end-to-end tests and benches, so every builder writes
-real Part 10 files with pydicom (nothing is downloaded) and returns their paths.
+Shared by the demo, the tests and the benches, so every builder writes real
+Part 10 files with pydicom (nothing is downloaded) and returns their paths.
 """
 
 from __future__ import annotations
