@@ -8,12 +8,12 @@ Part 10 files with pydicom (nothing is downloaded) and returns their paths.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -42,9 +42,7 @@ def series_spec(seed: str, series_number: int = 1) -> SeriesSpec:
     return SeriesSpec(uid(f"{seed}-study"), uid(f"{seed}-series"), series_number)
 
 
-def ct_slice(
-    spec: SeriesSpec, index: int, rows: int = 512, columns: int = 512
-) -> Dataset:
+def ct_slice(spec: SeriesSpec, index: int, rows: int = 512, columns: int = 512) -> Dataset:
     """One 16-bit CT slice; pixel values depend on the slice so files differ."""
     sop_uid = uid(f"{spec.series_instance_uid}-{index}")
     meta = FileMetaDataset()
@@ -100,8 +98,7 @@ def write_ct_series(
     """``count`` slices of one series as ``folder/slice_0000.dcm`` ..."""
     spec = spec or series_spec(str(folder))
     return [
-        write(ct_slice(spec, i, rows, columns), folder / f"slice_{i:04d}.dcm")
-        for i in range(count)
+        write(ct_slice(spec, i, rows, columns), folder / f"slice_{i:04d}.dcm") for i in range(count)
     ]
 
 
@@ -110,6 +107,7 @@ def sha256_of(path: Path) -> str:
 
 
 # --- broken files: each breaks exactly one rule ---------------------------------
+
 
 def _small_slice(seed: str) -> Dataset:
     return ct_slice(series_spec(seed), 0, rows=8, columns=8)
@@ -153,16 +151,22 @@ def _write_as_is(ds: Dataset, path: Path) -> Path:
 def write_with(path: Path, **attributes: object) -> Path:
     """A small valid slice with attributes overridden (``None`` deletes one)."""
     ds = _small_slice(str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the invalid values are the point
+    # The invalid values are the point: neither warn nor log about them.
+    settings = pydicom.config.settings
+    modes = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
         for keyword, value in attributes.items():
-            if value is None:
+            # Each element keeps the validation mode it was created with: re-create it.
+            if keyword in ds:
                 delattr(ds, keyword)
-            else:
+            if value is not None:
                 setattr(ds, keyword, value)
         if attributes.get("SOPInstanceUID") is not None:
             ds.file_meta.MediaStorageSOPInstanceUID = attributes["SOPInstanceUID"]
         return write(ds, path)
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = modes
 
 
 def write_pixel_mismatch(path: Path) -> Path:
@@ -194,3 +198,50 @@ BROKEN_MAKERS: dict[str, Callable[[Path], Path]] = {
     "unreadable": write_truncated,
 }
 """One maker per validation reason code, keyed by the code's value."""
+
+
+# --- the demo corpus --------------------------------------------------------------
+
+# Real files from pydicom's own test data (installed with pydicom, never
+# downloaded), with the status each gets: several transfer syntaxes,
+# multi-frame, colour, lossy JPEG (kept as it came, with a warning), and two
+# re-encodings of MR_small that carry its SOP Instance UID (duplicates).
+DEMO_PYDICOM_FILES = {
+    "CT_small.dcm": "imported",
+    "MR_small.dcm": "imported",
+    "MR_small_bigendian.dcm": "duplicate",
+    "MR_small_RLE.dcm": "duplicate",
+    "JPEG2000.dcm": "imported",
+    "SC_rgb_rle_2frame.dcm": "imported",
+    "rtdose.dcm": "imported",
+    "JPEG-lossy.dcm": "imported_with_warnings",
+}
+
+
+def write_demo_corpus(folder: Path, slices_per_series: int = 12) -> dict[str, str]:
+    """The ``dicom-import demo`` input: real files, a generated three-series CT
+    study and a few broken files. Returns the expected report status per path."""
+    expected: dict[str, str] = {}
+    for name, status in DEMO_PYDICOM_FILES.items():
+        target = folder / "pydicom" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((PYDICOM_TEST_FILES / name).read_bytes())
+        expected[str(target)] = status
+    study = uid("demo-study")
+    for number in (1, 2, 3):
+        spec = SeriesSpec(study, uid(f"demo-series-{number}"), series_number=number)
+        for path in write_ct_series(
+            folder / "ct-study" / f"series-{number}", slices_per_series, spec, rows=256, columns=256
+        ):
+            expected[str(path)] = "imported"
+    for code in (
+        "not_p10",
+        "missing_uid",
+        "attribute_too_long",
+        "pixel_data_size_mismatch",
+        "unreadable",
+    ):
+        expected[str(BROKEN_MAKERS[code](folder / "broken" / f"{code}.dcm"))] = "invalid"
+    first = folder / "ct-study" / "series-1" / "slice_0000.dcm"
+    expected[str(write_duplicate_of(first, folder / "z-copies" / "slice_0000.dcm"))] = "duplicate"
+    return expected

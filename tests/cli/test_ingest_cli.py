@@ -1,0 +1,119 @@
+"""``dicom-import ingest`` on bad input: a clear one-line error or report rows
+that say what went wrong, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+import pytest
+
+from emulator.config import ServiceConfig
+from emulator.samples import series_spec, write_ct_series, write_not_dicom, write_truncated
+from emulator.server import LocalService
+from flows.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+BUCKET = "cli-bucket"
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalService]:
+    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
+        for name, value in svc.env().items():
+            monkeypatch.setenv(name, value)
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield svc
+
+
+def ingest(source: Path | str, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "ingest",
+        str(source),
+        "--datastore",
+        "cli-store",
+        "--staging-prefix",
+        f"s3://{BUCKET}/staging",
+        "--output-prefix",
+        f"s3://{BUCKET}/output",
+        "--report-location",
+        str(tmp_path / "reports"),
+        "--poll-interval-seconds",
+        "0.2",
+        "--validation-workers",
+        "1",
+        *extra,
+    ]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def file_report(tmp_path: Path) -> pd.DataFrame:
+    latest = max((tmp_path / "reports").rglob("files.parquet"), key=lambda p: p.stat().st_mtime)
+    return pd.read_parquet(latest)
+
+
+def test_empty_folder(service: Any, tmp_path: Path, capsys: Any) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(ingest(tmp_path / "empty", tmp_path), capsys)
+    assert code == 2
+    assert "empty" in err.lower() and str(tmp_path / "empty") in err
+
+
+def test_missing_folder(service: Any, tmp_path: Path, capsys: Any) -> None:
+    code, _, err = run(ingest(tmp_path / "nowhere", tmp_path), capsys)
+    assert code == 2
+    assert str(tmp_path / "nowhere") in err
+
+
+def test_bad_files_become_report_rows(service: Any, tmp_path: Path, capsys: Any) -> None:
+    source = tmp_path / "in"
+    good = write_ct_series(source / "ct", 2, series_spec("cli-good"), rows=16, columns=16)
+    write_not_dicom(source / "notes.txt")
+    write_truncated(source / "cut.dcm")
+    code, out, _ = run(ingest(source, tmp_path), capsys)
+    assert code == 0
+    assert "imported" in out and "invalid" in out
+    report = file_report(tmp_path).set_index("source_uri")
+    assert set(report.loc[[str(p) for p in good], "status"]) == {"imported"}
+    assert report.loc[str(source / "notes.txt"), "reason_code"] == "not_p10"
+    assert report.loc[str(source / "cut.dcm"), "status"] == "invalid"
+    assert report.loc[str(source / "cut.dcm"), "reason_code"] == "unreadable"
+
+
+def test_unknown_datastore_id(service: Any, tmp_path: Path, capsys: Any) -> None:
+    write_ct_series(tmp_path / "in", 1, series_spec("cli-ds"), rows=16, columns=16)
+    argv = ingest(tmp_path / "in", tmp_path)
+    argv[argv.index("cli-store")] = "0" * 32
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert "0" * 32 in err
+
+
+def test_output_prefix_in_missing_bucket(service: Any, tmp_path: Path, capsys: Any) -> None:
+    files = write_ct_series(tmp_path / "in", 2, series_spec("cli-out"), rows=16, columns=16)
+    argv = ingest(tmp_path / "in", tmp_path)
+    argv[argv.index(f"s3://{BUCKET}/output")] = "s3://no-such-bucket/output"
+    code, out, _ = run(argv, capsys)
+    assert code == 1
+    report = file_report(tmp_path).set_index("source_uri")
+    assert set(report.loc[[str(p) for p in files], "status"]) == {"job_failed"}
+    assert "no-such-bucket" in report.loc[str(files[0]), "error_message"]
+    assert "job_failed" in out
+
+
+def test_invalid_option(service: Any, tmp_path: Path, capsys: Any) -> None:
+    code, _, err = run(ingest(tmp_path, tmp_path, "--max-files-per-job", "0"), capsys)
+    assert code == 2
+    assert "max_files_per_job" in err
