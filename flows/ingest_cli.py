@@ -37,8 +37,9 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "ingest",
         help="Validate, stage and import DICOM files once, and report on every file.",
-        description=f"{__doc__.splitlines()[0]} Exit status: 0 when every file is "
-        f"accounted for, {EXIT_FILES_FAILED} when some failed in the import, "
+        description="Run the ingest flow once and print its summary. Options left out "
+        "come from the settings (DICOM_IMPORT_* or dicom-import.toml). Exit status: 0 when "
+        f"every file is accounted for, {EXIT_FILES_FAILED} when some failed in the import, "
         f"{EXIT_ERROR} when the run itself could not go on.",
     )
     parser.add_argument("source", help=IngestParameters.model_fields["source"].description)
