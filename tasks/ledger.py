@@ -817,25 +817,6 @@ class RunLedger:
                              "change": Change.UNCHANGED.value, "attempts": item.attempts})
         return pd.DataFrame(rows)
 
-    def outcomes_of_run(self) -> pd.DataFrame:
-        """This run's recorded outcomes, one row per file."""
-        with self.engine.begin() as conn:
-            return pd.DataFrame(
-                conn.execute(
-                    sa.select(outcomes_table)
-                    .where(outcomes_table.c.run_id == self.run_id)
-                    .order_by(outcomes_table.c.uri)
-                ).mappings().all()
-            )
-
-    def file(self, uri: str) -> LedgerFile | None:
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(files_table).where(files_table.c.datastore_id == self.datastore_id,
-                                             files_table.c.uri == uri)
-            ).first()
-        return _ledger_file(row) if row is not None else None
-
 
 def _compare(row: Any, item: SourceFile) -> Change:
     if row.size is None:
