@@ -1,11 +1,12 @@
 """Validation: reject files HealthImaging would reject, before paying for a job.
 
-Each file is read once for its header (pydicom stops at Pixel Data and reports
-its declared length through ``stop_when``, so pixels are never decoded or held
-in memory) and once, sequentially, for its SHA-256, which staging uses to skip
-files that are already uploaded. Rules follow the published import
-requirements (docs: healthimaging-behavior.md §3.2); the first rule a file
-breaks is its reason.
+Each file is read once, sequentially: the first megabyte (the whole of most
+files) gives the header, through a reader that keeps only the values the rules
+need (``tasks.dicom_header``; pydicom for the files it declines), and the
+same bytes and the rest feed the SHA-256, which staging, batching and the
+ledger use to recognise content. Pixels are never decoded. Rules follow the
+published import requirements (docs: healthimaging-behavior.md §3.2); the
+first rule a file breaks is its reason.
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ from typing import IO, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag, Tag
 
 from config.clients import s3_filesystem
+from tasks.dicom_header import (
+    PIXEL_DATA,
+    UNDEFINED_LENGTH,
+    Header,
+    NeedMoreData,
+    PixelElement,
+    UnusualEncoding,
+    read_header,
+    read_header_with_pydicom,
+    tags_for,
+)
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
 
@@ -76,7 +85,6 @@ SUPPORTED_TRANSFER_SYNTAXES = NATIVE_TRANSFER_SYNTAXES | frozenset(
         "4.107", "4.108",  # HEVC
     )
 )
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _UID_MAX = 64
@@ -94,14 +102,19 @@ ATTRIBUTE_LIMITS = {
     "StudyDate": 18,
     "StudyTime": 28,
 }
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_PIXEL_DATA = 0x7FE00010
-_EXPLICIT_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
-_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_KEYWORDS = (
+    "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "SamplesPerPixel",
+    "PhotometricInterpretation",
+)
+_KEYWORDS = (*REQUIRED_UIDS, *ATTRIBUTE_LIMITS, *_PIXEL_KEYWORDS, "SeriesNumber",
+             "SpecificCharacterSet")
+_TAGS = tags_for(_KEYWORDS)
+_WANTED = frozenset(_TAGS.values())
+_REQUIRED_UID_TAGS = {keyword: _TAGS[keyword] for keyword in REQUIRED_UIDS}
+_LIMIT_TAGS = {keyword: (_TAGS[keyword], limit) for keyword, limit in ATTRIBUTE_LIMITS.items()}
+_PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
+# One read covers the whole of most single-frame files.
 _READ_CHUNK = 1 << 20
-# Larger values are skipped by pydicom instead of read; every limit above is
-# smaller, so a deferred value is already known to be too long.
-_DEFER_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -242,33 +255,27 @@ def _open(uri: str, fs: Any | None) -> IO[bytes]:
 def _validate_stream(
     source: SourceFile, fileobj: IO[bytes], include_phi: bool
 ) -> ValidationRecord:
-    head = fileobj.read(132)
-    if len(head) < 132 or head[128:132] != b"DICM":
+    data = fileobj.read(_READ_CHUNK)
+    if len(data) < 132 or data[128:132] != b"DICM":
         return _invalid(
             source,
             ReasonCode.NOT_P10,
             "Not a DICOM Part 10 file: the 128-byte preamble and 'DICM' prefix are missing.",
         )
-    fileobj.seek(0)
-    pixel: dict[str, Any] = {}
-
-    def stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
-        if tag in _PIXEL_TAGS:
-            pixel.update(tag=int(tag), vr=vr, length=length)
-            return True
-        return False
-
     try:
-        with _quiet_pydicom():
-            ds = read_partial(fileobj, stop_when=stop_at_pixels, defer_size=_DEFER_SIZE)
-            pixel["start"] = fileobj.tell()
-            fields = _identity(ds, include_phi)
+        try:
+            header, data = _read_header(fileobj, data)
+        except UnusualEncoding:
+            fileobj.seek(0)
+            header = read_header_with_pydicom(fileobj, _WANTED, _quiet_pydicom)
+            fileobj.seek(0)
+            data = b""
+        fields = _identity(header, include_phi)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
             NotImplementedError) as exc:
         return _invalid(source, ReasonCode.UNREADABLE, f"pydicom could not parse the file: {exc}.")
 
-    fileobj.seek(0)
-    digest, actual_size = _sha256(fileobj)
+    digest, actual_size = _sha256(fileobj, data)
     base = ValidationRecord(
         uri=source.uri,
         relative_path=source.relative_path,
@@ -278,8 +285,7 @@ def _validate_stream(
         **fields,
     )
     try:
-        with _quiet_pydicom():
-            _check(ds, fields["transfer_syntax"], pixel, actual_size)
+        _check(header, actual_size)
     except _Invalid as problem:
         return replace(
             base,
@@ -290,7 +296,22 @@ def _validate_stream(
     return base
 
 
-def _check(ds: Dataset, transfer_syntax: str | None, pixel: dict[str, Any], size: int) -> None:
+def _read_header(fileobj: IO[bytes], data: bytes) -> tuple[Header, bytes]:
+    """The header from the bytes read so far, reading on while it goes on
+    (rare: headers are small); returns the bytes read, which the checksum reuses."""
+    complete = len(data) < _READ_CHUNK
+    while True:
+        try:
+            return read_header(data, complete, _WANTED), data
+        except NeedMoreData:
+            wanted = max(len(data), _READ_CHUNK)
+            more = fileobj.read(wanted)
+            complete = len(more) < wanted
+            data += more
+
+
+def _check(header: Header, size: int) -> None:
+    transfer_syntax = header.transfer_syntax
     if not transfer_syntax:
         raise _Invalid(
             ReasonCode.NO_TRANSFER_SYNTAX,
@@ -301,39 +322,36 @@ def _check(ds: Dataset, transfer_syntax: str | None, pixel: dict[str, Any], size
             ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
             f"Transfer syntax {transfer_syntax} is not accepted by HealthImaging.",
         )
-    for keyword in REQUIRED_UIDS:
-        value = ds.get(keyword)
-        if value is None or str(value).strip() == "":
+    for keyword, tag in _REQUIRED_UID_TAGS.items():
+        uid = header.text(tag)
+        if uid is None:
             raise _Invalid(ReasonCode.MISSING_UID, f"{keyword} is missing or empty.")
-        uid = str(value).strip()
         if len(uid) > _UID_MAX or not _UID_RE.fullmatch(uid):
             raise _Invalid(
                 ReasonCode.INVALID_UID,
                 f"{keyword} {uid[:80]!r} is not a valid UID (digits and dots, "
                 f"no leading zeros, at most {_UID_MAX} characters).",
             )
-    for keyword, limit in ATTRIBUTE_LIMITS.items():
-        length = _value_length(ds, keyword)
+    for keyword, (tag, limit) in _LIMIT_TAGS.items():
+        raw = header.raw(tag)
+        length = len(raw.rstrip(b" \x00")) if raw is not None else 0
         if length > limit:
             raise _Invalid(
                 ReasonCode.ATTRIBUTE_TOO_LONG,
                 f"{keyword} is {length} characters long; HealthImaging accepts at most {limit}.",
             )
-    if pixel.get("tag") == _PIXEL_DATA:
-        _check_pixel_length(ds, transfer_syntax, pixel, size)
+    if header.pixel is not None and header.pixel.tag == PIXEL_DATA:
+        _check_pixel_length(header, header.pixel, transfer_syntax, size)
 
 
 def _check_pixel_length(
-    ds: Dataset, transfer_syntax: str, pixel: dict[str, Any], size: int
+    header: Header, pixel: PixelElement, transfer_syntax: str, size: int
 ) -> None:
-    declared: int = pixel["length"]
-    if declared == _UNDEFINED_LENGTH:
+    declared = pixel.length
+    if declared == UNDEFINED_LENGTH:
         return  # encapsulated (compressed) frames: no fixed expected size
-    if transfer_syntax != _DEFLATED:
-        # The deflated dataset was inflated in memory, so offsets do not map to the file.
-        # pydicom passes vr=None for implicit VR, whose headers are always 8 bytes.
-        header = 12 if pixel["vr"] in _EXPLICIT_LONG_VRS else 8
-        available = size - pixel["start"] - header
+    if pixel.start is not None:
+        available = size - pixel.start - (12 if pixel.long_header else 8)
         if declared > available:
             raise _Invalid(
                 ReasonCode.UNREADABLE,
@@ -342,7 +360,7 @@ def _check_pixel_length(
             )
     if transfer_syntax not in NATIVE_TRANSFER_SYNTAXES:
         return
-    expected = _expected_pixel_bytes(ds)
+    expected = _expected_pixel_bytes(header)
     if declared != expected and not (expected % 2 == 1 and declared == expected + 1):
         raise _Invalid(
             ReasonCode.PIXEL_DATA_SIZE_MISMATCH,
@@ -351,15 +369,18 @@ def _check_pixel_length(
         )
 
 
-def _expected_pixel_bytes(ds: Dataset) -> int:
+def _expected_pixel_bytes(header: Header) -> int:
     """Rows x Columns x SamplesPerPixel x BitsAllocated/8 x NumberOfFrames, rounded
     up to whole bytes (1-bit data is packed); YBR_FULL_422 stores two samples per pixel."""
     try:
-        pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1)
-        samples = int(ds.get("SamplesPerPixel") or 1)
-        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        rows, columns, bits_allocated = (
+            _required(header, keyword) for keyword in ("Rows", "Columns", "BitsAllocated")
+        )
+        frames = _integer_string(header, _TAGS["NumberOfFrames"]) or 1
+        samples = header.unsigned(_TAGS["SamplesPerPixel"]) or 1
+        if header.text(_TAGS["PhotometricInterpretation"]) == "YBR_FULL_422":
             samples = 2
-        bits = pixels * samples * int(ds.BitsAllocated)
+        bits = rows * columns * int(frames) * samples * bits_allocated
     except (AttributeError, TypeError, ValueError) as exc:
         raise _Invalid(
             ReasonCode.PIXEL_DATA_SIZE_MISMATCH,
@@ -368,48 +389,51 @@ def _expected_pixel_bytes(ds: Dataset) -> int:
     return (bits + 7) // 8
 
 
-def _identity(ds: Dataset, include_phi: bool) -> dict[str, Any]:
-    meta = getattr(ds, "file_meta", None)
-    transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+def _required(header: Header, keyword: str) -> int:
+    value = header.unsigned(_TAGS[keyword])
+    if value is None:
+        raise AttributeError(f"{keyword} is missing")
+    return value
+
+
+def _integer_string(header: Header, tag: int) -> Any:
+    """An IS value; through pydicom unless it is a plain integer, so that odd
+    values are accepted or refused exactly as pydicom does."""
+    text = header.text(tag)
+    if text is None or _PLAIN_INTEGER.fullmatch(text):
+        return text
+    with _quiet_pydicom():
+        return header.decoded(tag)
+
+
+def _identity(header: Header, include_phi: bool) -> dict[str, Any]:
+    series_number = _integer_string(header, _TAGS["SeriesNumber"])
     fields: dict[str, Any] = {
-        "transfer_syntax": str(transfer_syntax) if transfer_syntax else None,
-        "sop_instance_uid": _text(ds, "SOPInstanceUID"),
-        "study_instance_uid": _text(ds, "StudyInstanceUID"),
-        "series_instance_uid": _text(ds, "SeriesInstanceUID"),
-        "series_number": _text(ds, "SeriesNumber"),
+        "transfer_syntax": header.transfer_syntax,
+        "sop_instance_uid": header.text(_TAGS["SOPInstanceUID"]),
+        "study_instance_uid": header.text(_TAGS["StudyInstanceUID"]),
+        "series_instance_uid": header.text(_TAGS["SeriesInstanceUID"]),
+        "series_number": _text(series_number),
     }
     if include_phi:
-        fields["patient_name"] = _text(ds, "PatientName")
-        fields["patient_id"] = _text(ds, "PatientID")
-        fields["patient_birth_date"] = _text(ds, "PatientBirthDate")
+        with _quiet_pydicom():
+            fields["patient_name"] = _text(header.decoded(_TAGS["PatientName"]))
+            fields["patient_id"] = _text(header.decoded(_TAGS["PatientID"]))
+            fields["patient_birth_date"] = _text(header.decoded(_TAGS["PatientBirthDate"]))
     return fields
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+def _text(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
     return text or None
 
 
-def _value_length(ds: Dataset, keyword: str) -> int:
-    """Length as written in the file, without decoding the character set."""
-    tag = Tag(keyword)
-    if tag not in ds:
-        return 0
-    element = ds.get_item(tag)
-    value = element.value
-    if value is None:
-        return int(getattr(element, "length", 0) or 0)
-    if isinstance(value, bytes):
-        return len(value.rstrip(b" \x00"))
-    return len(str(value).rstrip(" \x00"))
-
-
-def _sha256(fileobj: IO[bytes]) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    total = 0
+def _sha256(fileobj: IO[bytes], data: bytes) -> tuple[str, int]:
+    """Over ``data`` (the file's first bytes, already read) and the rest of the file."""
+    digest = hashlib.sha256(data)
+    total = len(data)
     while chunk := fileobj.read(_READ_CHUNK):
         digest.update(chunk)
         total += len(chunk)

@@ -142,6 +142,15 @@ class TestGeneratedFiles:
         record = _check(write(ds, tmp_path / "mf2.dcm"))
         assert record.reason_code is ReasonCode.PIXEL_DATA_SIZE_MISMATCH
 
+    def test_header_longer_than_the_first_read(self, tmp_path: Path) -> None:
+        ds = ct_slice(series_spec("long-header"), 0, rows=8, columns=8)
+        ds.add_new(0x00091010, "OB", bytes(3 << 20))  # private, before Pixel Data
+        path = write(ds, tmp_path / "long.dcm")
+        record = _check(path)
+        assert record.status is FileValidity.VALID, record.reason_message
+        assert record.sha256 == sha256_of(path)
+        assert record.size == path.stat().st_size
+
     def test_missing_file_is_unreadable(self, tmp_path: Path) -> None:
         record = validate_file(SourceFile(str(tmp_path / "gone.dcm"), 1, "v", "gone.dcm"))
         assert record.reason_code is ReasonCode.UNREADABLE

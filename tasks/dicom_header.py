@@ -1,0 +1,338 @@
+"""Just enough of a DICOM Part 10 file to validate it, read straight from its bytes.
+
+pydicom builds an element model of the whole header, which costs more than the
+rest of validation put together; validation needs a dozen values and where
+Pixel Data starts. :func:`read_header` walks the top-level elements over the
+bytes already read for the checksum and keeps only the wanted values, a few
+times cheaper per file.
+
+It reads the plain cases only: explicit or implicit VR little endian, explicit
+VR big endian, deflated, and the encapsulated syntaxes. Anything else (a
+missing or unknown transfer syntax, a dataset encoded other than its transfer
+syntax says, an unknown VR, an element cut short) raises
+:class:`UnusualEncoding`, and the caller reads the file with pydicom
+(:func:`read_header_with_pydicom`), whose leniency in those cases is
+documented. So the fast path never judges a file differently from pydicom; it
+only judges the common file sooner.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Collection, MutableSequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+PIXEL_DATA = 0x7FE00010
+PIXEL_TAGS = frozenset({PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # also float, double float
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_TRANSFER_SYNTAX_UID = 0x00020010
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_PREAMBLE = 132  # 128-byte preamble + "DICM"
+_KNOWN_VRS = frozenset(vr.value.encode() for vr in VR)
+_LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_UNSIGNED = {2: "H", 4: "L"}
+
+
+class UnusualEncoding(Exception):
+    """Not one of the plain cases this reader handles: read the file with pydicom."""
+
+
+class NeedMoreData(Exception):
+    """The header goes on past the bytes given; call again with more."""
+
+
+@dataclass(frozen=True)
+class PixelElement:
+    """The first Pixel Data (or float/double float) element's header."""
+
+    tag: int
+    # 12-byte element header (explicit VR with a 32-bit length) or 8.
+    long_header: bool
+    length: int
+    # File offset of the element header; None when the dataset was deflated,
+    # since offsets in the inflated bytes do not map to the file.
+    start: int | None
+
+
+@dataclass(frozen=True)
+class Header:
+    transfer_syntax: str | None
+    little_endian: bool
+    # Wanted elements as written: (VR or None for implicit VR, value bytes).
+    elements: dict[int, tuple[str | None, bytes]]
+    pixel: PixelElement | None
+
+    def raw(self, tag: int) -> bytes | None:
+        element = self.elements.get(tag)
+        return element[1] if element is not None else None
+
+    def text(self, tag: int) -> str | None:
+        """An ASCII value (UI, IS, CS) without its padding; None when absent or empty."""
+        raw = self.raw(tag)
+        if raw is None:
+            return None
+        return raw.decode("latin-1").strip("\x00 ").strip() or None
+
+    def unsigned(self, tag: int) -> int | None:
+        """A US/UL value; None when absent.
+
+        Raises:
+            ValueError: the value is not one 16- or 32-bit number.
+        """
+        raw = self.raw(tag)
+        if raw is None:
+            return None
+        code = _UNSIGNED.get(len(raw))
+        if code is None:
+            raise ValueError(f"a {len(raw)}-byte value where one number was expected")
+        return int(struct.unpack(("<" if self.little_endian else ">") + code, raw)[0])
+
+    def decoded(self, tag: int) -> Any:
+        """The value as pydicom converts it, in the dataset's character set."""
+        element = self.elements.get(tag)
+        if element is None:
+            return None
+        vr, value = element
+        charset = self.text(_SPECIFIC_CHARACTER_SET)
+        raw = RawDataElement(BaseTag(tag), vr, len(value), value, 0, vr is None,
+                             self.little_endian)
+        encodings = convert_encodings(charset.split("\\") if charset else None)
+        return convert_raw_data_element(raw, encoding=encodings).value
+
+
+def tags_for(keywords: Collection[str]) -> dict[str, int]:
+    tags = {keyword: tag_for_keyword(keyword) for keyword in keywords}
+    unknown = sorted(keyword for keyword, tag in tags.items() if tag is None)
+    if unknown:
+        raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
+    return {keyword: int(tag) for keyword, tag in tags.items() if tag is not None}
+
+
+def read_header(data: bytes, complete: bool, wanted: frozenset[int]) -> Header:
+    """The file meta and the top-level elements up to Pixel Data of a Part 10
+    file whose first bytes are ``data`` (preamble and "DICM" already checked).
+
+    Raises:
+        NeedMoreData: ``data`` ends inside the header and ``complete`` is False.
+        UnusualEncoding: not a plain case (see the module docstring).
+    """
+    reader = _Reader(data, complete)
+    elements: dict[int, tuple[str | None, bytes]] = {}
+    start = reader.walk_meta(_PREAMBLE, elements, wanted | {_TRANSFER_SYNTAX_UID})
+    transfer_syntax = elements.pop(_TRANSFER_SYNTAX_UID, (None, b""))[1]
+    syntax = transfer_syntax.decode("latin-1").strip("\x00 ").strip()
+    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        if not complete:
+            raise NeedMoreData
+        try:
+            inflated = zlib.decompress(data[start:], -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise UnusualEncoding(f"deflated dataset: {exc}") from exc
+        reader = _Reader(inflated, True, offsets=False)
+        start = 0
+    if syntax == IMPLICIT_VR_LITTLE_ENDIAN:
+        reader.set_encoding(explicit=False, little_endian=True)
+    elif syntax == EXPLICIT_VR_BIG_ENDIAN:
+        reader.set_encoding(explicit=True, little_endian=False)
+    elif syntax and syntax.startswith("1.2.840.10008.1.2."):
+        reader.set_encoding(explicit=True, little_endian=True)
+    else:
+        raise UnusualEncoding(f"transfer syntax {syntax!r}")
+    pixel = reader.walk_dataset(start, elements, wanted)
+    return Header(syntax, syntax != EXPLICIT_VR_BIG_ENDIAN, elements, pixel)
+
+
+class _Reader:
+    def __init__(self, data: bytes, complete: bool, offsets: bool = True) -> None:
+        self.data = data
+        self.complete = complete
+        self.offsets = offsets
+        self.set_encoding(explicit=True, little_endian=True)
+
+    def set_encoding(self, explicit: bool, little_endian: bool) -> None:
+        self.explicit = explicit
+        order = "<" if little_endian else ">"
+        self.explicit_header = struct.Struct(order + "HH2sH").unpack_from
+        self.implicit_header = struct.Struct(order + "HHL").unpack_from
+        self.long_length = struct.Struct(order + "L").unpack_from
+
+    def _short(self) -> None:
+        """The bytes end where the header needs more."""
+        if self.complete:
+            raise UnusualEncoding("the header is cut short")
+        raise NeedMoreData
+
+    def _element(self, pos: int) -> tuple[int, str | None, int, int]:
+        """(tag, VR, value length, header length) of the element at ``pos``."""
+        if pos + 8 > len(self.data):
+            self._short()
+        if not self.explicit:
+            group, number, length = self.implicit_header(self.data, pos)
+            return (group << 16 | number), None, length, 8
+        group, number, vr, length = self.explicit_header(self.data, pos)
+        tag = group << 16 | number
+        if group == 0xFFFE:  # items and delimiters carry no VR
+            return tag, None, self.long_length(self.data, pos + 4)[0], 8
+        if vr in _LONG_VRS:
+            if pos + 12 > len(self.data):
+                self._short()
+            return tag, vr.decode(), self.long_length(self.data, pos + 8)[0], 12
+        if vr not in _KNOWN_VRS:
+            raise UnusualEncoding(f"VR {vr!r} at offset {pos}")
+        return tag, vr.decode(), length, 8
+
+    def walk_meta(
+        self, pos: int, elements: dict[int, tuple[str | None, bytes]], wanted: frozenset[int]
+    ) -> int:
+        """Group 0002, always explicit VR little endian; returns where the dataset starts."""
+        while True:
+            if pos + 8 > len(self.data):
+                if self.complete and pos == len(self.data):
+                    return pos
+                self._short()
+            if self.data[pos : pos + 2] != b"\x02\x00":
+                return pos
+            tag, vr, length, header = self._element(pos)
+            if length == UNDEFINED_LENGTH or vr is None:
+                raise UnusualEncoding("undefined length in the file meta")
+            pos = self._keep(pos + header, length, tag, vr, elements, wanted)
+
+    def walk_dataset(
+        self, pos: int, elements: dict[int, tuple[str | None, bytes]], wanted: frozenset[int]
+    ) -> PixelElement | None:
+        data = self.data
+        first = True
+        while pos < len(data):
+            if first:
+                self._check_vr_style(pos)
+                first = False
+            tag, vr, length, header = self._element(pos)
+            if tag in PIXEL_TAGS:
+                return PixelElement(tag, header == 12, length, pos if self.offsets else None)
+            if tag >> 16 == 0xFFFE:
+                raise UnusualEncoding(f"item tag at the top level, offset {pos}")
+            if length == UNDEFINED_LENGTH:
+                if vr not in (None, "SQ"):
+                    raise UnusualEncoding(f"{vr} of undefined length")
+                pos = self._skip_sequence(pos + header)
+            else:
+                pos = self._keep(pos + header, length, tag, vr, elements, wanted)
+        if not self.complete:
+            raise NeedMoreData
+        return None
+
+    def _check_vr_style(self, pos: int) -> None:
+        """pydicom switches VR style when the first element disagrees with the
+        transfer syntax (two capital letters where a VR would be)."""
+        if pos + 6 > len(self.data):
+            self._short()
+        looks_explicit = all(0x40 < b < 0x5B for b in self.data[pos + 4 : pos + 6])
+        if looks_explicit != self.explicit:
+            raise UnusualEncoding("the first element's VR style contradicts the transfer syntax")
+
+    def _keep(
+        self,
+        start: int,
+        length: int,
+        tag: int,
+        vr: str | None,
+        elements: dict[int, tuple[str | None, bytes]],
+        wanted: frozenset[int],
+    ) -> int:
+        end = start + length
+        if end > len(self.data):
+            self._short()
+        if tag in wanted:
+            elements[tag] = (vr, self.data[start:end])
+        return end
+
+    def _skip_sequence(self, pos: int) -> int:
+        """Past the delimiter of a sequence of undefined length."""
+        while True:
+            tag, _, length, header = self._element(pos)
+            pos += header
+            if tag == _SEQUENCE_END:
+                return pos
+            if tag != _ITEM:
+                raise UnusualEncoding(f"{tag:08X} where a sequence item was expected")
+            pos = self._skip_item(pos) if length == UNDEFINED_LENGTH else pos + length
+
+    def _skip_item(self, pos: int) -> int:
+        """Past the delimiter of an item of undefined length."""
+        while True:
+            tag, vr, length, header = self._element(pos)
+            pos += header
+            if tag == _ITEM_END:
+                return pos
+            if length == UNDEFINED_LENGTH:
+                if vr not in (None, "SQ"):
+                    raise UnusualEncoding(f"{vr} of undefined length")
+                pos = self._skip_sequence(pos)
+            else:
+                pos += length
+            if pos > len(self.data):
+                self._short()
+
+
+def read_header_with_pydicom(
+    fileobj: IO[bytes], wanted: frozenset[int], quiet: Callable[[], Any]
+) -> Header:
+    """The same :class:`Header`, read by pydicom: the lenient path for files
+    :func:`read_header` declines. ``quiet`` silences pydicom while it reads.
+
+    Raises whatever pydicom raises on a file it cannot read.
+    """
+    pixel: dict[str, Any] = {}
+
+    def stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if tag in PIXEL_TAGS:
+            pixel.update(tag=int(tag), vr=vr, length=length)
+            return True
+        return False
+
+    with quiet():
+        ds = read_partial(fileobj, stop_when=stop_at_pixels)
+        start = fileobj.tell()
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        little_endian = bool(ds.original_encoding[1])
+        elements: dict[int, tuple[str | None, bytes]] = {}
+        for tag in wanted:
+            if tag not in ds:
+                continue
+            element = ds.get_item(tag)
+            if isinstance(element, RawDataElement):
+                elements[tag] = (element.VR, element.value or b"")
+            else:  # pydicom converts some values (the character set) as it reads
+                elements[tag] = (element.VR, _as_written(element.value))
+    found = None
+    if pixel:
+        deflated = str(syntax) == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        found = PixelElement(pixel["tag"], pixel["vr"] in EXPLICIT_VR_LENGTH_32,
+                             pixel["length"], None if deflated else start)
+    return Header(str(syntax) if syntax else None, little_endian, elements, found)
+
+
+def _as_written(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, MutableSequence):
+        return "\\".join(map(str, value)).encode("latin-1", "replace")
+    return str(value).encode("latin-1", "replace")
