@@ -15,14 +15,14 @@ import hashlib
 import multiprocessing
 import os
 import re
+import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from itertools import chain, islice
 from typing import IO, Any
 
 from prefect import task
@@ -115,6 +115,9 @@ _LIMIT_TAGS = {keyword: (_TAGS[keyword], limit) for keyword, limit in ATTRIBUTE_
 _PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
 # One read covers the whole of most single-frame files.
 _READ_CHUNK = 1 << 20
+# Starting worker processes costs about a second the first time in a process
+# (the fork server imports this module), tens of milliseconds after that.
+_PARALLEL_AFTER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -165,38 +168,86 @@ def validate_files(
     include_phi: bool = False,
     chunk_size: int = 128,
 ) -> list[ValidationRecord]:
-    """Validate files in parallel, in input order, then mark duplicate SOP instances.
+    """Validate files, in input order, then mark duplicate SOP instances.
 
-    Chunks go to a process pool because header parsing and hashing are CPU
-    bound; at most two chunks per worker are in flight so a streaming input
-    is never fully materialised. Spawned (not forked) workers: the caller may
-    be running s3fs's event-loop thread, which a fork would copy mid-state.
+    Header parsing and hashing are CPU bound, so a large input goes to worker
+    processes in chunks, at most two per worker in flight so that a streaming
+    input is never fully materialised. The first chunk is validated here and
+    timed: when the rest would take less than starting workers costs, it is
+    validated here too.
     """
     workers = workers or os.cpu_count() or 1
     chunks = _chunked(files, chunk_size)
-    head = list(islice(chunks, 2))
-    if workers == 1 or len(head) < 2:
-        # One chunk: starting worker processes (~1 s with spawn) costs more than it saves.
-        # A filesystem per call here, not the worker cache: this process outlives
-        # the call, and the S3 endpoint may have changed by the next one.
-        fs = None
-        records = []
-        for chunk in chain(head, chunks):
-            if fs is None and any(is_s3(f.uri) for f in chunk):
-                fs = s3_filesystem()
-            records.extend(validate_file(f, include_phi, fs) for f in chunk)
+    first = next(chunks, None)
+    if first is None:
+        return []
+    reader = _Validator()
+    started = time.perf_counter()
+    records = reader.validate(first, include_phi)
+    elapsed = time.perf_counter() - started
+    remaining = len(files) - len(first) if isinstance(files, Sized) else None
+    if workers == 1 or (
+        remaining is not None and elapsed * remaining / len(first) < _PARALLEL_AFTER_SECONDS
+    ):
+        for chunk in chunks:
+            records.extend(reader.validate(chunk, include_phi))
         return mark_duplicates(records)
-    records: list[ValidationRecord] = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with _worker_pool(workers) as pool:
         in_flight: deque[Future[list[ValidationRecord]]] = deque()
-        for chunk in chain(head, chunks):
+        for chunk in chunks:
             in_flight.append(pool.submit(_validate_chunk, chunk, include_phi))
             if len(in_flight) >= 2 * workers:
                 records.extend(in_flight.popleft().result())
         while in_flight:
             records.extend(in_flight.popleft().result())
     return mark_duplicates(records)
+
+
+def validate_chunk(
+    files: Iterable[SourceFile], include_phi: bool = False
+) -> list[ValidationRecord]:
+    """Validate files in this process, duplicates not marked (that needs every
+    file): the unit of work of a cluster worker."""
+    return _Validator().validate(files, include_phi)
+
+
+class _Validator:
+    """Opens an s3fs filesystem on first need, once per call rather than per
+    process: a process that outlives the call may see the S3 endpoint change."""
+
+    def __init__(self) -> None:
+        self.fs: Any = None
+
+    def validate(self, files: Iterable[SourceFile], include_phi: bool) -> list[ValidationRecord]:
+        records = []
+        for source in files:
+            if self.fs is None and is_s3(source.uri):
+                self.fs = s3_filesystem()
+            records.append(validate_file(source, include_phi, self.fs))
+        return records
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Workers forked from multiprocessing's fork server, which imports this
+    module once per process: starting two workers then takes ~20 ms instead of
+    the seconds a spawned interpreter spends importing Prefect. Not forked from
+    this process, whose threads (Prefect's, s3fs's event loop) a fork would copy
+    mid-state."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_adopt_environment,
+        initargs=(dict(os.environ),),
+    )
+
+
+def _adopt_environment(environment: dict[str, str]) -> None:
+    """A forked worker starts with the environment the fork server started
+    with; the caller's (AWS endpoint and credentials) may have changed since."""
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def mark_duplicates(records: list[ValidationRecord]) -> list[ValidationRecord]:
@@ -234,14 +285,11 @@ def _chunked(files: Iterable[SourceFile], size: int) -> Iterator[list[SourceFile
 
 # One s3fs per worker process, reused across its chunks; the process (and the
 # pool) lives only as long as one validate_files call.
-_worker_s3fs: Any = None
+_worker_reader = _Validator()
 
 
 def _validate_chunk(chunk: list[SourceFile], include_phi: bool) -> list[ValidationRecord]:
-    global _worker_s3fs
-    if _worker_s3fs is None and any(is_s3(f.uri) for f in chunk):
-        _worker_s3fs = s3_filesystem()
-    return [validate_file(f, include_phi, _worker_s3fs) for f in chunk]
+    return _worker_reader.validate(chunk, include_phi)
 
 
 def _open(uri: str, fs: Any | None) -> IO[bytes]:

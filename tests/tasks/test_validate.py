@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -240,3 +243,34 @@ class TestValidateFiles:
         (record,) = validate_files(iter_source(f"s3://{s3_bucket}/src"), workers=1)
 
         assert record.is_valid, record.reason_message
+
+    def test_workers_use_the_callers_current_environment(
+        self, tmp_path: Path, s3_bucket: str
+    ) -> None:
+        """Workers fork from a server started at the first call; the AWS
+        endpoint they use must be the caller's at each call, not the server's.
+        A fresh interpreter, so that the server starts under a dead endpoint."""
+        local = write_ct_series(tmp_path / "local", 2, rows=8, columns=8)
+        for path in local:
+            boto3.client("s3").upload_file(str(path), s3_bucket, f"src/{path.name}")
+        script = textwrap.dedent(
+            f"""
+            import os
+            from tasks.discover import iter_source
+            from tasks.validate import validate_files
+
+            os.environ["AWS_ENDPOINT_URL_S3"] = "http://127.0.0.1:9"  # nothing listens
+            validate_files(iter_source({str(tmp_path / "local")!r}), workers=2, chunk_size=1)
+            os.environ["AWS_ENDPOINT_URL_S3"] = {os.environ["AWS_ENDPOINT_URL_S3"]!r}
+            records = validate_files(
+                iter_source("s3://{s3_bucket}/src"), workers=2, chunk_size=1
+            )
+            print([record.status.value for record in records])
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+            cwd=Path(__file__).parents[2], env=os.environ.copy(),
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "['valid', 'valid']"
