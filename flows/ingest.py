@@ -47,7 +47,7 @@ class IngestResult(BaseModel):
     report_jobs_csv: str
     # The ID retry_failed selects a run by (the staging run_id is per source).
     flow_run_id: str | None = None
-    # Discovered but left out of this run's report (see docs/operations.md).
+    # Discovered but left out of this run's report (see "The ledger" in README.md).
     skipped_unchanged: int = 0
     claimed_by_other_runs: int = 0
 
