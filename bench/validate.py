@@ -1,0 +1,192 @@
+"""Validation: files/s per core of ``tasks.validate`` against plain pydicom loops.
+
+Baselines over the same files: ``pydicom.dcmread(f)`` (reads everything) and
+``dcmread(f, stop_before_pixels=True)`` (the header only). Ours also checks
+Pixel Data's length against the image attributes and the file size, and
+hashes every byte (SHA-256: staging, batching and the ledger recognise content
+by it), so the SHA-256 of each file on its own is shown as the floor. Every
+method runs on the same warm worker processes (1, then 2), files in chunks,
+results sent back to the parent as the flow needs them; then
+``validate_files`` as the flow calls it, worker start included.
+
+    .venv/bin/python -m bench.validate [--ct 600] [--tiny 20000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import pydicom
+
+from bench.common import median, print_table
+from emulator.samples import series_spec, write_ct_series
+from tasks.discover import SourceFile, iter_source
+from tasks.validate import validate_file, validate_files
+
+CHUNK = 64
+PROCESSES = (1, 2)
+
+
+def _naive(files: list[SourceFile]) -> int:
+    for source in files:
+        pydicom.dcmread(source.uri)
+    return len(files)
+
+
+def _stop_before_pixels(files: list[SourceFile]) -> int:
+    for source in files:
+        pydicom.dcmread(source.uri, stop_before_pixels=True)
+    return len(files)
+
+
+def _ours(files: list[SourceFile]) -> list[object]:
+    return [validate_file(source) for source in files]
+
+
+def _sha256_only(files: list[SourceFile]) -> int:
+    for source in files:
+        with open(source.uri, "rb") as fileobj:
+            hashlib.file_digest(fileobj, "sha256")
+    return len(files)
+
+
+METHODS: dict[str, Callable[[list[SourceFile]], object]] = {
+    "pydicom.dcmread(f)": _naive,
+    "dcmread(stop_before_pixels=True)": _stop_before_pixels,
+    "tasks.validate (ours)": _ours,
+    "SHA-256 of the file alone (floor)": _sha256_only,
+}
+BASELINE = "dcmread(stop_before_pixels=True)"
+OURS = "tasks.validate (ours)"
+
+
+def _chunks(files: list[SourceFile]) -> list[list[SourceFile]]:
+    return [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+
+
+def _warm(pool: ProcessPoolExecutor, processes: int) -> None:
+    """Every worker started and its imports done before any timing."""
+    list(pool.map(time.sleep, [0.2] * processes))
+
+
+def measure_pools(
+    corpora: dict[str, list[SourceFile]], repeats: int
+) -> dict[tuple[str, str, int], float]:
+    """Median files/s per (corpus, method, processes). Both pools stay up and
+    every combination runs once per repeat, interleaved, so that machine noise
+    hits them alike."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tasks.validate", __name__])
+    samples: dict[tuple[str, str, int], list[float]] = {}
+    with ExitStack() as stack:
+        pools = {n: stack.enter_context(ProcessPoolExecutor(n, mp_context=context))
+                 for n in PROCESSES}
+        for n, pool in pools.items():
+            _warm(pool, n)
+        for _ in range(repeats):
+            for corpus, files in corpora.items():
+                chunks = _chunks(files)
+                for name, method in METHODS.items():
+                    for n, pool in pools.items():
+                        started = time.perf_counter()
+                        list(pool.map(method, chunks))
+                        seconds = time.perf_counter() - started
+                        samples.setdefault((corpus, name, n), []).append(len(files) / seconds)
+    return {key: median(values) for key, values in samples.items()}
+
+
+ENTRY_POINT_CALLS: dict[str, tuple[int, Callable[[list[SourceFile]], object]]] = {
+    "1 worker": (1, lambda files: files),
+    # What the flow passes: the first chunk's time decides whether workers pay off.
+    "2 workers, list": (2, lambda files: files),
+    # No length to project from: always the worker pool.
+    "2 workers, stream": (2, iter),
+}
+
+
+def measure_entry_point(
+    corpora: dict[str, list[SourceFile]], repeats: int
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """validate_files as the flow calls it: (median s, first call s) per
+    (corpus, call); the process's first pool starts the fork server."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for corpus, files in corpora.items():
+            for call, (workers, given) in ENTRY_POINT_CALLS.items():
+                started = time.perf_counter()
+                validate_files(given(files), workers=workers)  # type: ignore[arg-type]
+                times.setdefault((corpus, call), []).append(time.perf_counter() - started)
+    return {key: (median(values), values[0]) for key, values in times.items()}
+
+
+def build_corpora(root: Path, ct: int, tiny: int) -> dict[str, list[SourceFile]]:
+    write_ct_series(root / "ct", ct, spec=series_spec("bench-ct"))
+    per_series = 500
+    for index in range(0, tiny, per_series):
+        write_ct_series(root / "tiny" / f"s{index:06d}", min(per_series, tiny - index),
+                        spec=series_spec(f"bench-tiny-{index}"), rows=8, columns=8)
+    return {
+        "512x512 CT": list(iter_source(str(root / "ct"))),
+        "8x8 tiny": list(iter_source(str(root / "tiny"))),
+    }
+
+
+def report(
+    corpora: dict[str, list[SourceFile]],
+    rates: dict[tuple[str, str, int], float],
+    entry: dict[tuple[str, str], tuple[float, float]],
+    repeats: int,
+) -> None:
+    rows: list[Sequence[object]] = []
+    for corpus in corpora:
+        for name in METHODS:
+            for processes in PROCESSES:
+                rate = rates[(corpus, name, processes)]
+                rows.append((
+                    corpus, name, processes, rate, rate / processes,
+                    rate / rates[(corpus, BASELINE, processes)],
+                    rate / rates[(corpus, name, 1)],
+                ))
+    print_table(
+        f"Validation, same warm worker processes for every method (median of {repeats})",
+        ["corpus", "method", "processes", "files/s", "files/s per core",
+         "vs stop_before_pixels", "vs 1 process"],
+        rows,
+    )
+    entry_rows = []
+    for corpus, files in corpora.items():
+        single = entry[(corpus, "1 worker")][0]
+        for call in ENTRY_POINT_CALLS:
+            seconds, first = entry[(corpus, call)]
+            entry_rows.append((corpus, len(files), call, seconds, len(files) / seconds,
+                               single / seconds, first))
+    print_table(
+        f"validate_files() as the flow calls it, worker start included (median of {repeats})",
+        ["corpus", "files", "call", "median s", "files/s", "vs 1 worker", "first call s"],
+        entry_rows,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ct", type=int, default=600, help="512x512 CT slices")
+    parser.add_argument("--tiny", type=int, default=20000, help="8x8 slices")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+        corpora = build_corpora(Path(tmp), args.ct, args.tiny)
+        entry = measure_entry_point(corpora, args.repeats)
+        rates = measure_pools(corpora, args.repeats)
+        report(corpora, rates, entry, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
