@@ -43,6 +43,10 @@ TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
 
 RUNNING_JOB_STATES = ("SUBMITTED", "IN_PROGRESS")
+# ListDICOMImportJobs summaries carry no S3 URIs; GetDICOMImportJob does.
+JOB_SUMMARY_KEYS = ("jobId", "jobName", "jobStatus", "datastoreId", "dataAccessRoleArn",
+                    "endedAt", "submittedAt", "message")
+JOB_PROPERTY_KEYS = (*JOB_SUMMARY_KEYS, "inputS3Uri", "outputS3Uri", "importConfiguration")
 _FINISHED_WRITES = {
     "UPDATING": ("ACTIVE", "UPDATED"),
     "COPYING": ("ACTIVE", "COPIED"),
@@ -394,20 +398,7 @@ class HealthImagingBackend(ImageSetOperations):
 
     def get_dicom_import_job(self, datastoreId: str, jobId: str) -> dict[str, Any]:
         job = self._job(datastoreId, jobId)
-        keys = (
-            "jobId",
-            "jobName",
-            "jobStatus",
-            "datastoreId",
-            "dataAccessRoleArn",
-            "endedAt",
-            "submittedAt",
-            "inputS3Uri",
-            "outputS3Uri",
-            "message",
-            "importConfiguration",
-        )
-        return {"jobProperties": {k: job.get(k) for k in keys}}
+        return {"jobProperties": {k: job.get(k) for k in JOB_PROPERTY_KEYS}}
 
     def list_dicom_import_jobs(
         self,
@@ -426,17 +417,10 @@ class HealthImagingBackend(ImageSetOperations):
         if jobStatus:
             items = [j for j in items if j["jobStatus"] == jobStatus]
         page, token = paginate(items, maxResults, nextToken, (datastoreId, jobStatus))
-        keys = (
-            "jobId",
-            "jobName",
-            "jobStatus",
-            "datastoreId",
-            "dataAccessRoleArn",
-            "endedAt",
-            "submittedAt",
-            "message",
-        )
-        return {"jobSummaries": [{k: j.get(k) for k in keys} for j in page], "nextToken": token}
+        return {
+            "jobSummaries": [{k: j.get(k) for k in JOB_SUMMARY_KEYS} for j in page],
+            "nextToken": token,
+        }
 
     # -- tags ---------------------------------------------------------------
     def _check_tag_target(self, arn: str) -> None:
