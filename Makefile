@@ -3,17 +3,19 @@ PIP := .venv/bin/pip
 
 .PHONY: install demo test bench lint clean
 
-.venv/.installed: pyproject.toml
+CONSTRAINTS := constraints.txt
+
+.venv/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch .venv/.installed
 
 # The AWS CLI pins its own botocore, which would fight s3fs/aiobotocore's pin:
 # it gets a venv of its own. Tests and benches call it against the local service.
 .awscli/bin/aws:
 	python3 -m venv .awscli
-	.awscli/bin/pip install --quiet awscli
+	.awscli/bin/pip install --quiet "awscli==1.46.3"
 
 install: .venv/.installed .awscli/bin/aws
 
