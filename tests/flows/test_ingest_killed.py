@@ -1,0 +1,90 @@
+"""A run that dies after its import jobs started, then the same run again:
+nothing is imported twice and no file is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+import pytest
+from botocore.config import Config
+
+import flows.ingest
+from emulator.config import ServiceConfig
+from emulator.samples import series_spec, write_ct_series
+from emulator.server import LocalService
+from flows.ingest import dicom_ingest
+from flows.parameters import IngestParameters
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+BUCKET = "killed"
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalService]:
+    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
+        for name, value in svc.env().items():
+            monkeypatch.setenv(name, value)
+        for name in (
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL_MEDICAL_IMAGING",
+            "AWS_PROFILE",
+            "DICOM_IMPORT_LEDGER_URL",
+        ):
+            monkeypatch.delenv(name, raising=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield svc
+
+
+def test_rerun_after_a_crash_imports_nothing_twice(
+    service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = []
+    for name in ("a", "b", "c"):
+        files += write_ct_series(
+            tmp_path / "in" / name, 3, series_spec(f"killed-{name}"), rows=32, columns=32
+        )
+    params = IngestParameters(
+        source=str(tmp_path / "in"),
+        datastore="killed-store",
+        staging_prefix=f"s3://{BUCKET}/staging",
+        output_prefix=f"s3://{BUCKET}/output",
+        report_location=str(tmp_path / "reports"),
+        max_files_per_job=3,
+        poll_interval_seconds=0.2,
+        validation_workers=1,
+    )
+    read_outputs = flows.ingest.job_outputs
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the worker died after the jobs completed")
+
+    monkeypatch.setattr(flows.ingest, "job_outputs", crash)
+    state = dicom_ingest(params, return_state=True)
+    assert state.is_failed()
+
+    mi = boto3.client("medical-imaging", config=Config(inject_host_prefix=False))
+    datastore_id = next(
+        d["datastoreId"]
+        for d in mi.list_datastores()["datastoreSummaries"]
+        if d["datastoreName"] == "killed-store"
+    )
+    jobs_before = mi.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"]
+    assert len(jobs_before) == 3
+
+    monkeypatch.setattr(flows.ingest, "job_outputs", read_outputs)
+    result = dicom_ingest(params)
+
+    jobs_after = mi.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"]
+    assert {j["jobId"] for j in jobs_after} == {j["jobId"] for j in jobs_before}
+    report = pd.read_parquet(result.report_files_parquet)
+    assert sorted(report["source_uri"]) == sorted(str(p) for p in files)
+    assert set(report["status"]) == {"imported"}
+    assert set(report["image_set_version"]) == {1}
+    image_sets = mi.search_image_sets(datastoreId=datastore_id)["imageSetsMetadataSummaries"]
+    assert len(image_sets) == 3
+    assert all(s["version"] == 1 for s in image_sets)
