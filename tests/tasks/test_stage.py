@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -52,6 +56,51 @@ def test_rerun_skips_files_already_staged(tmp_path: Path, s3_bucket: str) -> Non
     again = stage_batches(batches, f"s3://{s3_bucket}/st", "r")
 
     assert [s.action for s in again] == [StageAction.SKIPPED] * 2
+
+
+def _counting_client() -> tuple[Any, Counter[str]]:
+    """An S3 client that counts the operations it sends."""
+    client = boto3.client("s3")
+    calls: Counter[str] = Counter()
+    client.meta.events.register(
+        "before-call.s3.*", lambda model, **_: calls.update([model.name])
+    )
+    return client, calls
+
+
+def test_one_request_per_file_and_one_listing_per_batch(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    """A first run sends a PUT per file and no HEAD; a rerun a HEAD per file
+    already there and no PUT."""
+    for name in ("a", "b"):
+        write_ct_series(tmp_path / name, 3, spec=series_spec(name), rows=8, columns=8)
+    batches = _batches(str(tmp_path), max_files=3)
+    client, calls = _counting_client()
+
+    stage_batches(batches, f"s3://{s3_bucket}/st", "r", s3=client)
+    first = dict(calls)
+    calls.clear()
+    again = stage_batches(batches, f"s3://{s3_bucket}/st", "r", s3=client)
+
+    assert len(batches) == 2
+    assert first == {"ListObjectsV2": 2, "PutObject": 6}
+    assert dict(calls) == {"ListObjectsV2": 2, "HeadObject": 6}
+    assert {s.action for s in again} == {StageAction.SKIPPED}
+
+
+def test_upload_carries_the_validated_checksum(tmp_path: Path, s3_bucket: str) -> None:
+    """S3 refuses the upload when the bytes no longer match what was validated."""
+    (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+    (batch,) = _batches(str(tmp_path))
+
+    (item,) = stage_batches([batch], f"s3://{s3_bucket}/st", "r")
+
+    head = boto3.client("s3").head_object(Bucket=s3_bucket, Key=item.key,
+                                          ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == base64.b64encode(
+        hashlib.sha256(path.read_bytes()).digest()
+    ).decode()
 
 
 def test_different_content_at_the_same_key_is_uploaded_again(
