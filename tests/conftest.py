@@ -56,3 +56,19 @@ def s3_bucket(moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
         "s3", endpoint_url=moto_s3_endpoint, region_name="us-east-1"
     ).create_bucket(Bucket=bucket)
     return bucket
+
+
+@pytest.fixture
+def local_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The local HealthImaging + S3 service, reached the way the product reaches
+    AWS: through the standard variables, with nothing else steering clients."""
+    from emulator.config import ServiceConfig
+    from emulator.server import LocalService
+
+    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
+        for name, value in svc.env().items():
+            monkeypatch.setenv(name, value)
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE",
+                     "DICOM_IMPORT_LEDGER_URL"):
+            monkeypatch.delenv(name, raising=False)
+        yield svc

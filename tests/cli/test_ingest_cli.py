@@ -3,7 +3,6 @@ that say what went wrong, never a traceback."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import boto3
 import pandas as pd
 import pytest
 
-from emulator.config import ServiceConfig
 from emulator.samples import series_spec, write_ct_series, write_not_dicom, write_truncated
 from emulator.server import LocalService
 from flows.cli import main
@@ -22,14 +20,9 @@ BUCKET = "cli-bucket"
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalService]:
-    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
-        for name, value in svc.env().items():
-            monkeypatch.setenv(name, value)
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield svc
+def service(local_aws: LocalService) -> LocalService:
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return local_aws
 
 
 def ingest(source: Path | str, tmp_path: Path, *extra: str) -> list[str]:

@@ -4,7 +4,6 @@ endpoint), reached only through the standard AWS environment variables."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,14 @@ from tasks.report import FILE_COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-emulator_server = pytest.importorskip("emulator.server")
-emulator_config = pytest.importorskip("emulator.config")
-
 BUCKET = "e2e"
 SERIES = {"a": 4, "b": 3, "c": 2}  # 9 valid files; 4 per job -> 3 jobs
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    config = emulator_config.ServiceConfig(datastore_transition_seconds=0.05)
-    with emulator_server.LocalService(config=config) as svc:
-        for name, value in svc.client_env().items():
-            monkeypatch.setenv(name, value)
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield svc
+def service(local_aws: Any) -> Any:
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return local_aws
 
 
 @pytest.fixture

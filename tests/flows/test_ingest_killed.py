@@ -3,7 +3,6 @@ nothing is imported twice and no file is lost."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 from botocore.config import Config
 
 import flows.ingest
-from emulator.config import ServiceConfig
 from emulator.samples import series_spec, write_ct_series
 from emulator.server import LocalService
 from flows.ingest import dicom_ingest
@@ -25,19 +23,9 @@ BUCKET = "killed"
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalService]:
-    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
-        for name, value in svc.env().items():
-            monkeypatch.setenv(name, value)
-        for name in (
-            "AWS_ENDPOINT_URL_S3",
-            "AWS_ENDPOINT_URL_MEDICAL_IMAGING",
-            "AWS_PROFILE",
-            "DICOM_IMPORT_LEDGER_URL",
-        ):
-            monkeypatch.delenv(name, raising=False)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield svc
+def service(local_aws: LocalService) -> LocalService:
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return local_aws
 
 
 def test_rerun_after_a_crash_imports_nothing_twice(

@@ -4,7 +4,6 @@ through the standard AWS variables, and parameters for runs against it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from emulator.config import ServiceConfig
 from emulator.server import LocalService
 from flows.parameters import IngestParameters, RetryParameters
 
@@ -21,15 +19,9 @@ DATASTORE = "ops-store"
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalService]:
-    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
-        for name, value in svc.env().items():
-            monkeypatch.setenv(name, value)
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE",
-                     "DICOM_IMPORT_LEDGER_URL"):
-            monkeypatch.delenv(name, raising=False)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield svc
+def service(local_aws: LocalService) -> LocalService:
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return local_aws
 
 
 def _locations(tmp_path: Path) -> dict[str, Any]:
