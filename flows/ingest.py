@@ -10,6 +10,9 @@ started back from HealthImaging instead of starting them twice.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
@@ -19,6 +22,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.cluster import stage_on_cluster, validate_on_cluster
 from flows.parameters import ImportOptions, IngestParameters
 from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
@@ -29,7 +33,7 @@ from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.report import report
 from tasks.stage import StageAction, StagedFile, batch_input_uri, stage, staging_run_id
-from tasks.validate import validate
+from tasks.validate import ValidationRecord, validate
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
 SUMMARY_ARTIFACT_KEY = "dicom-ingest-summary"
@@ -50,6 +54,27 @@ class IngestResult(BaseModel):
     # Discovered but left out of this run's report (see "The ledger" in README.md).
     skipped_unchanged: int = 0
     claimed_by_other_runs: int = 0
+    # Wall seconds per stage (discover, validate, stage, import, report): where
+    # a slow run spent its time; the rest went to the ledger and orchestration.
+    timings: dict[str, float] = {}
+
+
+class StageTimer:
+    """Wall time per pipeline stage of one run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
@@ -62,10 +87,12 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     Args:
         params: What to import, where to, and within which limits.
     """
-    files = discover(params.source)
+    timer = StageTimer()
+    with timer.stage("discover"):
+        files = discover(params.source)
     if params.dry_run:
         # A dry run claims nothing and records nothing: it changes no state.
-        return _import_and_report(params, files, None, None)
+        return _import_and_report(params, files, None, None, timer)
     datastore_id = resolve(params.datastore)
     tag_current_run(*datastore_tags(params.datastore, datastore_id))
     ledger = run_ledger(params.report_location, datastore_id)
@@ -76,7 +103,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
             "%d files found: %d to process, %d unchanged since an earlier run, "
             "%d being processed by another run", len(files), len(claim.files),
             claim.skipped_unchanged, claim.claimed_by_other_runs)
-        return _import_and_report(params, claim.files, datastore_id, ledger,
+        return _import_and_report(params, claim.files, datastore_id, ledger, timer,
                                   claim.skipped_unchanged, claim.claimed_by_other_runs)
     finally:
         ledger.release()
@@ -87,11 +114,13 @@ def _import_and_report(
     files: list[SourceFile],
     datastore_id: str | None,
     ledger: RunLedger | None,
+    timer: StageTimer,
     skipped_unchanged: int = 0,
     claimed_by_other_runs: int = 0,
 ) -> IngestResult:
     logger = get_run_logger()
-    records = validate(files, params.validation_workers, params.include_phi)
+    with timer.stage("validate"):
+        records = _validate(params, files)
     if ledger is not None:
         records, same_bytes = settle_unchanged(ledger, records, params.only_new)
         skipped_unchanged += same_bytes
@@ -105,18 +134,20 @@ def _import_and_report(
         run_id = staging_run_id(params.source, params.datastore or "")
     else:
         run_id = staging_run_id(params.source, datastore_id)
-        staged, outcomes = import_batches(params, datastore_id, run_id, batches, ledger)
-    outputs = job_outputs(outcomes)
+        staged, outcomes = import_batches(params, datastore_id, run_id, batches, ledger, timer)
 
     # The flow run ID too: two runs of one source can start within a second.
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}"
-    paths, counts, job_rows = report(
-        records, batches, staged, outcomes, outputs, folder, params.include_phi, ledger
-    )
     skipped = {"skipped_unchanged": skipped_unchanged,
                "claimed_by_other_runs": claimed_by_other_runs}
-    publish(job_rows, counts, skipped, paths.files_parquet)
+    with timer.stage("report"):
+        outputs = job_outputs(outcomes)
+        paths, counts, job_rows = report(
+            records, batches, staged, outcomes, outputs, folder, params.include_phi, ledger
+        )
+        publish(job_rows, counts, skipped, paths.files_parquet)
+    logger.info("Time by stage: %s", timer.summary())
     if ledger is not None:
         ledger.finish_run({**counts, **skipped})
     return IngestResult(
@@ -130,6 +161,7 @@ def _import_and_report(
         report_jobs_parquet=paths.jobs_parquet,
         report_jobs_csv=paths.jobs_csv,
         flow_run_id=flow_run.id,
+        timings=timer.seconds,
         **skipped,
     )
 
@@ -140,12 +172,31 @@ def import_batches(
     run_id: str,
     batches: list[Batch],
     ledger: RunLedger | None,
+    timer: StageTimer | None = None,
 ) -> tuple[list[StagedFile], list[JobOutcome]]:
     """Stage, then import: shared by ingestion and retry_failed."""
-    staged = stage(batches, params.staging_prefix, run_id, params.stage_concurrency)
+    timer = timer or StageTimer()
+    with timer.stage("stage"):
+        staged = _stage(params, run_id, batches)
     if ledger is not None:
         ledger.renew()  # staging a large backfill can take a good part of a lease
-    return staged, _run_jobs(params, datastore_id, run_id, batches, staged, ledger)
+    with timer.stage("import"):
+        outcomes = _run_jobs(params, datastore_id, run_id, batches, staged, ledger)
+    return staged, outcomes
+
+
+def _validate(params: ImportOptions, files: list[SourceFile]) -> list[ValidationRecord]:
+    if params.dask_address:
+        return validate_on_cluster(params.dask_address, files, params.include_phi)
+    return validate(files, params.validation_workers, params.include_phi)
+
+
+def _stage(params: ImportOptions, run_id: str, batches: list[Batch]) -> list[StagedFile]:
+    prefix = params.staging_prefix or ""
+    if params.dask_address:
+        return stage_on_cluster(params.dask_address, batches, prefix, run_id,
+                                params.stage_concurrency)
+    return stage(batches, prefix, run_id, params.stage_concurrency)
 
 
 def _run_jobs(

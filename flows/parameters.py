@@ -72,6 +72,11 @@ class ImportOptions(BaseModel):
         default_factory=_setting("stage_concurrency"), ge=1,
         description="Parallel uploads while staging.",
     )
+    dask_address: str | None = Field(
+        default_factory=_setting("dask_address"),
+        description="Address of a Dask scheduler (tcp://host:8786): validation and staging "
+        "run on its workers. Empty: on the machine that runs the flow.",
+    )
     include_phi: bool = Field(
         default=False,
         description="Add patient name, ID and birth date to the report files. Off by default: "

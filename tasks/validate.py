@@ -518,3 +518,11 @@ def validate(
     files: list[SourceFile], workers: int | None = None, include_phi: bool = False
 ) -> list[ValidationRecord]:
     return validate_files(files, workers=workers, include_phi=include_phi)
+
+
+# Reading and hashing are idempotent: a part lost with its worker is redone.
+@task(name="validate-part", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def validate_part(files: list[SourceFile], include_phi: bool = False) -> list[ValidationRecord]:
+    """Run by a cluster worker on its share of the files; the flow marks
+    duplicates once every part is back."""
+    return validate_chunk(files, include_phi)
