@@ -53,17 +53,21 @@ def _wait(client: Any, clock: FakeClock, **kwargs: Any):
     return wait_for_job(client, DS, "j1", "b1", sleep=clock.sleep, clock=clock, **kwargs)
 
 
-def test_polls_with_growing_interval_until_completed(client: Any, stub: Stubber) -> None:
+def test_checks_at_a_fraction_of_the_time_waited_until_completed(
+    client: Any, stub: Stubber
+) -> None:
+    """The first interval until the fraction of the time waited exceeds it,
+    then that fraction, capped: the end is noticed within that fraction."""
     expected = {"datastoreId": DS, "jobId": "j1"}
-    for status in ["SUBMITTED", "IN_PROGRESS", "IN_PROGRESS", "COMPLETED"]:
+    for status in ["SUBMITTED", *["IN_PROGRESS"] * 6, "COMPLETED"]:
         stub.add_response("get_dicom_import_job", _job(status), expected)
     clock = FakeClock()
 
-    outcome = _wait(client, clock, poll_interval=2.0, max_interval=4.0)
+    outcome = _wait(client, clock, poll_interval=1.0, max_interval=4.0, lag_fraction=0.5)
 
     assert outcome.status is JobStatus.COMPLETED
     assert outcome.output_s3_uri == f"s3://b/out/{DS}-DicomImport-j1/"
-    assert clock.sleeps == [2.0, 3.0, 4.0]
+    assert clock.sleeps == [1.0, 1.0, 1.0, 1.5, 2.25, 3.375, 4.0]
 
 
 def test_failed_job_carries_its_message(client: Any, stub: Stubber) -> None:
