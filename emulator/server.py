@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -110,6 +111,10 @@ class LocalService:
         config: ServiceConfig | None = None,
         faults: FaultConfig | None = None,
     ) -> None:
+        # The service judges values itself and reports them as import warnings;
+        # pydicom's own per-value warnings would only flood the console. This
+        # is process-wide: pydicom has no per-read setting.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.config = config or ServiceConfig()
         self.faults = faults or FaultConfig()
         self.store = Store(data_dir)
