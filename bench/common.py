@@ -3,6 +3,7 @@ and server work do not share one GIL), clients, and table printing."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -49,6 +51,52 @@ def local_service(*flags: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """``prefect server start`` in a subprocess with its state under ``home``;
+    yields its API URL. Benches that time flow runs use one, as production
+    does, rather than each process starting its own ephemeral API."""
+    port = free_port()
+    env = {**quiet_prefect_env(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_ENABLED": "false"}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+               "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{api}/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the Prefect server did not start") from None
+            time.sleep(0.3)
+    try:
+        yield api
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def quiet_prefect_env(home: Path) -> dict[str, str]:
+    """An offline Prefect (no telemetry) with its state under ``home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
+def run_child(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run a bench's child process; its last stdout line is a JSON result."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def service_env(endpoint: str) -> dict[str, str]:

@@ -58,9 +58,9 @@ class ImportOptions(BaseModel):
     )
     poll_interval_seconds: float = Field(
         default_factory=_setting("poll_interval_seconds"), gt=0,
-        description="Shortest wait between job status checks. Later checks come every 5% "
+        description="Shortest wait between job status checks. Later checks come every 2% "
         "of the time waited (at most every 2 minutes), so a finished job is noticed, and its "
-        "slot reused, within about 5% of its run time.",
+        "slot reused, within about 2% of its run time.",
     )
     poll_timeout_seconds: float = Field(
         default_factory=_setting("poll_timeout_seconds"), gt=0,

@@ -1,11 +1,12 @@
 """Polling: wait for an import job to end, without hanging forever.
 
-Import jobs run for minutes to hours. A check comes every 5% of the time
+Import jobs run for minutes to hours. A check comes every 2% of the time
 waited so far (between the first interval and two minutes): a job that ended
-is noticed within about 5% of its run time, so its slot goes to the next batch
+is noticed within about 2% of its run time, so its slot goes to the next batch
 that soon, and a job of hours costs one GetDICOMImportJob every two minutes.
 (A schedule growing x1.5 per check noticed the end up to a third of the run
-late.) A timeout returns a ``timed_out`` outcome so the flow can still write
+late.) The first interval bounds the request rate: 100 jobs checked every 5 s
+make 20 requests/s, within GetDICOMImportJob's 25/s. A timeout returns a ``timed_out`` outcome so the flow can still write
 its report for everything else.
 """
 
@@ -56,7 +57,7 @@ def wait_for_job(
     poll_interval: float = 5.0,
     timeout: float = 6 * 3600.0,
     max_interval: float = 120.0,
-    lag_fraction: float = 0.05,
+    lag_fraction: float = 0.02,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> JobOutcome:
