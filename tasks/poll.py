@@ -6,8 +6,9 @@ is noticed within about 2% of its run time, so its slot goes to the next batch
 that soon, and a job of hours costs one GetDICOMImportJob every two minutes.
 (A schedule growing x1.5 per check noticed the end up to a third of the run
 late.) The first interval bounds the request rate: 100 jobs checked every 5 s
-make 20 requests/s, within GetDICOMImportJob's 25/s. A timeout returns a ``timed_out`` outcome so the flow can still write
-its report for everything else.
+make 20 requests/s, within GetDICOMImportJob's 25/s. A timeout returns a
+``timed_out`` outcome so the flow can still write its report for everything
+else.
 """
 
 from __future__ import annotations

@@ -303,7 +303,10 @@ def _open(uri: str, fs: Any | None) -> IO[bytes]:
 def _validate_stream(
     source: SourceFile, fileobj: IO[bytes], include_phi: bool
 ) -> ValidationRecord:
-    data = fileobj.read(_READ_CHUNK)
+    # The size found by discovery, plus one byte to notice a file that grew:
+    # asking for a megabyte would allocate one per file, however small.
+    first_read = min(_READ_CHUNK, source.size + 1)
+    data = fileobj.read(first_read)
     if len(data) < 132 or data[128:132] != b"DICM":
         return _invalid(
             source,
@@ -312,7 +315,7 @@ def _validate_stream(
         )
     try:
         try:
-            header, data = _read_header(fileobj, data)
+            header, data = _read_header(fileobj, data, complete=len(data) < first_read)
         except UnusualEncoding:
             fileobj.seek(0)
             header = read_header_with_pydicom(fileobj, _WANTED, _quiet_pydicom)
@@ -344,10 +347,9 @@ def _validate_stream(
     return base
 
 
-def _read_header(fileobj: IO[bytes], data: bytes) -> tuple[Header, bytes]:
+def _read_header(fileobj: IO[bytes], data: bytes, complete: bool) -> tuple[Header, bytes]:
     """The header from the bytes read so far, reading on while it goes on
     (rare: headers are small); returns the bytes read, which the checksum reuses."""
-    complete = len(data) < _READ_CHUNK
     while True:
         try:
             return read_header(data, complete, _WANTED), data
