@@ -1,0 +1,156 @@
+"""Manifest parsing: rows/s turning a job's output folder (1,000,000 lines of
+success.ndjson, 100,000 of failure.ndjson) into the DataFrames the report is
+joined from, with ``tasks.manifest.read_job_output``, against the obvious
+baseline: ``json.loads`` per line into a DataFrame, versions joined the same way.
+
+    .venv/bin/python -m bench.manifest [--success 1000000] [--failure 100000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.common import median, print_table
+from tasks.manifest import read_job_output
+
+DATASTORE = "0123456789abcdef0123456789abcdef"
+IMAGE_SETS = 1000
+
+
+def write_output(folder: Path, success: int, failure: int) -> Path:
+    image_sets = [f"{i:032x}" for i in range(IMAGE_SETS)]
+    (folder / "SUCCESS").mkdir(parents=True)
+    (folder / "FAILURE").mkdir()
+    (folder / "WARNING").mkdir()
+    with open(folder / "SUCCESS" / "success.ndjson", "w") as out:
+        for i in range(success):
+            out.write(
+                json.dumps(
+                    {
+                        "inputFile": f"staging/run/batch/study/series/file_{i:07d}.dcm",
+                        "importResponse": {
+                            "imageSetId": image_sets[i % IMAGE_SETS],
+                            "isPrimary": True,
+                        },
+                    }
+                )
+                + "\n"
+            )
+    with open(folder / "FAILURE" / "failure.ndjson", "w") as out:
+        for i in range(failure):
+            out.write(
+                json.dumps(
+                    {
+                        "inputFile": f"staging/run/batch/bad/file_{i:07d}.dcm",
+                        "exception": {
+                            "exceptionType": "ValidationException",
+                            "message": "DICOM attribute TransferSyntaxUID does not exist",
+                        },
+                    }
+                )
+                + "\n"
+            )
+    (folder / "WARNING" / "warning.ndjson").write_text("")
+    summary = {
+        "jobId": "bench",
+        "datastoreId": DATASTORE,
+        "inputS3Uri": "s3://in/prefix/",
+        "outputS3Uri": str(folder),
+        "successOutputS3Uri": f"{folder}/SUCCESS/",
+        "failureOutputS3Uri": f"{folder}/FAILURE/",
+        "warningsOutputS3Uri": f"{folder}/WARNING/",
+        "numberOfScannedFiles": success + failure,
+        "numberOfImportedFiles": success,
+        "numberOfFilesWithCustomerError": failure,
+        "numberOfFilesWithServerError": 0,
+        "numberOfGeneratedImageSets": IMAGE_SETS,
+        "imageSetsSummary": [
+            {
+                "imageSetId": s,
+                "imageSetVersion": 1,
+                "isPrimary": True,
+                "numberOfMatchedSOPInstances": success // IMAGE_SETS,
+            }
+            for s in image_sets
+        ],
+    }
+    (folder / "job-output-manifest.json").write_text(json.dumps({"jobSummary": summary}))
+    return folder
+
+
+def naive(folder: Path) -> int:
+    summary = json.loads((folder / "job-output-manifest.json").read_text())["jobSummary"]
+    versions = pd.DataFrame(summary["imageSetsSummary"])[["imageSetId", "imageSetVersion"]]
+    rows = []
+    with open(folder / "SUCCESS" / "success.ndjson") as lines:
+        for line in lines:
+            item = json.loads(line)
+            rows.append(
+                (
+                    item["inputFile"],
+                    item["importResponse"]["imageSetId"],
+                    item["importResponse"]["isPrimary"],
+                )
+            )
+    success = pd.DataFrame(rows, columns=["inputFile", "imageSetId", "isPrimary"])
+    success = success.merge(versions, on="imageSetId", how="left")
+    failures = []
+    with open(folder / "FAILURE" / "failure.ndjson") as lines:
+        for line in lines:
+            item = json.loads(line)
+            failures.append(
+                (
+                    item["inputFile"],
+                    item["exception"]["exceptionType"],
+                    item["exception"]["message"],
+                )
+            )
+    failure = pd.DataFrame(failures, columns=["inputFile", "exceptionType", "message"])
+    return len(success) + len(failure)
+
+
+def ours(folder: Path) -> int:
+    output = read_job_output(str(folder))
+    return len(output.success) + len(output.failure) + len(output.warning)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--success", type=int, default=1_000_000)
+    parser.add_argument("--failure", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-manifest-") as tmp:
+        folder = write_output(Path(tmp) / "output", args.success, args.failure)
+        times: dict[str, list[float]] = {
+            "json.loads per line (baseline)": [],
+            "tasks.manifest.read_job_output": [],
+        }
+        for _ in range(args.repeats):
+            for label, parse in zip(times, (naive, ours), strict=True):
+                started = time.perf_counter()
+                rows = parse(folder)
+                times[label].append(time.perf_counter() - started)
+                if rows != args.success + args.failure:
+                    raise RuntimeError(f"{label} parsed {rows} rows")
+    base = median(times["json.loads per line (baseline)"])
+    rows_total = args.success + args.failure
+    print_table(
+        f"Manifest parsing: {args.success:,} success + {args.failure:,} failure lines "
+        f"(median of {args.repeats})",
+        ["parser", "median s", "rows/s", "speed vs baseline"],
+        [
+            (label, median(t), f"{rows_total / median(t):,.0f}", base / median(t))
+            for label, t in times.items()
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
