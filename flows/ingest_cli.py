@@ -15,6 +15,7 @@ from typing import Any, get_args
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from flows.ingest import IngestResult, dicom_ingest
 from flows.parameters import IngestParameters
@@ -33,6 +34,11 @@ def _option_type(annotation: Any) -> type:
     return kinds[0]
 
 
+def _help(field: FieldInfo) -> str:
+    """argparse formats help with %: a description saying "2%" must not break it."""
+    return (field.description or "").replace("%", "%%")
+
+
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "ingest",
@@ -42,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
         f"every file is accounted for, {EXIT_FILES_FAILED} when some failed in the import, "
         f"{EXIT_ERROR} when the run itself could not go on.",
     )
-    parser.add_argument("source", help=IngestParameters.model_fields["source"].description)
+    parser.add_argument("source", help=_help(IngestParameters.model_fields["source"]))
     for name, field in IngestParameters.model_fields.items():
         if name == "source":
             continue
@@ -50,10 +56,9 @@ def add_parser(subparsers: Any) -> None:
         kind = _option_type(field.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=None, help=field.description)
+                                default=None, help=_help(field))
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=None,
-                                help=field.description)
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=_help(field))
     parser.set_defaults(handler=run)
 
 

@@ -13,6 +13,7 @@ import pytest
 from emulator.samples import series_spec, write_ct_series, write_not_dicom, write_truncated
 from emulator.server import LocalService
 from flows.cli import main
+from flows.parameters import IngestParameters
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -110,3 +111,13 @@ def test_invalid_option(service: Any, tmp_path: Path, capsys: Any) -> None:
     code, _, err = run(ingest(tmp_path, tmp_path, "--max-files-per-job", "0"), capsys)
     assert code == 2
     assert "max_files_per_job" in err
+
+
+def test_help_lists_every_parameter(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["ingest", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for name in IngestParameters.model_fields:
+        if name != "source":
+            assert f"--{name.replace('_', '-')}" in out
