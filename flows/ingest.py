@@ -1,7 +1,10 @@
 """The ``dicom-ingest`` flow: from a folder or S3 prefix to image sets, with a
 report that accounts for every file.
 
-Orchestration only; each stage lives in ``tasks``. Reruns are safe: batches,
+Orchestration only; each stage lives in ``tasks``. Lists of files, records
+and batches go to tasks wrapped in ``quote``: Prefect would otherwise walk
+every element of every argument looking for futures, which at tens of
+thousands of files costs seconds and memory per task. Reruns are safe: batches,
 the staging prefix and job client tokens are all derived from the inputs, so a
 rerun after a kill skips files already staged and gets the jobs it already
 started back from HealthImaging instead of starting them twice.
@@ -20,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from flows.cluster import stage_on_cluster, validate_on_cluster
@@ -98,7 +102,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-ingest", params.source)
     try:
-        claim = claim_files(ledger, params.source, files, params.only_new)
+        claim = claim_files(ledger, params.source, quote(files), params.only_new)
         get_run_logger().info(
             "%d files found: %d to process, %d unchanged since an earlier run, "
             "%d being processed by another run", len(files), len(claim.files),
@@ -122,9 +126,9 @@ def _import_and_report(
     with timer.stage("validate"):
         records = _validate(params, files)
     if ledger is not None:
-        records, same_bytes = settle_unchanged(ledger, records, params.only_new)
+        records, same_bytes = settle_unchanged(ledger, quote(records), params.only_new)
         skipped_unchanged += same_bytes
-    batches = batch(records, params.max_files_per_job, params.max_bytes_per_job)
+    batches = batch(quote(records), params.max_files_per_job, params.max_bytes_per_job)
     logger.info("%d files, %d valid, in %d batches", len(records),
                 sum(r.is_valid for r in records), len(batches))
 
@@ -144,7 +148,8 @@ def _import_and_report(
     with timer.stage("report"):
         outputs = job_outputs(outcomes)
         paths, counts, job_rows = report(
-            records, batches, staged, outcomes, outputs, folder, params.include_phi, ledger
+            quote(records), quote(batches), quote(staged), outcomes, quote(outputs), folder,
+            params.include_phi, ledger,
         )
         publish(job_rows, counts, skipped, paths.files_parquet)
     logger.info("Time by stage: %s", timer.summary())
@@ -188,7 +193,7 @@ def import_batches(
 def _validate(params: ImportOptions, files: list[SourceFile]) -> list[ValidationRecord]:
     if params.dask_address:
         return validate_on_cluster(params.dask_address, files, params.include_phi)
-    return validate(files, params.validation_workers, params.include_phi)
+    return validate(quote(files), params.validation_workers, params.include_phi)
 
 
 def _stage(params: ImportOptions, run_id: str, batches: list[Batch]) -> list[StagedFile]:
@@ -196,7 +201,7 @@ def _stage(params: ImportOptions, run_id: str, batches: list[Batch]) -> list[Sta
     if params.dask_address:
         return stage_on_cluster(params.dask_address, batches, prefix, run_id,
                                 params.stage_concurrency)
-    return stage(batches, prefix, run_id, params.stage_concurrency)
+    return stage(quote(batches), prefix, run_id, params.stage_concurrency)
 
 
 def _run_jobs(
@@ -219,7 +224,7 @@ def _run_jobs(
         slots.acquire()
         future = import_batch.submit(
             datastore_id,
-            item,
+            quote(item),
             f"{batch_input_uri(params.staging_prefix or '', run_id, item.batch_id)}/",
             params.output_prefix or "",
             params.import_role_arn,
