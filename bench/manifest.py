@@ -2,6 +2,9 @@
 success.ndjson, 100,000 of failure.ndjson) into the DataFrames the report is
 joined from, with ``tasks.manifest.read_job_output``, against the obvious
 baseline: ``json.loads`` per line into a DataFrame, versions joined the same way.
+Then the same parse followed by the report's join of those rows onto one row
+per file (``tasks.report.build_file_report``, from 1,100,000 validated,
+batched and staged files whose staged keys are the lines' ``inputFile``).
 
     .venv/bin/python -m bench.manifest [--success 1000000] [--failure 100000] [--repeats 3]
 """
@@ -13,14 +16,28 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from bench.common import median, print_table
+from tasks.batch import Batch
 from tasks.manifest import read_job_output
+from tasks.poll import JobOutcome, JobStatus
+from tasks.report import build_file_report
+from tasks.stage import StageAction, StagedFile
+from tasks.validate import FileValidity, ValidationRecord
 
 DATASTORE = "0123456789abcdef0123456789abcdef"
 IMAGE_SETS = 1000
+
+
+def _success_key(i: int) -> str:
+    return f"staging/run/batch/study/series/file_{i:07d}.dcm"
+
+
+def _failure_key(i: int) -> str:
+    return f"staging/run/batch/bad/file_{i:07d}.dcm"
 
 
 def write_output(folder: Path, success: int, failure: int) -> Path:
@@ -33,7 +50,7 @@ def write_output(folder: Path, success: int, failure: int) -> Path:
             out.write(
                 json.dumps(
                     {
-                        "inputFile": f"staging/run/batch/study/series/file_{i:07d}.dcm",
+                        "inputFile": _success_key(i),
                         "importResponse": {
                             "imageSetId": image_sets[i % IMAGE_SETS],
                             "isPrimary": True,
@@ -47,7 +64,7 @@ def write_output(folder: Path, success: int, failure: int) -> Path:
             out.write(
                 json.dumps(
                     {
-                        "inputFile": f"staging/run/batch/bad/file_{i:07d}.dcm",
+                        "inputFile": _failure_key(i),
                         "exception": {
                             "exceptionType": "ValidationException",
                             "message": "DICOM attribute TransferSyntaxUID does not exist",
@@ -120,6 +137,35 @@ def ours(folder: Path) -> int:
     return len(output.success) + len(output.failure) + len(output.warning)
 
 
+def pipeline(success: int, failure: int) -> dict[str, Any]:
+    """What the flow holds when the job output arrives: a record, a batch
+    entry and a staged key per file, all in one completed job."""
+    keys = [_success_key(i) for i in range(success)] + [_failure_key(i) for i in range(failure)]
+    records = [
+        ValidationRecord(uri=f"/data/{key}", relative_path=key, size=1000,
+                         status=FileValidity.VALID, sha256="0" * 64,
+                         sop_instance_uid=f"1.2.{i}", study_instance_uid="1.3",
+                         series_instance_uid="1.4")
+        for i, key in enumerate(keys)
+    ]
+    batch = Batch(files=tuple(records), digest="b" * 64)
+    staged = [StagedFile(r.uri, batch.batch_id, key, StageAction.UPLOADED)
+              for r, key in zip(records, keys, strict=True)]
+    outcome = JobOutcome(batch.batch_id, DATASTORE, "bench", JobStatus.COMPLETED)
+    return {"records": records, "batches": [batch], "staged": staged, "outcomes": [outcome]}
+
+
+def ours_with_report(folder: Path, inputs: dict[str, Any]) -> int:
+    output = read_job_output(str(folder))
+    batch_id = inputs["batches"][0].batch_id
+    report = build_file_report(inputs["records"], inputs["batches"], inputs["staged"],
+                               inputs["outcomes"], {batch_id: output})
+    counts = report["status"].value_counts().to_dict()
+    if counts != {"imported": len(output.success), "import_failed": len(output.failure)}:
+        raise RuntimeError(f"the report does not account for every line: {counts}")
+    return len(report)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--success", type=int, default=1_000_000)
@@ -128,12 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-manifest-") as tmp:
         folder = write_output(Path(tmp) / "output", args.success, args.failure)
+        inputs = pipeline(args.success, args.failure)
         times: dict[str, list[float]] = {
             "json.loads per line (baseline)": [],
             "tasks.manifest.read_job_output": [],
+            "read_job_output + join into the file report": [],
         }
+        parsers = (naive, ours, lambda output_folder: ours_with_report(output_folder, inputs))
         for _ in range(args.repeats):
-            for label, parse in zip(times, (naive, ours), strict=True):
+            for label, parse in zip(times, parsers, strict=True):
                 started = time.perf_counter()
                 rows = parse(folder)
                 times[label].append(time.perf_counter() - started)
