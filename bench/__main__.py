@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("emulator_service", "validate", "stage", "manifest", "job_slots")
+BENCHES = ("emulator_service", "validate", "stage", "manifest", "job_slots", "end_to_end")
 
 
 def main() -> None:
