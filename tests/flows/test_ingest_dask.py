@@ -114,6 +114,8 @@ def test_cluster_run_writes_the_local_report(
         "imported": SERIES * SLICES, "invalid": len(BROKEN_MAKERS), "duplicate": 1,
     }
     assert cluster_report["image_set_id"].notna().sum() == SERIES * SLICES
+    stages = {"discover", "validate", "stage", "import", "report"}
+    assert set(on_cluster.result().timings) == stages == set(local.result().timings)
 
     tasks = _task_names(on_cluster.state_details.flow_run_id)
     assert tasks.count("validate-part") >= 2 and tasks.count("stage-part") >= 2
