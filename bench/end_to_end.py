@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    active_datastore,
     clients,
     local_service,
     median,
@@ -79,16 +80,18 @@ def measure(sizes: list[int], repeats: int, root: Path) -> dict[int, list[dict[s
         write_corpus(root / f"files-{size}", size)
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
     with prefect_server(root / "prefect") as api, local_service() as endpoint:
-        clients(endpoint)[1].create_bucket(Bucket=BUCKET)
+        mi, s3 = clients(endpoint)
+        s3.create_bucket(Bucket=BUCKET)
         env = {**quiet_prefect_env(root / "prefect"), **service_env(endpoint),
                "PREFECT_API_URL": api}
         for repeat in range(repeats):
             for size in sizes:
-                # A data store per run: nothing is skipped as already imported.
+                # A data store per run, so nothing is skipped as already imported,
+                # made ACTIVE beforehand as a production one is.
+                datastore_id = active_datastore(mi, f"e2e-{size}-{repeat}")
                 command = [sys.executable, "-m", "bench.end_to_end", "--child",
                            str(root / f"files-{size}"), "--reports",
-                           str(root / f"reports-{size}-{repeat}"),
-                           "--datastore", f"e2e-{size}-{repeat}"]
+                           str(root / f"reports-{size}-{repeat}"), "--datastore", datastore_id]
                 result = run_child(command, env)
                 if result["imported"] != size:
                     raise RuntimeError(f"{result['imported']} of {size} files imported")
