@@ -31,7 +31,7 @@ from emulator.samples import series_spec, write_ct_series
 from tasks.discover import SourceFile, iter_source
 from tasks.validate import validate_file, validate_files
 
-CHUNK = 64
+CHUNKS = 16
 PROCESSES = (1, 2)
 
 
@@ -77,7 +77,10 @@ def _run(name: str, files: list[SourceFile]) -> tuple[object, float]:
 
 
 def _chunks(files: list[SourceFile]) -> list[list[SourceFile]]:
-    return [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+    """CHUNKS chunks: few enough that the pool's cost per chunk stays small,
+    enough that the last one does not leave a worker idle for long."""
+    size = max(1, -(-len(files) // CHUNKS))
+    return [files[i : i + size] for i in range(0, len(files), size)]
 
 
 def _warm(pool: ProcessPoolExecutor, processes: int) -> None:

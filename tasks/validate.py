@@ -23,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import islice
 from typing import IO, Any
 
 from prefect import task
@@ -118,6 +119,11 @@ _READ_CHUNK = 1 << 20
 # Starting worker processes costs about a second the first time in a process
 # (the fork server imports this module), tens of milliseconds after that.
 _PARALLEL_AFTER_SECONDS = 2.0
+# Chunks sent to workers take about this long: the pool's cost per chunk
+# (pickling, queues, wake-ups) stays small against the work, and the last
+# chunk keeps one worker busy alone only briefly.
+_CHUNK_SECONDS = 0.1
+_MAX_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -172,29 +178,30 @@ def validate_files(
 
     Header parsing and hashing are CPU bound, so a large input goes to worker
     processes in chunks, at most two per worker in flight so that a streaming
-    input is never fully materialised. The first chunk is validated here and
-    timed: when the rest would take less than starting workers costs, it is
-    validated here too.
+    input is never fully materialised. The first ``chunk_size`` files are
+    validated here and timed: when the rest would take less than starting
+    workers costs, it is validated here too; otherwise the time per file sizes
+    the chunks sent to the workers.
     """
     workers = workers or os.cpu_count() or 1
-    chunks = _chunked(files, chunk_size)
-    first = next(chunks, None)
-    if first is None:
+    pending = iter(files)
+    first = list(islice(pending, chunk_size))
+    if not first:
         return []
     reader = _Validator()
     started = time.perf_counter()
     records = reader.validate(first, include_phi)
-    elapsed = time.perf_counter() - started
+    per_file = (time.perf_counter() - started) / len(first)
     remaining = len(files) - len(first) if isinstance(files, Sized) else None
     if workers == 1 or (
-        remaining is not None and elapsed * remaining / len(first) < _PARALLEL_AFTER_SECONDS
+        remaining is not None and per_file * remaining < _PARALLEL_AFTER_SECONDS
     ):
-        for chunk in chunks:
-            records.extend(reader.validate(chunk, include_phi))
+        records.extend(reader.validate(pending, include_phi))
         return mark_duplicates(records)
+    size = max(chunk_size, min(_MAX_CHUNK, round(_CHUNK_SECONDS / max(per_file, 1e-6))))
     with _worker_pool(workers) as pool:
         in_flight: deque[Future[list[ValidationRecord]]] = deque()
-        for chunk in chunks:
+        for chunk in _chunked(pending, size):
             in_flight.append(pool.submit(_validate_chunk, chunk, include_phi))
             if len(in_flight) >= 2 * workers:
                 records.extend(in_flight.popleft().result())
