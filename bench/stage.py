@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.common import clients, local_service, median, print_table, service_env
 from emulator.samples import series_spec, write_ct_series
 from tasks.batch import make_batches
@@ -69,9 +71,15 @@ def run_boto3_loop(s3: Any, corpus: Corpus, prefix: str) -> None:
         s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(corpus.folder)}")
 
 
-def measure(corpora: list[Corpus], repeats: int) -> dict[tuple[str, str], float]:
-    """Median seconds per (corpus, method), methods interleaved per repeat."""
+def measure(
+    corpora: list[Corpus], repeats: int
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """Median seconds per (corpus, method), methods interleaved per repeat, and
+    the median share of that time the local service spent on CPU: near 1, the
+    service (one Python process) is what limits the upload rate."""
     with local_service() as endpoint:
+        service = next(child for child in psutil.Process().children()
+                       if "local" in child.cmdline())
         env = service_env(endpoint)
         os.environ.update(env)
         s3 = clients(endpoint)[1]
@@ -82,19 +90,29 @@ def measure(corpora: list[Corpus], repeats: int) -> dict[tuple[str, str], float]
             "boto3 upload_file loop": lambda corpus, prefix: run_boto3_loop(s3, corpus, prefix),
         }
         times: dict[tuple[str, str], list[float]] = {}
+        busy: dict[tuple[str, str], list[float]] = {}
         for repeat in range(repeats):
             for corpus in corpora:
                 for index, (name, method) in enumerate(methods.items()):
                     prefix = f"r{repeat}/{corpus.name}/m{index}"
+                    cpu_before = sum(service.cpu_times()[:2])
                     started = time.perf_counter()
                     method(corpus, prefix)
-                    times.setdefault((corpus.name, name), []).append(
-                        time.perf_counter() - started
+                    seconds = time.perf_counter() - started
+                    times.setdefault((corpus.name, name), []).append(seconds)
+                    busy.setdefault((corpus.name, name), []).append(
+                        (sum(service.cpu_times()[:2]) - cpu_before) / seconds
                     )
-    return {key: median(values) for key, values in times.items()}
+    return ({key: median(values) for key, values in times.items()},
+            {key: median(values) for key, values in busy.items()})
 
 
-def report(corpora: list[Corpus], seconds: dict[tuple[str, str], float], repeats: int) -> None:
+def report(
+    corpora: list[Corpus],
+    seconds: dict[tuple[str, str], float],
+    busy: dict[tuple[str, str], float],
+    repeats: int,
+) -> None:
     rows = []
     for corpus in corpora:
         cli = seconds[(corpus.name, "aws s3 cp --recursive")]
@@ -102,10 +120,12 @@ def report(corpora: list[Corpus], seconds: dict[tuple[str, str], float], repeats
             if name != corpus.name:
                 continue
             rows.append((corpus.name, len(corpus.files), corpus.bytes / 1e6, method, value,
-                         corpus.bytes / 1e6 / value, len(corpus.files) / value, cli / value))
+                         corpus.bytes / 1e6 / value, len(corpus.files) / value, cli / value,
+                         busy[(corpus.name, method)]))
     print_table(
         f"Staging to the local S3 endpoint (median of {repeats})",
-        ["corpus", "files", "MB", "method", "median s", "MB/s", "files/s", "vs AWS CLI"],
+        ["corpus", "files", "MB", "method", "median s", "MB/s", "files/s", "vs AWS CLI",
+         "service CPU share"],
         rows,
     )
 
@@ -123,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         write_ct_series(root / "tiny", args.tiny, spec=series_spec("bench-stage-tiny"),
                         rows=8, columns=8)
         corpora = [Corpus("512x512 CT", root / "ct"), Corpus("8x8 tiny", root / "tiny")]
-        report(corpora, measure(corpora, args.repeats), args.repeats)
+        report(corpora, *measure(corpora, args.repeats), args.repeats)
 
 
 if __name__ == "__main__":
