@@ -70,6 +70,8 @@ class HealthImagingBackend(ImageSetOperations):
         self._import_pool = ThreadPoolExecutor(config.import_workers, "import-job")
         self._timer_pool = ThreadPoolExecutor(4, "transition")
         self._stopped = threading.Event()
+        self._s3_lock = threading.Lock()
+        self._s3: Any = None
         self.s3_endpoint: str | None = config.s3_endpoint
         self._recover()
 
@@ -107,16 +109,22 @@ class HealthImagingBackend(ImageSetOperations):
         return f"{self.datastore_arn(datastore_id)}/imageset/{image_set_id}"
 
     def s3_client(self) -> Any:
-        # A session of its own: boto3's default session is not thread-safe and
-        # several import jobs build clients at once.
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            region_name=self.config.region,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-        )
+        """One client for the whole service, built once: building one costs
+        tens of milliseconds under the GIL, which every StartDICOMImportJob
+        (quota check) and import job paid. A built client is thread-safe; the
+        lock only keeps two threads from building at once."""
+        with self._s3_lock:
+            if self._s3 is None or self._s3.meta.endpoint_url != self.s3_endpoint:
+                self._s3 = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=self.s3_endpoint,
+                    region_name=self.config.region,
+                    aws_access_key_id="local",
+                    aws_secret_access_key="local",
+                    config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                                  max_pool_connections=64),
+                )
+            return self._s3
 
     def shutdown(self) -> None:
         self._stopped.set()
