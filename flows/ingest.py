@@ -36,7 +36,14 @@ from tasks.ledger import RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.report import report
-from tasks.stage import StageAction, StagedFile, batch_input_uri, stage, staging_run_id
+from tasks.stage import (
+    StageAction,
+    StagedFile,
+    batch_input_uri,
+    stage,
+    staging_run_id,
+    with_checksums,
+)
 from tasks.validate import ValidationRecord, validate
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
@@ -186,7 +193,8 @@ def import_batches(
     if ledger is not None:
         ledger.renew()  # staging a large backfill can take a good part of a lease
     with timer.stage("import"):
-        outcomes = _run_jobs(params, datastore_id, run_id, batches, staged, ledger)
+        outcomes = _run_jobs(params, datastore_id, run_id, with_checksums(batches, staged),
+                             staged, ledger)
     return staged, outcomes
 
 

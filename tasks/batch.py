@@ -25,8 +25,8 @@ DEFAULT_MAX_BYTES = 10 * 1000**3
 @dataclass(frozen=True)
 class Batch:
     files: tuple[ValidationRecord, ...]
-    # sha256 over the sorted (uri, content checksum) list: changed content
-    # under the same name is a different batch, hence a different job.
+    # sha256 over the sorted (uri, size, version) list: a file changed under
+    # the same name is a different batch, hence a different job.
     digest: str
 
     @property
@@ -103,7 +103,7 @@ def _seal(files: list[ValidationRecord]) -> Batch:
     ordered = tuple(sorted(files, key=lambda r: r.uri))
     digest = hashlib.sha256()
     for record in ordered:
-        digest.update(f"{record.uri}\t{record.sha256}\n".encode())
+        digest.update(f"{record.uri}\t{record.size}\t{record.version}\n".encode())
     return Batch(files=ordered, digest=digest.hexdigest())
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -41,6 +41,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection, Engine
 
 from tasks.batch import Batch
+from tasks.checksum import sha256_of_file
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
 from tasks.poll import JobOutcome
@@ -531,12 +532,17 @@ class RunLedger:
         return won
 
     def settle_unchanged(
-        self, records: Sequence[ValidationRecord], only_new: bool
+        self,
+        records: Sequence[ValidationRecord],
+        only_new: bool,
+        checksum: Callable[[str], str],
     ) -> tuple[list[ValidationRecord], int]:
         """Drop files whose version moved but whose bytes did not.
 
-        Their checksum is only known after validation; they are released and
-        their new version recorded, so the next run skips them unread.
+        Only bytes tell a touched file from an edited one, so ``checksum`` reads
+        the few files whose version moved at the size they were imported at;
+        they are released and their new version recorded, so the next run
+        skips them unread.
         """
         if not only_new:
             return list(records), 0
@@ -554,8 +560,8 @@ class RunLedger:
                 )
                 for row in rows:
                     record = by_uri[row.uri]
-                    if (row.status in _SETTLED and record.sha256 is not None
-                            and record.sha256 == row.sha256 and record.size == row.size):
+                    if (row.status in _SETTLED and row.sha256 is not None
+                            and record.size == row.size and checksum(row.uri) == row.sha256):
                         same.append(row.uri)
             for uri in same:
                 conn.execute(
@@ -849,4 +855,4 @@ def claim_files(
 def settle_unchanged(
     ledger: RunLedger, records: list[ValidationRecord], only_new: bool
 ) -> tuple[list[ValidationRecord], int]:
-    return ledger.settle_unchanged(records, only_new)
+    return ledger.settle_unchanged(records, only_new, sha256_of_file)

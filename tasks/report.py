@@ -87,7 +87,6 @@ def build_file_report(
             "series_instance_uid": [r.series_instance_uid for r in records],
             "series_number": [r.series_number for r in records],
             "transfer_syntax": [r.transfer_syntax for r in records],
-            "sha256": [r.sha256 for r in records],
             "validity": [r.status.value for r in records],
             "reason_code": [r.reason_code.value if r.reason_code else None for r in records],
             "reason_message": [r.reason_message for r in records],
@@ -107,8 +106,9 @@ def build_file_report(
             "staged_key": [s.key for s in staged],
             "stage_action": [s.action.value for s in staged],
             "stage_error": [s.error for s in staged],
+            "sha256": [s.sha256 for s in staged],
         },
-        columns=["source_uri", "staged_key", "stage_action", "stage_error"],
+        columns=["source_uri", "staged_key", "stage_action", "stage_error", "sha256"],
     )
     files = files.merge(stage, on="source_uri", how="left")
     jobs = pd.DataFrame(

@@ -2,23 +2,25 @@
 
 HealthImaging imports a whole prefix, so every batch needs a prefix of its
 own: ``<staging_prefix>/<run_id>/<batch_id>/<relative path>``. A file already
-staged with the same size and SHA-256 (kept in the object's metadata) is not
-sent again. One listing per batch says which keys exist, so a first run sends
-one request per file (a PUT) and a rerun after a crash one HEAD per file
-already there.
+staged from the same version of the source (size, and mtime or ETag, kept in
+the object's metadata) is not sent again. One listing per batch says which
+keys exist, so a first run sends one request per file (a PUT) and a rerun
+after a crash one HEAD per file already there.
 
-Each PUT carries the SHA-256 computed at validation (``x-amz-checksum-sha256``):
-S3 refuses the upload if the file changed since it was validated, so what is
-imported is what was validated, batched and recorded.
+This is where a local file's bytes are read, once: their SHA-256 goes with
+the PUT (``x-amz-checksum-sha256``, so S3 refuses bytes damaged on the way),
+into the object's metadata and into the report. A file whose size or mtime
+moved since discovery is not staged: what is imported is what was validated.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -30,10 +32,12 @@ from prefect.cache_policies import NO_CACHE
 
 from config.clients import s3_client
 from tasks.batch import Batch
+from tasks.checksum import sha256_of_stream
 from tasks.locations import S3Uri, is_s3
 from tasks.validate import ValidationRecord
 
 CHECKSUM_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256
+VERSION_METADATA_KEY = "source-version"  # the source's mtime or ETag
 # Files are staged in parallel already; one thread per transfer is enough.
 _TRANSFER = TransferConfig(use_threads=False)
 # Up to this size a file is one PutObject; larger ones go in parts, each
@@ -55,6 +59,12 @@ class StagedFile:
     key: str
     action: StageAction
     error: str | None = None
+    # Of the bytes sent (local sources); None for server-side copies.
+    sha256: str | None = None
+
+
+class SourceChangedError(OSError):
+    """The file's size or mtime moved after discovery: it was not the file validated."""
 
 
 def staging_run_id(source: str, datastore: str) -> str:
@@ -118,31 +128,35 @@ def _stage_one(
 ) -> StagedFile:
     try:
         maybe_there = existing is None or existing.get(target.key) == record.size
-        if maybe_there and _already_staged(s3, target, record):
-            action = StageAction.SKIPPED
-        else:
-            _copy(s3, record, target)
-            action = StageAction.UPLOADED
+        metadata = _already_staged(s3, target, record) if maybe_there else None
+        if metadata is not None:
+            return StagedFile(record.uri, batch_id, target.key, StageAction.SKIPPED,
+                              sha256=metadata.get(CHECKSUM_METADATA_KEY))
+        digest = _copy(s3, record, target)
     except (ClientError, BotoCoreError, Boto3Error, OSError) as exc:
         return StagedFile(record.uri, batch_id, target.key, StageAction.FAILED, str(exc))
-    return StagedFile(record.uri, batch_id, target.key, action)
+    return StagedFile(record.uri, batch_id, target.key, StageAction.UPLOADED, sha256=digest)
 
 
-def _already_staged(s3: Any, target: S3Uri, record: ValidationRecord) -> bool:
+def _already_staged(s3: Any, target: S3Uri, record: ValidationRecord) -> dict[str, str] | None:
+    """The staged object's metadata when it was staged from this version of the file."""
+    if not record.version:
+        return None
     try:
         head = s3.head_object(Bucket=target.bucket, Key=target.key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-            return False
+            return None
         raise
-    return (
-        head.get("ContentLength") == record.size
-        and head.get("Metadata", {}).get(CHECKSUM_METADATA_KEY) == record.sha256
-    )
+    metadata: dict[str, str] = head.get("Metadata", {})
+    same = (head.get("ContentLength") == record.size
+            and metadata.get(VERSION_METADATA_KEY) == record.version)
+    return metadata if same else None
 
 
-def _copy(s3: Any, record: ValidationRecord, target: S3Uri) -> None:
-    metadata = {CHECKSUM_METADATA_KEY: record.sha256 or ""}
+def _copy(s3: Any, record: ValidationRecord, target: S3Uri) -> str | None:
+    """Send the file; returns the SHA-256 of what was sent (None for a server-side copy)."""
+    metadata = {VERSION_METADATA_KEY: record.version or ""}
     if is_s3(record.uri):
         source = S3Uri.parse(record.uri)
         # Server-side copy: the bytes never pass through this machine.
@@ -153,21 +167,49 @@ def _copy(s3: Any, record: ValidationRecord, target: S3Uri) -> None:
             ExtraArgs={"Metadata": metadata, "MetadataDirective": "REPLACE"},
             Config=_TRANSFER,
         )
-    elif record.size <= _SINGLE_PUT_MAX and record.sha256:
-        # Bytes, not the open file: botocore sends a file object with
-        # "Expect: 100-continue", a round trip per file for nothing here.
-        with open(record.uri, "rb") as source_file:
+        return None
+    with open(record.uri, "rb") as source_file:
+        if record.size <= _SINGLE_PUT_MAX:
+            # Bytes, not the open file: botocore sends a file object with
+            # "Expect: 100-continue", a round trip per file for nothing here.
             body = source_file.read()
-        s3.put_object(
-            Bucket=target.bucket, Key=target.key, Body=body, Metadata=metadata,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=base64.b64encode(bytes.fromhex(record.sha256)).decode(),
+            _check_unchanged(record, source_file)
+            digest = hashlib.sha256(body)
+            metadata[CHECKSUM_METADATA_KEY] = digest.hexdigest()
+            s3.put_object(
+                Bucket=target.bucket, Key=target.key, Body=body, Metadata=metadata,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+            )
+            return metadata[CHECKSUM_METADATA_KEY]
+        metadata[CHECKSUM_METADATA_KEY] = sha256_of_stream(source_file)
+        _check_unchanged(record, source_file)
+        source_file.seek(0)
+        s3.upload_fileobj(source_file, target.bucket, target.key,
+                          ExtraArgs={"Metadata": metadata}, Config=_TRANSFER)
+        return metadata[CHECKSUM_METADATA_KEY]
+
+
+def _check_unchanged(record: ValidationRecord, source_file: Any) -> None:
+    """After reading: the file is still the one discovery listed and validation read."""
+    now = os.fstat(source_file.fileno())
+    if now.st_size != record.size or (record.version and str(now.st_mtime) != record.version):
+        raise SourceChangedError(
+            f"The file changed after it was validated (now {now.st_size} bytes, "
+            f"validated at {record.size}); it is left for the next run."
         )
-    else:
-        s3.upload_file(
-            record.uri, target.bucket, target.key,
-            ExtraArgs={"Metadata": metadata}, Config=_TRANSFER,
-        )
+
+
+def with_checksums(batches: Iterable[Batch], staged: Iterable[StagedFile]) -> list[Batch]:
+    """The batches with each record's SHA-256 as staged, for the ledger."""
+    digests = {s.source_uri: s.sha256 for s in staged if s.sha256 is not None}
+    return [
+        replace(item, files=tuple(
+            replace(record, sha256=digests.get(record.uri, record.sha256))
+            for record in item.files
+        ))
+        for item in batches
+    ]
 
 
 @task(name="stage", cache_policy=NO_CACHE)

@@ -1,17 +1,18 @@
 """Validation: reject files HealthImaging would reject, before paying for a job.
 
-Each file is read once, sequentially: the first megabyte (the whole of most
-files) gives the header, through a reader that keeps only the values the rules
-need (``tasks.dicom_header``; pydicom for the files it declines), and the
-same bytes and the rest feed the SHA-256, which staging, batching and the
-ledger use to recognise content. Pixels are never decoded. Rules follow the
-published import requirements (docs: healthimaging-behavior.md §3.2); the
-first rule a file breaks is its reason.
+Only the header is read: the first 64 KiB (the whole of small files, the
+header of nearly all others) go through a reader that keeps only the values
+the rules need (``tasks.dicom_header``; pydicom for the files it declines),
+and Pixel Data's declared length is checked against the file's size, so
+pixels are never read here. The bytes are read once, by staging, which
+checksums what it sends; batches and the ledger know content by size and
+version (mtime or ETag) until then. Rules follow the published import
+requirements (docs: healthimaging-behavior.md §3.2); the first rule a file
+breaks is its reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import re
@@ -114,8 +115,9 @@ _WANTED = frozenset(_TAGS.values())
 _REQUIRED_UID_TAGS = {keyword: _TAGS[keyword] for keyword in REQUIRED_UIDS}
 _LIMIT_TAGS = {keyword: (_TAGS[keyword], limit) for keyword, limit in ATTRIBUTE_LIMITS.items()}
 _PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
-# One read covers the whole of most single-frame files.
-_READ_CHUNK = 1 << 20
+# The first read: the whole of a small file, the header of nearly every other
+# (a header that goes on is read on, doubling).
+_HEADER_READ = 64 << 10
 # Starting worker processes costs about a second the first time in a process
 # (the fork server imports this module), tens of milliseconds after that.
 _PARALLEL_AFTER_SECONDS = 2.0
@@ -139,6 +141,10 @@ class ValidationRecord:
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     series_number: str | None = None
+    # Discovery's mtime or ETag: with size, what batches and the ledger know
+    # content by before staging reads the bytes.
+    version: str | None = None
+    # Of the bytes staged, filled in by staging (never by validation).
     sha256: str | None = None
     # PHI: filled only when the operator opts in (include_phi), for the report.
     patient_name: str | None = None
@@ -176,7 +182,7 @@ def validate_files(
 ) -> list[ValidationRecord]:
     """Validate files, in input order, then mark duplicate SOP instances.
 
-    Header parsing and hashing are CPU bound, so a large input goes to worker
+    Header parsing is CPU bound, so a large input goes to worker
     processes in chunks, at most two per worker in flight so that a streaming
     input is never fully materialised. The first ``chunk_size`` files are
     validated here and timed: when the rest would take less than starting
@@ -303,7 +309,9 @@ def _open(uri: str, fs: Any | None) -> IO[bytes]:
     if is_s3(uri):
         if fs is None:
             raise ValueError("an s3fs filesystem is needed to read S3 URIs")
-        return fs.open(S3Uri.parse(uri).path, "rb", block_size=4 << 20, cache_type="readahead")
+        # A header's worth per request; a long header reads on.
+        return fs.open(S3Uri.parse(uri).path, "rb", block_size=_HEADER_READ,
+                       cache_type="readahead")
     return open(uri, "rb")
 
 
@@ -311,8 +319,8 @@ def _validate_stream(
     source: SourceFile, fileobj: IO[bytes], include_phi: bool
 ) -> ValidationRecord:
     # The size found by discovery, plus one byte to notice a file that grew:
-    # asking for a megabyte would allocate one per file, however small.
-    first_read = min(_READ_CHUNK, source.size + 1)
+    # asking for more would allocate it per file, however small.
+    first_read = min(_HEADER_READ, source.size + 1)
     data = fileobj.read(first_read)
     if len(data) < 132 or data[128:132] != b"DICM":
         return _invalid(
@@ -320,30 +328,29 @@ def _validate_stream(
             ReasonCode.NOT_P10,
             "Not a DICOM Part 10 file: the 128-byte preamble and 'DICM' prefix are missing.",
         )
+    complete = len(data) < first_read
     try:
         try:
-            header, data = _read_header(fileobj, data, complete=len(data) < first_read)
+            header = _read_header(fileobj, data, complete)
         except UnusualEncoding:
             fileobj.seek(0)
             header = read_header_with_pydicom(fileobj, _WANTED, _quiet_pydicom)
-            fileobj.seek(0)
-            data = b""
         fields = _identity(header, include_phi)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
             NotImplementedError) as exc:
         return _invalid(source, ReasonCode.UNREADABLE, f"pydicom could not parse the file: {exc}.")
 
-    digest, actual_size = _sha256(fileobj, data)
+    size = len(data) if complete else _size_now(fileobj)
     base = ValidationRecord(
         uri=source.uri,
         relative_path=source.relative_path,
-        size=actual_size,
+        size=size,
         status=FileValidity.VALID,
-        sha256=digest,
+        version=source.version,
         **fields,
     )
     try:
-        _check(header, actual_size)
+        _check(header, size)
     except _Invalid as problem:
         return replace(
             base,
@@ -354,14 +361,24 @@ def _validate_stream(
     return base
 
 
-def _read_header(fileobj: IO[bytes], data: bytes, complete: bool) -> tuple[Header, bytes]:
-    """The header from the bytes read so far, reading on while it goes on
-    (rare: headers are small); returns the bytes read, which the checksum reuses."""
+def _size_now(fileobj: IO[bytes]) -> int:
+    """The file's size as it is now, not as discovery saw it: a file cut short
+    or still growing is judged by what is there."""
+    if hasattr(fileobj, "fileno"):
+        try:
+            return os.fstat(fileobj.fileno()).st_size
+        except (OSError, ValueError):
+            pass
+    return int(fileobj.seek(0, os.SEEK_END))
+
+
+def _read_header(fileobj: IO[bytes], data: bytes, complete: bool) -> Header:
+    """The header from the bytes read so far, reading on while it goes on."""
     while True:
         try:
-            return read_header(data, complete, _WANTED), data
+            return read_header(data, complete, _WANTED)
         except NeedMoreData:
-            wanted = max(len(data), _READ_CHUNK)
+            wanted = len(data)
             more = fileobj.read(wanted)
             complete = len(more) < wanted
             data += more
@@ -487,16 +504,6 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def _sha256(fileobj: IO[bytes], data: bytes) -> tuple[str, int]:
-    """Over ``data`` (the file's first bytes, already read) and the rest of the file."""
-    digest = hashlib.sha256(data)
-    total = len(data)
-    while chunk := fileobj.read(_READ_CHUNK):
-        digest.update(chunk)
-        total += len(chunk)
-    return digest.hexdigest(), total
-
-
 @contextmanager
 def _quiet_pydicom() -> Iterator[None]:
     """Invalid values are what we are looking for: pydicom's per-value warnings
@@ -517,6 +524,7 @@ def _invalid(source: SourceFile, code: ReasonCode, message: str) -> ValidationRe
         relative_path=source.relative_path,
         size=source.size,
         status=FileValidity.INVALID,
+        version=source.version,
         reason_code=code,
         reason_message=message,
     )
@@ -529,7 +537,7 @@ def validate(
     return validate_files(files, workers=workers, include_phi=include_phi)
 
 
-# Reading and hashing are idempotent: a part lost with its worker is redone.
+# Reading headers is idempotent: a part lost with its worker is redone.
 @task(name="validate-part", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def validate_part(files: list[SourceFile], include_phi: bool = False) -> list[ValidationRecord]:
     """Run by a cluster worker on its share of the files; the flow marks

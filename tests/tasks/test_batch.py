@@ -19,7 +19,7 @@ def _file(series: str, index: int, size: int = 100, study: str = "1.2") -> Valid
         sop_instance_uid=f"1.3.{series}.{index}",
         study_instance_uid=study,
         series_instance_uid=f"1.4.{series}",
-        sha256=f"{series}-{index}",
+        version=f"{series}-{index}",
     )
 
 
@@ -86,9 +86,10 @@ def test_same_input_in_any_order_gives_same_batches() -> None:
     assert all(len(b.batch_id) == 16 for b in first)
 
 
-def test_changed_content_changes_the_digest() -> None:
+@pytest.mark.parametrize("change", [{"version": "new"}, {"size": 101}])
+def test_a_changed_file_changes_the_digest(change: dict[str, object]) -> None:
     records = _series("1", 3)
-    changed = [*records[:2], replace(records[2], sha256="new")]
+    changed = [*records[:2], replace(records[2], **change)]
 
     (before,) = make_batches(records)
     (after,) = make_batches(changed)

@@ -41,7 +41,8 @@ def test_uploads_under_run_and_batch_with_checksum(tmp_path: Path, s3_bucket: st
     for path, item in zip(paths, staged, strict=True):
         assert item.key == f"staging/run1/{batch.batch_id}/study/{path.name}"
         head = s3.head_object(Bucket=s3_bucket, Key=item.key)
-        assert head["Metadata"]["sha256"] == sha256_of(path)
+        assert item.sha256 == head["Metadata"]["sha256"] == sha256_of(path)
+        assert head["Metadata"]["source-version"] == str(path.stat().st_mtime)
         assert head["ContentLength"] == path.stat().st_size
     assert str(batch_input_uri(f"s3://{s3_bucket}/staging", "run1", batch.batch_id)) == (
         f"s3://{s3_bucket}/staging/run1/{batch.batch_id}"
@@ -89,8 +90,25 @@ def test_one_request_per_file_and_one_listing_per_batch(
     assert {s.action for s in again} == {StageAction.SKIPPED}
 
 
-def test_upload_carries_the_validated_checksum(tmp_path: Path, s3_bucket: str) -> None:
-    """S3 refuses the upload when the bytes no longer match what was validated."""
+def test_a_file_changed_after_validation_is_not_staged(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    """Bytes that were not validated never reach an import job."""
+    (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+    (batch,) = _batches(str(tmp_path))
+    with path.open("ab") as grown:
+        grown.write(b"\0" * 16)
+
+    (item,) = stage_batches([batch], f"s3://{s3_bucket}/st", "r")
+
+    assert item.action is StageAction.FAILED
+    assert "changed after it was validated" in (item.error or "")
+    listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="st/")
+    assert listed.get("KeyCount") == 0
+
+
+def test_upload_carries_the_checksum_of_the_bytes_sent(tmp_path: Path, s3_bucket: str) -> None:
+    """S3 stores (and checks) the SHA-256 the PUT carries."""
     (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
     (batch,) = _batches(str(tmp_path))
 
@@ -103,7 +121,7 @@ def test_upload_carries_the_validated_checksum(tmp_path: Path, s3_bucket: str) -
     ).decode()
 
 
-def test_different_content_at_the_same_key_is_uploaded_again(
+def test_an_object_not_staged_from_this_version_is_uploaded_again(
     tmp_path: Path, s3_bucket: str
 ) -> None:
     (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
@@ -132,7 +150,9 @@ def test_s3_source_is_copied_server_side(tmp_path: Path, s3_bucket: str) -> None
     assert [s.action for s in staged] == [StageAction.UPLOADED] * 2
     body = s3.get_object(Bucket=s3_bucket, Key=staged[0].key)
     assert body["Body"].read() == paths[0].read_bytes()
-    assert body["Metadata"]["sha256"] == sha256_of(paths[0])
+    source = s3.head_object(Bucket=s3_bucket, Key=f"src/{paths[0].name}")
+    assert body["Metadata"]["source-version"] == source["ETag"].strip('"')
+    assert staged[0].sha256 is None  # copied inside S3: never read here
 
 
 def test_upload_errors_are_reported_per_file(tmp_path: Path, s3_bucket: str) -> None:
