@@ -37,6 +37,8 @@ _QUERY_SCOPE = re.compile(
     r"X-Amz-Credential=[^&/]+(?:/|%2F)\d{8}(?:/|%2F)[^&/%]+(?:/|%2F)([^&/%]+)"
 )
 ADMIN_PREFIX = "/_emulator"
+# S3 Control shares S3's signing name; moto serves it from another app.
+_S3_CONTROL_PATH = "/v20180820/"
 
 
 def signing_service(environ: dict[str, Any]) -> str | None:
@@ -62,13 +64,26 @@ class LocalApplication:
         self.faults = faults
         self.health_imaging = HealthImagingApp(backend, faults.before_call)
         self.moto = DomainDispatcherApplication(create_backend_app)
+        self._s3_app: Callable[..., Any] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO", "").startswith(ADMIN_PREFIX):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(ADMIN_PREFIX):
             return self._admin(Request(environ))(environ, start_response)
-        if signing_service(environ) == "medical-imaging":
+        service = signing_service(environ)
+        if service == "medical-imaging":
             return self.health_imaging(environ, start_response)
+        if service == "s3" and not path.startswith(_S3_CONTROL_PATH):
+            return self._s3(environ)(environ, start_response)
         return self.moto(environ, start_response)
+
+    def _s3(self, environ: dict[str, Any]) -> Callable[..., Any]:
+        """moto's S3 app, looked up once: moto's dispatcher looks it up per
+        request under a global lock, listing moto's package folder each time,
+        which made S3 requests wait on one another."""
+        if self._s3_app is None:
+            self._s3_app = self.moto.get_application(environ)
+        return self._s3_app
 
     def _admin(self, request: Request) -> Response:
         """GET/POST /_emulator/faults reads/changes fault injection;
