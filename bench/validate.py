@@ -8,7 +8,8 @@ Every method runs on the same warm worker processes (1, then 2), files in
 chunks, results sent back to the parent as the flow needs them; then
 ``validate_files`` as the flow calls it, worker start included.
 
-    .venv/bin/python -m bench.validate [--ct 600] [--tiny 20000] [--repeats 5]
+    .venv/bin/python -m bench.validate [--ct 600] [--tiny 20000] [--scaling 100000]
+        [--repeats 5]
 """
 
 from __future__ import annotations
@@ -138,14 +139,18 @@ def measure_entry_point(
 
 def build_corpora(root: Path, ct: int, tiny: int) -> dict[str, list[SourceFile]]:
     write_ct_series(root / "ct", ct, spec=series_spec("bench-ct"))
-    per_series = 500
-    for index in range(0, tiny, per_series):
-        write_ct_series(root / "tiny" / f"s{index:06d}", min(per_series, tiny - index),
-                        spec=series_spec(f"bench-tiny-{index}"), rows=8, columns=8)
     return {
         "512x512 CT": list(iter_source(str(root / "ct"))),
-        "8x8 tiny": list(iter_source(str(root / "tiny"))),
+        "8x8 tiny": _tiny_corpus(root / "tiny", tiny),
     }
+
+
+def _tiny_corpus(folder: Path, count: int) -> list[SourceFile]:
+    per_series = 500
+    for index in range(0, count, per_series):
+        write_ct_series(folder / f"s{index:06d}", min(per_series, count - index),
+                        spec=series_spec(f"bench-tiny-{index}"), rows=8, columns=8)
+    return list(iter_source(str(folder)))
 
 
 def report(
@@ -153,6 +158,7 @@ def report(
     rates: Rates,
     cpu_rates: Rates,
     entry: dict[tuple[str, str], tuple[float, float]],
+    entry_corpora: dict[str, list[SourceFile]],
     repeats: int,
 ) -> None:
     rows: list[Sequence[object]] = []
@@ -172,7 +178,7 @@ def report(
         rows,
     )
     entry_rows = []
-    for corpus, files in corpora.items():
+    for corpus, files in entry_corpora.items():
         single = entry[(corpus, "1 worker")][0]
         for call in ENTRY_POINT_CALLS:
             seconds, first = entry[(corpus, call)]
@@ -189,13 +195,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct", type=int, default=600, help="512x512 CT slices")
     parser.add_argument("--tiny", type=int, default=20000, help="8x8 slices")
+    parser.add_argument("--scaling", type=int, default=100000,
+                        help="8x8 slices for validate_files on 1 and 2 workers")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
         corpora = build_corpora(Path(tmp), args.ct, args.tiny)
-        entry = measure_entry_point(corpora, args.repeats)
+        # Large enough that validate_files starts workers (over ~2 s of work).
+        scaling = {f"8x8 tiny, {args.scaling:,}": _tiny_corpus(Path(tmp) / "many", args.scaling)}
+        entry = measure_entry_point({**corpora, **scaling}, args.repeats)
         rates, cpu_rates = measure_pools(corpora, args.repeats)
-        report(corpora, rates, cpu_rates, entry, args.repeats)
+        report(corpora, rates, cpu_rates, entry, {**corpora, **scaling}, args.repeats)
 
 
 if __name__ == "__main__":

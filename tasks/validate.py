@@ -13,6 +13,7 @@ breaks is its reason.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import re
@@ -122,9 +123,11 @@ _HEADER_READ = 64 << 10
 # (the fork server imports this module), tens of milliseconds after that.
 _PARALLEL_AFTER_SECONDS = 2.0
 # Chunks sent to workers take about this long: the pool's cost per chunk
-# (pickling, queues, wake-ups) stays small against the work, and the last
-# chunk keeps one worker busy alone only briefly.
-_CHUNK_SECONDS = 0.1
+# (pickling, queues, wake-ups) stays small against the work, each chunk's
+# records cross the pipe in a few reads, and the last chunk keeps one worker
+# busy alone only briefly. (0.03 s: 1.61x one process on 100,000 small files;
+# 0.1 s: 1.51x; 0.3 s: 1.53x.)
+_CHUNK_SECONDS = 0.03
 _MAX_CHUNK = 4096
 
 
@@ -205,7 +208,7 @@ def validate_files(
         records.extend(reader.validate(pending, include_phi))
         return mark_duplicates(records)
     size = max(chunk_size, min(_MAX_CHUNK, round(_CHUNK_SECONDS / max(per_file, 1e-6))))
-    with _worker_pool(workers) as pool:
+    with _worker_pool(workers) as pool, _collector_paused():
         in_flight: deque[Future[list[ValidationRecord]]] = deque()
         for chunk in _chunked(pending, size):
             in_flight.append(pool.submit(_validate_chunk, chunk, include_phi))
@@ -214,6 +217,22 @@ def validate_files(
         while in_flight:
             records.extend(in_flight.popleft().result())
     return mark_duplicates(records)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """While records arrive, the cyclic garbage collector's passes over the
+    ones already received cost 3.5x the unpickling itself (5.5 against 1.6 us
+    a record with 100,000 held), and this process receiving them is what
+    keeps two workers from two cores. Records are not cyclic garbage; what
+    other threads leave meanwhile is collected once this ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def validate_chunk(
