@@ -28,7 +28,7 @@ import pydicom
 from bench.common import median, print_table
 from emulator.samples import series_spec, write_ct_series
 from tasks.discover import SourceFile, iter_source
-from tasks.validate import validate_file, validate_files
+from tasks.validate import collector_paused, validate_file, validate_files
 
 CHUNKS = 16
 PROCESSES = (1, 2)
@@ -103,7 +103,8 @@ def measure_pools(corpora: dict[str, list[SourceFile]], repeats: int) -> tuple[R
                 for name in METHODS:
                     for n, pool in pools.items():
                         started = time.perf_counter()
-                        done = list(pool.map(_run, [name] * len(chunks), chunks))
+                        with collector_paused():  # as validate_files receives records
+                            done = list(pool.map(_run, [name] * len(chunks), chunks))
                         seconds = time.perf_counter() - started
                         samples.setdefault((corpus, name, n), []).append(len(files) / seconds)
                         cpu.setdefault((corpus, name, n), []).append(

@@ -112,8 +112,8 @@ class IngestParameters(ImportOptions):
     only_new: bool = Field(
         default=False,
         description="Skip files that an earlier run already handled and that have not changed "
-        "since (same size and ETag/mtime, or same SHA-256 as staged). Changed files are imported again. "
-        "The scheduled deployment turns this on.",
+        "since (same size and ETag/mtime, or same SHA-256 as staged). Changed files are "
+        "imported again. The scheduled deployment turns this on.",
     )
     dry_run: bool = Field(
         default=False,
