@@ -163,3 +163,22 @@ def test_upload_errors_are_reported_per_file(tmp_path: Path, s3_bucket: str) -> 
 
     assert item.action is StageAction.FAILED
     assert item.error
+
+
+def test_a_file_over_the_single_put_size_goes_in_parts_with_its_checksum(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    (path,) = write_ct_series(tmp_path, 1, rows=2100, columns=2100)  # 8.8 MB
+    (batch,) = _batches(str(tmp_path))
+    client, calls = _counting_client()
+
+    (item,) = stage_batches([batch], f"s3://{s3_bucket}/st", "r", s3=client)
+    (again,) = stage_batches([batch], f"s3://{s3_bucket}/st", "r", s3=client)
+
+    assert item.action is StageAction.UPLOADED and calls["UploadPart"] == 2
+    assert item.sha256 == sha256_of(path)
+    s3 = boto3.client("s3")
+    assert s3.get_object(Bucket=s3_bucket, Key=item.key)["Body"].read() == path.read_bytes()
+    head = s3.head_object(Bucket=s3_bucket, Key=item.key)
+    assert head["Metadata"]["sha256"] == sha256_of(path)
+    assert (again.action, again.sha256) == (StageAction.SKIPPED, item.sha256)
