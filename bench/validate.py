@@ -8,7 +8,7 @@ Every method runs on the same warm worker processes (1, then 2), files in
 chunks, results sent back to the parent as the flow needs them; then
 ``validate_files`` as the flow calls it, worker start included.
 
-    .venv/bin/python -m bench.validate [--ct 600] [--tiny 20000] [--scaling 100000]
+    .venv/bin/python -m bench.validate [--ct 2000] [--tiny 20000] [--scaling 100000]
         [--repeats 5]
 """
 
@@ -194,7 +194,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ct", type=int, default=600, help="512x512 CT slices")
+    parser.add_argument("--ct", type=int, default=2000, help="512x512 CT slices")
     parser.add_argument("--tiny", type=int, default=20000, help="8x8 slices")
     parser.add_argument("--scaling", type=int, default=100000,
                         help="8x8 slices for validate_files on 1 and 2 workers")
