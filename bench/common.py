@@ -33,24 +33,10 @@ def free_port() -> int:
 def local_service(*flags: str) -> Iterator[str]:
     """``dicom-import local`` in a subprocess; yields its endpoint."""
     port = free_port()
-    command = [sys.executable, "-m", "flows.cli", "local", "--port", str(port), *flags]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/_emulator/health", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the local service did not start") from None
-            time.sleep(0.1)
-    try:
+    command = [sys.executable, "-m", "flows.cli", "local", "--port", str(port), *flags]
+    with _serving(command, f"{endpoint}/_emulator/health", "the local service", 30):
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextmanager
@@ -63,21 +49,31 @@ def prefect_server(home: Path) -> Iterator[str]:
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_ENABLED": "false"}
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                "--port", str(port)]
+    api = f"http://127.0.0.1:{port}/api"
+    with _serving(command, f"{api}/health", "the Prefect server", 90, env):
+        yield api
+
+
+@contextmanager
+def _serving(
+    command: list[str], health: str, what: str, timeout: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """``command`` running until the block ends, once ``health`` answers."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(f"{api}/health", timeout=2)
+            urllib.request.urlopen(health, timeout=2)
             break
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise RuntimeError("the Prefect server did not start") from None
-            time.sleep(0.3)
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.2)
     try:
-        yield api
+        yield
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,34 +46,17 @@ def write_output(folder: Path, success: int, failure: int) -> Path:
     (folder / "SUCCESS").mkdir(parents=True)
     (folder / "FAILURE").mkdir()
     (folder / "WARNING").mkdir()
-    with open(folder / "SUCCESS" / "success.ndjson", "w") as out:
-        for i in range(success):
-            out.write(
-                json.dumps(
-                    {
-                        "inputFile": _success_key(i),
-                        "importResponse": {
-                            "imageSetId": image_sets[i % IMAGE_SETS],
-                            "isPrimary": True,
-                        },
-                    }
-                )
-                + "\n"
-            )
-    with open(folder / "FAILURE" / "failure.ndjson", "w") as out:
-        for i in range(failure):
-            out.write(
-                json.dumps(
-                    {
-                        "inputFile": _failure_key(i),
-                        "exception": {
-                            "exceptionType": "ValidationException",
-                            "message": "DICOM attribute TransferSyntaxUID does not exist",
-                        },
-                    }
-                )
-                + "\n"
-            )
+    _write_json_lines(folder / "SUCCESS" / "success.ndjson", (
+        {"inputFile": _success_key(i),
+         "importResponse": {"imageSetId": image_sets[i % IMAGE_SETS], "isPrimary": True}}
+        for i in range(success)
+    ))
+    _write_json_lines(folder / "FAILURE" / "failure.ndjson", (
+        {"inputFile": _failure_key(i),
+         "exception": {"exceptionType": "ValidationException",
+                       "message": "DICOM attribute TransferSyntaxUID does not exist"}}
+        for i in range(failure)
+    ))
     (folder / "WARNING" / "warning.ndjson").write_text("")
     summary = {
         "jobId": "bench",
@@ -101,35 +85,32 @@ def write_output(folder: Path, success: int, failure: int) -> Path:
     return folder
 
 
+def _write_json_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+
+
 def naive(folder: Path) -> int:
     summary = json.loads((folder / "job-output-manifest.json").read_text())["jobSummary"]
     versions = pd.DataFrame(summary["imageSetsSummary"])[["imageSetId", "imageSetVersion"]]
-    rows = []
-    with open(folder / "SUCCESS" / "success.ndjson") as lines:
-        for line in lines:
-            item = json.loads(line)
-            rows.append(
-                (
-                    item["inputFile"],
-                    item["importResponse"]["imageSetId"],
-                    item["importResponse"]["isPrimary"],
-                )
-            )
+    rows = _json_lines(folder / "SUCCESS" / "success.ndjson", lambda item: (
+        item["inputFile"], item["importResponse"]["imageSetId"],
+        item["importResponse"]["isPrimary"],
+    ))
     success = pd.DataFrame(rows, columns=["inputFile", "imageSetId", "isPrimary"])
     success = success.merge(versions, on="imageSetId", how="left")
-    failures = []
-    with open(folder / "FAILURE" / "failure.ndjson") as lines:
-        for line in lines:
-            item = json.loads(line)
-            failures.append(
-                (
-                    item["inputFile"],
-                    item["exception"]["exceptionType"],
-                    item["exception"]["message"],
-                )
-            )
+    failures = _json_lines(folder / "FAILURE" / "failure.ndjson", lambda item: (
+        item["inputFile"], item["exception"]["exceptionType"], item["exception"]["message"],
+    ))
     failure = pd.DataFrame(failures, columns=["inputFile", "exceptionType", "message"])
     return len(success) + len(failure)
+
+
+def _json_lines(path: Path, pick: Callable[[dict[str, Any]], tuple[Any, ...]]) -> list[tuple]:
+    """The baseline's way: json.loads per line, the fields picked into a tuple."""
+    with open(path) as lines:
+        return [pick(json.loads(line)) for line in lines]
 
 
 def ours(folder: Path) -> int:

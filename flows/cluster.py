@@ -1,8 +1,9 @@
 """Validation and staging on a Dask cluster, when ``dask_address`` names one.
 
-Only these two stages go to the cluster: they read every byte, so they are
-what outgrows one machine. Import jobs run in HealthImaging and the flow only
-waits on them; they stay on the flow's thread pool.
+Only these two stages go to the cluster: they read the files (headers, then
+every byte), so they are what outgrows one machine. Import jobs run in
+HealthImaging and the flow only waits on them; they stay on the flow's thread
+pool.
 
 Work goes out in parts of hundreds of files or more (a task run costs tens of
 milliseconds on a worker, plus an API record each), about four parts per

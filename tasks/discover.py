@@ -79,13 +79,18 @@ def _walk(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:
 def _to_source_file(source: str, root: str, entry: dict[str, Any]) -> SourceFile:
     name: str = entry["name"]
     relative = name[len(root) :].lstrip("/") or name.rsplit("/", 1)[-1]
-    version = entry.get("ETag") or entry.get("mtime") or ""
     return SourceFile(
         uri=uri_for(source, name),
         size=int(entry["size"]),
-        version=str(version).strip('"'),
+        version=version_text(entry.get("ETag") or entry.get("mtime") or ""),
         relative_path=relative,
     )
+
+
+def version_text(value: object) -> str:
+    """A file's version as recorded: the S3 ETag unquoted, or the local mtime
+    (``st_mtime``) as text, so that a later stat compares equal to it."""
+    return str(value).strip('"')
 
 
 def current_files(source: str, uris: list[str]) -> dict[str, SourceFile | None]:

@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from config.clients import s3_client
 from tasks.batch import Batch
 from tasks.checksum import sha256_of_stream
+from tasks.discover import version_text
 from tasks.locations import S3Uri, is_s3
 from tasks.validate import ValidationRecord
 
@@ -193,7 +194,9 @@ def _copy(s3: Any, record: ValidationRecord, target: S3Uri) -> str | None:
 def _check_unchanged(record: ValidationRecord, source_file: Any) -> None:
     """After reading: the file is still the one discovery listed and validation read."""
     now = os.fstat(source_file.fileno())
-    if now.st_size != record.size or (record.version and str(now.st_mtime) != record.version):
+    if now.st_size != record.size or (
+        record.version and version_text(now.st_mtime) != record.version
+    ):
         raise SourceChangedError(
             f"The file changed after it was validated (now {now.st_size} bytes, "
             f"validated at {record.size}); it is left for the next run."

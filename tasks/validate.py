@@ -125,8 +125,7 @@ _PARALLEL_AFTER_SECONDS = 2.0
 # Chunks sent to workers take about this long: the pool's cost per chunk
 # (pickling, queues, wake-ups) stays small against the work, each chunk's
 # records cross the pipe in a few reads, and the last chunk keeps one worker
-# busy alone only briefly. (0.03 s: 1.61x one process on 100,000 small files;
-# 0.1 s: 1.51x; 0.3 s: 1.53x.)
+# busy alone only briefly (bench/validate.py measures 1 worker against 2).
 _CHUNK_SECONDS = 0.03
 _MAX_CHUNK = 4096
 
@@ -222,10 +221,10 @@ def validate_files(
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """While records arrive, the cyclic garbage collector's passes over the
-    ones already received cost 3.5x the unpickling itself (5.5 against 1.6 us
-    a record with 100,000 held), and this process receiving them is what
-    keeps two workers from two cores. Records are not cyclic garbage; what
-    other threads leave meanwhile is collected once this ends."""
+    ones already received cost several times the unpickling itself, and this
+    process receiving them is what keeps two workers from two cores. Records
+    are not cyclic garbage; what other threads leave meanwhile is collected
+    once this ends."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -383,12 +382,10 @@ def _validate_stream(
 def _size_now(fileobj: IO[bytes]) -> int:
     """The file's size as it is now, not as discovery saw it: a file cut short
     or still growing is judged by what is there."""
-    if hasattr(fileobj, "fileno"):
-        try:
-            return os.fstat(fileobj.fileno()).st_size
-        except (OSError, ValueError):
-            pass
-    return int(fileobj.seek(0, os.SEEK_END))
+    try:
+        return os.fstat(fileobj.fileno()).st_size
+    except (OSError, ValueError):  # no descriptor: an s3fs file
+        return int(fileobj.seek(0, os.SEEK_END))
 
 
 def _read_header(fileobj: IO[bytes], data: bytes, complete: bool) -> Header:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.local_service import serve_locally
+
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dicom-import-prefect-")
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -62,13 +64,5 @@ def s3_bucket(moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def local_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """The local HealthImaging + S3 service, reached the way the product reaches
     AWS: through the standard variables, with nothing else steering clients."""
-    from emulator.config import ServiceConfig
-    from emulator.server import LocalService
-
-    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
-        for name, value in svc.env().items():
-            monkeypatch.setenv(name, value)
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE",
-                     "DICOM_IMPORT_LEDGER_URL"):
-            monkeypatch.delenv(name, raising=False)
+    with serve_locally(monkeypatch) as svc:
         yield svc

@@ -19,12 +19,11 @@ import pytest
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series, write_duplicate_of
 from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
+from tests.local_service import serve_locally
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 distributed = pytest.importorskip("distributed")
-emulator_server = pytest.importorskip("emulator.server")
-emulator_config = pytest.importorskip("emulator.config")
 
 BUCKET = "dask"
 # Enough files for several parts of each stage (parts hold 500 files or more).
@@ -37,13 +36,7 @@ RUN_SPECIFIC = ["job_id", "image_set_id", "staged_key"]
 @pytest.fixture
 def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # Frames as they came: HTJ2K encoding is not what this test is about.
-    config = emulator_config.ServiceConfig(datastore_transition_seconds=0.05,
-                                           transcode_htj2k=False)
-    with emulator_server.LocalService(config=config) as svc:
-        for name, value in svc.client_env().items():
-            monkeypatch.setenv(name, value)
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
+    with serve_locally(monkeypatch, transcode_htj2k=False) as svc:
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield svc
 
