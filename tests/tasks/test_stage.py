@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 
+from config.clients import s3_client
 from emulator.samples import series_spec, sha256_of, write_ct_series
 from tasks.batch import make_batches
 from tasks.discover import iter_source
@@ -88,6 +89,29 @@ def test_one_request_per_file_and_one_listing_per_batch(
     assert first == {"ListObjectsV2": 2, "PutObject": 6}
     assert dict(calls) == {"ListObjectsV2": 2, "HeadObject": 6}
     assert {s.action for s in again} == {StageAction.SKIPPED}
+
+
+def test_only_a_body_of_2_mb_or_more_waits_for_100_continue(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    """A slice's PUT sends its body at once instead of a round trip first."""
+    write_ct_series(tmp_path / "small", 2, spec=series_spec("small"), rows=8, columns=8)
+    write_ct_series(tmp_path / "large", 1, spec=series_spec("large"), rows=1100, columns=1100)
+    client = s3_client()
+    puts: list[tuple[int, bool]] = []  # body size, whether it asked for 100 Continue
+    client.meta.events.register_last(
+        "before-send.s3",
+        lambda request, **_: puts.append(
+            (int(request.headers["Content-Length"]), "Expect" in request.headers)
+        ) if request.method == "PUT" else None,
+    )
+
+    staged = stage_batches(_batches(str(tmp_path)), f"s3://{s3_bucket}/st", "r", s3=client)
+
+    assert {s.action for s in staged} == {StageAction.UPLOADED}
+    sizes = sorted(path.stat().st_size for path in tmp_path.rglob("*.dcm"))
+    assert sizes[1] < 2 << 20 <= sizes[2]
+    assert sorted(puts) == [(size, size >= 2 << 20) for size in sizes]
 
 
 def test_a_file_changed_after_validation_is_not_staged(
