@@ -8,7 +8,6 @@ Requests are dispatched by the service name in their SigV4 credential scope:
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 from collections.abc import Callable
@@ -16,21 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import BaseWSGIServer, make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.wrappers import Request, Response
 
 from emulator.config import ServiceConfig
 from emulator.faults import FaultConfig, FaultInjector
+from emulator.http_server import KeepAliveServer
 from emulator.models import HealthImagingBackend
 from emulator.responses import HealthImagingApp
 from emulator.store import Store
-
-log = logging.getLogger(__name__)
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _QUERY_SCOPE = re.compile(
@@ -46,14 +39,6 @@ def signing_service(environ: dict[str, Any]) -> str | None:
     if not found:
         found = _QUERY_SCOPE.search(environ.get("QUERY_STRING", ""))
     return found.group(1) if found else None
-
-
-class _RequestHandler(MotoRequestHandler):
-    """Request lines go to the debug log, not to stderr: a busy import would
-    otherwise drown the service's own messages."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug('"%s" %s %s', self.requestline, code, size)
 
 
 class LocalApplication:
@@ -135,12 +120,8 @@ class LocalService:
         self.store = Store(data_dir)
         self._injector = FaultInjector(self.faults)
         self.backend = HealthImagingBackend(self.config, self.store, self._injector)
-        self._server: BaseWSGIServer = make_server(
-            host,
-            port,
-            LocalApplication(self.backend, self._injector),
-            threaded=True,
-            request_handler=_RequestHandler,
+        self._server = KeepAliveServer(
+            host, port, LocalApplication(self.backend, self._injector)
         )
         self.host = host
         self.port = self._server.server_port
