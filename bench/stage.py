@@ -4,7 +4,8 @@ Baselines over the same files and the same endpoint (the local service in a
 subprocess, so client and server do not share a GIL): ``aws s3 cp
 --recursive`` (the AWS CLI in its own venv, ``.awscli``, built here if
 missing) and a plain boto3 loop uploading one file at a time. Each run writes
-under a fresh prefix, so nothing is skipped as already staged.
+under a fresh prefix, so nothing is skipped as already staged, and what it
+wrote is deleted once it is timed.
 
     .venv/bin/python -m bench.stage [--ct 300] [--tiny 3000] [--repeats 3]
 """
@@ -71,6 +72,16 @@ def run_boto3_loop(s3: Any, corpus: Corpus, prefix: str) -> None:
         s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(corpus.folder)}")
 
 
+def _delete(s3: Any, prefix: str) -> None:
+    """moto keeps objects in memory, and a service holding more of them
+    spends more time in the kernel per PUT, so that whichever method ran
+    later would be slower: every method starts from the same empty bucket."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+
+
 def measure(
     corpora: list[Corpus], repeats: int
 ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
@@ -103,6 +114,7 @@ def measure(
                     busy.setdefault((corpus.name, name), []).append(
                         (sum(service.cpu_times()[:2]) - cpu_before) / seconds
                     )
+                    _delete(s3, prefix)
     return ({key: median(values) for key, values in times.items()},
             {key: median(values) for key, values in busy.items()})
 
