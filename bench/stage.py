@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -82,12 +83,19 @@ def _delete(s3: Any, prefix: str) -> None:
             s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
 
 
-def measure(
-    corpora: list[Corpus], repeats: int
-) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+def _client_cpu_seconds() -> float:
+    """CPU of this process and of its children that have ended (the CLI)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+Shares = dict[tuple[str, str], float]
+
+
+def measure(corpora: list[Corpus], repeats: int) -> tuple[Shares, Shares, Shares]:
     """Median seconds per (corpus, method), methods interleaved per repeat, and
-    the median share of that time the local service spent on CPU: near 1, the
-    service (one Python process) is what limits the upload rate."""
+    the median share of that time the local service and the client spent on
+    CPU: near 1, that process (Python, one GIL) is what limits the rate."""
     with local_service() as endpoint:
         service = next(child for child in psutil.Process().children()
                        if "local" in child.cmdline())
@@ -102,11 +110,13 @@ def measure(
         }
         times: dict[tuple[str, str], list[float]] = {}
         busy: dict[tuple[str, str], list[float]] = {}
+        client: dict[tuple[str, str], list[float]] = {}
         for repeat in range(repeats):
             for corpus in corpora:
                 for index, (name, method) in enumerate(methods.items()):
                     prefix = f"r{repeat}/{corpus.name}/m{index}"
                     cpu_before = sum(service.cpu_times()[:2])
+                    client_before = _client_cpu_seconds()
                     started = time.perf_counter()
                     method(corpus, prefix)
                     seconds = time.perf_counter() - started
@@ -114,16 +124,18 @@ def measure(
                     busy.setdefault((corpus.name, name), []).append(
                         (sum(service.cpu_times()[:2]) - cpu_before) / seconds
                     )
+                    client.setdefault((corpus.name, name), []).append(
+                        (_client_cpu_seconds() - client_before) / seconds
+                    )
                     _delete(s3, prefix)
-    return ({key: median(values) for key, values in times.items()},
-            {key: median(values) for key, values in busy.items()})
+    return tuple(  # type: ignore[return-value]
+        {key: median(values) for key, values in samples.items()}
+        for samples in (times, busy, client)
+    )
 
 
 def report(
-    corpora: list[Corpus],
-    seconds: dict[tuple[str, str], float],
-    busy: dict[tuple[str, str], float],
-    repeats: int,
+    corpora: list[Corpus], seconds: Shares, busy: Shares, client: Shares, repeats: int
 ) -> None:
     rows = []
     for corpus in corpora:
@@ -133,11 +145,11 @@ def report(
                 continue
             rows.append((corpus.name, len(corpus.files), corpus.bytes / 1e6, method, value,
                          corpus.bytes / 1e6 / value, len(corpus.files) / value, cli / value,
-                         busy[(corpus.name, method)]))
+                         busy[(corpus.name, method)], client[(corpus.name, method)]))
     print_table(
         f"Staging to the local S3 endpoint (median of {repeats})",
         ["corpus", "files", "MB", "method", "median s", "MB/s", "files/s", "vs AWS CLI",
-         "service CPU share"],
+         "service CPU share", "client CPU share"],
         rows,
     )
 
