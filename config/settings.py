@@ -72,8 +72,15 @@ class Settings(BaseSettings):
     claim_lease_seconds: float = Field(
         default=12 * 3600.0,
         gt=0,
-        description="How long a run's claim on a file lasts: a run killed without cleaning "
-        "up holds its files that long. Keep it above the longest run.",
+        description="How long a run's claim on a file lasts at most (a run renews its "
+        "claims after staging). Keep it above the longest run.",
+    )
+    run_presumed_dead_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A run beats five times in this period while it holds claims; one "
+        "that has not beaten for this long (killed outright) is presumed dead, and its "
+        "files go to the next run.",
     )
 
     @classmethod

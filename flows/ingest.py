@@ -108,7 +108,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     tag_current_run(*datastore_tags(params.datastore, datastore_id))
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-ingest", params.source)
-    try:
+    with ledger.holding_claims():
         claim = claim_files(ledger, params.source, quote(files), params.only_new)
         get_run_logger().info(
             "%d files found: %d to process, %d unchanged since an earlier run, "
@@ -116,8 +116,6 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
             claim.skipped_unchanged, claim.claimed_by_other_runs)
         return _import_and_report(params, claim.files, datastore_id, ledger, timer,
                                   claim.skipped_unchanged, claim.claimed_by_other_runs)
-    finally:
-        ledger.release()
 
 
 def _import_and_report(

@@ -59,10 +59,8 @@ def retry_failed(params: RetryParameters) -> RetryResult:
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-retry-failed", params.source)
-    try:
+    with ledger.holding_claims():
         return _retry(params, datastore_id, ledger)
-    finally:
-        ledger.release()
 
 
 def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> RetryResult:

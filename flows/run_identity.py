@@ -74,4 +74,5 @@ def run_ledger(report_location: str, datastore_id: str) -> RunLedger:
         run_id=flow_run.id or uuid.uuid4().hex,
         datastore_id=datastore_id,
         lease_seconds=settings.claim_lease_seconds,
+        presumed_dead_seconds=settings.run_presumed_dead_seconds,
     )

@@ -13,9 +13,11 @@ Claims. A run claims a file before reading it, in one transaction per chunk
 (SQLite: ``BEGIN IMMEDIATE``, i.e. the database write lock; PostgreSQL:
 ``SELECT ... FOR UPDATE`` on known rows and ``INSERT ... ON CONFLICT DO
 NOTHING`` for new ones), so of two concurrent runs exactly one gets each file.
-A claim names its owner (the Prefect flow run ID) and expires after a lease,
-so a killed run holds its files for at most that long; recording a file's
-outcome, or the end of the run, releases it.
+A claim names its owner (the Prefect flow run ID) and expires after a lease;
+recording a file's outcome, or the end of the run, releases it. A run also
+beats (its row's ``heartbeat_at``) while it holds claims, so a run killed
+outright is presumed dead once it has missed a few beats, and its claims go
+to the next run within minutes rather than when the lease ends.
 
 Identity. A file is (data store ID, URI): the same file is new to another data
 store. It is unchanged when its size and version (S3 ETag, local mtime) are
@@ -26,8 +28,10 @@ touched or re-uploaded file), when its SHA-256 is.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -47,8 +51,14 @@ from tasks.locations import S3Uri, is_s3
 from tasks.poll import JobOutcome
 from tasks.validate import FileValidity, ValidationRecord
 
+log = logging.getLogger(__name__)
+
 LEDGER_FILE_NAME = "ledger.sqlite"
 DEFAULT_LEASE_SECONDS = 12 * 3600.0
+DEFAULT_PRESUMED_DEAD_SECONDS = 300.0
+# Beats per presumed-dead period: a run survives a few missed beats (a busy
+# database, a pause) before its claims are taken.
+_BEATS_PER_PERIOD = 5
 # Files per claim transaction: long enough to amortise the lock, short
 # enough that a concurrent run waits milliseconds, not seconds.
 CLAIM_CHUNK = 500
@@ -217,6 +227,8 @@ runs_table = sa.Table(
     sa.Column("started_at", _UtcDateTime, nullable=False),
     sa.Column("finished_at", _UtcDateTime),
     sa.Column("counts", sa.Text),
+    # Renewed while the run holds claims; NULL for runs from before heartbeats.
+    sa.Column("heartbeat_at", _UtcDateTime),
 )
 
 
@@ -287,6 +299,21 @@ def _create_schema(engine: Engine) -> None:
             # Two processes creating the schema at once would race on CREATE TABLE.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x1ED6E2)))
         metadata.create_all(conn)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """A ledger created by an earlier version lacks the columns added since;
+    create_all makes missing tables, never missing columns."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                )
 
 
 def _insert(conn: Connection) -> Any:
@@ -378,6 +405,8 @@ class RunLedger:
     run_id: str
     datastore_id: str
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # A run whose last beat is older than this is presumed dead.
+    presumed_dead_seconds: float = DEFAULT_PRESUMED_DEAD_SECONDS
 
     @property
     def engine(self) -> Engine:
@@ -393,6 +422,42 @@ class RunLedger:
                         datastore_id=self.datastore_id, started_at=_now())
                 .on_conflict_do_nothing()
             )
+        self.beat()
+
+    def beat(self) -> None:
+        """Tell other runs this one is alive (its claims stand)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs_table)
+                .where(runs_table.c.run_id == self.run_id)
+                .values(heartbeat_at=_now())
+            )
+
+    @contextmanager
+    def holding_claims(self) -> Iterator[None]:
+        """Beats in the background while the block runs, then releases every
+        claim still held. A run killed inside the block stops beating, and its
+        files go to the next run once it is presumed dead."""
+        stopped = threading.Event()
+        interval = self.presumed_dead_seconds / _BEATS_PER_PERIOD
+
+        def beat_until_stopped() -> None:
+            while not stopped.wait(interval):
+                try:
+                    self.beat()
+                except sa.exc.SQLAlchemyError as error:
+                    log.warning("Ledger heartbeat failed (trying again in %.0f s): %s",
+                                interval, error)
+
+        beating = threading.Thread(target=beat_until_stopped, name="ledger-heartbeat",
+                                   daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stopped.set()
+            beating.join()
+            self.release()
 
     def finish_run(self, counts: Mapping[str, int]) -> None:
         with self.engine.begin() as conn:
@@ -440,6 +505,7 @@ class RunLedger:
                     .with_for_update()
                 )
             }
+            dead = self._dead_owners(conn, known.values(), now)
             changes: dict[str, Change] = {}
             unchanged = taken = 0
             new_rows = []
@@ -449,7 +515,7 @@ class RunLedger:
                     changes[item.uri] = Change.NEW
                     new_rows.append(self._new_row(source, item, now, expires))
                     continue
-                if self._held_elsewhere(row, now):
+                if self._held_elsewhere(row, now, dead):
                     taken += 1
                     continue
                 change = _compare(row, item)
@@ -494,13 +560,29 @@ class RunLedger:
             "claim_change": Change.NEW.value, "first_seen_at": now, "updated_at": now,
         }
 
-    def _held_elsewhere(self, row: Any, now: datetime) -> bool:
+    def _held_elsewhere(self, row: Any, now: datetime, dead: set[str]) -> bool:
         return (
             row.claim_owner is not None
             and row.claim_owner != self.run_id
+            and row.claim_owner not in dead
             and row.claim_expires_at is not None
             and row.claim_expires_at > now
         )
+
+    def _dead_owners(self, conn: Connection, rows: Iterable[Any], now: datetime) -> set[str]:
+        """Other runs holding some of these rows that have stopped beating."""
+        owners = {row.claim_owner for row in rows} - {None, self.run_id}
+        if not owners:
+            return set()
+        return set(conn.execute(
+            sa.select(runs_table.c.run_id)
+            .where(runs_table.c.run_id.in_(owners), self._presumed_dead(now))
+        ).scalars())
+
+    def _presumed_dead(self, now: datetime) -> sa.ColumnElement[bool]:
+        cutoff = now - timedelta(seconds=self.presumed_dead_seconds)
+        return sa.and_(runs_table.c.heartbeat_at.is_not(None),
+                       runs_table.c.heartbeat_at <= cutoff)
 
     def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
         table = files_table
@@ -508,6 +590,8 @@ class RunLedger:
             table.c.claim_owner.is_(None),
             table.c.claim_owner == self.run_id,
             table.c.claim_expires_at <= now,
+            sa.exists().where(runs_table.c.run_id == table.c.claim_owner,
+                              self._presumed_dead(now)),
         )
 
     def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> list[SourceFile]:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,56 @@ def test_a_live_claim_blocks_and_an_expired_or_released_one_does_not(tmp_path: P
         "/landing", files, True).files) == 5
     # "third" died holding them with a lease already run out: nobody waits for it.
     assert len(RunLedger(url, "fourth", DATASTORE).claim("/landing", files, True).files) == 5
+
+
+def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
+    tmp_path: Path,
+) -> None:
+    """The lease is hours; a killed run (no more beats) is presumed dead in
+    presumed_dead_seconds, a live one (beating) never is."""
+    url = ledger_url(None, str(tmp_path / "reports"))
+    files = FILES[:5]
+
+    def run(run_id: str) -> RunLedger:
+        ledger = RunLedger(url, run_id, DATASTORE, presumed_dead_seconds=1.0)
+        ledger.start_run("dicom-ingest", "/landing")
+        return ledger
+
+    killed = run("killed")
+    assert len(killed.claim("/landing", files, True).files) == 5
+    early = run("early").claim("/landing", files, True)
+    time.sleep(1.3)
+    live = run("live")
+    with live.holding_claims():
+        taken_over = live.claim("/landing", files, True)
+        time.sleep(2.3)  # over two presumed-dead periods, beating all along
+        blocked = run("late").claim("/landing", files, True)
+    after = run("after").claim("/landing", files, True)
+
+    assert early.files == [] and early.claimed_by_other_runs == 5
+    assert len(taken_over.files) == 5
+    assert blocked.files == [] and blocked.claimed_by_other_runs == 5
+    assert len(after.files) == 5  # released when the block ended
+
+
+def test_a_ledger_from_before_heartbeats_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE ledger_runs (run_id VARCHAR(64) PRIMARY KEY, "
+                    "flow VARCHAR(64) NOT NULL, source TEXT, datastore_id VARCHAR(64) "
+                    "NOT NULL, started_at DATETIME NOT NULL, finished_at DATETIME, "
+                    "counts TEXT)")
+        old.execute("INSERT INTO ledger_runs VALUES ('earlier', 'dicom-ingest', '/landing', "
+                    "'ds', '2026-01-01 00:00:00', NULL, NULL)")
+
+    ledger = RunLedger(f"sqlite:///{path}", "now", DATASTORE)
+    ledger.start_run("dicom-ingest", "/landing")
+
+    with sqlite3.connect(path) as new:
+        rows = dict(new.execute("SELECT run_id, heartbeat_at FROM ledger_runs"))
+    assert rows["earlier"] is None and rows["now"] is not None
 
 
 def test_sqlite_ledger_cannot_live_on_s3() -> None:

@@ -124,10 +124,13 @@ def test_timed_out_job_is_resumed_not_imported_again(
 
 
 def test_job_of_a_killed_run_is_read_not_imported_again(
-    service: LocalService, tmp_path: Path
+    service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A run killed outright stops beating; retry_failed takes its files once
+    it is presumed dead (the claim lease stays at its 12 h default)."""
     from prefect.settings import PREFECT_API_URL
 
+    from config.settings import get_settings
     from tasks.ledger import RunLedger, ledger_url
     from tests.operations.conftest import medical_imaging
     from tests.operations.served import quiet_env
@@ -136,10 +139,12 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
     client = medical_imaging()
     datastore_id = client.create_datastore(datastoreName="killed-store")["datastoreId"]
     service.faults.job_duration_seconds = 5.0
-    lease = 0.5
+    presumed_dead = 1.0
+    monkeypatch.setenv("DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS", str(presumed_dead))
+    get_settings.cache_clear()
     env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "DICOM_IMPORT_CLAIM_LEASE_SECONDS": str(lease)}
+           "DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS": str(presumed_dead)}
     params = ingest_params(tmp_path, datastore=datastore_id).model_dump_json()
     run = subprocess.Popen(
         [sys.executable, "-c", "import sys; from flows.ingest import dicom_ingest; "
@@ -158,9 +163,12 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
         run.wait()
     (job,) = observer.unfinished_jobs()
     assert {f.status for f in job.files} == {"submitted"}
-    time.sleep(lease * 2)  # the killed run's claims run out
+    time.sleep(presumed_dead * 1.5)  # the killed run has missed its beats
 
-    result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
+    try:
+        result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
+    finally:
+        get_settings.cache_clear()
 
     rows = _rows(result.report_files_parquet)
     assert sorted(rows["source_uri"]) == sorted(map(str, files))
