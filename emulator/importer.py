@@ -23,6 +23,7 @@ from emulator.import_output import (
     check_output_writable,
     write_job_output,
 )
+from emulator.input_objects import read_input_object
 from emulator.part10 import InvalidDicomFile, read_instance
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _import_file(
     if obj.size > limit:
         return _failed(obj.key, CUSTOMER_ERROR, f"File is {obj.size} bytes; the limit is {limit}")
     try:
-        data = s3.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
+        data = read_input_object(s3, bucket, obj.key, backend.s3_in_process)
     except (ClientError, BotoCoreError) as error:
         return _failed(obj.key, SERVER_ERROR, f"Unable to read s3://{bucket}/{obj.key}: {error}")
     try:

@@ -127,6 +127,7 @@ class LocalService:
         self.port = self._server.server_port
         if self.backend.s3_endpoint is None:
             self.backend.s3_endpoint = self.endpoint
+            self.backend.s3_in_process = True
         self._thread: threading.Thread | None = None
 
     @property

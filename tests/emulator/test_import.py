@@ -585,3 +585,31 @@ def test_without_transcoding_native_frames_are_little_endian_bytes(custom_servic
     pixels = little_endian(pydicom.dcmread(io.BytesIO(data)).pixel_array)
     assert stored == pixels.tobytes()
     assert image_frame["FrameSizeInBytes"] == 64 * 64 * 2
+
+
+# -- where input objects are read from ------------------------------------------
+
+
+def test_input_on_another_s3_endpoint_is_read_through_it(
+    custom_service: Any, moto_s3_endpoint: str
+) -> None:
+    """The embedded S3 is read in-process; one given by s3_endpoint, as a
+    client would read it."""
+    mi, s3, datastore_id = custom_service(s3_endpoint=moto_s3_endpoint)
+    run = run_import(mi, s3, datastore_id, {"mr.dcm": pydicom_file("MR_small.dcm")}, "ext/")
+    assert run.manifest["numberOfImportedFiles"] == 1
+
+
+@pytest.mark.parametrize(
+    ("bucket", "code"), [(BUCKET, "NoSuchKey"), ("no-such-bucket", "NoSuchBucket")]
+)
+def test_a_missing_input_object_read_in_process_is_a_client_error(
+    s3: Any, bucket: str, code: str
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from emulator.input_objects import read_input_object
+
+    with pytest.raises(ClientError) as raised:
+        read_input_object(s3, bucket, "gone.dcm", in_process=True)
+    assert raised.value.response["Error"]["Code"] == code
