@@ -129,7 +129,7 @@ def _import_and_report(
 ) -> IngestResult:
     logger = get_run_logger()
     with timer.stage("validate"):
-        records = _validate(params, files)
+        records = validate_sources(params, files)
     if ledger is not None:
         records, same_bytes = settle_unchanged(ledger, quote(records), params.only_new)
         skipped_unchanged += same_bytes
@@ -196,7 +196,9 @@ def import_batches(
     return staged, outcomes
 
 
-def _validate(params: ImportOptions, files: list[SourceFile]) -> list[ValidationRecord]:
+def validate_sources(params: ImportOptions, files: list[SourceFile]) -> list[ValidationRecord]:
+    """On the Dask cluster when one is configured, else on a local process pool:
+    shared by ingestion and retry_failed."""
     if params.dask_address:
         return validate_on_cluster(params.dask_address, files, params.include_phi)
     return validate(quote(files), params.validation_workers, params.include_phi)

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.ingest import import_batches, publish
+from flows.ingest import import_batches, publish, validate_sources
 from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
@@ -27,7 +27,7 @@ from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.retry import plan, resume_job, retry_report, retry_staging_id, under_source
 from tasks.stage import StageAction, StagedFile
-from tasks.validate import ValidationRecord, validate
+from tasks.validate import ValidationRecord
 
 RETRY_JOBS_ARTIFACT_KEY = "dicom-retry-jobs"
 RETRY_SUMMARY_ARTIFACT_KEY = "dicom-retry-summary"
@@ -108,7 +108,7 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
         won = {f.uri for f in files}
         items = [item for item in items if item.file.uri in won]
         retried += len(items)
-        group = validate(files, params.validation_workers, params.include_phi)
+        group = validate_sources(params, files)
         group_batches = batch(group, params.max_files_per_job, params.max_bytes_per_job)
         group_staged, group_outcomes = import_batches(
             params, datastore_id, retry_staging_id(source, datastore_id, items),

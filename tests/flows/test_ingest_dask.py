@@ -114,3 +114,40 @@ def test_cluster_run_writes_the_local_report(
     assert tasks.count("validate-part") >= 2 and tasks.count("stage-part") >= 2
     assert "validate" not in tasks and "stage" not in tasks
     assert "validate" in _task_names(local.state_details.flow_run_id)
+
+
+def test_retry_validates_and_stages_on_the_cluster(
+    service: Any, cluster: Any, tmp_path: Path
+) -> None:
+    """retry_failed with a scheduler address uses the cluster as ingestion does."""
+    from flows.parameters import RetryParameters
+    from flows.retry import retry_failed
+
+    source = tmp_path / "retry-source"
+    write_ct_series(source, 20, spec=series_spec("dask-retry"), rows=8, columns=8)
+    locations = {
+        "datastore": "retry-store",
+        "staging_prefix": f"s3://{BUCKET}/staging",
+        "output_prefix": f"s3://{BUCKET}/output",
+        "report_location": str(tmp_path / "reports-retry"),
+        "max_files_per_job": 10,
+        "poll_interval_seconds": 0.2,
+        "poll_timeout_seconds": 300,
+    }
+    service.faults.fail_jobs = 2
+    failed = dicom_ingest(IngestParameters(source=str(source), **locations))
+    assert _nonzero(failed.counts) == {"job_failed": 20}
+
+    retried = retry_failed(
+        RetryParameters(dask_address=cluster.scheduler_address, **locations),
+        return_state=True,
+    )
+
+    assert _nonzero(retried.result().counts) == {"imported": 20}
+    tasks = _task_names(retried.state_details.flow_run_id)
+    assert "validate-part" in tasks and "stage-part" in tasks
+    assert "validate" not in tasks and "stage" not in tasks
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {status: count for status, count in counts.items() if count}
