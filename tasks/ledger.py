@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -498,14 +498,14 @@ class RunLedger:
             known = {
                 row.uri: row
                 for row in conn.execute(
-                    sa.select(table)
+                    # The claim rule is _claimable's, evaluated once, in the database.
+                    sa.select(table, sa.not_(self._claimable(now)).label("held_elsewhere"))
                     .where(table.c.datastore_id == self.datastore_id, table.c.uri.in_(uris))
                     # One lock order for every run, so PostgreSQL never deadlocks.
                     .order_by(table.c.uri)
-                    .with_for_update()
+                    .with_for_update(of=table)
                 )
             }
-            dead = self._dead_owners(conn, known.values(), now)
             changes: dict[str, Change] = {}
             unchanged = taken = 0
             new_rows = []
@@ -515,7 +515,7 @@ class RunLedger:
                     changes[item.uri] = Change.NEW
                     new_rows.append(self._new_row(source, item, now, expires))
                     continue
-                if self._held_elsewhere(row, now, dead):
+                if row.held_elsewhere:
                     taken += 1
                     continue
                 change = _compare(row, item)
@@ -560,38 +560,17 @@ class RunLedger:
             "claim_change": Change.NEW.value, "first_seen_at": now, "updated_at": now,
         }
 
-    def _held_elsewhere(self, row: Any, now: datetime, dead: set[str]) -> bool:
-        return (
-            row.claim_owner is not None
-            and row.claim_owner != self.run_id
-            and row.claim_owner not in dead
-            and row.claim_expires_at is not None
-            and row.claim_expires_at > now
-        )
-
-    def _dead_owners(self, conn: Connection, rows: Iterable[Any], now: datetime) -> set[str]:
-        """Other runs holding some of these rows that have stopped beating."""
-        owners = {row.claim_owner for row in rows} - {None, self.run_id}
-        if not owners:
-            return set()
-        return set(conn.execute(
-            sa.select(runs_table.c.run_id)
-            .where(runs_table.c.run_id.in_(owners), self._presumed_dead(now))
-        ).scalars())
-
-    def _presumed_dead(self, now: datetime) -> sa.ColumnElement[bool]:
-        cutoff = now - timedelta(seconds=self.presumed_dead_seconds)
-        return sa.and_(runs_table.c.heartbeat_at.is_not(None),
-                       runs_table.c.heartbeat_at <= cutoff)
-
     def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Unclaimed, ours, past its lease, or held by a run presumed dead."""
         table = files_table
+        runs = runs_table
+        last_beat_before = now - timedelta(seconds=self.presumed_dead_seconds)
         return sa.or_(
             table.c.claim_owner.is_(None),
             table.c.claim_owner == self.run_id,
             table.c.claim_expires_at <= now,
-            sa.exists().where(runs_table.c.run_id == table.c.claim_owner,
-                              self._presumed_dead(now)),
+            sa.exists().where(runs.c.run_id == table.c.claim_owner,
+                              runs.c.heartbeat_at <= last_beat_before),
         )
 
     def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> list[SourceFile]:
@@ -616,37 +595,37 @@ class RunLedger:
         return won
 
     def settle_unchanged(
-        self,
-        records: Sequence[ValidationRecord],
-        only_new: bool,
-        checksum: Callable[[str], str],
+        self, records: Sequence[ValidationRecord], only_new: bool
     ) -> tuple[list[ValidationRecord], int]:
         """Drop files whose version moved but whose bytes did not.
 
-        Only bytes tell a touched file from an edited one, so ``checksum`` reads
-        the few files whose version moved at the size they were imported at;
+        Only bytes tell a touched file from an edited one, so the few files
+        whose version moved at the size they were imported at are read and
+        hashed (outside any transaction: the ledger is not locked meanwhile);
         they are released and their new version recorded, so the next run
         skips them unread.
         """
         if not only_new:
             return list(records), 0
         by_uri = {r.uri: r for r in records}
-        same: list[str] = []
         with self.engine.begin() as conn:
-            for chunk in _chunks(by_uri, CLAIM_CHUNK):
-                rows = conn.execute(
-                    sa.select(files_table).where(
+            recorded = [
+                (row.uri, row.sha256)
+                for chunk in _chunks(by_uri, CLAIM_CHUNK)
+                for row in conn.execute(
+                    sa.select(files_table.c.uri, files_table.c.size, files_table.c.sha256).where(
                         files_table.c.datastore_id == self.datastore_id,
                         files_table.c.uri.in_(chunk),
                         files_table.c.claim_owner == self.run_id,
                         files_table.c.claim_change == Change.CHANGED.value,
+                        files_table.c.status.in_(_SETTLED),
+                        files_table.c.sha256.is_not(None),
                     )
                 )
-                for row in rows:
-                    record = by_uri[row.uri]
-                    if (row.status in _SETTLED and row.sha256 is not None
-                            and record.size == row.size and checksum(row.uri) == row.sha256):
-                        same.append(row.uri)
+                if by_uri[row.uri].size == row.size
+            ]
+        same = [uri for uri, sha256 in recorded if sha256_of_file(uri) == sha256]
+        with self.engine.begin() as conn:
             for uri in same:
                 conn.execute(
                     sa.update(files_table)
@@ -939,4 +918,4 @@ def claim_files(
 def settle_unchanged(
     ledger: RunLedger, records: list[ValidationRecord], only_new: bool
 ) -> tuple[list[ValidationRecord], int]:
-    return ledger.settle_unchanged(records, only_new, sha256_of_file)
+    return ledger.settle_unchanged(records, only_new)
