@@ -73,8 +73,9 @@ class HealthImagingBackend(ImageSetOperations):
         self._s3_lock = threading.Lock()
         self._s3: Any = None
         self.s3_endpoint: str | None = config.s3_endpoint
-        # True when S3 is moto in this process (the embedded default).
-        self.s3_in_process = False
+        # No endpoint given: S3 is moto in this process, on the service's own
+        # endpoint (the embedded default).
+        self.s3_in_process = config.s3_endpoint is None
         self._recover()
 
     # -- plumbing -----------------------------------------------------------

@@ -125,9 +125,8 @@ class LocalService:
         )
         self.host = host
         self.port = self._server.server_port
-        if self.backend.s3_endpoint is None:
+        if self.backend.s3_in_process:
             self.backend.s3_endpoint = self.endpoint
-            self.backend.s3_in_process = True
         self._thread: threading.Thread | None = None
 
     @property
@@ -143,9 +142,6 @@ class LocalService:
             "AWS_REGION": self.config.region,
             "AWS_DEFAULT_REGION": self.config.region,
         }
-
-    def client_env(self) -> dict[str, str]:
-        return self.env()
 
     def start(self) -> LocalService:
         self._thread = threading.Thread(
