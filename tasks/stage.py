@@ -7,9 +7,11 @@ the object's metadata) is not sent again. One listing per batch says which
 keys exist, so a first run sends one request per file (a PUT) and a rerun
 after a crash one HEAD per file already there.
 
-This is where a local file's bytes are read, once: their SHA-256 goes with
-the PUT (``x-amz-checksum-sha256``, so S3 refuses bytes damaged on the way),
-into the object's metadata and into the report. A file whose size or mtime
+This is where a local file's bytes are read: once up to the single-PUT
+size, where their SHA-256 goes with the PUT (``x-amz-checksum-sha256``, so S3
+refuses bytes damaged on the way); twice above it, since the SHA-256 must be
+in the object's metadata before the first part goes. It also goes into the
+report. A file whose size or mtime
 moved since discovery is not staged: what is imported is what was validated.
 """
 

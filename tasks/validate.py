@@ -4,7 +4,7 @@ Only the header is read: the first 64 KiB (the whole of small files, the
 header of nearly all others) go through a reader that keeps only the values
 the rules need (``tasks.dicom_header``; pydicom for the files it declines),
 and Pixel Data's declared length is checked against the file's size, so
-pixels are never read here. The bytes are read once, by staging, which
+pixels are never read here. The bytes are read by staging, which
 checksums what it sends; batches and the ledger know content by size and
 version (mtime or ETag) until then. Rules follow the published import
 requirements (docs: healthimaging-behavior.md §3.2); the first rule a file
