@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -192,11 +193,17 @@ class TestValidateFiles:
         result = mark_duplicates([invalid_copy, records[0]])
         assert result[1].status is FileValidity.VALID
 
-    def test_process_pool_gives_the_same_records_in_order(self, tmp_path: Path) -> None:
-        write_ct_series(tmp_path / "s", 6, rows=8, columns=8)
+    def test_process_pool_gives_the_same_records_in_order(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Chunks of chunk_size files, however fast: the duplicate's chunk is not
+        # its original's, and chunks come back in several rounds.
+        monkeypatch.setattr("tasks.validate._CHUNK_SECONDS", 0)
+        series = write_ct_series(tmp_path / "s", 6, rows=8, columns=8)
         for code, make in BROKEN_MAKERS.items():
             make(tmp_path / "broken" / f"{code}.dcm")
         shutil.copy(PYDICOM_TEST_FILES / "CT_small.dcm", tmp_path / "ct.dcm")
+        write_duplicate_of(series[0], tmp_path / "z" / "copy.dcm")  # a later chunk's
         files = list(iter_source(str(tmp_path)))
 
         serial = validate_files(files, workers=1)
@@ -204,6 +211,23 @@ class TestValidateFiles:
 
         assert parallel == serial
         assert [r.uri for r in parallel] == [f.uri for f in files]
+        assert parallel[-1].status is FileValidity.DUPLICATE
+        assert {r.status for r in parallel} == set(FileValidity)
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    @pytest.mark.parametrize("enabled", [True, False])
+    def test_leaves_the_garbage_collector_as_it_found_it(
+        self, tmp_path: Path, workers: int, enabled: bool
+    ) -> None:
+        """The collector is paused while records are made, never left off."""
+        files = list(iter_source(str(write_ct_series(tmp_path, 3, rows=8, columns=8)[0].parent)))
+        if not enabled:
+            gc.disable()
+        try:
+            validate_files(iter(files), workers=workers, chunk_size=1)
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
 
     def test_reads_s3_objects_in_workers(self, tmp_path: Path, s3_bucket: str) -> None:
         paths = write_ct_series(tmp_path, 3, rows=8, columns=8)
