@@ -415,14 +415,16 @@ class RunLedger:
     # -- runs -------------------------------------------------------------
 
     def start_run(self, flow: str, source: str | None) -> None:
+        """A run started again (its flow run retried) keeps its first row and
+        beats."""
+        now = _now()
         with self.engine.begin() as conn:
             conn.execute(
                 _insert(conn)(runs_table)
                 .values(run_id=self.run_id, flow=flow, source=source,
-                        datastore_id=self.datastore_id, started_at=_now())
-                .on_conflict_do_nothing()
+                        datastore_id=self.datastore_id, started_at=now, heartbeat_at=now)
+                .on_conflict_do_update(index_elements=["run_id"], set_={"heartbeat_at": now})
             )
-        self.beat()
 
     def beat(self) -> None:
         """Tell other runs this one is alive (its claims stand)."""
