@@ -139,6 +139,31 @@ def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
     assert len(after.files) == 5  # released when the block ended
 
 
+def test_a_run_started_again_keeps_its_start_and_beats(url: str) -> None:
+    """A flow run retried by Prefect starts its ledger run again."""
+    import sqlalchemy as sa
+
+    from tasks.ledger import engine_for, runs_table
+
+    run_id = f"again-{os.getpid()}-{time.monotonic_ns()}"
+    ledger = RunLedger(url, run_id, DATASTORE)
+
+    def row() -> sa.Row:
+        with engine_for(url).connect() as conn:
+            return conn.execute(sa.select(runs_table.c.started_at, runs_table.c.heartbeat_at)
+                                .where(runs_table.c.run_id == run_id)).one()
+
+    ledger.start_run("dicom-ingest", "/landing")
+    first = row()
+    time.sleep(0.01)
+    ledger.start_run("dicom-ingest", "/landing")
+    again = row()
+
+    assert first.heartbeat_at is not None
+    assert again.started_at == first.started_at
+    assert again.heartbeat_at > first.heartbeat_at
+
+
 def test_a_ledger_from_before_heartbeats_gains_the_column(tmp_path: Path) -> None:
     import sqlite3
 
