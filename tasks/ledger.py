@@ -62,6 +62,13 @@ _BEATS_PER_PERIOD = 5
 # Files per claim transaction: long enough to amortise the lock, short
 # enough that a concurrent run waits milliseconds, not seconds.
 CLAIM_CHUNK = 500
+# Report column -> files_table column, for the outcome a file is left with.
+_OUTCOME_COLUMNS = {
+    "status": "status", "error_type": "error_type", "error_message": "reason",
+    "job_id": "job_id", "batch_id": "batch_id", "image_set_id": "image_set_id",
+    "size": "size", "sha256": "sha256", "sop_instance_uid": "sop_instance_uid",
+    "study_instance_uid": "study_instance_uid", "series_instance_uid": "series_instance_uid",
+}
 
 
 class LedgerError(Exception):
@@ -511,6 +518,7 @@ class RunLedger:
             changes: dict[str, Change] = {}
             unchanged = taken = 0
             new_rows = []
+            reclaimed = []
             for item in chunk:
                 row = known.get(item.uri)
                 if row is None:
@@ -524,24 +532,29 @@ class RunLedger:
                 if only_new and change is Change.UNCHANGED and row.status in _SKIP_WHEN_UNCHANGED:
                     unchanged += 1
                     continue
-                claimed = conn.execute(
+                changes[item.uri] = change
+                reclaimed.append({"file_uri": item.uri, "file_size": item.size,
+                                  "file_version": item.version, "file_change": change.value,
+                                  "file_path": item.relative_path})
+            if reclaimed:
+                # The rows are locked (FOR UPDATE; SQLite's transaction is
+                # IMMEDIATE), so what the select decided still holds.
+                conn.execute(
                     sa.update(table)
-                    .where(table.c.datastore_id == self.datastore_id, table.c.uri == item.uri,
-                           self._claimable(now))
+                    .where(table.c.datastore_id == self.datastore_id,
+                           table.c.uri == sa.bindparam("file_uri"))
                     .values(claim_owner=self.run_id, claim_expires_at=expires,
-                            claim_size=item.size, claim_version=item.version,
-                            claim_change=change.value, source=source,
-                            relative_path=item.relative_path, updated_at=now)
-                ).rowcount
-                if claimed:
-                    changes[item.uri] = change
-                else:
-                    taken += 1
+                            claim_size=sa.bindparam("file_size"),
+                            claim_version=sa.bindparam("file_version"),
+                            claim_change=sa.bindparam("file_change"), source=source,
+                            relative_path=sa.bindparam("file_path"), updated_at=now),
+                    reclaimed,
+                )
             if new_rows:
                 inserted = set(
                     conn.execute(
-                        _insert(conn)(table).values(new_rows).on_conflict_do_nothing()
-                        .returning(table.c.uri)
+                        _insert(conn)(table).on_conflict_do_nothing().returning(table.c.uri),
+                        new_rows,
                     ).scalars()
                 )
                 for row in new_rows:
@@ -677,25 +690,30 @@ class RunLedger:
                         input_s3_uri=input_s3_uri, status="SUBMITTED", submitted_at=now)
                 .on_conflict_do_nothing()
             )
-            for record in batch.files:
-                conn.execute(
-                    sa.update(table)
-                    .where(table.c.datastore_id == self.datastore_id, table.c.uri == record.uri)
-                    .values(
-                        attempts=sa.case(
-                            (table.c.job_id == job_id, table.c.attempts),
-                            (table.c.sha256 == record.sha256, table.c.attempts + 1),
-                            else_=1,
-                        ),
-                        status=LedgerStatus.SUBMITTED.value, job_id=job_id,
-                        batch_id=batch.batch_id, run_id=self.run_id,
-                        size=record.size, version=table.c.claim_version,
-                        sha256=record.sha256, sop_instance_uid=record.sop_instance_uid,
-                        study_instance_uid=record.study_instance_uid,
-                        series_instance_uid=record.series_instance_uid,
-                        error_type=None, reason=None, image_set_id=None, updated_at=now,
-                    )
-                )
+            sha256 = sa.bindparam("file_sha256")
+            conn.execute(
+                sa.update(table)
+                .where(table.c.datastore_id == self.datastore_id,
+                       table.c.uri == sa.bindparam("file_uri"))
+                .values(
+                    attempts=sa.case(
+                        (table.c.job_id == job_id, table.c.attempts),
+                        (table.c.sha256.is_not_distinct_from(sha256), table.c.attempts + 1),
+                        else_=1,
+                    ),
+                    status=LedgerStatus.SUBMITTED.value, job_id=job_id,
+                    batch_id=batch.batch_id, run_id=self.run_id,
+                    size=sa.bindparam("file_size"), version=table.c.claim_version,
+                    sha256=sha256, sop_instance_uid=sa.bindparam("file_sop"),
+                    study_instance_uid=sa.bindparam("file_study"),
+                    series_instance_uid=sa.bindparam("file_series"),
+                    error_type=None, reason=None, image_set_id=None, updated_at=now,
+                ),
+                [{"file_uri": record.uri, "file_sha256": record.sha256, "file_size": record.size,
+                  "file_sop": record.sop_instance_uid, "file_study": record.study_instance_uid,
+                  "file_series": record.series_instance_uid}
+                 for record in batch.files],
+            )
 
     def unfinished_jobs(
         self, run_id: str | None = None, job_id: str | None = None
@@ -792,28 +810,27 @@ class RunLedger:
                                table.c.uri.in_(uris))
                     )
                 }
-                for row in chunk:
-                    uri = row["source_uri"]
-                    previous = known.get(uri)
-                    if previous is None:
-                        continue  # never claimed: not this ledger's file (dry runs)
-                    changes[uri] = previous.claim_change
-                    attempts[uri] = int(previous.attempts)
+                mine = [row for row in chunk if row["source_uri"] in known]
+                for row in mine:
+                    previous = known[row["source_uri"]]
+                    changes[row["source_uri"]] = previous.claim_change
+                    attempts[row["source_uri"]] = int(previous.attempts)
+                if mine:
                     conn.execute(
                         sa.update(table)
-                        .where(table.c.datastore_id == self.datastore_id, table.c.uri == uri)
+                        .where(table.c.datastore_id == self.datastore_id,
+                               table.c.uri == sa.bindparam("file_uri"))
                         .values(
-                            status=row["status"], change=previous.claim_change,
-                            error_type=row["error_type"], reason=row["error_message"],
-                            job_id=row["job_id"], batch_id=row["batch_id"],
-                            image_set_id=row["image_set_id"], run_id=self.run_id,
-                            size=row["size"], sha256=row["sha256"],
+                            **{column: sa.bindparam(f"file_{column}")
+                               for column in _OUTCOME_COLUMNS.values()},
+                            change=table.c.claim_change, run_id=self.run_id,
                             version=sa.func.coalesce(table.c.claim_version, table.c.version),
-                            sop_instance_uid=row["sop_instance_uid"],
-                            study_instance_uid=row["study_instance_uid"],
-                            series_instance_uid=row["series_instance_uid"],
                             claim_owner=None, claim_expires_at=None, updated_at=now,
-                        )
+                        ),
+                        [{"file_uri": row["source_uri"],
+                          **{f"file_{column}": row[field]
+                             for field, column in _OUTCOME_COLUMNS.items()}}
+                         for row in mine],
                     )
                 history = [
                     {"run_id": self.run_id, "datastore_id": self.datastore_id,
@@ -825,13 +842,13 @@ class RunLedger:
                     for r in chunk if r["source_uri"] in changes
                 ]
                 if history:
-                    stmt = _insert(conn)(outcomes_table).values(history)
+                    stmt = _insert(conn)(outcomes_table)
                     conn.execute(stmt.on_conflict_do_update(
                         index_elements=["run_id", "datastore_id", "uri"],
                         set_={c: stmt.excluded[c] for c in
                               ("change", "status", "job_id", "image_set_id", "error_type",
                                "reason", "attempts", "recorded_at")},
-                    ))
+                    ), history)
             self._record_jobs_ended(conn, outcomes)
         return report.assign(
             change=report["source_uri"].map(changes),
@@ -859,33 +876,36 @@ class RunLedger:
     def record_given_up(self, items: Sequence[LedgerFile], max_attempts: int) -> pd.DataFrame:
         """Mark retryable files past the attempt limit; returns their report rows."""
         now = _now()
-        rows = []
-        with self.engine.begin() as conn:
-            for item in items:
-                reason = (f"Gave up after {item.attempts} attempts (limit {max_attempts}); "
-                          f"last outcome {item.status}: {item.reason or item.error_type}")
+        reasons = {
+            item.uri: f"Gave up after {item.attempts} attempts (limit {max_attempts}); "
+                      f"last outcome {item.status}: {item.reason or item.error_type}"
+            for item in items
+        }
+        if items:
+            with self.engine.begin() as conn:
                 conn.execute(
                     sa.update(files_table)
                     .where(files_table.c.datastore_id == self.datastore_id,
-                           files_table.c.uri == item.uri)
-                    .values(status=LedgerStatus.GIVEN_UP.value, reason=reason,
-                            run_id=self.run_id, updated_at=now)
+                           files_table.c.uri == sa.bindparam("file_uri"))
+                    .values(status=LedgerStatus.GIVEN_UP.value, reason=sa.bindparam("file_reason"),
+                            run_id=self.run_id, updated_at=now),
+                    [{"file_uri": uri, "file_reason": reason} for uri, reason in reasons.items()],
                 )
                 conn.execute(
-                    _insert(conn)(outcomes_table)
-                    .values(run_id=self.run_id, datastore_id=self.datastore_id, uri=item.uri,
-                            change=Change.UNCHANGED.value,
-                            status=LedgerStatus.GIVEN_UP.value, job_id=item.job_id,
-                            error_type=item.error_type, reason=reason,
-                            attempts=item.attempts, recorded_at=now)
-                    .on_conflict_do_nothing()
+                    _insert(conn)(outcomes_table).on_conflict_do_nothing(),
+                    [{"run_id": self.run_id, "datastore_id": self.datastore_id, "uri": item.uri,
+                      "change": Change.UNCHANGED.value, "status": LedgerStatus.GIVEN_UP.value,
+                      "job_id": item.job_id, "error_type": item.error_type,
+                      "reason": reasons[item.uri], "attempts": item.attempts, "recorded_at": now}
+                     for item in items],
                 )
-                rows.append({"source_uri": item.uri, "size": item.size,
-                             "sop_instance_uid": item.sop_instance_uid,
-                             "sha256": item.sha256, "job_id": item.job_id,
-                             "status": LedgerStatus.GIVEN_UP.value,
-                             "error_type": item.error_type, "error_message": reason,
-                             "change": Change.UNCHANGED.value, "attempts": item.attempts})
+        rows = [{"source_uri": item.uri, "size": item.size,
+                 "sop_instance_uid": item.sop_instance_uid,
+                 "sha256": item.sha256, "job_id": item.job_id,
+                 "status": LedgerStatus.GIVEN_UP.value,
+                 "error_type": item.error_type, "error_message": reasons[item.uri],
+                 "change": Change.UNCHANGED.value, "attempts": item.attempts}
+                for item in items]
         return pd.DataFrame(rows)
 
 

@@ -164,6 +164,39 @@ def test_a_run_started_again_keeps_its_start_and_beats(url: str) -> None:
     assert again.heartbeat_at > first.heartbeat_at
 
 
+def test_attempts_count_jobs_with_and_without_a_checksum(url: str) -> None:
+    """A file from S3 has no SHA-256 (it is copied inside S3): its attempts
+    count up as a local file's do, and a new checksum starts again from one."""
+    import sqlalchemy as sa
+
+    from tasks.batch import Batch
+    from tasks.ledger import engine_for, files_table
+    from tasks.validate import FileValidity, ValidationRecord
+
+    run_id = f"attempts-{os.getpid()}-{time.monotonic_ns()}"
+    source = [SourceFile(f"/landing/{run_id}/{name}.dcm", 10, "v1", f"{name}.dcm")
+              for name in ("s3", "local")]
+    ledger = RunLedger(url, run_id, DATASTORE)
+    ledger.claim("/landing", source, False)
+
+    def start(job_id: str, local_sha256: str) -> dict[str, int]:
+        records = tuple(
+            ValidationRecord(uri=f.uri, relative_path=f.relative_path, size=f.size,
+                             status=FileValidity.VALID, version=f.version, sha256=sha256)
+            for f, sha256 in zip(source, (None, local_sha256), strict=True)
+        )
+        ledger.record_job_started(job_id, Batch(records, job_id.ljust(64, "0")), "s3://in/")
+        with engine_for(url).connect() as conn:
+            return {Path(uri).stem: attempts for uri, attempts in conn.execute(
+                sa.select(files_table.c.uri, files_table.c.attempts)
+                .where(files_table.c.uri.in_([f.uri for f in source])))}
+
+    assert start("job-1", "a" * 64) == {"s3": 1, "local": 1}
+    assert start("job-2", "a" * 64) == {"s3": 2, "local": 2}
+    assert start("job-2", "a" * 64) == {"s3": 2, "local": 2}  # the same job again
+    assert start("job-3", "b" * 64) == {"s3": 3, "local": 1}  # new bytes
+
+
 def test_a_ledger_from_before_heartbeats_gains_the_column(tmp_path: Path) -> None:
     import sqlite3
 
