@@ -691,7 +691,7 @@ class RunLedger:
                 .on_conflict_do_nothing()
             )
             sha256 = sa.bindparam("file_sha256")
-            conn.execute(
+            started = (
                 sa.update(table)
                 .where(table.c.datastore_id == self.datastore_id,
                        table.c.uri == sa.bindparam("file_uri"))
@@ -708,12 +708,16 @@ class RunLedger:
                     study_instance_uid=sa.bindparam("file_study"),
                     series_instance_uid=sa.bindparam("file_series"),
                     error_type=None, reason=None, image_set_id=None, updated_at=now,
-                ),
-                [{"file_uri": record.uri, "file_sha256": record.sha256, "file_size": record.size,
-                  "file_sop": record.sop_instance_uid, "file_study": record.study_instance_uid,
-                  "file_series": record.series_instance_uid}
-                 for record in batch.files],
+                )
             )
+            for chunk in _chunks(batch.files, CLAIM_CHUNK):
+                conn.execute(started, [
+                    {"file_uri": record.uri, "file_sha256": record.sha256,
+                     "file_size": record.size, "file_sop": record.sop_instance_uid,
+                     "file_study": record.study_instance_uid,
+                     "file_series": record.series_instance_uid}
+                    for record in chunk
+                ])
 
     def unfinished_jobs(
         self, run_id: str | None = None, job_id: str | None = None
@@ -881,15 +885,15 @@ class RunLedger:
                       f"last outcome {item.status}: {item.reason or item.error_type}"
             for item in items
         }
-        if items:
-            with self.engine.begin() as conn:
+        with self.engine.begin() as conn:
+            for chunk in _chunks(items, CLAIM_CHUNK):
                 conn.execute(
                     sa.update(files_table)
                     .where(files_table.c.datastore_id == self.datastore_id,
                            files_table.c.uri == sa.bindparam("file_uri"))
                     .values(status=LedgerStatus.GIVEN_UP.value, reason=sa.bindparam("file_reason"),
                             run_id=self.run_id, updated_at=now),
-                    [{"file_uri": uri, "file_reason": reason} for uri, reason in reasons.items()],
+                    [{"file_uri": item.uri, "file_reason": reasons[item.uri]} for item in chunk],
                 )
                 conn.execute(
                     _insert(conn)(outcomes_table).on_conflict_do_nothing(),
@@ -897,7 +901,7 @@ class RunLedger:
                       "change": Change.UNCHANGED.value, "status": LedgerStatus.GIVEN_UP.value,
                       "job_id": item.job_id, "error_type": item.error_type,
                       "reason": reasons[item.uri], "attempts": item.attempts, "recorded_at": now}
-                     for item in items],
+                     for item in chunk],
                 )
         rows = [{"source_uri": item.uri, "size": item.size,
                  "sop_instance_uid": item.sop_instance_uid,
