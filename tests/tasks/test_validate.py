@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import boto3
@@ -27,7 +27,9 @@ from emulator.samples import (
 from tasks.discover import SourceFile, iter_source
 from tasks.validate import (
     FileValidity,
+    Findings,
     ReasonCode,
+    ValidationRecord,
     mark_duplicates,
     validate_file,
     validate_files,
@@ -172,6 +174,18 @@ class TestPhi:
         assert record.patient_name == "Doe^Jane"
         assert record.patient_id == "PID-0001"
         assert record.patient_birth_date == "19700101"
+
+
+def test_findings_and_what_discovery_knew_make_a_whole_record(tmp_path: Path) -> None:
+    """Workers send Findings; a field named differently from the record's
+    would be dropped from every record built from them."""
+    discovery = {"uri", "relative_path", "version"}
+    assert set(Findings._fields) | discovery | {"sha256"} == {
+        field.name for field in fields(ValidationRecord)
+    }
+    (path,) = write_ct_series(tmp_path, 1, rows=8, columns=8)
+    record = _check(path)
+    assert set(vars(record)) == {field.name for field in fields(ValidationRecord)}
 
 
 class TestValidateFiles:
