@@ -98,8 +98,10 @@ def build_file_report(
 
     if len({o.batch_id for o in outcomes}) != len(outcomes):
         raise ValueError("more than one job outcome for a batch")
-    batch_of = {f.uri: b.batch_id for b in batches for f in b.files}
-    files["batch_id"] = files["source_uri"].map(batch_of)
+    batch_of: dict[str, str] = {}
+    for b in batches:
+        batch_of.update(dict.fromkeys((f.uri for f in b.files), b.batch_id))
+    files["batch_id"] = [batch_of.get(r.uri) for r in records]
     stage = pd.DataFrame(
         {
             "source_uri": [s.source_uri for s in staged],
@@ -124,9 +126,9 @@ def build_file_report(
     # An empty run (everything skipped as unchanged) has float64 empty columns.
     files["staged_key"] = files["staged_key"].astype(object)
     files = files.merge(_manifest_rows(outputs), on="staged_key", how="left")
-    files["output_error"] = files["batch_id"].map(
-        {b: o for b, o in outputs.items() if isinstance(o, str)}
-    )
+    unreadable = {b: o for b, o in outputs.items() if isinstance(o, str)}
+    # Mapping a million rows through an empty dict still costs 0.2 s.
+    files["output_error"] = files["batch_id"].map(unreadable) if unreadable else None
     return _decide(files, include_phi)
 
 
