@@ -640,14 +640,15 @@ class RunLedger:
                 if by_uri[row.uri].size == row.size
             ]
         same = [uri for uri, sha256 in recorded if sha256_of_file(uri) == sha256]
+        now = _now()
         with self.engine.begin() as conn:
-            for uri in same:
+            for chunk in _chunks(same, CLAIM_CHUNK):
                 conn.execute(
                     sa.update(files_table)
                     .where(files_table.c.datastore_id == self.datastore_id,
-                           files_table.c.uri == uri)
+                           files_table.c.uri.in_(chunk))
                     .values(version=files_table.c.claim_version, claim_owner=None,
-                            claim_expires_at=None, updated_at=_now())
+                            claim_expires_at=None, updated_at=now)
                 )
         dropped = set(same)
         return [r for r in records if r.uri not in dropped], len(dropped)

@@ -11,8 +11,8 @@ This is where a local file's bytes are read: once up to the single-PUT
 size, where their SHA-256 goes with the PUT (``x-amz-checksum-sha256``, so S3
 refuses bytes damaged on the way); twice above it, since the SHA-256 must be
 in the object's metadata before the first part goes. It also goes into the
-report. A file whose size or mtime
-moved since discovery is not staged: what is imported is what was validated.
+report. A file whose size or mtime moved since discovery is not staged: what
+is imported is what was validated.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -13,9 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from tasks.batch import Batch
 from tasks.discover import SourceFile
-from tasks.ledger import RunLedger, ledger_url
+from tasks.ledger import (
+    RunLedger,
+    engine_for,
+    files_table,
+    ledger_url,
+    metadata,
+    runs_table,
+)
+from tasks.validate import FileValidity, ValidationRecord
 from tests.operations.served import free_port
 
 FILES = [SourceFile(f"/landing/f{i:04d}.dcm", 100 + i, f"v{i}", f"f{i:04d}.dcm")
@@ -83,8 +94,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_concurrent_claims_never_give_a_file_twice(url: str) -> None:
     if url.startswith("postgresql"):
         # A fresh database per run of the test: truncate what a previous param left.
-        from tasks.ledger import engine_for, metadata
-
         with engine_for(url).begin() as conn:
             for table in reversed(metadata.sorted_tables):
                 conn.execute(table.delete())
@@ -141,10 +150,6 @@ def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
 
 def test_a_run_started_again_keeps_its_start_and_beats(url: str) -> None:
     """A flow run retried by Prefect starts its ledger run again."""
-    import sqlalchemy as sa
-
-    from tasks.ledger import engine_for, runs_table
-
     run_id = f"again-{os.getpid()}-{time.monotonic_ns()}"
     ledger = RunLedger(url, run_id, DATASTORE)
 
@@ -167,12 +172,6 @@ def test_a_run_started_again_keeps_its_start_and_beats(url: str) -> None:
 def test_attempts_count_jobs_with_and_without_a_checksum(url: str) -> None:
     """A file from S3 has no SHA-256 (it is copied inside S3): its attempts
     count up as a local file's do, and a new checksum starts again from one."""
-    import sqlalchemy as sa
-
-    from tasks.batch import Batch
-    from tasks.ledger import engine_for, files_table
-    from tasks.validate import FileValidity, ValidationRecord
-
     run_id = f"attempts-{os.getpid()}-{time.monotonic_ns()}"
     source = [SourceFile(f"/landing/{run_id}/{name}.dcm", 10, "v1", f"{name}.dcm")
               for name in ("s3", "local")]
@@ -198,8 +197,6 @@ def test_attempts_count_jobs_with_and_without_a_checksum(url: str) -> None:
 
 
 def test_a_ledger_from_before_heartbeats_gains_the_column(tmp_path: Path) -> None:
-    import sqlite3
-
     path = tmp_path / "ledger.sqlite"
     with sqlite3.connect(path) as old:
         old.execute("CREATE TABLE ledger_runs (run_id VARCHAR(64) PRIMARY KEY, "

@@ -188,6 +188,40 @@ def test_findings_and_what_discovery_knew_make_a_whole_record(tmp_path: Path) ->
     assert set(vars(record)) == {field.name for field in fields(ValidationRecord)}
 
 
+def test_validation_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
+    """validate_files pauses the garbage collector while it works: safe only
+    while validation, pydicom's fallback and every rejection included, makes
+    no reference cycles. A fresh interpreter: other tests' threads would leave
+    garbage of their own meanwhile."""
+    write_ct_series(tmp_path / "s", 3, rows=8, columns=8)
+    for code, make in BROKEN_MAKERS.items():
+        make(tmp_path / "broken" / f"{code}.dcm")
+    for name in ("CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm"):
+        shutil.copy(PYDICOM_TEST_FILES / name, tmp_path / name)
+    script = textwrap.dedent(
+        f"""
+        import gc
+        from tasks.discover import iter_source
+        from tasks.validate import validate_files
+
+        files = list(iter_source({str(tmp_path)!r}))
+        validate_files(files, workers=1)  # imports done, caches filled
+        gc.collect()
+        gc.disable()
+        records = validate_files(files, workers=1)
+        print(len(records), gc.collect())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parents[2], env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr
+    validated, unreachable = map(int, done.stdout.split())
+    assert validated == 3 + len(BROKEN_MAKERS) + 4
+    assert unreachable == 0
+
+
 class TestValidateFiles:
     def test_duplicates_first_in_order_wins(self, tmp_path: Path) -> None:
         original = write_ct_series(tmp_path / "a", 1, rows=8, columns=8)[0]
