@@ -34,7 +34,7 @@ def local_service(*flags: str) -> Iterator[str]:
     """``dicom-import local`` in a subprocess; yields its endpoint."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "flows.cli", "local", "--port", str(port), *flags]
+    command = [sys.executable, "-m", "cli", "local", "--port", str(port), *flags]
     with _serving(command, f"{endpoint}/_emulator/health", "the local service", 30):
         yield endpoint
 

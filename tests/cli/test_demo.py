@@ -20,7 +20,7 @@ def test_demo_accounts_for_every_sample_file(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "demo", "--folder", str(tmp_path / "demo")],
+        [sys.executable, "-m", "cli", "demo", "--folder", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=300,

@@ -10,9 +10,9 @@ import boto3
 import pandas as pd
 import pytest
 
+from cli.main import main
 from emulator.samples import series_spec, write_ct_series, write_not_dicom, write_truncated
 from emulator.server import LocalService
-from flows.cli import main
 from flows.parameters import IngestParameters
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -17,9 +17,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from cli.progress import ProgressDisplay
 from flows.ingest import IngestResult, dicom_ingest
 from flows.parameters import IngestParameters
-from flows.progress import ProgressDisplay
 from tasks.locations import filesystem_for
 from tasks.report import FileStatus
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the environment Prefect reads once.
+    from cli import demo, ingest
     from deployments import serve as serve_cli
     from emulator import cli as local_cli
-    from flows import demo, ingest_cli
 
     parser = argparse.ArgumentParser(
         prog="dicom-import",
         description="Import DICOM into AWS HealthImaging, file by file accounted for.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    ingest_cli.add_parser(subparsers)
+    ingest.add_parser(subparsers)
     demo.add_parser(subparsers)
     local_cli.add_parser(subparsers)
     serve_cli.add_parser(subparsers)
@@ -32,6 +31,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.handler(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,11 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cli.ingest import read_table, run_ingest
 from config.clients import s3_client
 from emulator.config import ServiceConfig
 from emulator.samples import write_demo_corpus
 from emulator.server import LocalService
-from flows.ingest_cli import read_table, run_ingest
 from flows.parameters import IngestParameters
 
 BUCKET = "dicom-import-demo"
