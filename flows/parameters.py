@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from config.settings import get_settings
+from tasks.locations import canonical_source
 
 
 def _setting(name: str) -> Any:
@@ -87,6 +88,11 @@ class ImportOptions(BaseModel):
 
     def imports(self) -> bool:
         return True
+
+    @field_validator("source", check_fields=False)
+    @classmethod
+    def _one_spelling(cls, source: str | None) -> str | None:
+        return canonical_source(source) if source else source
 
     @model_validator(mode="after")
     def _import_needs_locations(self) -> ImportOptions:

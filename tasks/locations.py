@@ -50,6 +50,21 @@ def is_s3(location: str) -> bool:
     return location.startswith(_SCHEME)
 
 
+def canonical_source(source: str) -> str:
+    """The one spelling of a source, whatever the operator typed.
+
+    Everything a rerun must find again (the staging folder, the batches, the
+    job client tokens, the ledger's source) is derived from the source, so
+    ``in1``, ``./in1/``, ``/data/in1`` and a symlink to it must be one string:
+    a folder becomes absolute with links resolved, and neither a folder nor an
+    ``s3://`` prefix keeps a trailing slash (a prefix is listed as a folder).
+    """
+    if is_s3(source):
+        uri = S3Uri.parse(source)
+        return str(S3Uri(uri.bucket, uri.key.rstrip("/")))
+    return str(Path(source).expanduser().resolve())
+
+
 def filesystem_for(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and fsspec path for a location.
 

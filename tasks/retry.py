@@ -14,7 +14,6 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 from botocore.exceptions import ClientError
@@ -26,7 +25,7 @@ from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
 from tasks.ledger import Change, LedgerFile, LedgerJob, RetryClass, RunLedger, retry_class
-from tasks.locations import is_s3
+from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus, wait_for_job
 from tasks.report import (
@@ -60,7 +59,7 @@ class RetryPlan:
 def under_source(uri: str, source: str | None) -> bool:
     if not source:
         return True
-    root = source.rstrip("/") if is_s3(source) else str(Path(source).expanduser().resolve())
+    root = canonical_source(source)
     return uri == root or uri.startswith(root + "/")
 
 
