@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cli.ingest import read_table, run_ingest
+from cli.ingest import run_ingest
+from cli.story import read_table
 from config.clients import s3_client
 from emulator.config import ServiceConfig
 from emulator.samples import write_demo_corpus

@@ -1,10 +1,11 @@
 """What the CLI shows while a flow runs: one line that follows the flow's
 progress messages, instead of Prefect's console log.
 
-Prefect's console handler also prints the traceback of a failed flow; the
-CLI turns failures into a one-line error instead, so that handler is held
-back for the duration of the run (the messages still reach the Prefect API
-and its UI).
+Prefect's console handler prints every task's errors, retries and the
+traceback of a failed flow, so one failure showed 4–7 times. Those lines go
+to the Prefect API and its UI either way; the console shows the flow's own
+progress, and the CLI tells the outcome once at the end (``--verbose`` gives
+Prefect's lines back).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 from rich.status import Status
 
-_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+_FLOW_LOGGER = "prefect.flow_runs"
 
 
 class ProgressDisplay(logging.Handler):
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, verbose: bool = False) -> None:
         super().__init__(level=logging.INFO)
         self.title = title
+        self.verbose = verbose
         self.console = Console(stderr=True)
         self._status: Status | None = None
         self._started = time.monotonic()
@@ -32,7 +34,7 @@ class ProgressDisplay(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if "Finished in state Completed" in message:
+        if record.levelno != logging.INFO or message.startswith("Finished in state"):
             return
         elapsed = time.monotonic() - self._started
         line = f"[{elapsed:6.1f}s] {message}"
@@ -42,12 +44,13 @@ class ProgressDisplay(logging.Handler):
             print(line, file=sys.stderr, flush=True)
 
     def __enter__(self) -> ProgressDisplay:
+        if self.verbose:
+            return self
         for handler in logging.getLogger().handlers:
             if isinstance(handler, PrefectConsoleHandler):
                 self._held.append((handler, handler.level))
                 handler.setLevel(logging.CRITICAL + 1)
-        for name in _RUN_LOGGERS:
-            logging.getLogger(name).addHandler(self)
+        logging.getLogger(_FLOW_LOGGER).addHandler(self)
         if self.console.is_terminal:
             self._status = self.console.status(self.title)
             self._status.start()
@@ -61,7 +64,6 @@ class ProgressDisplay(logging.Handler):
     ) -> None:
         if self._status is not None:
             self._status.stop()
-        for name in _RUN_LOGGERS:
-            logging.getLogger(name).removeHandler(self)
+        logging.getLogger(_FLOW_LOGGER).removeHandler(self)
         for handler, level in self._held:
             handler.setLevel(level)

@@ -32,7 +32,8 @@ from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_
 from tasks.batch import Batch, batch
 from tasks.discover import SourceFile, discover
 from tasks.import_jobs import import_batch, resolve
-from tasks.ledger import RunLedger, claim_files, settle_unchanged
+from tasks.interruption import stop_requested
+from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.report import report
@@ -64,7 +65,15 @@ class IngestResult(BaseModel):
     flow_run_id: str | None = None
     # Discovered but left out of this run's report (see "The ledger" in README.md).
     skipped_unchanged: int = 0
+    # Unchanged files whose job failed max_attempts times: left to retry --force.
+    given_up: int = 0
     claimed_by_other_runs: int = 0
+    # One line per live run holding some of this source's files.
+    holders: list[str] = []
+    # Jobs of this run that an earlier run had started (got back, not started again).
+    jobs_from_earlier_runs: list[str] = []
+    # Jobs that imported the files an only_new run skipped as unchanged, with counts.
+    jobs_of_skipped: dict[str, int] = {}
     # Wall seconds per stage (discover, validate, stage, import, report): where
     # a slow run spent its time; the rest went to the ledger and orchestration.
     timings: dict[str, float] = {}
@@ -109,13 +118,17 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-ingest", params.source)
     with ledger.holding_claims():
-        claim = claim_files(ledger, params.source, quote(files), params.only_new)
-        get_run_logger().info(
+        claim = claim_files(ledger, params.source, quote(files), params.only_new,
+                            params.max_attempts)
+        logger = get_run_logger()
+        logger.info(
             "%d files found: %d to process, %d unchanged since an earlier run, "
-            "%d being processed by another run", len(files), len(claim.files),
-            claim.skipped_unchanged, claim.claimed_by_other_runs)
-        return _import_and_report(params, claim.files, datastore_id, ledger, timer,
-                                  claim.skipped_unchanged, claim.claimed_by_other_runs)
+            "%d given up after %d attempts, %d being processed by another run", len(files),
+            len(claim.files), claim.skipped_unchanged, claim.given_up, params.max_attempts,
+            claim.claimed_by_other_runs)
+        for holder in claim.holders:
+            logger.warning(holder.describe())
+        return _import_and_report(params, claim.files, datastore_id, ledger, timer, claim)
 
 
 def _import_and_report(
@@ -124,10 +137,11 @@ def _import_and_report(
     datastore_id: str | None,
     ledger: RunLedger | None,
     timer: StageTimer,
-    skipped_unchanged: int = 0,
-    claimed_by_other_runs: int = 0,
+    claim: ClaimResult | None = None,
 ) -> IngestResult:
     logger = get_run_logger()
+    claim = claim or ClaimResult(files, {})
+    skipped_unchanged = claim.skipped_unchanged
     with timer.stage("validate"):
         records = validate_sources(params, files)
     if ledger is not None:
@@ -148,8 +162,8 @@ def _import_and_report(
     # The flow run ID too: two runs of one source can start within a second.
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}"
-    skipped = {"skipped_unchanged": skipped_unchanged,
-               "claimed_by_other_runs": claimed_by_other_runs}
+    skipped = {"skipped_unchanged": skipped_unchanged, "given_up": claim.given_up,
+               "claimed_by_other_runs": claim.claimed_by_other_runs}
     with timer.stage("report"):
         outputs = job_outputs(outcomes)
         paths, counts, job_rows = report(
@@ -172,6 +186,9 @@ def _import_and_report(
         report_jobs_csv=paths.jobs_csv,
         flow_run_id=flow_run.id,
         timings=timer.seconds,
+        holders=[holder.describe() for holder in claim.holders],
+        jobs_from_earlier_runs=[o.job_id for o in outcomes if o.job_id and o.from_earlier_run],
+        jobs_of_skipped=claim.jobs_of_skipped,
         **skipped,
     )
 
@@ -222,7 +239,8 @@ def _run_jobs(
 ) -> list[JobOutcome]:
     """One task run per batch, at most ``max_concurrent_jobs`` at a time: a slot
     is taken before submitting and given back when the task ends."""
-    usable = {s.batch_id for s in staged if s.action is not StageAction.FAILED}
+    unusable = {StageAction.FAILED, StageAction.INTERRUPTED}
+    usable = {s.batch_id for s in staged if s.action not in unusable}
     slots = threading.BoundedSemaphore(params.max_concurrent_jobs)
     futures: list[tuple[Batch, PrefectFuture[JobOutcome] | None]] = []
     for item in batches:
@@ -230,6 +248,10 @@ def _run_jobs(
             futures.append((item, None))
             continue
         slots.acquire()
+        if stop_requested():
+            slots.release()
+            futures.append((item, None))
+            continue
         future = import_batch.submit(
             datastore_id,
             quote(item),
@@ -248,6 +270,9 @@ def _run_jobs(
 def _outcome(
     item: Batch, future: PrefectFuture[JobOutcome] | None, datastore_id: str
 ) -> JobOutcome:
+    if future is None and stop_requested():
+        return JobOutcome(item.batch_id, datastore_id, None, JobStatus.INTERRUPTED,
+                          "The run was stopped before this batch's job started.")
     if future is None:
         return JobOutcome(item.batch_id, datastore_id, None, JobStatus.NOT_STARTED,
                           "No file of this batch could be staged.")

@@ -80,6 +80,11 @@ class ImportOptions(BaseModel):
         description="Address of a Dask scheduler (tcp://host:8786): validation and staging "
         "run on its workers. Empty: on the machine that runs the flow.",
     )
+    max_attempts: int = Field(
+        default_factory=_setting("max_attempts"), ge=1,
+        description="Import jobs a file may have been in: past this, a file whose job failed "
+        "is no longer imported again by itself (reported given_up; retry with force does).",
+    )
     include_phi: bool = Field(
         default=False,
         description="Add patient name, ID and birth date to the report files. Off by default: "
@@ -145,8 +150,4 @@ class RetryParameters(ImportOptions):
         default=False,
         description="Also files that failed validation or with a customer error although "
         "they have not changed, and files past the attempt limit.",
-    )
-    max_attempts: int = Field(
-        default_factory=_setting("max_attempts"), ge=1,
-        description="Import jobs a file may have been in; past this it is reported given_up.",
     )

@@ -13,7 +13,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -48,9 +48,20 @@ class StartedJob:
     input_s3_uri: str
 
 
-def client_token(datastore_id: str, input_s3_uri: str, batch_digest: str) -> str:
-    """64 hex characters, the longest token the API accepts."""
-    return hashlib.sha256(f"{datastore_id}|{input_s3_uri}|{batch_digest}".encode()).hexdigest()
+def client_token(
+    datastore_id: str, input_s3_uri: str, batch_digest: str, attempt: int = 0
+) -> str:
+    """64 hex characters, the longest token the API accepts.
+
+    The attempt is the number of this batch's jobs that ended FAILED: a rerun
+    of the same attempt (a kill while the job ran) gets its job back, while
+    a rerun after a FAILED job starts a new one instead of being handed the
+    FAILED job again.
+    """
+    key = f"{datastore_id}|{input_s3_uri}|{batch_digest}"
+    if attempt:
+        key += f"|attempt {attempt}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def start_import_job(
@@ -60,6 +71,7 @@ def start_import_job(
     input_s3_uri: str,
     output_s3_uri: str,
     role_arn: str,
+    attempt: int = 0,
     max_attempts: int = 8,
     base_delay: float = 2.0,
     max_delay: float = 120.0,
@@ -74,7 +86,7 @@ def start_import_job(
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
-    token = client_token(datastore_id, input_s3_uri, batch.digest)
+    token = client_token(datastore_id, input_s3_uri, batch.digest, attempt)
     attempt = 0
     while True:
         attempt += 1
@@ -207,16 +219,26 @@ def import_batch(
     waiting leaves a job that retry_failed can resume.
     """
     client = medical_imaging_client()
-    try:
-        job = start_import_job(
-            client, datastore_id, batch, input_s3_uri, output_s3_uri, role_arn
+    attempt = ledger.failed_attempts(input_s3_uri, batch.digest) if ledger else 0
+    while True:
+        try:
+            job = start_import_job(
+                client, datastore_id, batch, input_s3_uri, output_s3_uri, role_arn, attempt
+            )
+        except ImportJobError as exc:
+            return JobOutcome(batch.batch_id, datastore_id, None, JobStatus.NOT_STARTED,
+                              str(exc), input_s3_uri=input_s3_uri)
+        started_by = ledger.record_job_started(job.job_id, batch, input_s3_uri) if ledger else None
+        outcome = wait_for_job(
+            client, datastore_id, job.job_id, batch.batch_id,
+            poll_interval=poll_interval, timeout=poll_timeout,
         )
-    except ImportJobError as exc:
-        return JobOutcome(batch.batch_id, datastore_id, None, JobStatus.NOT_STARTED, str(exc),
-                          input_s3_uri=input_s3_uri)
-    if ledger is not None:
-        ledger.record_job_started(job.job_id, batch, input_s3_uri)
-    return wait_for_job(
-        client, datastore_id, job.job_id, batch.batch_id,
-        poll_interval=poll_interval, timeout=poll_timeout,
-    )
+        if ledger is None:
+            return outcome
+        ledger.record_job_status(outcome)
+        earlier = started_by != ledger.run_id
+        if outcome.status is not JobStatus.FAILED or not earlier:
+            return replace(outcome, from_earlier_run=earlier)
+        # An earlier run's job, which FAILED after that run died: this run's
+        # attempt is the next one.
+        attempt += 1

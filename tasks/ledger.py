@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ from tasks.batch import Batch
 from tasks.checksum import sha256_of_file
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
-from tasks.poll import JobOutcome
+from tasks.poll import TERMINAL, JobOutcome, JobStatus
+from tasks.process_identity import ProcessIdentity
+from tasks.report import FileStatus
 from tasks.validate import FileValidity, ValidationRecord
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 LEDGER_FILE_NAME = "ledger.sqlite"
 DEFAULT_LEASE_SECONDS = 12 * 3600.0
 DEFAULT_PRESUMED_DEAD_SECONDS = 300.0
+DEFAULT_MAX_ATTEMPTS = 3
 # Beats per presumed-dead period: a run survives a few missed beats (a busy
 # database, a pause) before its claims are taken.
 _BEATS_PER_PERIOD = 5
@@ -83,15 +87,6 @@ class Change(StrEnum):
     UNCHANGED = "unchanged"
 
 
-class LedgerStatus(StrEnum):
-    """States the ledger adds to the report's file statuses."""
-
-    # In a started import job whose output no run has read yet.
-    SUBMITTED = "submitted"
-    # Retryable, but already tried ``max_attempts`` times.
-    GIVEN_UP = "given_up"
-
-
 class RetryClass(StrEnum):
     AUTOMATIC = "automatic"
     IF_CHANGED = "if_changed"
@@ -109,12 +104,34 @@ SERVER_ERROR_TYPES = frozenset(
 # retry_failed (which counts attempts). "validated" is a dry run: not done.
 _SETTLED = frozenset(
     {"imported", "imported_with_warnings", "invalid", "duplicate", "import_failed",
-     "job_failed", "timed_out", LedgerStatus.GIVEN_UP.value}
+     "job_failed", "timed_out", FileStatus.GIVEN_UP.value}
 )
-# What an only_new ingestion leaves alone when unchanged: also files in a job
-# whose output nobody read yet (retry_failed resumes that job; importing them
-# again would import them twice).
-_SKIP_WHEN_UNCHANGED = _SETTLED | {LedgerStatus.SUBMITTED.value}
+
+
+class Skip(StrEnum):
+    """Why an only_new ingestion leaves an unchanged file alone."""
+
+    # Done, or refused for what its bytes are: the same bytes meet the same end.
+    SETTLED = "settled"
+    # A failure that may pass, tried max_attempts times: retry_failed --force.
+    GIVEN_UP = "given_up"
+
+
+def skip_when_unchanged(
+    status: str | None, error_type: str | None, attempts: int, max_attempts: int
+) -> Skip | None:
+    """Whether an only_new run leaves an unchanged file alone.
+
+    A failure that may pass with the same bytes (a FAILED job, a server
+    error, a job nobody waited for to the end) is taken again: its next job
+    gets a new client token (tasks.import_jobs), and a job still running is
+    got back by its old one, so nothing is imported twice.
+    """
+    if status not in _SETTLED:
+        return None
+    if retry_class(status, error_type) is not RetryClass.AUTOMATIC:
+        return Skip.SETTLED
+    return Skip.GIVEN_UP if attempts >= max_attempts else None
 
 
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
@@ -122,7 +139,7 @@ def retry_class(status: str | None, error_type: str | None) -> RetryClass:
         return RetryClass.AUTOMATIC
     if status == "import_failed":
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
-    if status in {"invalid", "duplicate", LedgerStatus.GIVEN_UP.value}:
+    if status in {"invalid", "duplicate", FileStatus.GIVEN_UP.value}:
         return RetryClass.IF_CHANGED
     return RetryClass.NEVER
 
@@ -236,6 +253,11 @@ runs_table = sa.Table(
     sa.Column("counts", sa.Text),
     # Renewed while the run holds claims; NULL for runs from before heartbeats.
     sa.Column("heartbeat_at", _UtcDateTime),
+    # The process holding the run's claims: on its own host, a run whose
+    # process is gone is dead at once, without waiting for missed beats.
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("process_started_at", _UtcDateTime),
 )
 
 
@@ -347,6 +369,26 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """A live run holding files this run wanted: who to ask, and when they free."""
+
+    run_id: str
+    files: int
+    host: str | None
+    pid: int | None
+    last_beat: datetime | None
+    # When the files go to another run if the holder stops beating now (or,
+    # for a holder that never beats, when its lease ends).
+    free_at: datetime
+
+    def describe(self) -> str:
+        where = f"on {self.host} (pid {self.pid})" if self.host else "on an unknown host"
+        beat = f"last beat {self.last_beat:%Y-%m-%d %H:%M:%SZ}" if self.last_beat else "no beat"
+        return (f"{self.files} files are held by run {self.run_id} {where}, {beat}; "
+                f"they free at {self.free_at:%Y-%m-%d %H:%M:%SZ} if it stops")
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     """What a run may process, and what it left alone (counted, not listed)."""
 
@@ -354,6 +396,29 @@ class ClaimResult:
     changes: dict[str, Change]
     skipped_unchanged: int = 0
     claimed_by_other_runs: int = 0
+    # Unchanged, failed max_attempts times for a reason that may pass.
+    given_up: int = 0
+    holders: tuple[Holder, ...] = ()
+    # The jobs that imported the files skipped as unchanged, with counts.
+    jobs_of_skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _ClaimTally:
+    """What the claim chunks of one run found, added up."""
+
+    files: list[SourceFile] = field(default_factory=list)
+    changes: dict[str, Change] = field(default_factory=dict)
+    skipped: dict[Skip, int] = field(default_factory=lambda: dict.fromkeys(Skip, 0))
+    held: dict[str, int] = field(default_factory=dict)
+    lease_ends: dict[str, datetime] = field(default_factory=dict)
+    jobs_of_skipped: Counter[str] = field(default_factory=Counter)
+
+    def hold(self, owner: str | None, expires: datetime | None) -> None:
+        owner = owner or "unknown"
+        self.held[owner] = self.held.get(owner, 0) + 1
+        if expires is not None:
+            self.lease_ends[owner] = max(expires, self.lease_ends.get(owner, expires))
 
 
 @dataclass(frozen=True)
@@ -425,12 +490,15 @@ class RunLedger:
         """A run started again (its flow run retried) keeps its first row and
         beats."""
         now = _now()
+        process = ProcessIdentity.current()
+        holder = {"heartbeat_at": now, "host": process.host, "pid": process.pid,
+                  "process_started_at": process.started_at}
         with self.engine.begin() as conn:
             conn.execute(
                 _insert(conn)(runs_table)
                 .values(run_id=self.run_id, flow=flow, source=source,
-                        datastore_id=self.datastore_id, started_at=now, heartbeat_at=now)
-                .on_conflict_do_update(index_elements=["run_id"], set_={"heartbeat_at": now})
+                        datastore_id=self.datastore_id, started_at=now, **holder)
+                .on_conflict_do_update(index_elements=["run_id"], set_=holder)
             )
 
     def beat(self) -> None:
@@ -478,27 +546,67 @@ class RunLedger:
 
     # -- claims -----------------------------------------------------------
 
-    def claim(self, source: str, files: Iterable[SourceFile], only_new: bool) -> ClaimResult:
+    def claim(
+        self, source: str, files: Iterable[SourceFile], only_new: bool,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> ClaimResult:
         """Claim the files this run should process.
 
-        With ``only_new``, a file whose size and version match its settled
-        last outcome is skipped without a claim; a file claimed by another
-        run whose lease has not expired is skipped either way.
+        With ``only_new``, an unchanged file is skipped without a claim when
+        :func:`skip_when_unchanged` says so; a file claimed by another live
+        run is skipped either way. Runs of this host whose process is gone
+        lose their claims first: a rerun right after a kill does the work.
         """
-        claimed: list[SourceFile] = []
-        changes: dict[str, Change] = {}
-        unchanged = elsewhere = 0
+        self.release_dead_runs()
+        tally = _ClaimTally()
         for chunk in _chunks(files, CLAIM_CHUNK):
-            won, chunk_changes, skipped, taken = self._claim_chunk(source, chunk, only_new)
-            claimed.extend(won)
-            changes.update(chunk_changes)
-            unchanged += skipped
-            elsewhere += taken
-        return ClaimResult(claimed, changes, unchanged, elsewhere)
+            self._claim_chunk(source, chunk, only_new, max_attempts, tally)
+        return ClaimResult(tally.files, tally.changes, tally.skipped[Skip.SETTLED],
+                           sum(tally.held.values()), tally.skipped[Skip.GIVEN_UP],
+                           self._holders(tally), dict(tally.jobs_of_skipped))
+
+    def release_dead_runs(self) -> list[str]:
+        """Free the claims of unfinished runs of this host whose process is gone;
+        returns their IDs."""
+        host = ProcessIdentity.current().host
+        with self.engine.begin() as conn:
+            suspects = conn.execute(
+                sa.select(runs_table.c.run_id, runs_table.c.pid,
+                          runs_table.c.process_started_at)
+                .where(runs_table.c.host == host, runs_table.c.finished_at.is_(None),
+                       runs_table.c.run_id != self.run_id, runs_table.c.pid.is_not(None),
+                       sa.exists().where(files_table.c.claim_owner == runs_table.c.run_id))
+            ).all()
+            dead = [row.run_id for row in suspects
+                    if ProcessIdentity(host, row.pid, row.process_started_at).is_gone()]
+            if dead:
+                conn.execute(sa.update(files_table).where(files_table.c.claim_owner.in_(dead))
+                             .values(claim_owner=None, claim_expires_at=None))
+        for run_id in dead:
+            log.info("Run %s of this host is gone: its claims are free.", run_id)
+        return dead
+
+    def _holders(self, tally: _ClaimTally) -> tuple[Holder, ...]:
+        if not tally.held:
+            return ()
+        with self.engine.begin() as conn:
+            runs = {row.run_id: row for row in conn.execute(
+                sa.select(runs_table).where(runs_table.c.run_id.in_(list(tally.held))))}
+        holders = []
+        for run_id, count in sorted(tally.held.items(), key=lambda item: -item[1]):
+            run = runs.get(run_id)
+            lease_ends = tally.lease_ends.get(run_id) or _now()
+            beat = run.heartbeat_at if run is not None else None
+            free_at = (min(lease_ends, beat + timedelta(seconds=self.presumed_dead_seconds))
+                       if beat is not None else lease_ends)
+            holders.append(Holder(run_id, count, run.host if run is not None else None,
+                                  run.pid if run is not None else None, beat, free_at))
+        return tuple(holders)
 
     def _claim_chunk(
-        self, source: str, chunk: list[SourceFile], only_new: bool
-    ) -> tuple[list[SourceFile], dict[str, Change], int, int]:
+        self, source: str, chunk: list[SourceFile], only_new: bool, max_attempts: int,
+        tally: _ClaimTally,
+    ) -> None:
         table = files_table
         now = _now()
         expires = now + timedelta(seconds=self.lease_seconds)
@@ -516,7 +624,6 @@ class RunLedger:
                 )
             }
             changes: dict[str, Change] = {}
-            unchanged = taken = 0
             new_rows = []
             reclaimed = []
             for item in chunk:
@@ -526,11 +633,15 @@ class RunLedger:
                     new_rows.append(self._new_row(source, item, now, expires))
                     continue
                 if row.held_elsewhere:
-                    taken += 1
+                    tally.hold(row.claim_owner, row.claim_expires_at)
                     continue
                 change = _compare(row, item)
-                if only_new and change is Change.UNCHANGED and row.status in _SKIP_WHEN_UNCHANGED:
-                    unchanged += 1
+                skip = only_new and change is Change.UNCHANGED and skip_when_unchanged(
+                    row.status, row.error_type, int(row.attempts or 0), max_attempts)
+                if skip:
+                    tally.skipped[skip] += 1
+                    if row.job_id:
+                        tally.jobs_of_skipped[row.job_id] += 1
                     continue
                 changes[item.uri] = change
                 reclaimed.append({"file_uri": item.uri, "file_size": item.size,
@@ -557,12 +668,19 @@ class RunLedger:
                         new_rows,
                     ).scalars()
                 )
-                for row in new_rows:
-                    if row["uri"] not in inserted:
-                        # Another run inserted it between our read and our insert.
-                        del changes[row["uri"]]
-                        taken += 1
-        return [f for f in chunk if f.uri in changes], changes, unchanged, taken
+                lost = [row["uri"] for row in new_rows if row["uri"] not in inserted]
+                # Another run inserted these between our read and our insert.
+                for uri in lost:
+                    del changes[uri]
+                if lost:
+                    for row in conn.execute(
+                        sa.select(table.c.claim_owner, table.c.claim_expires_at)
+                        .where(table.c.datastore_id == self.datastore_id,
+                               table.c.uri.in_(lost))
+                    ):
+                        tally.hold(row.claim_owner, row.claim_expires_at)
+        tally.files.extend(f for f in chunk if f.uri in changes)
+        tally.changes.update(changes)
 
     def _new_row(
         self, source: str, item: SourceFile, now: datetime, expires: datetime
@@ -673,9 +791,11 @@ class RunLedger:
 
     # -- jobs -------------------------------------------------------------
 
-    def record_job_started(self, job_id: str, batch: Batch, input_s3_uri: str) -> None:
+    def record_job_started(self, job_id: str, batch: Batch, input_s3_uri: str) -> str:
         """Called right after StartDICOMImportJob answered, before any waiting:
-        from here on a retry can find this job even if this run dies.
+        from here on a retry can find this job even if this run dies. Returns
+        the run that started the job first (another one when a rerun got an
+        earlier run's job back).
 
         Attempts count jobs, not calls: the same job returned again (a Prefect
         retry with the same client token) is not a new attempt, and changed
@@ -688,9 +808,15 @@ class RunLedger:
                 _insert(conn)(jobs_table)
                 .values(datastore_id=self.datastore_id, job_id=job_id, run_id=self.run_id,
                         batch_id=batch.batch_id, batch_digest=batch.digest,
-                        input_s3_uri=input_s3_uri, status="SUBMITTED", submitted_at=now)
+                        input_s3_uri=input_s3_uri, status=JobStatus.SUBMITTED.value,
+                        submitted_at=now)
                 .on_conflict_do_nothing()
             )
+            started_by: str = conn.execute(
+                sa.select(jobs_table.c.run_id).where(
+                    jobs_table.c.datastore_id == self.datastore_id,
+                    jobs_table.c.job_id == job_id)
+            ).scalar_one()
             sha256 = sa.bindparam("file_sha256")
             started = (
                 sa.update(table)
@@ -702,7 +828,7 @@ class RunLedger:
                         (table.c.sha256.is_not_distinct_from(sha256), table.c.attempts + 1),
                         else_=1,
                     ),
-                    status=LedgerStatus.SUBMITTED.value, job_id=job_id,
+                    status=FileStatus.SUBMITTED.value, job_id=job_id,
                     batch_id=batch.batch_id, run_id=self.run_id,
                     size=sa.bindparam("file_size"), version=table.c.claim_version,
                     sha256=sha256, sop_instance_uid=sa.bindparam("file_sop"),
@@ -719,6 +845,33 @@ class RunLedger:
                      "file_series": record.series_instance_uid}
                     for record in chunk
                 ])
+        return started_by
+
+    def failed_attempts(self, input_s3_uri: str, batch_digest: str) -> int:
+        """Jobs of this very batch (same files, same input prefix) that ended
+        FAILED: the number of the next attempt, which its client token carries."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(jobs_table).where(
+                    jobs_table.c.datastore_id == self.datastore_id,
+                    jobs_table.c.input_s3_uri == input_s3_uri,
+                    jobs_table.c.batch_digest == batch_digest,
+                    jobs_table.c.status == JobStatus.FAILED.value)
+            ).scalar_one())
+
+    def record_job_status(self, outcome: JobOutcome) -> None:
+        """A job's end as soon as it is known, before its files' outcomes are:
+        a run killed in between still leaves the next attempt a new token."""
+        if outcome.job_id is None or outcome.status not in TERMINAL:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(jobs_table)
+                .where(jobs_table.c.datastore_id == self.datastore_id,
+                       jobs_table.c.job_id == outcome.job_id)
+                .values(status=outcome.status.value, message=outcome.message,
+                        output_s3_uri=outcome.output_s3_uri)
+            )
 
     def unfinished_jobs(
         self, run_id: str | None = None, job_id: str | None = None
@@ -727,7 +880,7 @@ class RunLedger:
         died before reading their output, or stopped waiting (timed_out)."""
         pending = sa.select(files_table.c.job_id).where(
             files_table.c.datastore_id == self.datastore_id,
-            files_table.c.status.in_([LedgerStatus.SUBMITTED.value, "timed_out"]),
+            files_table.c.status.in_([FileStatus.SUBMITTED.value, "timed_out"]),
         )
         query = sa.select(jobs_table).where(
             jobs_table.c.datastore_id == self.datastore_id, jobs_table.c.job_id.in_(pending)
@@ -750,7 +903,7 @@ class RunLedger:
                         .where(files_table.c.datastore_id == self.datastore_id,
                                files_table.c.job_id == job.job_id,
                                files_table.c.status.in_(
-                                   [LedgerStatus.SUBMITTED.value, "timed_out"]))
+                                   [FileStatus.SUBMITTED.value, "timed_out"]))
                         .order_by(files_table.c.uri)
                     )
                 )
@@ -868,7 +1021,8 @@ class RunLedger:
 
     def _record_jobs_ended(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> None:
         for outcome in outcomes:
-            if outcome.job_id:
+            # An interrupted wait leaves the job as it was: SUBMITTED, unread.
+            if outcome.job_id and outcome.status is not JobStatus.INTERRUPTED:
                 conn.execute(
                     sa.update(jobs_table)
                     .where(jobs_table.c.datastore_id == self.datastore_id,
@@ -892,14 +1046,14 @@ class RunLedger:
                     sa.update(files_table)
                     .where(files_table.c.datastore_id == self.datastore_id,
                            files_table.c.uri == sa.bindparam("file_uri"))
-                    .values(status=LedgerStatus.GIVEN_UP.value, reason=sa.bindparam("file_reason"),
+                    .values(status=FileStatus.GIVEN_UP.value, reason=sa.bindparam("file_reason"),
                             run_id=self.run_id, updated_at=now),
                     [{"file_uri": item.uri, "file_reason": reasons[item.uri]} for item in chunk],
                 )
                 conn.execute(
                     _insert(conn)(outcomes_table).on_conflict_do_nothing(),
                     [{"run_id": self.run_id, "datastore_id": self.datastore_id, "uri": item.uri,
-                      "change": Change.UNCHANGED.value, "status": LedgerStatus.GIVEN_UP.value,
+                      "change": Change.UNCHANGED.value, "status": FileStatus.GIVEN_UP.value,
                       "job_id": item.job_id, "error_type": item.error_type,
                       "reason": reasons[item.uri], "attempts": item.attempts, "recorded_at": now}
                      for item in chunk],
@@ -907,7 +1061,7 @@ class RunLedger:
         rows = [{"source_uri": item.uri, "size": item.size,
                  "sop_instance_uid": item.sop_instance_uid,
                  "sha256": item.sha256, "job_id": item.job_id,
-                 "status": LedgerStatus.GIVEN_UP.value,
+                 "status": FileStatus.GIVEN_UP.value,
                  "error_type": item.error_type, "error_message": reasons[item.uri],
                  "change": Change.UNCHANGED.value, "attempts": item.attempts}
                 for item in items]
@@ -936,9 +1090,9 @@ def _ledger_file(row: Any) -> LedgerFile:
 
 @task(name="claim-files", cache_policy=NO_CACHE)
 def claim_files(
-    ledger: RunLedger, source: str, files: list[SourceFile], only_new: bool
+    ledger: RunLedger, source: str, files: list[SourceFile], only_new: bool, max_attempts: int
 ) -> ClaimResult:
-    return ledger.claim(source, files, only_new)
+    return ledger.claim(source, files, only_new, max_attempts)
 
 
 @task(name="skip-unchanged-content", cache_policy=NO_CACHE)

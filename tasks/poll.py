@@ -22,6 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.backoff import is_transient
+from tasks.interruption import sleep_unless_stopped
 
 
 class JobStatus(StrEnum):
@@ -33,6 +34,8 @@ class JobStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     # Ours: StartDICOMImportJob itself was refused, so there is no job.
     NOT_STARTED = "NOT_STARTED"
+    # Ours: the operator stopped the run; a job (if one started) goes on.
+    INTERRUPTED = "INTERRUPTED"
 
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
@@ -48,6 +51,8 @@ class JobOutcome:
     # The job's own output folder (<output>/<datastoreId>-DicomImport-<jobId>/).
     output_s3_uri: str | None = None
     input_s3_uri: str | None = None
+    # The job was started by an earlier run and got back by its client token.
+    from_earlier_run: bool = False
 
 
 def wait_for_job(
@@ -59,11 +64,13 @@ def wait_for_job(
     timeout: float = 6 * 3600.0,
     max_interval: float = 120.0,
     lag_fraction: float = 0.02,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], bool] = sleep_unless_stopped,
     clock: Callable[[], float] = time.monotonic,
 ) -> JobOutcome:
     """Poll GetDICOMImportJob until COMPLETED/FAILED or ``timeout`` seconds pass,
-    every ``lag_fraction`` of the time waited, within [poll_interval, max_interval]."""
+    every ``lag_fraction`` of the time waited, within [poll_interval, max_interval].
+    ``sleep`` returns True when the operator stopped the run: the job is then
+    left running, as INTERRUPTED."""
     started = clock()
     deadline = started + timeout
     properties: dict[str, Any] = {}
@@ -87,7 +94,12 @@ def wait_for_job(
                 "stopped waiting (the job may still complete).",
             )
         interval = min(max(poll_interval, lag_fraction * (clock() - started)), max_interval)
-        sleep(min(interval, remaining))
+        if sleep(min(interval, remaining)):
+            return _outcome(
+                batch_id, datastore_id, job_id, JobStatus.INTERRUPTED, properties,
+                message=f"Stopped waiting (interrupted) while the job was "
+                f"{properties.get('jobStatus', 'unknown')}; it goes on in HealthImaging.",
+            )
 
 
 def _outcome(

@@ -38,7 +38,21 @@ class FileStatus(StrEnum):
     TIMED_OUT = "timed_out"
     # Valid and batched, but nothing was staged or imported (dry run).
     VALIDATED = "validated"
+    # In an import job whose output no run has read yet: the run stopped
+    # waiting (Ctrl-C) or died; a rerun or retry gets the same job back.
+    SUBMITTED = "submitted"
+    # The run was stopped before the file's job started: the next run takes it.
+    INTERRUPTED = "interrupted"
+    # Its job failed for a reason that may pass, max_attempts times (retry).
+    GIVEN_UP = "given_up"
 
+
+# The pipeline, not the file's content, let these down (or has not finished
+# with them): a run that leaves any is not done.
+FAILURES = frozenset({
+    FileStatus.IMPORT_FAILED, FileStatus.JOB_FAILED, FileStatus.TIMED_OUT,
+    FileStatus.SUBMITTED, FileStatus.INTERRUPTED, FileStatus.GIVEN_UP,
+})
 
 FILE_COLUMNS = [
     "source_uri", "size", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
@@ -167,6 +181,11 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
          "The file was valid but was not put in any batch."),
         (files["stage_action"] == StageAction.FAILED.value, FileStatus.IMPORT_FAILED,
          "StagingError", files["stage_error"]),
+        ((job == JobStatus.INTERRUPTED.value) & files["job_id"].notna(), FileStatus.SUBMITTED,
+         None, files["job_message"]),
+        ((job == JobStatus.INTERRUPTED.value) | (files["stage_action"]
+                                                 == StageAction.INTERRUPTED.value),
+         FileStatus.INTERRUPTED, None, "The run was stopped before this file's job started."),
         (job.isna(), FileStatus.VALIDATED, None, None),
         (job == JobStatus.NOT_STARTED.value, FileStatus.JOB_FAILED, "JobNotStarted",
          files["job_message"]),

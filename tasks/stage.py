@@ -36,6 +36,7 @@ from config.clients import s3_client
 from tasks.batch import Batch
 from tasks.checksum import sha256_of_stream
 from tasks.discover import version_text
+from tasks.interruption import stop_requested
 from tasks.locations import S3Uri, is_s3
 from tasks.validate import ValidationRecord
 
@@ -52,6 +53,8 @@ class StageAction(StrEnum):
     UPLOADED = "uploaded"
     SKIPPED = "skipped"
     FAILED = "failed"
+    # Not sent: the operator stopped the run first.
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ def _stage_one(
     target: S3Uri,
     existing: dict[str, int] | None,
 ) -> StagedFile:
+    if stop_requested():
+        return StagedFile(record.uri, batch_id, target.key, StageAction.INTERRUPTED)
     try:
         maybe_there = existing is None or existing.get(target.key) == record.size
         metadata = _already_staged(s3, target, record) if maybe_there else None

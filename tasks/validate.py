@@ -17,6 +17,7 @@ import gc
 import multiprocessing
 import os
 import re
+import signal
 import time
 import warnings
 from collections import deque
@@ -318,16 +319,19 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
-        initializer=_adopt_environment,
+        initializer=_prepare_worker,
         initargs=(dict(os.environ),),
     )
 
 
-def _adopt_environment(environment: dict[str, str]) -> None:
+def _prepare_worker(environment: dict[str, str]) -> None:
     """A forked worker starts with the environment the fork server started
-    with; the caller's (AWS endpoint and credentials) may have changed since."""
+    with; the caller's (AWS endpoint and credentials) may have changed since.
+    Ctrl-C reaches the whole process group: the caller decides what a stop
+    means (tasks.interruption), so a worker must not die of it mid-chunk."""
     os.environ.clear()
     os.environ.update(environment)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def mark_duplicates(records: Iterable[ValidationRecord]) -> list[ValidationRecord]:

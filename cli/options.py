@@ -1,0 +1,114 @@
+"""Command-line options generated from a flow's parameter model.
+
+The CLI, the Prefect UI form and the settings file share one model per flow,
+so they can never disagree on a name, a default or a meaning. Help shows the
+default each option takes on this machine (from ``DICOM_IMPORT_*`` or
+``dicom-import.toml``) and marks what must be given, and errors name options
+as they are typed here (``--staging-prefix``), not as fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+
+def flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _option_type(annotation: Any) -> type:
+    kinds = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    return kinds[0]
+
+
+def _default(field: FieldInfo) -> Any:
+    if field.default_factory is not None:
+        try:
+            return field.default_factory()  # type: ignore[call-arg]
+        except Exception:  # an unreadable settings file is reported when the run starts
+            return None
+    return None if field.default is PydanticUndefined else field.default
+
+
+def _help(field: FieldInfo, needed: bool) -> str:
+    # argparse formats help with %: a description saying "2%" must not break it.
+    text = (field.description or "").replace("%", "%%")
+    default = _default(field)
+    if needed and default in (None, ""):
+        return f"{text} Required (or set it in the settings)."
+    if default not in (None, "") and not isinstance(default, bool):
+        return f"{text} Default: {default}."
+    return text
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    positional: tuple[str, ...] = (),
+    needed: tuple[str, ...] = (),
+) -> None:
+    """One option per field of ``model``; ``positional`` fields become arguments.
+    ``needed`` names fields the model only requires in some cases (to import,
+    not in a dry run), so help can say so."""
+    for name in positional:
+        parser.add_argument(name, help=_help(model.model_fields[name], needed=False))
+    for name, field in model.model_fields.items():
+        if name in positional:
+            continue
+        if _option_type(field.annotation) is bool:
+            parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=_help(field, name in needed))
+        else:
+            parser.add_argument(flag(name), dest=name, type=_option_type(field.annotation),
+                                default=None, help=_help(field, name in needed),
+                                metavar=name.upper())
+
+
+def add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="Also show Prefect's own log lines on the console (they always "
+                        "go to the Prefect API and its UI).")
+
+
+def parameters_from(args: argparse.Namespace, model: type[BaseModel]) -> BaseModel:
+    """The model from the options given; fields left out take their defaults.
+
+    Raises:
+        OptionsError: a value is refused, with the message naming the option.
+    """
+    given = {
+        name: value for name, value in vars(args).items()
+        if name in model.model_fields and value is not None
+    }
+    try:
+        return model(**given)
+    except ValidationError as error:
+        raise OptionsError(_describe(error, model)) from error
+
+
+class OptionsError(ValueError):
+    """Options that the parameter model refuses; the message is for the operator."""
+
+
+def _describe(error: ValidationError, model: type[BaseModel]) -> str:
+    problems = []
+    for problem in error.errors():
+        names = [str(part) for part in problem["loc"] if str(part) in model.model_fields]
+        message = _as_typed(problem["msg"].removeprefix("Value error, "), model)
+        problems.append(f"{flag(names[0])}: {message}" if names else message)
+    return "; ".join(problems)
+
+
+def _as_typed(message: str, model: type[BaseModel]) -> str:
+    """Field names in a model's message, spelled as options."""
+    names = "|".join(sorted((re.escape(n) for n in model.model_fields if "_" in n), key=len,
+                            reverse=True))
+    if not names:
+        return message
+    return re.sub(rf"\b({names})\b", lambda m: flag(m.group(1)), message)
