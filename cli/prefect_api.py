@@ -1,17 +1,40 @@
-"""The Prefect API a command's flow runs report to.
+"""The Prefect API every flow run reports to, as the command line meets it.
 
-With no ``PREFECT_API_URL``, Prefect starts a temporary server as a child
-process the first time a client needs one. A child in our process group gets
-the operator's Ctrl-C too, and uvicorn shuts down on it, so the run that was
-stopping cleanly would lose its API mid-report. The server is therefore
-started here, before the run, with SIGINT blocked: a child inherits the
-blocked mask across exec, uvicorn never sees the signal, and Prefect stops the
-server itself (SIGTERM) when the command exits.
+Without ``PREFECT_API_URL`` Prefect starts a temporary API server in a
+subprocess, and gives it 20 s to answer: on a busy machine (two cores, tests
+running) it takes longer, and the run died with a traceback. The defaults here
+give it time; when the API still cannot be reached, the operator gets one line
+saying so and what to set, not a traceback.
+
+That temporary server is a child process in our process group, so the
+operator's Ctrl-C reaches it too, and uvicorn shuts down on it: the run that
+was stopping cleanly would lose its API mid-report. The CLI therefore starts
+it before the run with SIGINT blocked; a child inherits the blocked mask
+across exec, so the server never sees the signal, and Prefect stops it
+(SIGTERM) when the command exits.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Iterator
+
+# Generous on purpose: a slow start costs nothing when the server comes up
+# sooner, and a start given up on costs the whole run.
+STARTUP_TIMEOUT_SECONDS = 180
+_STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+# Prefect raises a bare RuntimeError when its temporary server does not answer in time.
+_TEMPORARY_SERVER_TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API"
+
+
+def set_defaults() -> None:
+    """Set Prefect's environment before Prefect is imported: it reads its settings
+    once. An operator's own value of each variable wins."""
+    # Offline by default: without these an unconnected machine logs telemetry errors.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault(_STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
 
 
 def start_temporary_server_if_needed() -> None:
@@ -26,3 +49,35 @@ def start_temporary_server_if_needed() -> None:
         SubprocessASGIServer().start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def unreachable(error: BaseException) -> str | None:
+    """One line saying the Prefect API could not be reached, or None when
+    ``error`` is about something else."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    for cause in _chain(error):
+        if isinstance(cause, RuntimeError) and str(cause).startswith(_TEMPORARY_SERVER_TIMED_OUT):
+            return (
+                "Prefect's temporary API server did not start within "
+                f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s: give it longer "
+                f"with {_STARTUP_TIMEOUT_VARIABLE}, or set PREFECT_API_URL to a running server"
+            )
+        if isinstance(cause, httpx.TransportError):
+            url = PREFECT_API_URL.value() or "its temporary server"
+            return (
+                f"cannot reach the Prefect API at {url} ({cause or type(cause).__name__}): "
+                "start it, or unset PREFECT_API_URL to run on a temporary server"
+            )
+    return None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

@@ -2,7 +2,7 @@
 progress messages, instead of Prefect's console log.
 
 Prefect's console handler prints every task's errors, retries and the
-traceback of a failed flow, so one failure showed 4–7 times. Those lines go
+traceback of a failed flow, so one failure showed 4 to 7 times. Those lines go
 to the Prefect API and its UI either way; the console shows the flow's own
 progress, and the CLI tells the outcome once at the end (``--verbose`` gives
 Prefect's lines back).
