@@ -1,0 +1,80 @@
+"""``dicom-import retry``: the retry_failed flow from a shell.
+
+Imports again what earlier runs left failed or unfinished (jobs nobody read,
+FAILED jobs, server errors, and with ``--force`` files refused for their
+content), with options generated from ``RetryParameters`` as ``ingest``'s
+are from its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from cli.exit_status import ExitStatus
+from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
+from cli.run_console import describe, running_flow
+from cli.story import datastore_label, print_failures, print_jobs, read_table
+from flows.parameters import RetryParameters
+from flows.retry import RetryResult, retry_failed
+from tasks.report import FAILURES
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "retry",
+        help="Import again what earlier runs left failed or unfinished.",
+        description="Run the retry flow once: resume import jobs that earlier runs started "
+        "but never read, then import again the files whose failure may pass (a FAILED job, "
+        "a server error), within --max-attempts. Files refused for their content are taken "
+        "again once they changed, or with --force. Exit status as for ingest.",
+    )
+    add_model_options(parser, RetryParameters,
+                      needed=("datastore", "staging_prefix", "output_prefix"))
+    add_verbose_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        params = parameters_from(args, RetryParameters)
+    except OptionsError as error:
+        print(f"dicom-import retry: {error}", file=sys.stderr)
+        return ExitStatus.ERROR
+    assert isinstance(params, RetryParameters)
+    with running_flow(f"Retrying failures in {params.datastore}", args.verbose) as ran:
+        ran.state = retry_failed(params, return_state=True)
+    if ran.abandoned:
+        return ExitStatus.INTERRUPTED
+    if not ran.state.is_completed():
+        print(f"dicom-import retry: {describe(ran.state.result(raise_on_failure=False))}",
+              file=sys.stderr)
+        return ExitStatus.ERROR
+    result: RetryResult = ran.state.result()
+    print_retry_story(result, params)
+    if ran.interrupted:
+        print("dicom-import retry: stopped. Jobs already started are in the ledger: run the "
+              "same command again to pick them up.", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    failed = sum(result.counts.get(status, 0) for status in FAILURES)
+    return ExitStatus.FILES_FAILED if failed else ExitStatus.OK
+
+
+def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
+    label = datastore_label(params.datastore, result.datastore_id)
+    print(f"\nData store {label}: {result.resumed_jobs} unread jobs resumed, "
+          f"{result.retried_files} files retried in {result.jobs} new import jobs")
+    counts = {status: count for status, count in result.counts.items() if count}
+    if result.not_retried_unchanged:
+        counts["not retried (unchanged)"] = result.not_retried_unchanged
+    if not counts:
+        print("Nothing to retry.")
+        return
+    width = max(len(name) for name in counts)
+    for name, count in counts.items():
+        print(f"  {name:<{width}}  {count:>7}")
+    files = read_table(result.report_files_parquet)
+    print_failures(files, params.source or "")
+    print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_parquet)
+    print(f"\nPer-file report: {result.report_files_parquet}")
