@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
+import sys
+
+from cli import prefect_api
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Offline by default: without these an unconnected machine logs telemetry errors.
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prefect_api.set_defaults()
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except Exception as error:
+        # Here, not in each subcommand: whichever runs or serves flows needs the API.
+        problem = prefect_api.unreachable(error)
+        if problem is None:
+            raise
+        from cli.ingest import EXIT_ERROR
+
+        print(f"dicom-import {args.command}: {problem}", file=sys.stderr)
+        return EXIT_ERROR
 

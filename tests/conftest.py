@@ -14,19 +14,25 @@ from collections.abc import Iterator
 
 import pytest
 
+from cli import prefect_api
 from tests.local_service import serve_locally
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dicom-import-prefect-")
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# The command's startup timeout for Prefect's temporary server, here too: the
+# suite runs on busy machines, and the CLI runs it starts inherit it.
+prefect_api.set_defaults()
 
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """A throwaway Prefect API for flow tests; ~10 s to start, so once per session."""
+    """A throwaway Prefect API for flow tests; ~10 s to start (a minute on a busy
+    machine), so once per session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # None: the startup timeout set above, not the harness's own 30 s.
+    with prefect_test_harness(server_startup_timeout=None):
         yield
 
 
