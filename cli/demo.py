@@ -4,7 +4,8 @@ Starts the local HealthImaging + S3 service, creates a bucket, writes a
 sample set (real DICOM from pydicom's test files, a generated three-series CT
 study, a few broken files), runs ``dicom_ingest`` on it exactly as an operator
 would, and prints the report. Everything it writes stays in one folder, so the
-reports can be opened afterwards.
+reports can be opened afterwards. It deletes only what it wrote: a folder
+holding anything else is refused, never emptied.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from cli.exit_status import ExitStatus
 from cli.ingest import run_ingest
 from cli.story import read_table
 from config.clients import s3_client
@@ -26,6 +29,9 @@ from flows.parameters import IngestParameters
 BUCKET = "dicom-import-demo"
 # Only the endpoint variables the service sets may steer the clients.
 _FOREIGN_AWS_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE")
+# Written into the folder on every run: what the next run may replace.
+MARKER = ".dicom-import-demo"
+WRITTEN = ("incoming", "reports")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,7 +41,9 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__.splitlines()[0],
     )
     parser.add_argument("--folder", type=Path, default=Path("demo-output"),
-                        help="Where the sample files and the reports go (emptied first).")
+                        help="Where the sample files and the reports go: a new or empty "
+                        "folder, or one an earlier demo wrote (its incoming/ and reports/ are "
+                        "replaced). Any other folder is refused, never emptied.")
     parser.add_argument("--slices", type=int, default=12,
                         help="CT slices per generated series (three series).")
     parser.add_argument("--max-files-per-job", type=int, default=16,
@@ -45,7 +53,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder: Path = args.folder.resolve()
-    shutil.rmtree(folder, ignore_errors=True)
+    refused = prepare(folder)
+    if refused:
+        print(f"dicom-import demo: {refused}", file=sys.stderr)
+        return ExitStatus.ERROR
     corpus = write_demo_corpus(folder / "incoming", args.slices)
     print(f"Sample set: {len(corpus)} files in {folder / 'incoming'}")
     with LocalService(config=ServiceConfig(datastore_transition_seconds=0.5)) as service:
@@ -68,6 +79,23 @@ def run(args: argparse.Namespace) -> int:
         code = run_ingest(params)
         print_file_report(folder / "reports", folder / "incoming")
     return code
+
+
+def prepare(folder: Path) -> str | None:
+    """Make ``folder`` ready for a run, deleting only what an earlier run wrote;
+    say why not when it holds anything the demo did not write."""
+    marker = folder / MARKER
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if folder.is_dir() and not marker.is_file() and any(folder.iterdir()):
+        return (f"{folder} is not empty and was not written by dicom-import demo (no {MARKER} "
+                "in it); nothing was deleted: give a new or empty folder with --folder")
+    for name in WRITTEN:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"Written by dicom-import demo, which replaces {' and '.join(WRITTEN)} "
+                      "here on its next run.\n")
+    return None
 
 
 def print_file_report(reports: Path, source: Path) -> None:

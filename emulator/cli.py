@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 from emulator.config import ServiceConfig
 from emulator.faults import FaultConfig
+from emulator.http_server import CannotListen
 from emulator.server import LocalService
 
 
@@ -18,16 +20,34 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "local",
         help="Run the local HealthImaging + S3 endpoint.",
-        description="Serve S3 (moto) and medical-imaging (our service) on one port.",
+        description="Serve S3 (moto) and medical-imaging (our service) on one port, until "
+        "Ctrl-C. It prints the AWS_* variables that point boto3, s3fs and the AWS CLI at it.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4566)
-    parser.add_argument("--data-dir", type=Path, help="Keep state here across restarts.")
-    parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--max-files-per-job", type=int, default=5000)
-    parser.add_argument("--max-bytes-per-job", type=int, default=10 * 1000**3)
-    parser.add_argument("--max-concurrent-jobs", type=int, default=100)
-    parser.add_argument("--import-workers", type=int, default=4)
+    # The service's own defaults, shown in the help, so the two cannot disagree.
+    defaults = ServiceConfig()
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to listen on (default: %(default)s, this machine only).")
+    parser.add_argument("--port", type=int, default=4566,
+                        help="Port for both S3 and medical-imaging (default: %(default)s).")
+    parser.add_argument("--data-dir", type=Path,
+                        help="Keep data stores, jobs and image sets here across restarts "
+                        "(SQLite and files; S3 buckets stay in memory). Default: all in memory.")
+    parser.add_argument("--region", default=defaults.region,
+                        help="Region in the ARNs the service returns (default: %(default)s).")
+    parser.add_argument("--max-files-per-job", type=int, default=defaults.max_files_per_job,
+                        help="Files an import job's input may hold; over it, StartDICOMImportJob "
+                        "answers ServiceQuotaExceededException (default: %(default)s, "
+                        "HealthImaging's quota).")
+    parser.add_argument("--max-bytes-per-job", type=int, default=defaults.max_bytes_per_job,
+                        help="Bytes an import job's input may hold; over it, StartDICOMImportJob "
+                        "answers ServiceQuotaExceededException (default: %(default)s, 10 GB).")
+    parser.add_argument("--max-concurrent-jobs", type=int, default=defaults.max_concurrent_jobs,
+                        help="Import jobs running at once per data store; one more, and "
+                        "StartDICOMImportJob answers ServiceQuotaExceededException "
+                        "(default: %(default)s).")
+    parser.add_argument("--import-workers", type=int, default=defaults.import_workers,
+                        help="Threads running import jobs; further jobs wait SUBMITTED "
+                        "for a free one (default: %(default)s).")
     parser.add_argument(
         "--no-htj2k",
         action="store_true",
@@ -42,14 +62,15 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="OP=P",
-        help="Probability of InternalServerException for an operation (or * for all); repeatable.",
+        help="Probability of InternalServerException for an operation, e.g. "
+        "StartDICOMImportJob=0.2 (or *=P for all); repeatable.",
     )
     faults.add_argument(
         "--job-duration",
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="Minimum time an import job stays IN_PROGRESS.",
+        help="Minimum time an import job stays IN_PROGRESS (default: %(default)s).",
     )
     faults.add_argument(
         "--fail-jobs", type=int, default=0, metavar="N", help="Fail the next N import jobs."
@@ -86,8 +107,16 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         service = LocalService(args.host, args.port, args.data_dir, config, faults)
-    except OSError as error:
-        print(f"Cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+    except CannotListen as refused:
+        if refused.error.errno == errno.EADDRINUSE:
+            print(f"dicom-import local: port {args.port} is in use: stop what listens there, "
+                  "or give another --port", file=sys.stderr)
+        else:
+            print(f"dicom-import local: {refused}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the host does not resolve
+        print(f"dicom-import local: cannot listen on {args.host}:{args.port}: "
+              f"{error.strerror}", file=sys.stderr)
         return 2
     print(f"Local HealthImaging + S3 endpoint: {service.endpoint}")
     print(f"State: {args.data_dir or 'in memory (lost on exit)'}")

@@ -81,15 +81,32 @@ class RequestHandler(MotoRequestHandler):
         log.debug('"%s" %s %s', self.requestline, code, size)
 
 
+class CannotListen(Exception):
+    """The address could not be bound. Not an OSError: werkzeug catches those
+    while binding, prints two lines of its own and exits the process."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host, self.port, self.error = host, port, error
+        super().__init__(f"cannot listen on {host}:{port}: {error.strerror}")
+
+
 class KeepAliveServer(ThreadedWSGIServer):
     """Knows its open connections, so that closing the server closes the idle
     kept-alive ones too: otherwise their threads would go on serving a
     stopped service to whichever client still pools them."""
 
     def __init__(self, host: str, port: int, app: Any) -> None:
-        super().__init__(host, port, app, RequestHandler)
+        # Before werkzeug's __init__, which calls server_close() when binding fails.
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._address = (host, port)
+        super().__init__(host, port, app, RequestHandler)
+
+    def server_bind(self) -> None:
+        try:
+            super().server_bind()
+        except OSError as error:
+            raise CannotListen(*self._address, error) from error
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:

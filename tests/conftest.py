@@ -20,14 +20,16 @@ from tests.local_service import serve_locally
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dicom-import-prefect-")
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-# The command's startup timeout for Prefect's temporary server, here too: the
-# suite runs on busy machines, and the CLI runs it starts inherit it.
+# Prefect's temporary server took 150 s to start with two suites and other
+# work on two cores: the session gives it longer than the command does. CLI
+# runs started by tests inherit it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 prefect_api.set_defaults()
 
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """A throwaway Prefect API for flow tests; ~10 s to start (a minute on a busy
+    """A throwaway Prefect API for flow tests; ~10 s to start (minutes on a busy
     machine), so once per session."""
     from prefect.testing.utilities import prefect_test_harness
 

@@ -11,32 +11,76 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cli.main import main
 from emulator.samples import write_demo_corpus
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 
-def test_demo_accounts_for_every_sample_file(tmp_path: Path) -> None:
+
+def demo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dicom-import demo`` run from ``cwd``, as ``make demo`` runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env.update(PREFECT_HOME=str(cwd / "prefect-home"), PYTHONPATH=str(REPO))
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "demo", "--folder", str(tmp_path / "demo")],
+        [sys.executable, "-m", "cli", "demo", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env=env,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
-    assert "3 import jobs" in done.stdout
+    return done
 
-    expected = write_demo_corpus(tmp_path / "expected")
-    by_name = {Path(p).relative_to(tmp_path / "expected"): s for p, s in expected.items()}
-    report = pd.read_parquet(next((tmp_path / "demo" / "reports").rglob("files.parquet")))
-    got = {
-        Path(uri).relative_to(tmp_path / "demo" / "incoming"): status
+
+def statuses_by_file(folder: Path) -> dict[Path, str]:
+    [files] = (folder / "reports").rglob("files.parquet")
+    report = pd.read_parquet(files)
+    assert "patient_name" not in report.columns
+    return {
+        Path(uri).relative_to(folder / "incoming"): status
         for uri, status in zip(report["source_uri"], report["status"], strict=True)
     }
-    assert got == by_name
-    assert "patient_name" not in report.columns
+
+
+def expected_statuses(folder: Path, slices: int) -> dict[Path, str]:
+    expected = write_demo_corpus(folder, slices)
+    return {Path(p).relative_to(folder): s for p, s in expected.items()}
+
+
+def test_demo_accounts_for_every_sample_file_and_runs_again(tmp_path: Path) -> None:
+    done = demo(tmp_path)
+    assert "3 import jobs" in done.stdout
+    output = tmp_path / "demo-output"
+    assert statuses_by_file(output) == expected_statuses(tmp_path / "expected", 12)
+
+    # The folder is the demo's own now: a rerun replaces what it wrote, only that.
+    (output / "notes.txt").write_text("mine")
+    demo(tmp_path, "--slices", "1")
+    assert statuses_by_file(output) == expected_statuses(tmp_path / "expected-1", 1)
+    assert (output / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("folder", ["given", "."])
+def test_demo_refuses_a_folder_it_did_not_write(
+    folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mine = tmp_path / "given" / "reports" / "mine.csv"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("precious")
+    monkeypatch.chdir(tmp_path / "given")
+    before = sorted((tmp_path / "given").rglob("*"))
+
+    code = main(["demo", "--folder", str(tmp_path / "given") if folder == "given" else folder])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("dicom-import demo: ") and err.count("\n") == 1
+    assert "not empty" in err and str(tmp_path / "given") in err
+    assert sorted((tmp_path / "given").rglob("*")) == before
+    assert mine.read_text() == "precious"

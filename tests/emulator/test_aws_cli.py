@@ -1,97 +1,74 @@
-"""The AWS CLI, unmodified, against the local service: the commands the
-README shows. The CLI lives in its own venv (``make install`` builds it)
-because it pins its own botocore."""
+"""The AWS CLI, unmodified, against the local service: the README's commands,
+read from the README and run as a reader would paste them (only the port
+changes), so the two cannot drift apart. The CLI lives in its own venv
+(``make install`` builds it) because it pins its own botocore."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from emulator.samples import PYDICOM_TEST_FILES
 from emulator.server import LocalService
-from tests.emulator.conftest import ROLE, wait_for
+from tests.emulator.conftest import make_clients
 
-AWS = Path(__file__).resolve().parents[2] / ".awscli" / "bin" / "aws"
+REPO = Path(__file__).resolve().parents[2]
+AWS = REPO / ".awscli" / "bin" / "aws"
+README_PORT = ":4566"
+# What tells the README's two blocks apart from its other sh blocks.
+EXPORTS = "AWS_DISABLE_HOST_PREFIX_INJECTION"
+COMMANDS = "create-datastore"
 
 
-@pytest.fixture
-def aws(service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def readme_block(containing: str) -> str:
+    """The one ``sh`` block of the README that holds ``containing``."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+    [block] = [block for block in blocks if containing in block]
+    return block
+
+
+def run_readme_commands(service: LocalService, workdir: Path) -> dict[str, str]:
+    """The export block and the AWS CLI block, in one shell started in a folder
+    that looks like the repository root; the variables they set, after."""
+    for venv in (".venv", ".awscli"):
+        (workdir / venv).symlink_to(REPO / venv)
+    script = "\n".join([
+        "set -e",
+        readme_block(EXPORTS).replace(README_PORT, f":{service.port}"),
+        readme_block(COMMANDS),
+        'echo "DS=$DS JOB=$JOB IMAGE_SET=$IMAGE_SET"',
+    ])
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(workdir)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(item.split("=", 1) for item in done.stdout.splitlines()[-1].split())
+
+
+def test_readme_commands(service: LocalService, tmp_path: Path) -> None:
     if not AWS.exists():
         pytest.fail(f"{AWS} is missing: run `make install` to build the AWS CLI venv")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **service.env()}
+    assert f"AWS_ENDPOINT_URL=http://127.0.0.1{README_PORT}" in readme_block(EXPORTS)
 
-    def run(*args: str) -> dict:
-        done = subprocess.run(
-            [str(AWS), *args, "--output", "json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        if args[0] == "s3" or not done.stdout.strip():
-            return {}
-        return json.loads(done.stdout)
+    ids = run_readme_commands(service, tmp_path)
 
-    return run
-
-
-def test_readme_commands(aws, tmp_path: Path) -> None:
-    aws("s3", "mb", "s3://dicom-in")
-    aws("s3", "cp", str(PYDICOM_TEST_FILES / "CT_small.dcm"), "s3://dicom-in/study1/")
-    ds = aws("medical-imaging", "create-datastore", "--datastore-name", "demo")["datastoreId"]
-    wait_for(
-        lambda: (
-            aws("medical-imaging", "get-datastore", "--datastore-id", ds)["datastoreProperties"][
-                "datastoreStatus"
-            ]
-            == "ACTIVE"
-        )
-    )
-    job = aws(
-        "medical-imaging",
-        "start-dicom-import-job",
-        "--datastore-id",
-        ds,
-        "--data-access-role-arn",
-        ROLE,
-        "--input-s3-uri",
-        "s3://dicom-in/study1/",
-        "--output-s3-uri",
-        "s3://dicom-in/out/",
-    )["jobId"]
-
-    def finished() -> dict | None:
-        props = aws(
-            "medical-imaging", "get-dicom-import-job", "--datastore-id", ds, "--job-id", job
-        )["jobProperties"]
-        return props if props["jobStatus"] in ("COMPLETED", "FAILED") else None
-
-    props = wait_for(finished, timeout=60, interval=0.2)
-    assert props["jobStatus"] == "COMPLETED"
-    assert props["outputS3Uri"].endswith(f"{ds}-DicomImport-{job}/")
-
-    found = aws("medical-imaging", "search-image-sets", "--datastore-id", ds)
-    image_set = found["imageSetsMetadataSummaries"][0]["imageSetId"]
-    got = aws("medical-imaging", "get-image-set", "--datastore-id", ds, "--image-set-id", image_set)
-    assert got["imageSetState"] == "ACTIVE"
-    assert got["imageSetArn"].endswith(f"datastore/{ds}/imageset/{image_set}")
-
-    target = tmp_path / "meta.json.gz"
-    aws(
-        "medical-imaging",
-        "get-image-set-metadata",
-        "--datastore-id",
-        ds,
-        "--image-set-id",
-        image_set,
-        str(target),
-    )
-    doc = json.loads(gzip.decompress(target.read_bytes()))
-    assert doc["ImageSetID"] == image_set
+    mi: Any = make_clients(service)[0]
+    job = mi.get_dicom_import_job(datastoreId=ids["DS"], jobId=ids["JOB"])["jobProperties"]
+    assert job["jobStatus"] == "COMPLETED"
+    assert job["outputS3Uri"].endswith(f"{ids['DS']}-DicomImport-{ids['JOB']}/")
+    image_set = mi.get_image_set(datastoreId=ids["DS"], imageSetId=ids["IMAGE_SET"])
+    assert image_set["imageSetState"] == "ACTIVE"
+    doc = json.loads(gzip.decompress((tmp_path / "meta.json.gz").read_bytes()))
+    assert doc["ImageSetID"] == ids["IMAGE_SET"]
     assert doc["Patient"]["DICOM"]["PatientID"]
