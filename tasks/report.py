@@ -8,17 +8,22 @@ when the operator opts in (``include_phi``).
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
+import fsspec
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch import Batch
-from tasks.locations import filesystem_for, uri_for
+from tasks.locations import filesystem_for, is_s3, uri_for
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus
 from tasks.stage import StageAction, StagedFile
@@ -254,20 +259,59 @@ def build_job_summary(
 
 
 def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> ReportPaths:
-    """Parquet for tools, CSV for people; local folder or s3:// alike."""
+    """Parquet for tools, CSV for people; local folder or s3:// alike.
+
+    Each file appears whole or not at all: a run killed while writing must
+    never leave a truncated ``files.parquet``, which an incremental rerun
+    would take for a report and skip every file in it (see :func:`_publish`).
+    """
     fs, root = filesystem_for(folder)
     fs.makedirs(root, exist_ok=True)
     paths = {}
     for name, frame in (("files", files), ("jobs", jobs)):
         for extension in ("parquet", "csv"):
             path = f"{root}/{name}.{extension}"
-            with fs.open(path, "wb") as out:
-                if extension == "parquet":
-                    frame.to_parquet(out, index=False)
-                else:
-                    frame.to_csv(out, index=False)
+            _publish(fs, path, frame, extension, local=not is_s3(folder))
             paths[f"{name}_{extension}"] = uri_for(folder, path)
     return ReportPaths(**paths)
+
+
+def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
+    if extension == "parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+
+
+def _publish(
+    fs: fsspec.AbstractFileSystem, path: str, frame: pd.DataFrame, extension: str, local: bool
+) -> None:
+    """Write under a temporary name, then move into place in one step.
+
+    Locally: a hidden temporary file in the same folder (same filesystem),
+    then ``os.replace``, atomic on POSIX and Windows. On S3 there is no
+    rename, but an object appears only once its PutObject (or multipart
+    upload) completes; what must be avoided is s3fs's ``open("wb")``, whose
+    ``close()`` uploads whatever was buffered even when the block raised.
+    So the file is serialized to a local temporary file first and uploaded
+    in one ``put_file`` (a single PutObject below 100 MB).
+    """
+    if local:
+        folder, name = os.path.split(path)
+        # Not mkstemp: its 0600 mode would make the report unreadable to others.
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "xb") as out:
+                _serialize(frame, extension, out)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return
+    with tempfile.NamedTemporaryFile(suffix=f".{extension}") as out:
+        _serialize(frame, extension, out)
+        out.flush()
+        fs.put_file(out.name, path)
 
 
 def status_counts(files: pd.DataFrame) -> dict[str, int]:
