@@ -24,7 +24,10 @@ from tasks.locations import filesystem_for
 from tasks.report import FileStatus
 
 # Statuses that mean the pipeline, not the input, let a file down.
-FAILED_STATUSES = (FileStatus.IMPORT_FAILED, FileStatus.JOB_FAILED, FileStatus.TIMED_OUT)
+# output_missing: the job's output is gone and the data store does not hold
+# the file; until retry_failed settles it, it is not accounted for.
+FAILED_STATUSES = (FileStatus.IMPORT_FAILED, FileStatus.JOB_FAILED, FileStatus.TIMED_OUT,
+                   FileStatus.OUTPUT_MISSING)
 EXIT_ERROR = 2
 EXIT_FILES_FAILED = 1
 

@@ -32,6 +32,7 @@ from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_
 from tasks.batch import Batch, batch
 from tasks.discover import SourceFile, discover
 from tasks.import_jobs import import_batch, resolve
+from tasks.landed import confirm_lost_outputs
 from tasks.ledger import RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
@@ -151,7 +152,8 @@ def _import_and_report(
     skipped = {"skipped_unchanged": skipped_unchanged,
                "claimed_by_other_runs": claimed_by_other_runs}
     with timer.stage("report"):
-        outputs = job_outputs(outcomes)
+        outputs = confirm_lost_outputs(datastore_id, quote(batches), quote(staged), outcomes,
+                                       quote(job_outputs(outcomes)))
         paths, counts, job_rows = report(
             quote(records), quote(batches), quote(staged), outcomes, quote(outputs), folder,
             params.include_phi, ledger,

@@ -32,7 +32,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -109,8 +109,12 @@ SERVER_ERROR_TYPES = frozenset(
 # retry_failed (which counts attempts). "validated" is a dry run: not done.
 _SETTLED = frozenset(
     {"imported", "imported_with_warnings", "invalid", "duplicate", "import_failed",
-     "job_failed", "timed_out", LedgerStatus.GIVEN_UP.value}
+     "job_failed", "timed_out", "output_missing", LedgerStatus.GIVEN_UP.value}
 )
+# Outcomes an unreadable job output never overwrites: the output that said so
+# is gone, not wrong (the file stays imported, its outcome in doubt).
+_IMPORTED = frozenset({"imported", "imported_with_warnings"})
+OUTPUT_MISSING = "output_missing"
 # What an only_new ingestion leaves alone when unchanged: also files in a job
 # whose output nobody read yet (retry_failed resumes that job; importing them
 # again would import them twice).
@@ -118,7 +122,9 @@ _SKIP_WHEN_UNCHANGED = _SETTLED | {LedgerStatus.SUBMITTED.value}
 
 
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
-    if status in {"job_failed", "timed_out"}:
+    """``output_missing`` is automatic too, but retry_failed first looks the
+    file up in the data store (tasks.landed) and imports only what is not there."""
+    if status in {"job_failed", "timed_out", OUTPUT_MISSING}:
         return RetryClass.AUTOMATIC
     if status == "import_failed":
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
@@ -173,6 +179,10 @@ files_table = sa.Table(
     sa.Column("image_set_id", sa.String(32)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("run_id", sa.String(64)),
+    # The run that last could neither read the output of the job that imported
+    # this file nor find it in the data store: the file's imported outcome
+    # stands, in doubt, until retry_failed looks it up again.
+    sa.Column("output_missing_run_id", sa.String(64)),
     # The current claim, and what the claiming run saw (recorded as the
     # content identity only once an outcome exists, so that a run killed
     # after claiming never makes a changed file look unchanged).
@@ -374,6 +384,7 @@ class LedgerFile:
     reason: str | None
     job_id: str | None
     attempts: int
+    batch_id: str | None = None
 
     def as_source_file(self) -> SourceFile:
         return SourceFile(self.uri, self.size or 0, self.version or "", self.relative_path)
@@ -692,6 +703,11 @@ class RunLedger:
                 .on_conflict_do_nothing()
             )
             sha256 = sa.bindparam("file_sha256")
+            # The same job returned again (its client token): its outcome is
+            # already known, and the rerun only reads its output once more.
+            # (No IN: executemany cannot expand it.)
+            known = sa.and_(table.c.job_id == job_id,
+                            sa.or_(*(table.c.status == status for status in sorted(_IMPORTED))))
             started = (
                 sa.update(table)
                 .where(table.c.datastore_id == self.datastore_id,
@@ -702,13 +718,19 @@ class RunLedger:
                         (table.c.sha256.is_not_distinct_from(sha256), table.c.attempts + 1),
                         else_=1,
                     ),
-                    status=LedgerStatus.SUBMITTED.value, job_id=job_id,
+                    status=sa.case((known, table.c.status),
+                                   else_=LedgerStatus.SUBMITTED.value),
+                    job_id=job_id,
                     batch_id=batch.batch_id, run_id=self.run_id,
                     size=sa.bindparam("file_size"), version=table.c.claim_version,
                     sha256=sha256, sop_instance_uid=sa.bindparam("file_sop"),
                     study_instance_uid=sa.bindparam("file_study"),
                     series_instance_uid=sa.bindparam("file_series"),
-                    error_type=None, reason=None, image_set_id=None, updated_at=now,
+                    error_type=sa.case((known, table.c.error_type)),
+                    reason=sa.case((known, table.c.reason)),
+                    image_set_id=sa.case((known, table.c.image_set_id)),
+                    output_missing_run_id=sa.case((known, table.c.output_missing_run_id)),
+                    updated_at=now,
                 )
             )
             for chunk in _chunks(batch.files, CLAIM_CHUNK):
@@ -773,11 +795,17 @@ class RunLedger:
         self, run_id: str | None = None, job_id: str | None = None
     ) -> list[LedgerFile]:
         """Files whose latest outcome is a failure of any kind, optionally only
-        those that failed in a given run or job (whatever happened since)."""
+        those that failed in a given run or job (whatever happened since).
+
+        A file still imported but whose job output a later run found missing
+        comes back with that outcome, ``output_missing``: it is to be looked
+        up in the data store, and imported again only if absent.
+        """
         failed = [s for s in _SETTLED if retry_class(s, None) is not RetryClass.NEVER]
         query = sa.select(files_table).where(
             files_table.c.datastore_id == self.datastore_id,
-            files_table.c.status.in_(failed),
+            sa.or_(files_table.c.status.in_(failed),
+                   files_table.c.output_missing_run_id.is_not(None)),
         )
         if run_id or job_id:
             touched = sa.select(outcomes_table.c.uri).where(
@@ -789,7 +817,12 @@ class RunLedger:
                 touched = touched.where(outcomes_table.c.job_id == job_id)
             query = query.where(files_table.c.uri.in_(touched))
         with self.engine.begin() as conn:
-            return [_ledger_file(row) for row in conn.execute(query.order_by(files_table.c.uri))]
+            rows = conn.execute(query.order_by(files_table.c.uri))
+            return [
+                replace(_ledger_file(row), status=OUTPUT_MISSING)
+                if row.output_missing_run_id else _ledger_file(row)
+                for row in rows
+            ]
 
     def record_outcomes(
         self, report: pd.DataFrame, outcomes: Sequence[JobOutcome] = ()
@@ -798,6 +831,10 @@ class RunLedger:
 
         Returns the same rows with ``change`` and ``attempts`` added: the
         report is written from exactly what the ledger now holds.
+
+        An ``output_missing`` row of a file the same job imported (its output
+        read by an earlier run, gone since) leaves that outcome in place, in
+        doubt (``output_missing_run_id``); it is still this run's history row.
         """
         now = _now()
         table = files_table
@@ -810,16 +847,31 @@ class RunLedger:
                 known = {
                     row.uri: row
                     for row in conn.execute(
-                        sa.select(table.c.uri, table.c.claim_change, table.c.attempts)
+                        sa.select(table.c.uri, table.c.claim_change, table.c.attempts,
+                                  table.c.status, table.c.job_id)
                         .where(table.c.datastore_id == self.datastore_id,
                                table.c.uri.in_(uris))
                     )
                 }
-                mine = [row for row in chunk if row["source_uri"] in known]
-                for row in mine:
-                    previous = known[row["source_uri"]]
+                mine, in_doubt = [], []
+                for row in chunk:
+                    previous = known.get(row["source_uri"])
+                    if previous is None:
+                        continue
                     changes[row["source_uri"]] = previous.claim_change
                     attempts[row["source_uri"]] = int(previous.attempts)
+                    kept = (row["status"] == OUTPUT_MISSING and previous.status in _IMPORTED
+                            and previous.job_id == row["job_id"])
+                    (in_doubt if kept else mine).append(row)
+                if in_doubt:
+                    conn.execute(
+                        sa.update(table)
+                        .where(table.c.datastore_id == self.datastore_id,
+                               table.c.uri == sa.bindparam("file_uri"))
+                        .values(output_missing_run_id=self.run_id, claim_owner=None,
+                                claim_expires_at=None, updated_at=now),
+                        [{"file_uri": row["source_uri"]} for row in in_doubt],
+                    )
                 if mine:
                     conn.execute(
                         sa.update(table)
@@ -829,6 +881,7 @@ class RunLedger:
                             **{column: sa.bindparam(f"file_{column}")
                                for column in _OUTCOME_COLUMNS.values()},
                             change=table.c.claim_change, run_id=self.run_id,
+                            output_missing_run_id=None,
                             version=sa.func.coalesce(table.c.claim_version, table.c.version),
                             claim_owner=None, claim_expires_at=None, updated_at=now,
                         ),
@@ -893,7 +946,7 @@ class RunLedger:
                     .where(files_table.c.datastore_id == self.datastore_id,
                            files_table.c.uri == sa.bindparam("file_uri"))
                     .values(status=LedgerStatus.GIVEN_UP.value, reason=sa.bindparam("file_reason"),
-                            run_id=self.run_id, updated_at=now),
+                            run_id=self.run_id, output_missing_run_id=None, updated_at=now),
                     [{"file_uri": item.uri, "file_reason": reasons[item.uri]} for item in chunk],
                 )
                 conn.execute(
@@ -930,7 +983,7 @@ def _ledger_file(row: Any) -> LedgerFile:
         study_instance_uid=row.study_instance_uid,
         series_instance_uid=row.series_instance_uid, status=row.status,
         error_type=row.error_type, reason=row.reason, job_id=row.job_id,
-        attempts=int(row.attempts or 0),
+        attempts=int(row.attempts or 0), batch_id=row.batch_id,
     )
 
 

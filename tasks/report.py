@@ -41,6 +41,10 @@ class FileStatus(StrEnum):
     IMPORT_FAILED = "import_failed"
     JOB_FAILED = "job_failed"
     TIMED_OUT = "timed_out"
+    # The job COMPLETED but its output could not be read (gone, or not in the
+    # documented shape), and the data store does not hold the file either:
+    # not known to have failed, not known to be imported (tasks.landed).
+    OUTPUT_MISSING = "output_missing"
     # Valid and batched, but nothing was staged or imported (dry run).
     VALIDATED = "validated"
 
@@ -54,6 +58,9 @@ FILE_COLUMNS = [
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
 ]
+# The error_message of a file reported imported because the data store holds
+# it, its job's output being unreadable (followed by why).
+CONFIRMED_IN_DATASTORE = "Confirmed in the data store (the job output could not be read: "
 PHI_COLUMNS = ["patient_name", "patient_id", "patient_birth_date"]
 JOB_COLUMNS = [
     "batch_id", "job_id", "job_status", "message", "files", "bytes", "input_s3_uri",
@@ -131,7 +138,8 @@ def build_file_report(
     # An empty run (everything skipped as unchanged) has float64 empty columns.
     files["staged_key"] = files["staged_key"].astype(object)
     files = files.merge(_manifest_rows(outputs), on="staged_key", how="left")
-    unreadable = {b: o for b, o in outputs.items() if isinstance(o, str)}
+    unreadable = {b: o if isinstance(o, str) else o.lost
+                  for b, o in outputs.items() if isinstance(o, str) or o.lost}
     # Mapping a million rows through an empty dict still costs 0.2 s.
     files["output_error"] = files["batch_id"].map(unreadable) if unreadable else None
     return _decide(files, include_phi)
@@ -162,6 +170,9 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
     validation never reaches the job rules."""
     validity, job, outcome = files["validity"], files["job_status"], files["outcome"]
     completed = job == JobStatus.COMPLETED.value
+    lost = files["output_error"].notna()
+    confirmed = (CONFIRMED_IN_DATASTORE + files["output_error"].fillna("") + ")"
+                 if lost.any() else None)
     Text = pd.Series | str | None
     rules: list[tuple[pd.Series, FileStatus, Text, Text]] = [
         (validity == FileValidity.INVALID.value, FileStatus.INVALID, None,
@@ -182,9 +193,9 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
         (completed & (outcome == "failure"), FileStatus.IMPORT_FAILED,
          files["exceptionType"], files["message"]),
         (completed & (outcome == "warning"), FileStatus.IMPORTED_WITH_WARNINGS, None, None),
+        (completed & (outcome == "success") & lost, FileStatus.IMPORTED, None, confirmed),
         (completed & (outcome == "success"), FileStatus.IMPORTED, None, None),
-        (completed & files["output_error"].notna(), FileStatus.IMPORT_FAILED,
-         "ManifestError", files["output_error"]),
+        (completed & lost, FileStatus.OUTPUT_MISSING, "ManifestError", files["output_error"]),
         (completed, FileStatus.IMPORT_FAILED, "MissingFromOutput",
          "The job COMPLETED but this file is missing from its output: it is in "
          "neither SUCCESS nor FAILURE."),
@@ -232,6 +243,8 @@ def build_job_summary(
         message = outcome.message if outcome else None
         if isinstance(output, str):
             message = output
+        elif output is not None and output.lost:
+            message = output.lost
         row = {
             "batch_id": batch.batch_id,
             "job_id": outcome.job_id if outcome else None,

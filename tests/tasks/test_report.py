@@ -117,15 +117,17 @@ def test_every_file_gets_one_final_status(scenario) -> None:
     assert rows["/src/dup"]["error_message"] == "kept /src/ok"
 
 
-def test_unreadable_output_marks_files_import_failed(scenario) -> None:
+def test_unreadable_output_marks_files_output_missing(scenario) -> None:
+    """Not import_failed: nothing says HealthImaging refused the file."""
     records, batches, staged, outcomes, outputs = scenario
     staged = [StagedFile(s.source_uri, s.batch_id, s.key, StageAction.UPLOADED)
               for s in staged]
 
     rows = _by_source(build_file_report(records, batches, staged, outcomes, outputs))
 
-    assert rows["/src/unstaged"]["status"] == FileStatus.IMPORT_FAILED
+    assert rows["/src/unstaged"]["status"] == FileStatus.OUTPUT_MISSING
     assert rows["/src/unstaged"]["error_type"] == "ManifestError"
+    assert rows["/src/unstaged"]["error_message"] == "no manifest"
 
 
 def test_dry_run_leaves_valid_files_validated(scenario) -> None:
