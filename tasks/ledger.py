@@ -231,8 +231,56 @@ outcomes_table = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("recorded_at", _UtcDateTime, nullable=False),
+    # The rest of the run's report row, so that the report can be written
+    # again from here alone (``dicom-import report``); never PHI.
+    sa.Column("report_row", sa.Integer),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(64)),
+    sa.Column("study_instance_uid", sa.String(64)),
+    sa.Column("series_instance_uid", sa.String(64)),
+    sa.Column("series_number", sa.String(32)),
+    sa.Column("transfer_syntax", sa.String(64)),
+    sa.Column("batch_id", sa.String(16)),
+    sa.Column("staged_key", sa.Text),
+    sa.Column("is_primary", sa.Boolean),
+    sa.Column("image_set_version", sa.Integer),
+    sa.Column("warning_codes", sa.Text),
+    sa.Column("reason_code", sa.String(64)),
     sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
 )
+
+# A run's job report rows, as written (the per-status counts are not kept:
+# they are counted again from the run's outcomes).
+run_jobs_table = sa.Table(
+    "ledger_run_jobs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(16), primary_key=True),
+    sa.Column("report_row", sa.Integer, nullable=False),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("job_status", sa.String(16)),
+    sa.Column("message", sa.Text),
+    sa.Column("files", sa.Integer),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("input_s3_uri", sa.Text),
+    sa.Column("output_s3_uri", sa.Text),
+    sa.Column("scanned_files", sa.Integer),
+    sa.Column("imported_files", sa.Integer),
+    sa.Column("generated_image_sets", sa.Integer),
+)
+# Report column -> ledger_outcomes column, for a run's history row.
+_HISTORY_COLUMNS = {
+    "source_uri": "uri", "status": "status", "job_id": "job_id",
+    "image_set_id": "image_set_id", "error_type": "error_type", "error_message": "reason",
+    **{c: c for c in ("size", "sha256", "sop_instance_uid", "study_instance_uid",
+                      "series_instance_uid", "series_number", "transfer_syntax", "batch_id",
+                      "staged_key", "is_primary", "image_set_version", "warning_codes",
+                      "reason_code")},
+}
+_RUN_JOB_COLUMNS = [c.name for c in run_jobs_table.columns
+                    if c.name not in ("run_id", "datastore_id", "report_row")]
 
 runs_table = sa.Table(
     "ledger_runs",
@@ -246,6 +294,8 @@ runs_table = sa.Table(
     sa.Column("counts", sa.Text),
     # Renewed while the run holds claims; NULL for runs from before heartbeats.
     sa.Column("heartbeat_at", _UtcDateTime),
+    # Where the run writes its report (recorded before writing it).
+    sa.Column("report_folder", sa.Text),
 )
 
 
@@ -841,6 +891,7 @@ class RunLedger:
         rows = report.astype(object).where(report.notna(), None).to_dict("records")
         changes: dict[str, str | None] = {}
         attempts: dict[str, int] = {}
+        start = 0
         with self.engine.begin() as conn:
             for chunk in _chunks(rows, CLAIM_CHUNK):
                 uris = [r["source_uri"] for r in chunk]
@@ -891,27 +942,51 @@ class RunLedger:
                          for row in mine],
                     )
                 history = [
-                    {"run_id": self.run_id, "datastore_id": self.datastore_id,
-                     "uri": r["source_uri"], "change": changes[r["source_uri"]],
-                     "status": r["status"], "job_id": r["job_id"],
-                     "image_set_id": r["image_set_id"], "error_type": r["error_type"],
-                     "reason": r["error_message"], "attempts": attempts[r["source_uri"]],
-                     "recorded_at": now}
-                    for r in chunk if r["source_uri"] in changes
+                    self._history_row(r, changes[r["source_uri"]], attempts[r["source_uri"]],
+                                      position, now)
+                    for position, r in enumerate(chunk, start=start)
+                    if r["source_uri"] in changes
                 ]
+                start += len(chunk)
                 if history:
                     stmt = _insert(conn)(outcomes_table)
                     conn.execute(stmt.on_conflict_do_update(
                         index_elements=["run_id", "datastore_id", "uri"],
-                        set_={c: stmt.excluded[c] for c in
-                              ("change", "status", "job_id", "image_set_id", "error_type",
-                               "reason", "attempts", "recorded_at")},
+                        set_={c: stmt.excluded[c] for c in history[0]
+                              if c not in ("run_id", "datastore_id", "uri")},
                     ), history)
             self._record_jobs_ended(conn, outcomes)
         return report.assign(
             change=report["source_uri"].map(changes),
             attempts=report["source_uri"].map(attempts).astype("Int64"),
         )
+
+    def _history_row(
+        self, row: Mapping[str, Any], change: str | None, attempts: int, position: int,
+        now: datetime,
+    ) -> dict[str, Any]:
+        return {"run_id": self.run_id, "datastore_id": self.datastore_id,
+                **{column: row.get(field) for field, column in _HISTORY_COLUMNS.items()},
+                "change": change, "attempts": attempts, "report_row": position,
+                "recorded_at": now}
+
+    def record_report(self, folder: str, jobs: pd.DataFrame) -> None:
+        """Where this run's report goes and its job rows, before it is written:
+        a run killed while writing it leaves what ``dicom-import report``
+        needs to write it again."""
+        rows = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
+        rows = rows.where(rows.notna(), None).to_dict("records")
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(runs_table).where(runs_table.c.run_id == self.run_id)
+                         .values(report_folder=folder))
+            conn.execute(sa.delete(run_jobs_table).where(
+                run_jobs_table.c.run_id == self.run_id,
+                run_jobs_table.c.datastore_id == self.datastore_id))
+            if rows:
+                conn.execute(sa.insert(run_jobs_table), [
+                    {"run_id": self.run_id, "datastore_id": self.datastore_id,
+                     "report_row": position, **row}
+                    for position, row in enumerate(rows)])
 
     def record_jobs_ended(self, outcomes: Sequence[JobOutcome]) -> None:
         """For jobs whose files are reported elsewhere (a FAILED job's files
@@ -939,6 +1014,15 @@ class RunLedger:
                       f"last outcome {item.status}: {item.reason or item.error_type}"
             for item in items
         }
+        rows = [{"source_uri": item.uri, "size": item.size,
+                 "sop_instance_uid": item.sop_instance_uid,
+                 "study_instance_uid": item.study_instance_uid,
+                 "series_instance_uid": item.series_instance_uid,
+                 "sha256": item.sha256, "batch_id": item.batch_id, "job_id": item.job_id,
+                 "status": LedgerStatus.GIVEN_UP.value,
+                 "error_type": item.error_type, "error_message": reasons[item.uri],
+                 "change": Change.UNCHANGED.value, "attempts": item.attempts}
+                for item in items]
         with self.engine.begin() as conn:
             for chunk in _chunks(items, CLAIM_CHUNK):
                 conn.execute(
@@ -949,22 +1033,61 @@ class RunLedger:
                             run_id=self.run_id, output_missing_run_id=None, updated_at=now),
                     [{"file_uri": item.uri, "file_reason": reasons[item.uri]} for item in chunk],
                 )
+            if rows:
                 conn.execute(
                     _insert(conn)(outcomes_table).on_conflict_do_nothing(),
-                    [{"run_id": self.run_id, "datastore_id": self.datastore_id, "uri": item.uri,
-                      "change": Change.UNCHANGED.value, "status": LedgerStatus.GIVEN_UP.value,
-                      "job_id": item.job_id, "error_type": item.error_type,
-                      "reason": reasons[item.uri], "attempts": item.attempts, "recorded_at": now}
-                     for item in chunk],
+                    [self._history_row(row, row["change"], row["attempts"], position, now)
+                     for position, row in enumerate(rows)],
                 )
-        rows = [{"source_uri": item.uri, "size": item.size,
-                 "sop_instance_uid": item.sop_instance_uid,
-                 "sha256": item.sha256, "job_id": item.job_id,
-                 "status": LedgerStatus.GIVEN_UP.value,
-                 "error_type": item.error_type, "error_message": reasons[item.uri],
-                 "change": Change.UNCHANGED.value, "attempts": item.attempts}
-                for item in items]
         return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What the ledger holds of one run's report."""
+
+    run_id: str
+    flow: str
+    datastore_id: str
+    report_folder: str | None
+    # Report columns, in the order the run wrote its rows (no PHI, no counts).
+    files: pd.DataFrame
+    jobs: pd.DataFrame
+
+
+def recorded_run(url: str, run_id: str) -> RecordedRun:
+    """A run's report rows as it recorded them, to write its report again.
+
+    Raises:
+        LedgerError: the ledger has no such run.
+    """
+    history = {column: report for report, column in _HISTORY_COLUMNS.items()}
+    with engine_for(url).begin() as conn:
+        run = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first()
+        if run is None:
+            raise LedgerError(f"The ledger has no run {run_id}: give the flow run ID shown in "
+                              "the Prefect UI, and the report location (or ledger URL) of "
+                              "that run.")
+        outcomes = outcomes_table.c
+        files = pd.DataFrame(
+            [row._asdict() for row in conn.execute(
+                sa.select(*(outcomes[c] for c in (*history, "change", "attempts")))
+                .where(outcomes.run_id == run_id, outcomes.datastore_id == run.datastore_id)
+                # Calls to record_outcomes in order, each call's rows in its order.
+                .order_by(outcomes.recorded_at, outcomes.report_row, outcomes.uri)
+            )],
+            columns=[*history, "change", "attempts"],
+        ).rename(columns=history)
+        jobs = pd.DataFrame(
+            [row._asdict() for row in conn.execute(
+                sa.select(*(run_jobs_table.c[c] for c in _RUN_JOB_COLUMNS))
+                .where(run_jobs_table.c.run_id == run_id,
+                       run_jobs_table.c.datastore_id == run.datastore_id)
+                .order_by(run_jobs_table.c.report_row)
+            )],
+            columns=_RUN_JOB_COLUMNS,
+        )
+    return RecordedRun(run_id, run.flow, run.datastore_id, run.report_folder, files, jobs)
 
 
 def _compare(row: Any, item: SourceFile) -> Change:

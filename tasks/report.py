@@ -211,14 +211,16 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
     imported = status.isin([FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value])
     report = files.assign(
         status=status,
-        image_set_id=files["imageSetId"].where(imported),
+        # Object, never float: a report without one imported file has no
+        # value here, and its columns must keep their types (rebuilt reports too).
+        image_set_id=files["imageSetId"].where(imported).astype(object),
         is_primary=files["isPrimary"].where(imported).astype("boolean"),
         image_set_version=files["imageSetVersion"].where(imported).astype("Int64"),
         error_type=error_type.where(error_type.notna(), None),
         error_message=message.where(message.notna(), None),
         warning_codes=files["warningCodes"].where(
             status == FileStatus.IMPORTED_WITH_WARNINGS.value
-        ),
+        ).astype(object),
     )
     return report.reindex(columns=FILE_COLUMNS + (PHI_COLUMNS if include_phi else []))
 
@@ -231,10 +233,6 @@ def build_job_summary(
 ) -> pd.DataFrame:
     """One row per batch: the job, its end state and its files by final status."""
     by_batch = {o.batch_id: o for o in outcomes}
-    counts = (
-        file_report.dropna(subset=["batch_id"])
-        .groupby(["batch_id", "status"]).size().unstack(fill_value=0)
-    )
     rows = []
     for batch in batches:
         outcome = by_batch.get(batch.batch_id)
@@ -258,17 +256,35 @@ def build_job_summary(
             "imported_files": summary.get("numberOfImportedFiles"),
             "generated_image_sets": summary.get("numberOfGeneratedImageSets"),
         }
-        for status in FileStatus:
-            row[status.value] = (
-                int(counts.at[batch.batch_id, status.value])
-                if batch.batch_id in counts.index and status.value in counts.columns
-                else 0
-            )
         rows.append(row)
-    jobs = pd.DataFrame(rows, columns=JOB_COLUMNS)
+    return _with_status_counts(pd.DataFrame(rows, columns=JOB_COLUMNS), file_report)
+
+
+def _with_status_counts(jobs: pd.DataFrame, file_report: pd.DataFrame) -> pd.DataFrame:
+    """The job rows with their files counted by final status, one column each."""
+    counts = (
+        file_report.dropna(subset=["batch_id"])
+        .groupby(["batch_id", "status"]).size().unstack(fill_value=0)
+    )
+    counted = counts.reindex(index=jobs["batch_id"], columns=[s.value for s in FileStatus],
+                             fill_value=0).astype("int64")
+    jobs = jobs.assign(**{s.value: counted[s.value].to_numpy() for s in FileStatus})
     for column in ("scanned_files", "imported_files", "generated_image_sets"):
         jobs[column] = jobs[column].astype("Int64")
-    return jobs
+    return jobs.reindex(columns=JOB_COLUMNS)
+
+
+def rebuilt_report(files: pd.DataFrame, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's report from the rows its ledger recorded (``tasks.ledger.recorded_run``):
+    the columns and types of the report it wrote, without PHI columns (PHI is
+    never in the ledger), and job rows counted again from the files."""
+    files = files.reindex(columns=FILE_COLUMNS).astype(object)
+    files = files.where(files.notna(), None).astype(
+        {"size": "Int64", "is_primary": "boolean", "image_set_version": "Int64",
+         "attempts": "Int64"})
+    jobs = jobs.astype(object).where(jobs.notna(), None).astype(
+        {"files": "int64", "bytes": "int64"})
+    return files, _with_status_counts(jobs, files)
 
 
 def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> ReportPaths:
@@ -350,6 +366,8 @@ def report(
     if ledger is not None:
         files = ledger.record_outcomes(files, outcomes)
     jobs = build_job_summary(batches, outcomes, outputs, files)
+    if ledger is not None:
+        ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
     job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
     return paths, status_counts(files), job_rows

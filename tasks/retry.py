@@ -217,11 +217,13 @@ def retry_report(
     already recorded)."""
     files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
     files = ledger.record_outcomes(files, outcomes)
-    for recorded in (confirmed, given_up):
-        if recorded is not None and not recorded.empty:
-            files = pd.concat([files, recorded.reindex(columns=files.columns)],
-                              ignore_index=True)
+    # In the order the rows were recorded, as a report rebuilt from the ledger has them.
+    recorded = [r for r in (confirmed, given_up) if r is not None and not r.empty]
+    if recorded:
+        files = pd.concat([*(r.reindex(columns=files.columns) for r in recorded), files],
+                          ignore_index=True)
     jobs = build_job_summary(batches, outcomes, outputs, files)
+    ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
     counts = {**status_counts(files), "given_up": len(given_up)}
     job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
