@@ -49,6 +49,7 @@ from tasks.checksum import sha256_of_file
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
 from tasks.poll import JobOutcome
+from tasks.report import FileStatus
 from tasks.validate import FileValidity, ValidationRecord
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,12 @@ SERVER_ERROR_TYPES = frozenset(
 # retry_failed (which counts attempts). "validated" is a dry run: not done.
 _SETTLED = frozenset(
     {"imported", "imported_with_warnings", "invalid", "duplicate", "import_failed",
-     "job_failed", "timed_out", "output_missing", LedgerStatus.GIVEN_UP.value}
+     "job_failed", "timed_out", FileStatus.OUTPUT_MISSING.value, LedgerStatus.GIVEN_UP.value}
 )
 # Outcomes an unreadable job output never overwrites: the output that said so
 # is gone, not wrong (the file stays imported, its outcome in doubt).
-_IMPORTED = frozenset({"imported", "imported_with_warnings"})
-OUTPUT_MISSING = "output_missing"
+_IMPORTED = frozenset({FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value})
+_OUTPUT_MISSING = FileStatus.OUTPUT_MISSING.value
 # What an only_new ingestion leaves alone when unchanged: also files in a job
 # whose output nobody read yet (retry_failed resumes that job; importing them
 # again would import them twice).
@@ -124,7 +125,7 @@ _SKIP_WHEN_UNCHANGED = _SETTLED | {LedgerStatus.SUBMITTED.value}
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
     """``output_missing`` is automatic too, but retry_failed first looks the
     file up in the data store (tasks.landed) and imports only what is not there."""
-    if status in {"job_failed", "timed_out", OUTPUT_MISSING}:
+    if status in {"job_failed", "timed_out", _OUTPUT_MISSING}:
         return RetryClass.AUTOMATIC
     if status == "import_failed":
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
@@ -869,7 +870,7 @@ class RunLedger:
         with self.engine.begin() as conn:
             rows = conn.execute(query.order_by(files_table.c.uri))
             return [
-                replace(_ledger_file(row), status=OUTPUT_MISSING)
+                replace(_ledger_file(row), status=_OUTPUT_MISSING)
                 if row.output_missing_run_id else _ledger_file(row)
                 for row in rows
             ]
@@ -911,7 +912,7 @@ class RunLedger:
                         continue
                     changes[row["source_uri"]] = previous.claim_change
                     attempts[row["source_uri"]] = int(previous.attempts)
-                    kept = (row["status"] == OUTPUT_MISSING and previous.status in _IMPORTED
+                    kept = (row["status"] == _OUTPUT_MISSING and previous.status in _IMPORTED
                             and previous.job_id == row["job_id"])
                     (in_doubt if kept else mine).append(row)
                 if in_doubt:

@@ -26,15 +26,7 @@ from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
 from tasks.landed import Instance, find_landed
-from tasks.ledger import (
-    OUTPUT_MISSING,
-    Change,
-    LedgerFile,
-    LedgerJob,
-    RetryClass,
-    RunLedger,
-    retry_class,
-)
+from tasks.ledger import Change, LedgerFile, LedgerJob, RetryClass, RunLedger, retry_class
 from tasks.locations import is_s3
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus, wait_for_job
@@ -127,7 +119,7 @@ def retry_staging_id(source: str, datastore_id: str, items: Sequence[RetryItem])
 def _output_lost(item: LedgerFile) -> bool:
     """Its job's output could not be read: ``output_missing``, or what earlier
     versions recorded for it (``import_failed`` with ``ManifestError``)."""
-    return item.status == OUTPUT_MISSING or (
+    return item.status == FileStatus.OUTPUT_MISSING.value or (
         item.status == FileStatus.IMPORT_FAILED.value and item.error_type == "ManifestError"
     )
 
