@@ -33,6 +33,7 @@ from tasks.batch import Batch, batch
 from tasks.discover import SourceFile, discover
 from tasks.import_jobs import import_batch, resolve
 from tasks.interruption import stop_requested
+from tasks.landed import confirm_lost_outputs
 from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
@@ -165,7 +166,8 @@ def _import_and_report(
     skipped = {"skipped_unchanged": skipped_unchanged, "given_up": claim.given_up,
                "claimed_by_other_runs": claim.claimed_by_other_runs}
     with timer.stage("report"):
-        outputs = job_outputs(outcomes)
+        outputs = confirm_lost_outputs(datastore_id, quote(batches), quote(staged), outcomes,
+                                       quote(job_outputs(outcomes)))
         paths, counts, job_rows = report(
             quote(records), quote(batches), quote(staged), outcomes, quote(outputs), folder,
             params.include_phi, ledger,

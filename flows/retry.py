@@ -22,10 +22,18 @@ from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
 from tasks.import_jobs import resolve
+from tasks.landed import confirm_lost_outputs
 from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
-from tasks.retry import plan, resume_job, retry_report, retry_staging_id, under_source
+from tasks.retry import (
+    look_up_lost_outputs,
+    plan,
+    resume_job,
+    retry_report,
+    retry_staging_id,
+    under_source,
+)
 from tasks.stage import StageAction, StagedFile
 from tasks.validate import ValidationRecord
 
@@ -100,6 +108,8 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
         f for f in ledger.failed_files(params.run_id, params.job_id)
         if f.uri not in in_jobs and under_source(f.uri, params.source)
     ] + requeued
+    # Files whose job output was lost: those the data store holds are done.
+    confirmed, candidates = look_up_lost_outputs(ledger, candidates)
     decided = plan(candidates, params.force, params.max_attempts)
     given_up = ledger.record_given_up(decided.give_up, params.max_attempts)
     retried = new_jobs = 0
@@ -119,15 +129,17 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
         staged += group_staged
         outcomes += group_outcomes
         new_jobs += sum(o.job_id is not None for o in group_outcomes)
-    logger.info("%d jobs resumed, %d files retried, %d given up, %d unchanged not retried",
-                len(jobs), retried, len(given_up), decided.not_retried)
+    logger.info("%d jobs resumed, %d files found in the data store, %d files retried, "
+                "%d given up, %d unchanged not retried", len(jobs), len(confirmed), retried,
+                len(given_up), decided.not_retried)
 
-    outputs = job_outputs(outcomes)
+    outputs = confirm_lost_outputs(datastore_id, batches, staged, outcomes,
+                                   job_outputs(outcomes))
     folder = (f"{params.report_location.rstrip('/')}/retries/"
               f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
     paths, counts, job_rows = retry_report(
         records, batches, staged, outcomes, outputs, given_up, folder, params.include_phi,
-        ledger,
+        ledger, confirmed,
     )
     skipped = {"not_retried_unchanged": decided.not_retried}
     publish(job_rows, counts, skipped, paths.files_parquet, title="DICOM retry",

@@ -33,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -104,8 +104,12 @@ SERVER_ERROR_TYPES = frozenset(
 # retry_failed (which counts attempts). "validated" is a dry run: not done.
 _SETTLED = frozenset(
     {"imported", "imported_with_warnings", "invalid", "duplicate", "import_failed",
-     "job_failed", "timed_out", FileStatus.GIVEN_UP.value}
+     "job_failed", "timed_out", FileStatus.OUTPUT_MISSING.value, FileStatus.GIVEN_UP.value}
 )
+# Outcomes an unreadable job output never overwrites: the output that said so
+# is gone, not wrong (the file stays imported, its outcome in doubt).
+_IMPORTED = frozenset({FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value})
+_OUTPUT_MISSING = FileStatus.OUTPUT_MISSING.value
 
 
 class Skip(StrEnum):
@@ -135,7 +139,9 @@ def skip_when_unchanged(
 
 
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
-    if status in {"job_failed", "timed_out"}:
+    """``output_missing`` is automatic too, but retry_failed first looks the
+    file up in the data store (tasks.landed) and imports only what is not there."""
+    if status in {"job_failed", "timed_out", _OUTPUT_MISSING}:
         return RetryClass.AUTOMATIC
     if status == "import_failed":
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
@@ -190,6 +196,10 @@ files_table = sa.Table(
     sa.Column("image_set_id", sa.String(32)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("run_id", sa.String(64)),
+    # The run that last could neither read the output of the job that imported
+    # this file nor find it in the data store: the file's imported outcome
+    # stands, in doubt, until retry_failed looks it up again.
+    sa.Column("output_missing_run_id", sa.String(64)),
     # The current claim, and what the claiming run saw (recorded as the
     # content identity only once an outcome exists, so that a run killed
     # after claiming never makes a changed file look unchanged).
@@ -238,8 +248,56 @@ outcomes_table = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("recorded_at", _UtcDateTime, nullable=False),
+    # The rest of the run's report row, so that the report can be written
+    # again from here alone (``dicom-import report``); never PHI.
+    sa.Column("report_row", sa.Integer),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(64)),
+    sa.Column("study_instance_uid", sa.String(64)),
+    sa.Column("series_instance_uid", sa.String(64)),
+    sa.Column("series_number", sa.String(32)),
+    sa.Column("transfer_syntax", sa.String(64)),
+    sa.Column("batch_id", sa.String(16)),
+    sa.Column("staged_key", sa.Text),
+    sa.Column("is_primary", sa.Boolean),
+    sa.Column("image_set_version", sa.Integer),
+    sa.Column("warning_codes", sa.Text),
+    sa.Column("reason_code", sa.String(64)),
     sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
 )
+
+# A run's job report rows, as written (the per-status counts are not kept:
+# they are counted again from the run's outcomes).
+run_jobs_table = sa.Table(
+    "ledger_run_jobs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(16), primary_key=True),
+    sa.Column("report_row", sa.Integer, nullable=False),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("job_status", sa.String(16)),
+    sa.Column("message", sa.Text),
+    sa.Column("files", sa.Integer),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("input_s3_uri", sa.Text),
+    sa.Column("output_s3_uri", sa.Text),
+    sa.Column("scanned_files", sa.Integer),
+    sa.Column("imported_files", sa.Integer),
+    sa.Column("generated_image_sets", sa.Integer),
+)
+# Report column -> ledger_outcomes column, for a run's history row.
+_HISTORY_COLUMNS = {
+    "source_uri": "uri", "status": "status", "job_id": "job_id",
+    "image_set_id": "image_set_id", "error_type": "error_type", "error_message": "reason",
+    **{c: c for c in ("size", "sha256", "sop_instance_uid", "study_instance_uid",
+                      "series_instance_uid", "series_number", "transfer_syntax", "batch_id",
+                      "staged_key", "is_primary", "image_set_version", "warning_codes",
+                      "reason_code")},
+}
+_RUN_JOB_COLUMNS = [c.name for c in run_jobs_table.columns
+                    if c.name not in ("run_id", "datastore_id", "report_row")]
 
 runs_table = sa.Table(
     "ledger_runs",
@@ -258,6 +316,8 @@ runs_table = sa.Table(
     sa.Column("host", sa.String(255)),
     sa.Column("pid", sa.Integer),
     sa.Column("process_started_at", _UtcDateTime),
+    # Where the run writes its report (recorded before writing it).
+    sa.Column("report_folder", sa.Text),
 )
 
 
@@ -439,6 +499,7 @@ class LedgerFile:
     reason: str | None
     job_id: str | None
     attempts: int
+    batch_id: str | None = None
 
     def as_source_file(self) -> SourceFile:
         return SourceFile(self.uri, self.size or 0, self.version or "", self.relative_path)
@@ -818,6 +879,11 @@ class RunLedger:
                     jobs_table.c.job_id == job_id)
             ).scalar_one()
             sha256 = sa.bindparam("file_sha256")
+            # The same job returned again (its client token): its outcome is
+            # already known, and the rerun only reads its output once more.
+            # (No IN: executemany cannot expand it.)
+            known = sa.and_(table.c.job_id == job_id,
+                            sa.or_(*(table.c.status == status for status in sorted(_IMPORTED))))
             started = (
                 sa.update(table)
                 .where(table.c.datastore_id == self.datastore_id,
@@ -828,13 +894,19 @@ class RunLedger:
                         (table.c.sha256.is_not_distinct_from(sha256), table.c.attempts + 1),
                         else_=1,
                     ),
-                    status=FileStatus.SUBMITTED.value, job_id=job_id,
+                    status=sa.case((known, table.c.status),
+                                   else_=FileStatus.SUBMITTED.value),
+                    job_id=job_id,
                     batch_id=batch.batch_id, run_id=self.run_id,
                     size=sa.bindparam("file_size"), version=table.c.claim_version,
                     sha256=sha256, sop_instance_uid=sa.bindparam("file_sop"),
                     study_instance_uid=sa.bindparam("file_study"),
                     series_instance_uid=sa.bindparam("file_series"),
-                    error_type=None, reason=None, image_set_id=None, updated_at=now,
+                    error_type=sa.case((known, table.c.error_type)),
+                    reason=sa.case((known, table.c.reason)),
+                    image_set_id=sa.case((known, table.c.image_set_id)),
+                    output_missing_run_id=sa.case((known, table.c.output_missing_run_id)),
+                    updated_at=now,
                 )
             )
             for chunk in _chunks(batch.files, CLAIM_CHUNK):
@@ -926,11 +998,17 @@ class RunLedger:
         self, run_id: str | None = None, job_id: str | None = None
     ) -> list[LedgerFile]:
         """Files whose latest outcome is a failure of any kind, optionally only
-        those that failed in a given run or job (whatever happened since)."""
+        those that failed in a given run or job (whatever happened since).
+
+        A file still imported but whose job output a later run found missing
+        comes back with that outcome, ``output_missing``: it is to be looked
+        up in the data store, and imported again only if absent.
+        """
         failed = [s for s in _SETTLED if retry_class(s, None) is not RetryClass.NEVER]
         query = sa.select(files_table).where(
             files_table.c.datastore_id == self.datastore_id,
-            files_table.c.status.in_(failed),
+            sa.or_(files_table.c.status.in_(failed),
+                   files_table.c.output_missing_run_id.is_not(None)),
         )
         if run_id or job_id:
             touched = sa.select(outcomes_table.c.uri).where(
@@ -942,7 +1020,12 @@ class RunLedger:
                 touched = touched.where(outcomes_table.c.job_id == job_id)
             query = query.where(files_table.c.uri.in_(touched))
         with self.engine.begin() as conn:
-            return [_ledger_file(row) for row in conn.execute(query.order_by(files_table.c.uri))]
+            rows = conn.execute(query.order_by(files_table.c.uri))
+            return [
+                replace(_ledger_file(row), status=_OUTPUT_MISSING)
+                if row.output_missing_run_id else _ledger_file(row)
+                for row in rows
+            ]
 
     def record_outcomes(
         self, report: pd.DataFrame, outcomes: Sequence[JobOutcome] = ()
@@ -951,28 +1034,48 @@ class RunLedger:
 
         Returns the same rows with ``change`` and ``attempts`` added: the
         report is written from exactly what the ledger now holds.
+
+        An ``output_missing`` row of a file the same job imported (its output
+        read by an earlier run, gone since) leaves that outcome in place, in
+        doubt (``output_missing_run_id``); it is still this run's history row.
         """
         now = _now()
         table = files_table
         rows = report.astype(object).where(report.notna(), None).to_dict("records")
         changes: dict[str, str | None] = {}
         attempts: dict[str, int] = {}
+        start = 0
         with self.engine.begin() as conn:
             for chunk in _chunks(rows, CLAIM_CHUNK):
                 uris = [r["source_uri"] for r in chunk]
                 known = {
                     row.uri: row
                     for row in conn.execute(
-                        sa.select(table.c.uri, table.c.claim_change, table.c.attempts)
+                        sa.select(table.c.uri, table.c.claim_change, table.c.attempts,
+                                  table.c.status, table.c.job_id)
                         .where(table.c.datastore_id == self.datastore_id,
                                table.c.uri.in_(uris))
                     )
                 }
-                mine = [row for row in chunk if row["source_uri"] in known]
-                for row in mine:
-                    previous = known[row["source_uri"]]
+                mine, in_doubt = [], []
+                for row in chunk:
+                    previous = known.get(row["source_uri"])
+                    if previous is None:
+                        continue
                     changes[row["source_uri"]] = previous.claim_change
                     attempts[row["source_uri"]] = int(previous.attempts)
+                    kept = (row["status"] == _OUTPUT_MISSING and previous.status in _IMPORTED
+                            and previous.job_id == row["job_id"])
+                    (in_doubt if kept else mine).append(row)
+                if in_doubt:
+                    conn.execute(
+                        sa.update(table)
+                        .where(table.c.datastore_id == self.datastore_id,
+                               table.c.uri == sa.bindparam("file_uri"))
+                        .values(output_missing_run_id=self.run_id, claim_owner=None,
+                                claim_expires_at=None, updated_at=now),
+                        [{"file_uri": row["source_uri"]} for row in in_doubt],
+                    )
                 if mine:
                     conn.execute(
                         sa.update(table)
@@ -982,6 +1085,7 @@ class RunLedger:
                             **{column: sa.bindparam(f"file_{column}")
                                for column in _OUTCOME_COLUMNS.values()},
                             change=table.c.claim_change, run_id=self.run_id,
+                            output_missing_run_id=None,
                             version=sa.func.coalesce(table.c.claim_version, table.c.version),
                             claim_owner=None, claim_expires_at=None, updated_at=now,
                         ),
@@ -991,27 +1095,51 @@ class RunLedger:
                          for row in mine],
                     )
                 history = [
-                    {"run_id": self.run_id, "datastore_id": self.datastore_id,
-                     "uri": r["source_uri"], "change": changes[r["source_uri"]],
-                     "status": r["status"], "job_id": r["job_id"],
-                     "image_set_id": r["image_set_id"], "error_type": r["error_type"],
-                     "reason": r["error_message"], "attempts": attempts[r["source_uri"]],
-                     "recorded_at": now}
-                    for r in chunk if r["source_uri"] in changes
+                    self._history_row(r, changes[r["source_uri"]], attempts[r["source_uri"]],
+                                      position, now)
+                    for position, r in enumerate(chunk, start=start)
+                    if r["source_uri"] in changes
                 ]
+                start += len(chunk)
                 if history:
                     stmt = _insert(conn)(outcomes_table)
                     conn.execute(stmt.on_conflict_do_update(
                         index_elements=["run_id", "datastore_id", "uri"],
-                        set_={c: stmt.excluded[c] for c in
-                              ("change", "status", "job_id", "image_set_id", "error_type",
-                               "reason", "attempts", "recorded_at")},
+                        set_={c: stmt.excluded[c] for c in history[0]
+                              if c not in ("run_id", "datastore_id", "uri")},
                     ), history)
             self._record_jobs_ended(conn, outcomes)
         return report.assign(
             change=report["source_uri"].map(changes),
             attempts=report["source_uri"].map(attempts).astype("Int64"),
         )
+
+    def _history_row(
+        self, row: Mapping[str, Any], change: str | None, attempts: int, position: int,
+        now: datetime,
+    ) -> dict[str, Any]:
+        return {"run_id": self.run_id, "datastore_id": self.datastore_id,
+                **{column: row.get(field) for field, column in _HISTORY_COLUMNS.items()},
+                "change": change, "attempts": attempts, "report_row": position,
+                "recorded_at": now}
+
+    def record_report(self, folder: str, jobs: pd.DataFrame) -> None:
+        """Where this run's report goes and its job rows, before it is written:
+        a run killed while writing it leaves what ``dicom-import report``
+        needs to write it again."""
+        rows = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
+        rows = rows.where(rows.notna(), None).to_dict("records")
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(runs_table).where(runs_table.c.run_id == self.run_id)
+                         .values(report_folder=folder))
+            conn.execute(sa.delete(run_jobs_table).where(
+                run_jobs_table.c.run_id == self.run_id,
+                run_jobs_table.c.datastore_id == self.datastore_id))
+            if rows:
+                conn.execute(sa.insert(run_jobs_table), [
+                    {"run_id": self.run_id, "datastore_id": self.datastore_id,
+                     "report_row": position, **row}
+                    for position, row in enumerate(rows)])
 
     def record_jobs_ended(self, outcomes: Sequence[JobOutcome]) -> None:
         """For jobs whose files are reported elsewhere (a FAILED job's files
@@ -1040,6 +1168,15 @@ class RunLedger:
                       f"last outcome {item.status}: {item.reason or item.error_type}"
             for item in items
         }
+        rows = [{"source_uri": item.uri, "size": item.size,
+                 "sop_instance_uid": item.sop_instance_uid,
+                 "study_instance_uid": item.study_instance_uid,
+                 "series_instance_uid": item.series_instance_uid,
+                 "sha256": item.sha256, "batch_id": item.batch_id, "job_id": item.job_id,
+                 "status": FileStatus.GIVEN_UP.value,
+                 "error_type": item.error_type, "error_message": reasons[item.uri],
+                 "change": Change.UNCHANGED.value, "attempts": item.attempts}
+                for item in items]
         with self.engine.begin() as conn:
             for chunk in _chunks(items, CLAIM_CHUNK):
                 conn.execute(
@@ -1047,25 +1184,64 @@ class RunLedger:
                     .where(files_table.c.datastore_id == self.datastore_id,
                            files_table.c.uri == sa.bindparam("file_uri"))
                     .values(status=FileStatus.GIVEN_UP.value, reason=sa.bindparam("file_reason"),
-                            run_id=self.run_id, updated_at=now),
+                            run_id=self.run_id, output_missing_run_id=None, updated_at=now),
                     [{"file_uri": item.uri, "file_reason": reasons[item.uri]} for item in chunk],
                 )
+            if rows:
                 conn.execute(
                     _insert(conn)(outcomes_table).on_conflict_do_nothing(),
-                    [{"run_id": self.run_id, "datastore_id": self.datastore_id, "uri": item.uri,
-                      "change": Change.UNCHANGED.value, "status": FileStatus.GIVEN_UP.value,
-                      "job_id": item.job_id, "error_type": item.error_type,
-                      "reason": reasons[item.uri], "attempts": item.attempts, "recorded_at": now}
-                     for item in chunk],
+                    [self._history_row(row, row["change"], row["attempts"], position, now)
+                     for position, row in enumerate(rows)],
                 )
-        rows = [{"source_uri": item.uri, "size": item.size,
-                 "sop_instance_uid": item.sop_instance_uid,
-                 "sha256": item.sha256, "job_id": item.job_id,
-                 "status": FileStatus.GIVEN_UP.value,
-                 "error_type": item.error_type, "error_message": reasons[item.uri],
-                 "change": Change.UNCHANGED.value, "attempts": item.attempts}
-                for item in items]
         return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What the ledger holds of one run's report."""
+
+    run_id: str
+    flow: str
+    datastore_id: str
+    report_folder: str | None
+    # Report columns, in the order the run wrote its rows (no PHI, no counts).
+    files: pd.DataFrame
+    jobs: pd.DataFrame
+
+
+def recorded_run(url: str, run_id: str) -> RecordedRun:
+    """A run's report rows as it recorded them, to write its report again.
+
+    Raises:
+        LedgerError: the ledger has no such run.
+    """
+    history = {column: report for report, column in _HISTORY_COLUMNS.items()}
+    with engine_for(url).begin() as conn:
+        run = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first()
+        if run is None:
+            raise LedgerError(f"The ledger has no run {run_id}: give the flow run ID shown in "
+                              "the Prefect UI, and the report location (or ledger URL) of "
+                              "that run.")
+        outcomes = outcomes_table.c
+        files = pd.DataFrame(
+            [row._asdict() for row in conn.execute(
+                sa.select(*(outcomes[c] for c in (*history, "change", "attempts")))
+                .where(outcomes.run_id == run_id, outcomes.datastore_id == run.datastore_id)
+                # Calls to record_outcomes in order, each call's rows in its order.
+                .order_by(outcomes.recorded_at, outcomes.report_row, outcomes.uri)
+            )],
+            columns=[*history, "change", "attempts"],
+        ).rename(columns=history)
+        jobs = pd.DataFrame(
+            [row._asdict() for row in conn.execute(
+                sa.select(*(run_jobs_table.c[c] for c in _RUN_JOB_COLUMNS))
+                .where(run_jobs_table.c.run_id == run_id,
+                       run_jobs_table.c.datastore_id == run.datastore_id)
+                .order_by(run_jobs_table.c.report_row)
+            )],
+            columns=_RUN_JOB_COLUMNS,
+        )
+    return RecordedRun(run_id, run.flow, run.datastore_id, run.report_folder, files, jobs)
 
 
 def _compare(row: Any, item: SourceFile) -> Change:
@@ -1084,7 +1260,7 @@ def _ledger_file(row: Any) -> LedgerFile:
         study_instance_uid=row.study_instance_uid,
         series_instance_uid=row.series_instance_uid, status=row.status,
         error_type=row.error_type, reason=row.reason, job_id=row.job_id,
-        attempts=int(row.attempts or 0),
+        attempts=int(row.attempts or 0), batch_id=row.batch_id,
     )
 
 

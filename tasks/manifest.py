@@ -86,6 +86,15 @@ class JobOutput:
     success: pd.DataFrame
     failure: pd.DataFrame
     warning: pd.DataFrame
+    # Set when the job's own output could not be read (why) and these rows
+    # were found in the data store instead (tasks.landed): the files absent
+    # from them are not known to have failed, only not found.
+    lost: str | None = None
+
+    @classmethod
+    def empty(cls) -> JobOutput:
+        return cls({}, pd.DataFrame(columns=SUCCESS_COLUMNS),
+                   pd.DataFrame(columns=FAILURE_COLUMNS), pd.DataFrame(columns=WARNING_COLUMNS))
 
 
 def read_job_output(output_s3_uri: str, fs: fsspec.AbstractFileSystem | None = None) -> JobOutput:

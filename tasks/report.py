@@ -8,17 +8,22 @@ when the operator opts in (``include_phi``).
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
+import fsspec
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch import Batch
-from tasks.locations import filesystem_for, uri_for
+from tasks.locations import filesystem_for, is_s3, uri_for
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus
 from tasks.stage import StageAction, StagedFile
@@ -36,6 +41,10 @@ class FileStatus(StrEnum):
     IMPORT_FAILED = "import_failed"
     JOB_FAILED = "job_failed"
     TIMED_OUT = "timed_out"
+    # The job COMPLETED but its output could not be read (gone, or not in the
+    # documented shape), and the data store does not hold the file either:
+    # not known to have failed, not known to be imported (tasks.landed).
+    OUTPUT_MISSING = "output_missing"
     # Valid and batched, but nothing was staged or imported (dry run).
     VALIDATED = "validated"
     # In an import job whose output no run has read yet: the run stopped
@@ -51,7 +60,7 @@ class FileStatus(StrEnum):
 # with them): a run that leaves any is not done.
 FAILURES = frozenset({
     FileStatus.IMPORT_FAILED, FileStatus.JOB_FAILED, FileStatus.TIMED_OUT,
-    FileStatus.SUBMITTED, FileStatus.INTERRUPTED, FileStatus.GIVEN_UP,
+    FileStatus.SUBMITTED, FileStatus.INTERRUPTED, FileStatus.GIVEN_UP, FileStatus.OUTPUT_MISSING,
 })
 
 FILE_COLUMNS = [
@@ -63,6 +72,9 @@ FILE_COLUMNS = [
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
 ]
+# The error_message of a file reported imported because the data store holds
+# it, its job's output being unreadable (followed by why).
+CONFIRMED_IN_DATASTORE = "Confirmed in the data store (the job output could not be read: "
 PHI_COLUMNS = ["patient_name", "patient_id", "patient_birth_date"]
 JOB_COLUMNS = [
     "batch_id", "job_id", "job_status", "message", "files", "bytes", "input_s3_uri",
@@ -140,7 +152,8 @@ def build_file_report(
     # An empty run (everything skipped as unchanged) has float64 empty columns.
     files["staged_key"] = files["staged_key"].astype(object)
     files = files.merge(_manifest_rows(outputs), on="staged_key", how="left")
-    unreadable = {b: o for b, o in outputs.items() if isinstance(o, str)}
+    unreadable = {b: o if isinstance(o, str) else o.lost
+                  for b, o in outputs.items() if isinstance(o, str) or o.lost}
     # Mapping a million rows through an empty dict still costs 0.2 s.
     files["output_error"] = files["batch_id"].map(unreadable) if unreadable else None
     return _decide(files, include_phi)
@@ -171,6 +184,9 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
     validation never reaches the job rules."""
     validity, job, outcome = files["validity"], files["job_status"], files["outcome"]
     completed = job == JobStatus.COMPLETED.value
+    lost = files["output_error"].notna()
+    confirmed = (CONFIRMED_IN_DATASTORE + files["output_error"].fillna("") + ")"
+                 if lost.any() else None)
     Text = pd.Series | str | None
     rules: list[tuple[pd.Series, FileStatus, Text, Text]] = [
         (validity == FileValidity.INVALID.value, FileStatus.INVALID, None,
@@ -196,9 +212,9 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
         (completed & (outcome == "failure"), FileStatus.IMPORT_FAILED,
          files["exceptionType"], files["message"]),
         (completed & (outcome == "warning"), FileStatus.IMPORTED_WITH_WARNINGS, None, None),
+        (completed & (outcome == "success") & lost, FileStatus.IMPORTED, None, confirmed),
         (completed & (outcome == "success"), FileStatus.IMPORTED, None, None),
-        (completed & files["output_error"].notna(), FileStatus.IMPORT_FAILED,
-         "ManifestError", files["output_error"]),
+        (completed & lost, FileStatus.OUTPUT_MISSING, "ManifestError", files["output_error"]),
         (completed, FileStatus.IMPORT_FAILED, "MissingFromOutput",
          "The job COMPLETED but this file is missing from its output: it is in "
          "neither SUCCESS nor FAILURE."),
@@ -214,14 +230,16 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
     imported = status.isin([FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value])
     report = files.assign(
         status=status,
-        image_set_id=files["imageSetId"].where(imported),
+        # Object, never float: a report without one imported file has no
+        # value here, and its columns must keep their types (rebuilt reports too).
+        image_set_id=files["imageSetId"].where(imported).astype(object),
         is_primary=files["isPrimary"].where(imported).astype("boolean"),
         image_set_version=files["imageSetVersion"].where(imported).astype("Int64"),
         error_type=error_type.where(error_type.notna(), None),
         error_message=message.where(message.notna(), None),
         warning_codes=files["warningCodes"].where(
             status == FileStatus.IMPORTED_WITH_WARNINGS.value
-        ),
+        ).astype(object),
     )
     return report.reindex(columns=FILE_COLUMNS + (PHI_COLUMNS if include_phi else []))
 
@@ -234,10 +252,6 @@ def build_job_summary(
 ) -> pd.DataFrame:
     """One row per batch: the job, its end state and its files by final status."""
     by_batch = {o.batch_id: o for o in outcomes}
-    counts = (
-        file_report.dropna(subset=["batch_id"])
-        .groupby(["batch_id", "status"]).size().unstack(fill_value=0)
-    )
     rows = []
     for batch in batches:
         outcome = by_batch.get(batch.batch_id)
@@ -246,6 +260,8 @@ def build_job_summary(
         message = outcome.message if outcome else None
         if isinstance(output, str):
             message = output
+        elif output is not None and output.lost:
+            message = output.lost
         row = {
             "batch_id": batch.batch_id,
             "job_id": outcome.job_id if outcome else None,
@@ -259,34 +275,91 @@ def build_job_summary(
             "imported_files": summary.get("numberOfImportedFiles"),
             "generated_image_sets": summary.get("numberOfGeneratedImageSets"),
         }
-        for status in FileStatus:
-            row[status.value] = (
-                int(counts.at[batch.batch_id, status.value])
-                if batch.batch_id in counts.index and status.value in counts.columns
-                else 0
-            )
         rows.append(row)
-    jobs = pd.DataFrame(rows, columns=JOB_COLUMNS)
+    return _with_status_counts(pd.DataFrame(rows, columns=JOB_COLUMNS), file_report)
+
+
+def _with_status_counts(jobs: pd.DataFrame, file_report: pd.DataFrame) -> pd.DataFrame:
+    """The job rows with their files counted by final status, one column each."""
+    counts = (
+        file_report.dropna(subset=["batch_id"])
+        .groupby(["batch_id", "status"]).size().unstack(fill_value=0)
+    )
+    counted = counts.reindex(index=jobs["batch_id"], columns=[s.value for s in FileStatus],
+                             fill_value=0).astype("int64")
+    jobs = jobs.assign(**{s.value: counted[s.value].to_numpy() for s in FileStatus})
     for column in ("scanned_files", "imported_files", "generated_image_sets"):
         jobs[column] = jobs[column].astype("Int64")
-    return jobs
+    return jobs.reindex(columns=JOB_COLUMNS)
+
+
+def rebuilt_report(files: pd.DataFrame, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's report from the rows its ledger recorded (``tasks.ledger.recorded_run``):
+    the columns and types of the report it wrote, without PHI columns (PHI is
+    never in the ledger), and job rows counted again from the files."""
+    files = files.reindex(columns=FILE_COLUMNS).astype(object)
+    files = files.where(files.notna(), None).astype(
+        {"size": "Int64", "is_primary": "boolean", "image_set_version": "Int64",
+         "attempts": "Int64"})
+    jobs = jobs.astype(object).where(jobs.notna(), None).astype(
+        {"files": "int64", "bytes": "int64"})
+    return files, _with_status_counts(jobs, files)
 
 
 def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> ReportPaths:
-    """Parquet for tools, CSV for people; local folder or s3:// alike."""
+    """Parquet for tools, CSV for people; local folder or s3:// alike.
+
+    Each file appears whole or not at all: a run killed while writing must
+    never leave a truncated ``files.parquet``, which an incremental rerun
+    would take for a report and skip every file in it (see :func:`_publish`).
+    """
     fs, root = filesystem_for(folder)
     fs.makedirs(root, exist_ok=True)
     paths = {}
     for name, frame in (("files", files), ("jobs", jobs)):
         for extension in ("parquet", "csv"):
             path = f"{root}/{name}.{extension}"
-            with fs.open(path, "wb") as out:
-                if extension == "parquet":
-                    frame.to_parquet(out, index=False)
-                else:
-                    frame.to_csv(out, index=False)
+            _publish(fs, path, frame, extension, local=not is_s3(folder))
             paths[f"{name}_{extension}"] = uri_for(folder, path)
     return ReportPaths(**paths)
+
+
+def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
+    if extension == "parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+
+
+def _publish(
+    fs: fsspec.AbstractFileSystem, path: str, frame: pd.DataFrame, extension: str, local: bool
+) -> None:
+    """Write under a temporary name, then move into place in one step.
+
+    Locally: a hidden temporary file in the same folder (same filesystem),
+    then ``os.replace``, atomic on POSIX and Windows. On S3 there is no
+    rename, but an object appears only once its PutObject (or multipart
+    upload) completes; what must be avoided is s3fs's ``open("wb")``, whose
+    ``close()`` uploads whatever was buffered even when the block raised.
+    So the file is serialized to a local temporary file first and uploaded
+    in one ``put_file`` (a single PutObject below 100 MB).
+    """
+    if local:
+        folder, name = os.path.split(path)
+        # Not mkstemp: its 0600 mode would make the report unreadable to others.
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "xb") as out:
+                _serialize(frame, extension, out)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return
+    with tempfile.NamedTemporaryFile(suffix=f".{extension}") as out:
+        _serialize(frame, extension, out)
+        out.flush()
+        fs.put_file(out.name, path)
 
 
 def status_counts(files: pd.DataFrame) -> dict[str, int]:
@@ -312,6 +385,8 @@ def report(
     if ledger is not None:
         files = ledger.record_outcomes(files, outcomes)
     jobs = build_job_summary(batches, outcomes, outputs, files)
+    if ledger is not None:
+        ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
     job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
     return paths, status_counts(files), job_rows

@@ -24,11 +24,15 @@ from config.clients import medical_imaging_client
 from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
+from tasks.landed import Instance, find_landed
 from tasks.ledger import Change, LedgerFile, LedgerJob, RetryClass, RunLedger, retry_class
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus, wait_for_job
 from tasks.report import (
+    CONFIRMED_IN_DATASTORE,
+    FILE_COLUMNS,
+    FileStatus,
     ReportPaths,
     build_file_report,
     build_job_summary,
@@ -111,6 +115,61 @@ def retry_staging_id(source: str, datastore_id: str, items: Sequence[RetryItem])
     return f"{staging_run_id(source, datastore_id)}-retry-{digest.hexdigest()[:12]}"
 
 
+def _output_lost(item: LedgerFile) -> bool:
+    """Its job's output could not be read: ``output_missing``, or what earlier
+    versions recorded for it (``import_failed`` with ``ManifestError``)."""
+    return item.status == FileStatus.OUTPUT_MISSING.value or (
+        item.status == FileStatus.IMPORT_FAILED.value and item.error_type == "ManifestError"
+    )
+
+
+def _instance(item: LedgerFile) -> Instance | None:
+    if item.study_instance_uid and item.series_instance_uid and item.sop_instance_uid:
+        return Instance(item.study_instance_uid, item.series_instance_uid,
+                        item.sop_instance_uid)
+    return None
+
+
+def settle_lost_outputs(
+    ledger: RunLedger, candidates: Sequence[LedgerFile]
+) -> tuple[pd.DataFrame, list[LedgerFile]]:
+    """Files whose job output was lost are looked up in the data store before
+    anything is imported again: those it holds are recorded imported (and
+    returned as report rows), never imported twice; the rest go on to be
+    retried. Only files this run wins a claim on are recorded."""
+    doubtful = [c for c in candidates if _output_lost(c) and _instance(c)]
+    if not doubtful:
+        return pd.DataFrame(columns=FILE_COLUMNS), list(candidates)
+    won = {f.uri for f in ledger.claim_known(
+        [(c.as_source_file(), Change.UNCHANGED) for c in doubtful])}
+    doubtful = [c for c in doubtful if c.uri in won]
+    landed = find_landed(ledger.datastore_id, [i for c in doubtful if (i := _instance(c))])
+    found = {c.uri: (c, landed[i]) for c in doubtful if (i := _instance(c)) in landed}
+    rows = pd.DataFrame(
+        [{"source_uri": item.uri, "size": item.size, "sha256": item.sha256,
+          "sop_instance_uid": item.sop_instance_uid,
+          "study_instance_uid": item.study_instance_uid,
+          "series_instance_uid": item.series_instance_uid,
+          "batch_id": item.batch_id, "job_id": item.job_id,
+          "status": FileStatus.IMPORTED.value, "image_set_id": where.image_set_id,
+          "is_primary": where.is_primary, "image_set_version": where.version,
+          "error_message": f"{CONFIRMED_IN_DATASTORE}"
+                           f"{item.reason or 'an earlier run found it missing'})"}
+         for item, where in found.values()],
+        columns=FILE_COLUMNS,
+    )
+    if found:
+        rows = ledger.record_outcomes(rows)
+    return rows, [c for c in candidates if c.uri not in found]
+
+
+@task(name="find-lost-outputs-in-datastore", cache_policy=NO_CACHE)
+def look_up_lost_outputs(
+    ledger: RunLedger, candidates: list[LedgerFile]
+) -> tuple[pd.DataFrame, list[LedgerFile]]:
+    return settle_lost_outputs(ledger, candidates)
+
+
 @task(name="plan-retry", cache_policy=NO_CACHE)
 def plan(candidates: list[LedgerFile], force: bool, max_attempts: int) -> RetryPlan:
     return plan_retry(candidates, force, max_attempts)
@@ -142,13 +201,20 @@ def retry_report(
     folder: str,
     include_phi: bool,
     ledger: RunLedger,
+    confirmed: pd.DataFrame | None = None,
 ) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
-    """The ingestion report plus the files given up (which had no job)."""
+    """The ingestion report plus the files given up (which had no job) and
+    those found in the data store instead of imported again (``confirmed``,
+    already recorded)."""
     files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
     files = ledger.record_outcomes(files, outcomes)
-    if not given_up.empty:
-        files = pd.concat([files, given_up.reindex(columns=files.columns)], ignore_index=True)
+    # In the order the rows were recorded, as a report rebuilt from the ledger has them.
+    recorded = [r for r in (confirmed, given_up) if r is not None and not r.empty]
+    if recorded:
+        files = pd.concat([*(r.reindex(columns=files.columns) for r in recorded), files],
+                          ignore_index=True)
     jobs = build_job_summary(batches, outcomes, outputs, files)
+    ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
     counts = {**status_counts(files), "given_up": len(given_up)}
     job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")

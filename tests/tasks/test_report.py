@@ -117,15 +117,17 @@ def test_every_file_gets_one_final_status(scenario) -> None:
     assert rows["/src/dup"]["error_message"] == "kept /src/ok"
 
 
-def test_unreadable_output_marks_files_import_failed(scenario) -> None:
+def test_unreadable_output_marks_files_output_missing(scenario) -> None:
+    """Not import_failed: nothing says HealthImaging refused the file."""
     records, batches, staged, outcomes, outputs = scenario
     staged = [StagedFile(s.source_uri, s.batch_id, s.key, StageAction.UPLOADED)
               for s in staged]
 
     rows = _by_source(build_file_report(records, batches, staged, outcomes, outputs))
 
-    assert rows["/src/unstaged"]["status"] == FileStatus.IMPORT_FAILED
+    assert rows["/src/unstaged"]["status"] == FileStatus.OUTPUT_MISSING
     assert rows["/src/unstaged"]["error_type"] == "ManifestError"
+    assert rows["/src/unstaged"]["error_message"] == "no manifest"
 
 
 def test_dry_run_leaves_valid_files_validated(scenario) -> None:
@@ -184,3 +186,52 @@ def test_writes_to_s3(scenario, s3_bucket: str) -> None:
 
     body = boto3.client("s3").get_object(Bucket=s3_bucket, Key="reports/run/files.csv")
     assert body["Body"].read().startswith(b"source_uri,")
+
+
+def _parquet_dies_midway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process is killed (here: the writer fails) after some bytes went out."""
+
+    def write_some_then_fail(self: pd.DataFrame, out, *args, **kwargs) -> None:
+        out.write(b"PAR1 partial")
+        raise KeyboardInterrupt("killed while writing the report")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", write_some_then_fail)
+
+
+def test_report_killed_while_written_leaves_no_torn_file(
+    scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, batches, _, outcomes, outputs = scenario
+    files = build_file_report(*scenario)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+    fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
+    previous = write_report(files.head(2), jobs, str(earlier))
+    _parquet_dies_midway(monkeypatch)
+
+    for folder in (fresh, earlier):
+        with pytest.raises(KeyboardInterrupt):
+            write_report(files, jobs, str(folder))
+
+    assert not (fresh / "files.parquet").exists()
+    assert list(fresh.iterdir()) == []  # no temporary file left behind either
+    monkeypatch.undo()
+    assert len(pd.read_parquet(previous.files_parquet)) == 2  # the earlier report, intact
+    assert sorted(p.name for p in earlier.iterdir()) == [
+        "files.csv", "files.parquet", "jobs.csv", "jobs.parquet"]
+
+
+def test_report_killed_while_written_to_s3_leaves_no_object(
+    scenario, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    _, batches, _, outcomes, outputs = scenario
+    files = build_file_report(*scenario)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+    _parquet_dies_midway(monkeypatch)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_report(files, jobs, f"s3://{s3_bucket}/reports/run")
+
+    listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="reports/")
+    assert listed.get("KeyCount", 0) == 0

@@ -1,0 +1,78 @@
+"""``dicom-import report``: any run's report written again from the ledger alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cli.main import main
+from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
+from emulator.server import LocalService
+from flows.ingest import dicom_ingest
+from tests.operations.conftest import ingest_params
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def test_deleted_report_is_rebuilt_from_the_ledger(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    write_ct_series(source / "a", 3, series_spec("rebuild-a"), 16, 16)
+    write_ct_series(source / "b", 2, series_spec("rebuild-b", series_number=7), 16, 16)
+    BROKEN_MAKERS["missing_uid"](source / "broken" / "no-series.dcm")
+    result = dicom_ingest(ingest_params(tmp_path))
+    assert result.counts["imported"] == 5 and result.counts["invalid"] == 1
+    folder = Path(result.report_files_parquet).parent
+    originals = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("files", "jobs")}
+    csv = {name: (folder / f"{name}.csv").read_text() for name in ("files", "jobs")}
+    for written in folder.iterdir():
+        written.unlink()
+
+    code = main(["report", "--run", str(result.flow_run_id),
+                 "--report-location", str(tmp_path / "reports")])
+
+    out, err = capsys.readouterr()
+    assert code == 0 and not err
+    assert str(folder / "files.parquet") in out and str(folder / "jobs.csv") in out
+    for name, original in originals.items():
+        rebuilt = pd.read_parquet(folder / f"{name}.parquet")
+        assert list(rebuilt.columns) == list(original.columns)
+        for column in original.columns:
+            pd.testing.assert_series_equal(rebuilt[column], original[column], obj=column)
+        assert (folder / f"{name}.csv").read_text() == csv[name]
+
+
+def test_rebuilt_report_goes_where_asked(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_ct_series(tmp_path / "source" / "a", 2, series_spec("rebuild-out"), 16, 16)
+    result = dicom_ingest(ingest_params(tmp_path))
+
+    code = main(["report", "--run", str(result.flow_run_id), "--report-location",
+                 str(tmp_path / "reports"), "--output", str(tmp_path / "copy")])
+
+    assert code == 0
+    rebuilt = pd.read_parquet(tmp_path / "copy" / "files.parquet")
+    pd.testing.assert_frame_equal(rebuilt, pd.read_parquet(result.report_files_parquet))
+
+
+def test_unknown_run_is_one_clear_line(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_ct_series(tmp_path / "source" / "a", 1, series_spec("rebuild-none"), 16, 16)
+    dicom_ingest(ingest_params(tmp_path))
+
+    code = main(["report", "--run", "no-such-run", "--report-location",
+                 str(tmp_path / "reports")])
+    missing_ledger = main(["report", "--run", "no-such-run", "--report-location",
+                           str(tmp_path / "elsewhere")])
+
+    out, err = capsys.readouterr()
+    assert code == missing_ledger == 2 and not out
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in err
+    assert "no run no-such-run" in lines[0]
+    assert "no ledger at" in lines[1]
