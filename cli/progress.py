@@ -1,5 +1,6 @@
 """What the CLI shows while a flow runs: one line that follows the flow's
-progress messages, instead of Prefect's console log.
+progress messages, instead of Prefect's console log; a message that must
+not scroll away (a data store created) stays printed above it.
 
 Prefect's console handler also prints the traceback of a failed flow; the
 CLI turns failures into a one-line error instead, so that handler is held
@@ -36,10 +37,13 @@ class ProgressDisplay(logging.Handler):
             return
         elapsed = time.monotonic() - self._started
         line = f"[{elapsed:6.1f}s] {message}"
-        if self._status is not None:
-            self._status.update(f"{self.title}: {line}")
-        else:
+        if self._status is None:
             print(line, file=sys.stderr, flush=True)
+        elif getattr(record, "notice", False):
+            # Logged with tasks.import_jobs.NOTICE: kept above the status line.
+            self.console.print(line, markup=False, highlight=False)
+        else:
+            self._status.update(f"{self.title}: {line}")
 
     def __enter__(self) -> ProgressDisplay:
         for handler in logging.getLogger().handlers:
