@@ -35,6 +35,7 @@ from tasks.import_jobs import import_batch, resolve
 from tasks.ledger import RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
+from tasks.preflight import preflight
 from tasks.report import report
 from tasks.stage import (
     StageAction,
@@ -99,6 +100,8 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
         params: What to import, where to, and within which limits.
     """
     timer = StageTimer()
+    preflight(params.report_location, params.source, params.staging_prefix,
+              params.output_prefix, imports=params.imports())
     with timer.stage("discover"):
         files = discover(params.source)
     if params.dry_run:

@@ -25,6 +25,7 @@ from tasks.import_jobs import resolve
 from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
+from tasks.preflight import preflight
 from tasks.retry import plan, resume_job, retry_report, retry_staging_id, under_source
 from tasks.stage import StageAction, StagedFile
 from tasks.validate import ValidationRecord
@@ -55,6 +56,7 @@ def retry_failed(params: RetryParameters) -> RetryResult:
         params: Which failures to retry (a run, a job, or the whole data store),
             and where and how to import them.
     """
+    preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
     datastore_id = resolve(params.datastore, create=False)
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
     ledger = run_ledger(params.report_location, datastore_id)
