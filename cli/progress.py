@@ -1,5 +1,6 @@
 """What the CLI shows while a flow runs: one line that follows the flow's
-progress messages, instead of Prefect's console log.
+progress messages, instead of Prefect's console log; a message that must
+not scroll away (a data store created) stays printed above it.
 
 Prefect's console handler prints every task's errors, retries and the
 traceback of a failed flow, so one failure showed 4 to 7 times. Those lines go
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.status import Status
 
 _FLOW_LOGGER = "prefect.flow_runs"
+_TASK_LOGGER = "prefect.task_runs"
 
 
 class ProgressDisplay(logging.Handler):
@@ -34,14 +36,19 @@ class ProgressDisplay(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if record.levelno != logging.INFO or message.startswith("Finished in state"):
+        notice = getattr(record, "notice", False)
+        progress = record.name == _FLOW_LOGGER and record.levelno == logging.INFO
+        if not (notice or progress) or message.startswith("Finished in state"):
             return
         elapsed = time.monotonic() - self._started
         line = f"[{elapsed:6.1f}s] {message}"
-        if self._status is not None:
-            self._status.update(f"{self.title}: {line}")
-        else:
+        if self._status is None:
             print(line, file=sys.stderr, flush=True)
+        elif notice:
+            # Logged with tasks.import_jobs.NOTICE: kept above the status line.
+            self.console.print(line, markup=False, highlight=False)
+        else:
+            self._status.update(f"{self.title}: {line}")
 
     def __enter__(self) -> ProgressDisplay:
         if self.verbose:
@@ -50,7 +57,8 @@ class ProgressDisplay(logging.Handler):
             if isinstance(handler, PrefectConsoleHandler):
                 self._held.append((handler, handler.level))
                 handler.setLevel(logging.CRITICAL + 1)
-        logging.getLogger(_FLOW_LOGGER).addHandler(self)
+        for name in (_FLOW_LOGGER, _TASK_LOGGER):
+            logging.getLogger(name).addHandler(self)
         if self.console.is_terminal:
             self._status = self.console.status(self.title)
             self._status.start()
@@ -64,6 +72,7 @@ class ProgressDisplay(logging.Handler):
     ) -> None:
         if self._status is not None:
             self._status.stop()
-        logging.getLogger(_FLOW_LOGGER).removeHandler(self)
+        for name in (_FLOW_LOGGER, _TASK_LOGGER):
+            logging.getLogger(name).removeHandler(self)
         for handler, level in self._held:
             handler.setLevel(level)

@@ -45,10 +45,14 @@ def region() -> str:
 
 def medical_imaging_client(max_attempts: int = 5, retry_mode: str = "standard") -> Any:
     """A ``medical-imaging`` client. botocore's own retries are the inner, fast
-    layer; the flow's backoff around 402/429 is the outer one."""
+    layer; the flow's backoff around 402/429 is the outer one.
+
+    ``max_attempts`` counts the first attempt (botocore's ``total_max_attempts``;
+    its ``max_attempts`` key would count retries only), so 1 means no retry.
+    """
     endpoint = _endpoint_for("AWS_ENDPOINT_URL_MEDICAL_IMAGING")
     config = Config(
-        retries={"max_attempts": max_attempts, "mode": retry_mode},
+        retries={"total_max_attempts": max_attempts, "mode": retry_mode},
         inject_host_prefix=not _is_local(endpoint),
         max_pool_connections=50,
     )
@@ -60,7 +64,8 @@ def medical_imaging_client(max_attempts: int = 5, retry_mode: str = "standard") 
 def s3_client(max_attempts: int = 5) -> Any:
     endpoint = _endpoint_for("AWS_ENDPOINT_URL_S3")
     config = Config(
-        retries={"max_attempts": max_attempts, "mode": "standard"}, max_pool_connections=50
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        max_pool_connections=50,
     )
     client = boto3.client("s3", endpoint_url=endpoint, region_name=region(), config=config)
     client.meta.events.register("before-send.s3", _continue_only_for_large_bodies)

@@ -37,6 +37,7 @@ from tasks.landed import confirm_lost_outputs
 from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
+from tasks.preflight import preflight
 from tasks.report import report
 from tasks.stage import (
     StageAction,
@@ -109,6 +110,8 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
         params: What to import, where to, and within which limits.
     """
     timer = StageTimer()
+    preflight(params.report_location, params.source, params.staging_prefix,
+              params.output_prefix, imports=params.imports())
     with timer.stage("discover"):
         files = discover(params.source)
     if params.dry_run:

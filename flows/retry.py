@@ -26,6 +26,7 @@ from tasks.landed import confirm_lost_outputs
 from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
+from tasks.preflight import preflight
 from tasks.retry import (
     look_up_lost_outputs,
     plan,
@@ -63,6 +64,7 @@ def retry_failed(params: RetryParameters) -> RetryResult:
         params: Which failures to retry (a run, a job, or the whole data store),
             and where and how to import them.
     """
+    preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
     datastore_id = resolve(params.datastore, create=False)
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
     ledger = run_ledger(params.report_location, datastore_id)

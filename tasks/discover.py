@@ -55,13 +55,23 @@ def iter_source(source: str) -> Iterator[SourceFile]:
             found += 1
             yield _to_source_file(source, root, entry)
     except FileNotFoundError as exc:
-        raise SourceNotFoundError(
-            f"Source {source!r} does not exist (no such folder, bucket or prefix)."
-        ) from exc
+        raise source_not_found(source) from exc
     except NotADirectoryError as exc:
-        raise SourceNotFoundError(f"Source {source!r} is not a folder or prefix.") from exc
+        raise source_not_a_folder(source) from exc
     if not found:
         raise SourceEmptyError(f"Source {source!r} contains no files; nothing to ingest.")
+
+
+def source_not_found(source: str) -> SourceNotFoundError:
+    """One message for a missing source, whether the pre-flight check or the
+    walk finds out."""
+    return SourceNotFoundError(
+        f"Source {source!r} does not exist (no such folder, bucket or prefix)."
+    )
+
+
+def source_not_a_folder(source: str) -> SourceNotFoundError:
+    return SourceNotFoundError(f"Source {source!r} is not a folder or prefix.")
 
 
 def _walk(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:

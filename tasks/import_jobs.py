@@ -9,6 +9,7 @@ retry all send the same token and get the same job back.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
 import time
@@ -17,11 +18,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from config.clients import medical_imaging_client
-from tasks.backoff import error_code, exponential, is_transient, jittered
+from tasks.backoff import error_code, exponential, is_transient, jittered, retry_if_transient
 from tasks.batch import Batch
 from tasks.poll import JobOutcome, JobStatus, wait_for_job
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from tasks.ledger import RunLedger
 
 DATASTORE_ID = re.compile(r"[0-9a-f]{32}")
+# Log records with this extra stay on the CLI's screen (cli.progress): an
+# operator must see that a run created a data store, a mistyped name included.
+NOTICE = {"notice": True}
 
 
 class ImportJobError(Exception):
@@ -123,11 +127,13 @@ def resolve_datastore(
     poll_interval: float = 2.0,
     timeout: float = 600.0,
     sleep: Callable[[float], None] = time.sleep,
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
 ) -> str:
     """The ID of an ACTIVE data store, given its ID or its name.
 
     A name is looked up with ListDatastores and created when absent (with a
-    token derived from the name, so two racing runs create one store).
+    token derived from the name, so two racing runs create one store), which
+    is logged to ``logger``.
 
     Raises:
         DatastoreError: not found (and not created), ambiguous, or never ACTIVE.
@@ -148,6 +154,8 @@ def resolve_datastore(
                 datastoreName=id_or_name,
                 clientToken=hashlib.sha256(f"datastore|{id_or_name}".encode()).hexdigest(),
             )["datastoreId"]
+            (logger or logging.getLogger(__name__)).info(
+                "Created data store %s (%s)", id_or_name, datastore_id, extra=NOTICE)
         else:
             raise DatastoreError(f"No data store is named {id_or_name!r}.")
     return _wait_until_active(client, datastore_id, poll_interval, timeout, sleep)
@@ -193,14 +201,17 @@ def _wait_until_active(
         waited += poll_interval
 
 
-@task(name="resolve-datastore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(name="resolve-datastore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
+      retry_condition_fn=retry_if_transient)
 def resolve(id_or_name: str, create: bool = True) -> str:
-    return resolve_datastore(medical_imaging_client(), id_or_name, create=create)
+    return resolve_datastore(medical_imaging_client(), id_or_name, create=create,
+                             logger=get_run_logger())
 
 
 # Retrying the whole task is safe only because the client token is
 # deterministic: the retry gets the running job back instead of a second one.
-@task(name="import-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+@task(name="import-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
+      retry_condition_fn=retry_if_transient)
 def import_batch(
     datastore_id: str,
     batch: Batch,

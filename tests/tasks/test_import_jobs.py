@@ -147,6 +147,18 @@ class TestResolveDatastore:
         assert resolve_datastore(client, "new", sleep=sleeps.append) == DS
         assert len(sleeps) == 1
 
+    def test_a_created_store_is_logged(self, client: Any, stub: Stubber,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+        stub.add_response("list_datastores", {"datastoreSummaries": []})
+        stub.add_response("create_datastore", {"datastoreId": DS, "datastoreStatus": "CREATING"},
+                          {"datastoreName": "new", "clientToken": ANY})
+        stub.add_response("get_datastore", _properties("ACTIVE"), {"datastoreId": DS})
+
+        with caplog.at_level("INFO", logger="tasks.import_jobs"):
+            resolve_datastore(client, "new")
+
+        assert f"Created data store new ({DS})" in caplog.messages
+
     def test_unknown_name_without_create_is_an_error(self, client: Any, stub: Stubber) -> None:
         stub.add_response("list_datastores", {"datastoreSummaries": []})
         with pytest.raises(DatastoreError, match="No data store is named 'new'"):
