@@ -46,11 +46,11 @@ def dicom_import(
 
 
 def ingest_empty_folder(tmp_path: Path) -> list[str]:
-    """An ingest that needs no AWS: the flow runs (so the API must answer) and
-    stops at once on the empty source, exit status 2."""
+    """An ingest that needs no AWS (a dry run: the pre-flight checks no bucket
+    and no credentials): the flow runs (so the API must answer) and stops at
+    once on the empty source, exit status 2."""
     (tmp_path / "empty").mkdir()
-    return ["ingest", str(tmp_path / "empty"), "--datastore", "store",
-            "--staging-prefix", "s3://bucket/staging", "--output-prefix", "s3://bucket/output",
+    return ["ingest", str(tmp_path / "empty"), "--dry-run",
             "--report-location", str(tmp_path / "reports")]
 
 
