@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from import_rules.codes import ReasonCode
 from tasks.batch import make_batches
 from tasks.manifest import read_job_output
 from tasks.poll import JobOutcome, JobStatus
@@ -18,7 +19,7 @@ from tasks.report import (
     write_report,
 )
 from tasks.stage import StageAction, StagedFile
-from tasks.validate import FileValidity, ReasonCode, ValidationRecord
+from tasks.validate import FileValidity, ValidationRecord
 from tests.import_output import (
     DS,
     failure_row,
