@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -185,3 +186,16 @@ def test_writes_to_s3(scenario, s3_bucket: str) -> None:
 
     body = boto3.client("s3").get_object(Bucket=s3_bucket, Key="reports/run/files.csv")
     assert body["Body"].read().startswith(b"source_uri,")
+
+
+def test_warnings_validation_expected_are_reported(scenario) -> None:
+    """A file the import takes with a warning is valid; the report says which
+    warning validation expected, next to what HealthImaging said."""
+    records, *rest = scenario
+    expected = replace(records[0], expected_warnings="INVALID_UID_FORMAT(0xB201)")
+
+    rows = _by_source(build_file_report([expected, *records[1:]], *rest))
+
+    assert rows["/src/ok"]["expected_warnings"] == "INVALID_UID_FORMAT(0xB201)"
+    assert rows["/src/ok"]["status"] == FileStatus.IMPORTED
+    assert pd.isna(rows["/src/bad"]["expected_warnings"])
