@@ -241,7 +241,8 @@ BROKEN_MAKERS: dict[str, Callable[[Path], Path]] = {
     "pixel_data_size_mismatch": write_pixel_mismatch,
     "truncated": write_truncated,
 }
-"""One maker per validation reason code, keyed by the code's value."""
+"""One maker per refusal a file's content earns, keyed by its reason code's
+value (``import_rules.codes.ReasonCode``)."""
 
 
 # --- the demo corpus --------------------------------------------------------------
