@@ -3,8 +3,8 @@
 A check returns the warning the import attaches to the file (or None) and
 raises :class:`Refusal` for a file the import refuses; the refusal's message is
 the one the local service writes on the file's FAILURE line and validation
-reports. Callers apply the checks in the order the functions appear here, so
-the first rule a file breaks is its reason on both sides.
+reports. Callers apply the checks in the order docs/import-rules.md lists
+them, so the first rule a file breaks is its reason on both sides.
 
 Sources: AWS's published element constraints, warning codes and transfer
 syntaxes, newest first (UIDs up to 256 characters, StudyID and
