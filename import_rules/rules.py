@@ -230,10 +230,14 @@ def check_image(
     IS value as written (None: absent); ``native_length``: Pixel Data's length
     under a native transfer syntax, None when encapsulated.
     """
-    rows, columns, bits_allocated = (
-        _present(keyword, value) for keyword, value in zip(IMAGE_ATTRIBUTES, description,
-                                                          strict=True)
-    )
+    rows, columns, bits_allocated = description
+    if rows is None or columns is None or bits_allocated is None:
+        missing = IMAGE_ATTRIBUTES[list(description).index(None)]
+        raise Refusal(
+            ReasonCode.INVALID_IMAGE_ATTRIBUTE,
+            f"DICOM attribute {missing} is missing or not one number; it is required with "
+            "PixelData",
+        )
     frames = _frame_count(number_of_frames)
     bits = frame_bits(rows, columns, samples or 1, bits_allocated, photometric)
     frame_bytes = (bits + 7) // 8
@@ -253,16 +257,6 @@ def check_image(
             f"Pixel data length {native_length} does not match Rows x Columns x "
             f"SamplesPerPixel x BitsAllocated/8 x NumberOfFrames = {expected}",
         )
-
-
-def _present(keyword: str, value: int | None) -> int:
-    if value is None:
-        raise Refusal(
-            ReasonCode.INVALID_IMAGE_ATTRIBUTE,
-            f"DICOM attribute {keyword} is missing or not one number; it is required with "
-            "PixelData",
-        )
-    return value
 
 
 def _frame_count(written: str | None) -> int:
