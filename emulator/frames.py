@@ -23,6 +23,10 @@ Choices where AWS documents nothing, written down here:
   YCbCr because they are not colour-converted.
 * Video is one frame holding the whole bitstream, as DICOM does not split a
   video stream into frames.
+* Pixel data in a transfer syntax HealthImaging does not support (unknown
+  and private ones included) is one frame holding Pixel Data as written, with
+  no checksum: AWS stores it as a blob (the file's UNSUPPORTED_TRANSFER_SYNTAX
+  warning comes from ``part10``).
 * With ``transcode_htj2k`` off (a benchmark setting, not an AWS mode), native
   pixel data is stored as the decoded frame's little-endian bytes under
   Explicit VR Little Endian (bit-packed for BitsAllocated 1) and compressed
@@ -53,8 +57,10 @@ from pydicom.uid import (
 )
 
 from emulator.imagesets import new_id
-from emulator.import_warnings import ImportWarning, WarningCode
+from emulator.import_warnings import ImportWarning
 from emulator.part10 import native_frame_bits
+from import_rules.codes import WarningCode
+from import_rules.rules import SUPPORTED_TRANSFER_SYNTAXES
 
 VIDEO = frozenset(MPEGTransferSyntaxes)
 # Lossy already: transcoding would not make them lossless, so AWS keeps them.
@@ -129,6 +135,8 @@ def store_pixel_data(ds: Dataset, put_frame: PutFrame, *, transcode: bool) -> St
     if source in VIDEO:
         stream = b"".join(generate_fragments(ds.PixelData))
         return StoredPixelData(source, [_put(put_frame, source, stream, None, ds)])
+    if source not in SUPPORTED_TRANSFER_SYNTAXES:
+        return StoredPixelData(source, [_put(put_frame, source, ds.PixelData, None, ds)])
 
     warnings: list[ImportWarning] = []
     decodable = True

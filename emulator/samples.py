@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.tag import Tag
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 PYDICOM_TEST_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 
@@ -134,9 +138,15 @@ def write_without_transfer_syntax(path: Path) -> Path:
 
 
 def write_with_transfer_syntax(path: Path, transfer_syntax: str) -> Path:
+    """A small slice, its dataset explicit VR little endian whatever the file
+    meta says; pydicom refuses to write a DICOM-rooted UID it does not know
+    as a transfer syntax, so a private one of the same length stands in."""
     ds = _small_slice(str(path))
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    return _write_as_is(ds, path)
+    stand_in = "9" * len(transfer_syntax)
+    ds.file_meta.TransferSyntaxUID = stand_in
+    _write_as_is(ds, path)
+    path.write_bytes(path.read_bytes().replace(stand_in.encode(), transfer_syntax.encode(), 1))
+    return path
 
 
 def _write_as_is(ds: Dataset, path: Path) -> Path:
@@ -169,6 +179,40 @@ def write_with(path: Path, **attributes: object) -> Path:
         settings.reading_validation_mode, settings.writing_validation_mode = modes
 
 
+def write_with_text(path: Path, keyword: str, text: str) -> Path:
+    """A small valid slice with one value written exactly as given, which
+    pydicom would otherwise refuse or convert (an IS of 'abc')."""
+    ds = _small_slice(str(path))
+    tag = Tag(tag_for_keyword(keyword))
+    value = text.encode("latin-1")
+    value += b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+    return write(ds, path)
+
+
+def write_oversized_rle(path: Path, rows: int = 30000, columns: int = 30000) -> Path:
+    """A 16-bit RLE image declaring ``rows`` x ``columns`` (1.8 GB decoded at
+    the default) in a few KB: each of its two byte-plane segments is a few
+    runs of zeros, far too few for the size declared. Decoding it would
+    allocate the whole image first."""
+    ds = _small_slice(str(path))
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.Rows, ds.Columns = rows, columns
+    runs = bytes([0x81, 0]) * 1000  # 1000 runs of 128 zero bytes per segment
+    header = (2).to_bytes(4, "little") + (64).to_bytes(4, "little")
+    header += (64 + len(runs)).to_bytes(4, "little") + bytes(52)
+    ds.PixelData = encapsulate([header + runs + runs])
+    ds["PixelData"].VR = "OB"
+    return write(ds, path)
+
+
+def write_truncated_meta(path: Path) -> Path:
+    """A valid slice cut inside its file meta information."""
+    write(_small_slice(str(path)), path)
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
 def write_pixel_mismatch(path: Path) -> Path:
     ds = _small_slice(str(path))
     ds.PixelData = ds.PixelData[:-10]
@@ -190,14 +234,15 @@ def write_duplicate_of(original: Path, path: Path) -> Path:
 BROKEN_MAKERS: dict[str, Callable[[Path], Path]] = {
     "not_p10": write_not_dicom,
     "no_transfer_syntax": write_without_transfer_syntax,
-    "unsupported_transfer_syntax": lambda p: write_with_transfer_syntax(p, "1.2.3.4.5"),
     "missing_uid": lambda p: write_with(p, SeriesInstanceUID=None),
-    "invalid_uid": lambda p: write_with(p, StudyInstanceUID="1.02.3"),
-    "attribute_too_long": lambda p: write_with(p, StudyDescription="x" * 65),
+    "attribute_too_long": lambda p: write_with(p, StudyDescription="x" * 257),
+    "invalid_image_attribute": lambda p: write_with_text(p, "NumberOfFrames", "abc"),
+    "image_too_large": write_oversized_rle,
     "pixel_data_size_mismatch": write_pixel_mismatch,
-    "unreadable": write_truncated,
+    "truncated": write_truncated,
 }
-"""One maker per validation reason code, keyed by the code's value."""
+"""One maker per refusal a file's content earns, keyed by its reason code's
+value (``import_rules.codes.ReasonCode``)."""
 
 
 # --- the demo corpus --------------------------------------------------------------
@@ -239,7 +284,7 @@ def write_demo_corpus(folder: Path, slices_per_series: int = 12) -> dict[str, st
         "missing_uid",
         "attribute_too_long",
         "pixel_data_size_mismatch",
-        "unreadable",
+        "truncated",
     ):
         expected[str(BROKEN_MAKERS[code](folder / "broken" / f"{code}.dcm"))] = "invalid"
     first = folder / "ct-study" / "series-1" / "slice_0000.dcm"

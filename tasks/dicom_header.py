@@ -9,11 +9,13 @@ times cheaper per file.
 It reads the plain cases only: explicit or implicit VR little endian, explicit
 VR big endian, deflated, and the encapsulated syntaxes. Anything else (a
 missing or unknown transfer syntax, a dataset encoded other than its transfer
-syntax says, an unknown VR, an element cut short) raises
+syntax says, an unknown VR, an element header cut short) raises
 :class:`UnusualEncoding`, and the caller reads the file with pydicom
 (:func:`read_header_with_pydicom`), whose leniency in those cases is
 documented. So the fast path never judges a file differently from pydicom; it
-only judges the common file sooner.
+only judges the common file sooner. The one exception: a value that goes past
+the end of the file raises :class:`Truncated`, since the import refuses such a
+file (``import_rules``) where pydicom would keep what is there.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ class UnusualEncoding(Exception):
 
 class NeedMoreData(Exception):
     """The header goes on past the bytes given; call again with more."""
+
+
+class Truncated(Exception):
+    """The file ends inside an element's value."""
+
+    def __init__(self, tag: int, declared: int, available: int) -> None:
+        super().__init__(f"({tag:08X}) declares {declared} bytes, {available} follow")
+        self.tag = tag
+        self.declared = declared
+        self.available = available
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ def read_header(data: bytes, complete: bool, wanted: frozenset[int]) -> Header:
 
     Raises:
         NeedMoreData: ``data`` ends inside the header and ``complete`` is False.
+        Truncated: ``complete``, and a value goes past the end of ``data``.
         UnusualEncoding: not a plain case (see the module docstring).
     """
     reader = _Reader(data, complete)
@@ -258,7 +271,9 @@ class _Reader:
     ) -> int:
         end = start + length
         if end > len(self.data):
-            self._short()
+            if self.complete:
+                raise Truncated(tag, length, len(self.data) - start)
+            raise NeedMoreData
         if tag in wanted:
             elements[tag] = (vr, self.data[start:end])
         return end

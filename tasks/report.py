@@ -68,6 +68,9 @@ FILE_COLUMNS = [
     "series_number", "transfer_syntax", "sha256", "batch_id", "staged_key", "job_id",
     "status", "image_set_id", "is_primary", "image_set_version", "error_type",
     "error_message", "warning_codes", "reason_code",
+    # What validation expected the import to warn about (import_rules), for
+    # every valid file: a dry run's foresight, a real run's cross-check.
+    "expected_warnings",
     # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
@@ -116,6 +119,7 @@ def build_file_report(
             "validity": [r.status.value for r in records],
             "reason_code": [r.reason_code.value if r.reason_code else None for r in records],
             "reason_message": [r.reason_message for r in records],
+            "expected_warnings": [r.expected_warnings for r in records],
         }
     )
     if include_phi:

@@ -6,9 +6,10 @@ the rules need (``tasks.dicom_header``; pydicom for the files it declines),
 and Pixel Data's declared length is checked against the file's size, so
 pixels are never read here. The bytes are read by staging, which
 checksums what it sends; batches and the ledger know content by size and
-version (mtime or ETag) until then. Rules follow the published import
-requirements (docs: healthimaging-behavior.md §3.2); the first rule a file
-breaks is its reason.
+version (mtime or ETag) until then. The rules are the import's own
+(``import_rules``, which the local service applies too): the first rule a
+file breaks is its reason, and a file the import takes with a warning stays
+valid, its expected warnings recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, MutableSequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -35,12 +36,30 @@ from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 
 from config.clients import s3_filesystem
+from import_rules.codes import ReasonCode
+from import_rules.rules import (
+    IMAGE_ATTRIBUTES,
+    LENGTH_LIMITS,
+    NATIVE_TRANSFER_SYNTAXES,
+    REQUIRED_UIDS,
+    ExpectedWarning,
+    Refusal,
+    check_file_meta,
+    check_image,
+    check_length,
+    check_part10,
+    check_transfer_syntax,
+    check_uid,
+    truncated_element,
+    unreadable,
+)
 from tasks.dicom_header import (
     PIXEL_DATA,
     UNDEFINED_LENGTH,
     Header,
     NeedMoreData,
     PixelElement,
+    Truncated,
     UnusualEncoding,
     read_header,
     read_header_with_pydicom,
@@ -56,66 +75,17 @@ class FileValidity(StrEnum):
     DUPLICATE = "duplicate"
 
 
-class ReasonCode(StrEnum):
-    NOT_P10 = "not_p10"
-    NO_TRANSFER_SYNTAX = "no_transfer_syntax"
-    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
-    MISSING_UID = "missing_uid"
-    INVALID_UID = "invalid_uid"
-    ATTRIBUTE_TOO_LONG = "attribute_too_long"
-    PIXEL_DATA_SIZE_MISMATCH = "pixel_data_size_mismatch"
-    UNREADABLE = "unreadable"
-    DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"
-
-
-NATIVE_TRANSFER_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2",  # Implicit VR Little Endian
-        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-    }
-)
-SUPPORTED_TRANSFER_SYNTAXES = NATIVE_TRANSFER_SYNTAXES | frozenset(
-    f"1.2.840.10008.1.2.{suffix}"
-    for suffix in (
-        "4.50", "4.51", "4.57", "4.70",  # JPEG baseline, extended, lossless
-        "4.80", "4.81",  # JPEG-LS
-        "4.90", "4.91",  # JPEG 2000
-        "4.201", "4.202", "4.203",  # HTJ2K
-        "5",  # RLE
-        "4.100", "4.101",  # MPEG-2
-        "4.102", "4.103", "4.104", "4.105", "4.106",  # H.264
-        "4.107", "4.108",  # HEVC
-    )
-)
-
-_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_UID_MAX = 64
-REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-# Published limits; an import fails above them.
-ATTRIBUTE_LIMITS = {
-    "PatientName": 256,
-    "PatientID": 256,
-    "PatientBirthDate": 18,
-    "PatientSex": 16,
-    "StudyInstanceUID": 256,
-    "StudyID": 16,
-    "StudyDescription": 64,
-    "AccessionNumber": 256,
-    "StudyDate": 18,
-    "StudyTime": 28,
-}
-_PIXEL_KEYWORDS = (
-    "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "SamplesPerPixel",
-    "PhotometricInterpretation",
-)
-_KEYWORDS = (*REQUIRED_UIDS, *ATTRIBUTE_LIMITS, *_PIXEL_KEYWORDS, "SeriesNumber",
+_IMAGE_KEYWORDS = (*IMAGE_ATTRIBUTES, "NumberOfFrames", "SamplesPerPixel",
+                   "PhotometricInterpretation")
+_KEYWORDS = (*REQUIRED_UIDS, *LENGTH_LIMITS, *_IMAGE_KEYWORDS, "SeriesNumber",
              "SpecificCharacterSet")
 _TAGS = tags_for(_KEYWORDS)
 _WANTED = frozenset(_TAGS.values())
 _REQUIRED_UID_TAGS = {keyword: _TAGS[keyword] for keyword in REQUIRED_UIDS}
-_LIMIT_TAGS = {keyword: (_TAGS[keyword], limit) for keyword, limit in ATTRIBUTE_LIMITS.items()}
+# With the longest value (in bytes, never fewer than its characters) that
+# needs no closer look.
+_LIMIT_TAGS = {keyword: (_TAGS[keyword], limit.dicom) for keyword, limit in LENGTH_LIMITS.items()}
+_IMAGE_TAGS = tuple(_TAGS[keyword] for keyword in IMAGE_ATTRIBUTES)
 _PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
 # The first read: the whole of a small file, the header of nearly every other
 # (a header that goes on is read on, doubling). Not more: copying 64 KiB of a
@@ -143,6 +113,9 @@ class ValidationRecord:
     status: FileValidity
     reason_code: ReasonCode | None = None
     reason_message: str | None = None
+    # Warnings the import will attach to a valid file, as the report's
+    # warning_codes spells them, ';'-separated.
+    expected_warnings: str | None = None
     transfer_syntax: str | None = None
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
@@ -172,6 +145,9 @@ class Findings(NamedTuple):
     status: FileValidity
     reason_code: ReasonCode | None = None
     reason_message: str | None = None
+    # Warnings the import will attach to a valid file, as the report's
+    # warning_codes spells them, ';'-separated.
+    expected_warnings: str | None = None
     transfer_syntax: str | None = None
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
@@ -198,13 +174,6 @@ def _record(source: SourceFile, findings: tuple[Any, ...]) -> ValidationRecord:
     return record
 
 
-class _Invalid(Exception):
-    def __init__(self, code: ReasonCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def validate_file(
     source: SourceFile, include_phi: bool = False, fs: Any | None = None
 ) -> ValidationRecord:
@@ -217,7 +186,8 @@ def _findings(uri: str, size: int, include_phi: bool, fs: Any | None) -> Finding
         with _open(uri, fs) as fileobj:
             return _validate_stream(size, fileobj, include_phi)
     except OSError as exc:
-        return _invalid(size, ReasonCode.UNREADABLE, f"The file could not be read: {exc}.")
+        return Findings(size, FileValidity.INVALID, ReasonCode.UNREADABLE,
+                        f"The file could not be read: {exc}.")
 
 
 def validate_files(
@@ -406,32 +376,44 @@ def _validate_stream(listed_size: int, fileobj: IO[bytes], include_phi: bool) ->
     # asking for more would allocate it per file, however small.
     first_read = min(_FIRST_READ, listed_size + 1)
     data = fileobj.read(first_read)
-    if len(data) < 132 or data[128:132] != b"DICM":
-        return _invalid(
-            listed_size,
-            ReasonCode.NOT_P10,
-            "Not a DICOM Part 10 file: the 128-byte preamble and 'DICM' prefix are missing.",
-        )
     complete = len(data) < first_read
+    try:
+        check_part10(data)
+        check_file_meta(data, len(data) if complete else max(listed_size, len(data)))
+        header, fields = _parsed(fileobj, data, complete, include_phi)
+    except Refusal as refusal:
+        return _invalid(listed_size, refusal)
+
+    size = len(data) if complete else _size_now(fileobj)
+    try:
+        expected = _check(header, size)
+    except Refusal as refusal:
+        return Findings(size, FileValidity.INVALID, refusal.reason, refusal.message, **fields)
+    labels = ";".join(warning.label for warning in expected) if expected else None
+    return Findings(size, FileValidity.VALID, expected_warnings=labels, **fields)
+
+
+def _parsed(
+    fileobj: IO[bytes], data: bytes, complete: bool, include_phi: bool
+) -> tuple[Header, dict[str, Any]]:
+    """The header, by the fast reader or else by pydicom, and the record's
+    fields from it.
+
+    Raises:
+        Refusal: the file ends inside a value, or cannot be parsed.
+    """
     try:
         try:
             header = _read_header(fileobj, data, complete)
         except UnusualEncoding:
             fileobj.seek(0)
             header = read_header_with_pydicom(fileobj, _WANTED, _quiet_pydicom)
-        fields = _identity(header, include_phi)
+        return header, _identity(header, include_phi)
+    except Truncated as cut:
+        raise truncated_element(cut.tag, cut.declared, cut.available) from None
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
             NotImplementedError) as exc:
-        return _invalid(
-            listed_size, ReasonCode.UNREADABLE, f"pydicom could not parse the file: {exc}."
-        )
-
-    size = len(data) if complete else _size_now(fileobj)
-    try:
-        _check(header, size)
-    except _Invalid as problem:
-        return Findings(size, FileValidity.INVALID, problem.code, problem.message, **fields)
-    return Findings(size, FileValidity.VALID, **fields)
+        raise unreadable(exc) from None
 
 
 def _size_now(fileobj: IO[bytes]) -> int:
@@ -455,91 +437,61 @@ def _read_header(fileobj: IO[bytes], data: bytes, complete: bool) -> Header:
             data += more
 
 
-def _check(header: Header, size: int) -> None:
-    transfer_syntax = header.transfer_syntax
-    if not transfer_syntax:
-        raise _Invalid(
-            ReasonCode.NO_TRANSFER_SYNTAX,
-            "The file meta information has no TransferSyntaxUID (0002,0010).",
-        )
-    if transfer_syntax not in SUPPORTED_TRANSFER_SYNTAXES:
-        raise _Invalid(
-            ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
-            f"Transfer syntax {transfer_syntax} is not accepted by HealthImaging.",
-        )
+def _check(header: Header, size: int) -> list[ExpectedWarning]:
+    """The import rules, in their order (import_rules.rules); returns the
+    warnings the import will attach."""
+    expected: list[ExpectedWarning] = []
+    if (warning := check_transfer_syntax(header.transfer_syntax)) is not None:
+        expected.append(warning)
+    pixel = header.pixel if header.pixel is not None and header.pixel.tag == PIXEL_DATA else None
+    if pixel is not None:
+        _check_pixel_data_in_file(pixel, size)
     for keyword, tag in _REQUIRED_UID_TAGS.items():
-        uid = header.text(tag)
-        if uid is None:
-            raise _Invalid(ReasonCode.MISSING_UID, f"{keyword} is missing or empty.")
-        if len(uid) > _UID_MAX or not _UID_RE.fullmatch(uid):
-            raise _Invalid(
-                ReasonCode.INVALID_UID,
-                f"{keyword} {uid[:80]!r} is not a valid UID (digits and dots, "
-                f"no leading zeros, at most {_UID_MAX} characters).",
-            )
-    for keyword, (tag, limit) in _LIMIT_TAGS.items():
+        if (warning := check_uid(keyword, header.text(tag))) is not None:
+            expected.append(warning)
+    for keyword, (tag, longest_unchecked) in _LIMIT_TAGS.items():
         raw = header.raw(tag)
-        length = len(raw.rstrip(b" \x00")) if raw is not None else 0
-        if length > limit:
-            raise _Invalid(
-                ReasonCode.ATTRIBUTE_TOO_LONG,
-                f"{keyword} is {length} characters long; HealthImaging accepts at most {limit}.",
-            )
-    if header.pixel is not None and header.pixel.tag == PIXEL_DATA:
-        _check_pixel_length(header, header.pixel, transfer_syntax, size)
-
-
-def _check_pixel_length(
-    header: Header, pixel: PixelElement, transfer_syntax: str, size: int
-) -> None:
-    declared = pixel.length
-    if declared == UNDEFINED_LENGTH:
-        return  # encapsulated (compressed) frames: no fixed expected size
-    if pixel.start is not None:
-        available = size - pixel.start - (12 if pixel.long_header else 8)
-        if declared > available:
-            raise _Invalid(
-                ReasonCode.UNREADABLE,
-                f"The file is truncated: Pixel Data declares {declared} bytes "
-                f"but only {max(available, 0)} remain.",
-            )
-    if transfer_syntax not in NATIVE_TRANSFER_SYNTAXES:
-        return
-    expected = _expected_pixel_bytes(header)
-    if declared != expected and not (expected % 2 == 1 and declared == expected + 1):
-        raise _Invalid(
-            ReasonCode.PIXEL_DATA_SIZE_MISMATCH,
-            f"Pixel Data is {declared} bytes; Rows x Columns x SamplesPerPixel x "
-            f"BitsAllocated/8 x NumberOfFrames gives {expected}.",
+        if (raw is not None and len(raw) > longest_unchecked
+                and (warning := check_length(keyword, _written(header, tag))) is not None):
+            expected.append(warning)
+    if pixel is not None:
+        native = (pixel.length if header.transfer_syntax in NATIVE_TRANSFER_SYNTAXES
+                  and pixel.length != UNDEFINED_LENGTH else None)
+        check_image(
+            [_number(header, tag) for tag in _IMAGE_TAGS],
+            _number(header, _TAGS["SamplesPerPixel"]),
+            header.text(_TAGS["PhotometricInterpretation"]),
+            header.text(_TAGS["NumberOfFrames"]),
+            native,
         )
+    return expected
 
 
-def _expected_pixel_bytes(header: Header) -> int:
-    """Rows x Columns x SamplesPerPixel x BitsAllocated/8 x NumberOfFrames, rounded
-    up to whole bytes (1-bit data is packed); YBR_FULL_422 stores two samples per pixel."""
+def _check_pixel_data_in_file(pixel: PixelElement, size: int) -> None:
+    """Pixel Data's declared length against what the file holds, without reading it."""
+    if pixel.length == UNDEFINED_LENGTH or pixel.start is None:
+        return  # encapsulated frames, or a deflated dataset: no offsets to compare
+    available = size - pixel.start - (12 if pixel.long_header else 8)
+    if pixel.length > available:
+        raise truncated_element(PIXEL_DATA, pixel.length, available)
+
+
+def _number(header: Header, tag: int) -> int | None:
+    """A US value; None when absent or not one number."""
     try:
-        rows, columns, bits_allocated = (
-            _required(header, keyword) for keyword in ("Rows", "Columns", "BitsAllocated")
-        )
-        frames = _integer_string(header, _TAGS["NumberOfFrames"]) or 1
-        samples = header.unsigned(_TAGS["SamplesPerPixel"]) or 1
-        if header.text(_TAGS["PhotometricInterpretation"]) == "YBR_FULL_422":
-            samples = 2
-        bits = rows * columns * int(frames) * samples * bits_allocated
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise _Invalid(
-            ReasonCode.PIXEL_DATA_SIZE_MISMATCH,
-            f"The expected Pixel Data size cannot be computed: {exc}.",
-        ) from exc
-    return (bits + 7) // 8
+        return header.unsigned(tag)
+    except ValueError:
+        return None
 
 
-def _required(header: Header, keyword: str) -> int:
-    value = header.unsigned(_TAGS[keyword])
-    if value is None:
-        raise AttributeError(f"{keyword} is missing")
-    return value
-
+def _written(header: Header, tag: int) -> str:
+    """A text value as the import reads it: in the dataset's character set,
+    values joined by backslashes."""
+    with _quiet_pydicom():
+        value = header.decoded(tag)
+    if isinstance(value, MutableSequence):
+        return "\\".join(map(str, value))
+    return "" if value is None else str(value)
 
 def _integer_string(header: Header, tag: int) -> Any:
     """An IS value; through pydicom unless it is a plain integer, so that odd
@@ -589,8 +541,8 @@ def _quiet_pydicom() -> Iterator[None]:
         pydicom_config.settings.reading_validation_mode = previous
 
 
-def _invalid(size: int, code: ReasonCode, message: str) -> Findings:
-    return Findings(size, FileValidity.INVALID, code, message)
+def _invalid(size: int, refusal: Refusal) -> Findings:
+    return Findings(size, FileValidity.INVALID, refusal.reason, refusal.message)
 
 
 @task(name="validate", cache_policy=NO_CACHE)

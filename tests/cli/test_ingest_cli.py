@@ -84,7 +84,7 @@ def test_bad_files_become_report_rows(service: Any, tmp_path: Path, capsys: Any)
     assert set(report.loc[[str(p) for p in good], "status"]) == {"imported"}
     assert report.loc[str(source / "notes.txt"), "reason_code"] == "not_p10"
     assert report.loc[str(source / "cut.dcm"), "status"] == "invalid"
-    assert report.loc[str(source / "cut.dcm"), "reason_code"] == "unreadable"
+    assert report.loc[str(source / "cut.dcm"), "reason_code"] == "truncated"
 
 
 def test_invalid_option(service: Any, tmp_path: Path, capsys: Any) -> None:

@@ -211,7 +211,7 @@ def test_mixed_input_every_file_reported_once(
         "bad/readme.txt": broken(tmp_path, write_not_dicom, "readme.txt"),
         "bad/truncated.dcm": broken(tmp_path, write_truncated, "truncated.dcm"),
         "bad/no_sop.dcm": broken(tmp_path, write_with, "no_sop.dcm", SOPInstanceUID=None),
-        "bad/bad_uid.dcm": broken(tmp_path, write_with, "bad_uid.dcm", SeriesInstanceUID="1.2.x"),
+        "uid/letters.dcm": broken(tmp_path, write_with, "letters.dcm", SeriesInstanceUID="1.2.x"),
         "bad/long_pid.dcm": broken(tmp_path, write_with, "long_pid.dcm", PatientID="P" * 257),
         "bad/pixels.dcm": broken(tmp_path, write_pixel_mismatch, "pixels.dcm"),
         "bad/no_ts.dcm": broken(tmp_path, write_without_transfer_syntax, "no_ts.dcm"),
@@ -228,8 +228,8 @@ def test_mixed_input_every_file_reported_once(
     assert run.manifest["warningsOutputS3Uri"] == f"{out}WARNING/"
     assert run.manifest["inputS3Uri"] == f"s3://{BUCKET}/mixed/"
     assert run.manifest["numberOfScannedFiles"] == 14
-    assert run.manifest["numberOfImportedFiles"] == 7
-    assert run.manifest["numberOfFilesWithCustomerError"] == 7
+    assert run.manifest["numberOfImportedFiles"] == 8
+    assert run.manifest["numberOfFilesWithCustomerError"] == 6
     assert run.manifest["numberOfFilesWithServerError"] == 0
 
     reported = [line["inputFile"] for line in run.success + run.failure]
@@ -241,7 +241,6 @@ def test_mixed_input_every_file_reported_once(
             "readme.txt",
             "truncated.dcm",
             "no_sop.dcm",
-            "bad_uid.dcm",
             "long_pid.dcm",
             "pixels.dcm",
             "no_ts.dcm",
@@ -250,7 +249,6 @@ def test_mixed_input_every_file_reported_once(
     assert "DICM" in messages["readme.txt"]
     assert "truncated" in messages["truncated.dcm"]
     assert messages["no_sop.dcm"] == "DICOM attribute SOPInstanceUID does not exist"
-    assert "SeriesInstanceUID is not a valid UID" in messages["bad_uid.dcm"]
     assert "PatientID is 257 characters long; the maximum is 256" in messages["long_pid.dcm"]
     assert "Pixel data length" in messages["pixels.dcm"]
     assert messages["no_ts.dcm"] == "DICOM attribute TransferSyntaxUID does not exist"
@@ -263,14 +261,17 @@ def test_mixed_input_every_file_reported_once(
     }
     assert all(s["imageSetVersion"] == 1 and s["isPrimary"] for s in summaries)
     # The two SC_rgb files share a series; everything else is a series of its own.
-    assert len(summaries) == 6
-    assert sorted(s["numberOfMatchedSOPInstances"] for s in summaries) == [1, 1, 1, 1, 1, 2]
+    assert len(summaries) == 7
+    assert sorted(s["numberOfMatchedSOPInstances"] for s in summaries) == [1, 1, 1, 1, 1, 1, 2]
 
     warned = {line["inputFile"]: line["warnings"] for line in run.warning}
-    assert set(warned) == {"mixed/nm/JPEG-lossy.dcm", "mixed/uid/leading_zero.dcm"}
+    assert set(warned) == {
+        "mixed/nm/JPEG-lossy.dcm", "mixed/uid/leading_zero.dcm", "mixed/uid/letters.dcm",
+    }
     assert warned["mixed/nm/JPEG-lossy.dcm"][0]["warning_reason_code"] == 0xB100
     assert warned["mixed/nm/JPEG-lossy.dcm"][0]["type"] == "TRANSCODING_EXCEPTION"
     assert warned["mixed/uid/leading_zero.dcm"][0]["warning_reason_code"] == 0xB201
+    assert warned["mixed/uid/letters.dcm"][0]["warning_reason_code"] == 0xB201
     for line in run.warning:
         assert line["importResponse"] == run.succeeded(line["inputFile"])
 

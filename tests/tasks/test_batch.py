@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from import_rules.codes import ReasonCode
 from tasks.batch import make_batches
-from tasks.validate import FileValidity, ReasonCode, ValidationRecord
+from tasks.validate import FileValidity, ValidationRecord
 
 
 def _file(series: str, index: int, size: int = 100, study: str = "1.2") -> ValidationRecord:

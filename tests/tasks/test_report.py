@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from import_rules.codes import ReasonCode
 from tasks.batch import make_batches
 from tasks.manifest import read_job_output
 from tasks.poll import JobOutcome, JobStatus
@@ -18,7 +20,7 @@ from tasks.report import (
     write_report,
 )
 from tasks.stage import StageAction, StagedFile
-from tasks.validate import FileValidity, ReasonCode, ValidationRecord
+from tasks.validate import FileValidity, ValidationRecord
 from tests.import_output import (
     DS,
     failure_row,
@@ -235,3 +237,16 @@ def test_report_killed_while_written_to_s3_leaves_no_object(
 
     listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="reports/")
     assert listed.get("KeyCount", 0) == 0
+
+
+def test_warnings_validation_expected_are_reported(scenario) -> None:
+    """A file the import takes with a warning is valid; the report says which
+    warning validation expected, next to what HealthImaging said."""
+    records, *rest = scenario
+    expected = replace(records[0], expected_warnings="INVALID_UID_FORMAT(0xB201)")
+
+    rows = _by_source(build_file_report([expected, *records[1:]], *rest))
+
+    assert rows["/src/ok"]["expected_warnings"] == "INVALID_UID_FORMAT(0xB201)"
+    assert rows["/src/ok"]["status"] == FileStatus.IMPORTED
+    assert pd.isna(rows["/src/bad"]["expected_warnings"])

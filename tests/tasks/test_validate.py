@@ -24,11 +24,11 @@ from emulator.samples import (
     write_with,
     write_without_preamble,
 )
+from import_rules.codes import ReasonCode
 from tasks.discover import SourceFile, iter_source
 from tasks.validate import (
     FileValidity,
     Findings,
-    ReasonCode,
     ValidationRecord,
     mark_duplicates,
     validate_file,
@@ -78,7 +78,7 @@ class TestPydicomTestFiles:
             ("no_meta.dcm", ReasonCode.NOT_P10),
             ("README.txt", ReasonCode.NOT_P10),
             ("meta_missing_tsyntax.dcm", ReasonCode.NO_TRANSFER_SYNTAX),
-            ("MR_truncated.dcm", ReasonCode.UNREADABLE),
+            ("MR_truncated.dcm", ReasonCode.TRUNCATED),
             ("MR_small_padded.dcm", ReasonCode.PIXEL_DATA_SIZE_MISMATCH),
             ("JPEGLSNearLossless_08.dcm", ReasonCode.MISSING_UID),
         ],
@@ -112,7 +112,7 @@ class TestGeneratedFiles:
 
     @pytest.mark.parametrize(
         ("keyword", "limit"),
-        [("StudyDescription", 64), ("StudyID", 16), ("PatientSex", 16), ("StudyTime", 28)],
+        [("StudyDescription", 256), ("StudyID", 256), ("PatientSex", 16), ("StudyTime", 28)],
     )
     def test_attribute_limits_are_inclusive(
         self, tmp_path: Path, keyword: str, limit: int
@@ -124,9 +124,9 @@ class TestGeneratedFiles:
         assert over.reason_code is ReasonCode.ATTRIBUTE_TOO_LONG
         assert keyword in (over.reason_message or "")
 
-    def test_long_uid_is_invalid(self, tmp_path: Path) -> None:
-        record = _check(write_with(tmp_path / "f.dcm", SOPInstanceUID="1." + "2" * 63))
-        assert record.reason_code is ReasonCode.INVALID_UID
+    def test_uid_over_256_characters_is_too_long(self, tmp_path: Path) -> None:
+        record = _check(write_with(tmp_path / "f.dcm", SOPInstanceUID="1." + "2" * 255))
+        assert record.reason_code is ReasonCode.ATTRIBUTE_TOO_LONG
 
     def test_odd_pixel_length_allows_one_pad_byte(self, tmp_path: Path) -> None:
         ds = ct_slice(series_spec("odd"), 0, rows=3, columns=3)
