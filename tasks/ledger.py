@@ -264,6 +264,7 @@ outcomes_table = sa.Table(
     sa.Column("image_set_version", sa.Integer),
     sa.Column("warning_codes", sa.Text),
     sa.Column("reason_code", sa.String(64)),
+    sa.Column("expected_warnings", sa.Text),
     sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
 )
 
@@ -294,7 +295,7 @@ _HISTORY_COLUMNS = {
     **{c: c for c in ("size", "sha256", "sop_instance_uid", "study_instance_uid",
                       "series_instance_uid", "series_number", "transfer_syntax", "batch_id",
                       "staged_key", "is_primary", "image_set_version", "warning_codes",
-                      "reason_code")},
+                      "reason_code", "expected_warnings")},
 }
 _RUN_JOB_COLUMNS = [c.name for c in run_jobs_table.columns
                     if c.name not in ("run_id", "datastore_id", "report_row")]

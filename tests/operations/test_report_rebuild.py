@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cli.main import main
-from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
+from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series, write_with
 from emulator.server import LocalService
 from flows.ingest import dicom_ingest
 from tests.operations.conftest import ingest_params
@@ -23,10 +23,14 @@ def test_deleted_report_is_rebuilt_from_the_ledger(
     write_ct_series(source / "a", 3, series_spec("rebuild-a"), 16, 16)
     write_ct_series(source / "b", 2, series_spec("rebuild-b", series_number=7), 16, 16)
     BROKEN_MAKERS["missing_uid"](source / "broken" / "no-series.dcm")
+    # A leading zero: imported with a warning that validation expects.
+    write_with(source / "warned" / "uid.dcm", SOPInstanceUID="1.2.03.4")
     result = dicom_ingest(ingest_params(tmp_path))
     assert result.counts["imported"] == 5 and result.counts["invalid"] == 1
+    assert result.counts["imported_with_warnings"] == 1
     folder = Path(result.report_files_parquet).parent
     originals = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("files", "jobs")}
+    assert originals["files"]["expected_warnings"].notna().sum() == 1
     csv = {name: (folder / f"{name}.csv").read_text() for name in ("files", "jobs")}
     for written in folder.iterdir():
         written.unlink()
