@@ -62,7 +62,7 @@ def run_ingest(params: IngestParameters, verbose: bool = False) -> int:
               file=sys.stderr)
         return ExitStatus.ERROR
     result: IngestResult = state.result()
-    print_ingest_story(result, params.datastore, params.source)
+    print_ingest_story(result, params.source)
     for holder in result.holders:
         print(f"dicom-import ingest: {holder}; run the same command again once it ends.",
               file=sys.stderr)

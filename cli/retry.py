@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
-    label = datastore_label(params.datastore, result.datastore_id)
+    label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nData store {label}: {result.resumed_jobs} unread jobs resumed, "
           f"{result.retried_files} files retried in {result.jobs} new import jobs")
     counts = {status: count for status, count in result.counts.items() if count}

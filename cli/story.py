@@ -9,7 +9,6 @@ import os
 import pandas as pd
 
 from flows.ingest import IngestResult
-from tasks.import_jobs import DATASTORE_ID
 from tasks.locations import filesystem_for
 from tasks.report import FileStatus
 
@@ -19,17 +18,14 @@ _SUCCESSES = {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value
               FileStatus.VALIDATED.value}
 
 
-def datastore_label(requested: str | None, datastore_id: str | None) -> str:
+def datastore_label(name: str | None, datastore_id: str | None) -> str:
     if not datastore_id:
         return "(dry run)"
-    if requested and not DATASTORE_ID.fullmatch(requested):
-        return f"{requested} ({datastore_id})"
-    return datastore_id
+    return f"{name} ({datastore_id})" if name else datastore_id
 
 
-def print_ingest_story(result: IngestResult, requested_datastore: str | None,
-                       source: str) -> None:
-    label = datastore_label(requested_datastore, result.datastore_id)
+def print_ingest_story(result: IngestResult, source: str) -> None:
+    label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nData store {label}: {result.files} files processed, {result.jobs} import jobs")
     counts = {status: count for status, count in result.counts.items() if count}
     skipped = {

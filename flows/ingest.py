@@ -31,7 +31,7 @@ from flows.parameters import ImportOptions, IngestParameters
 from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
 from tasks.discover import SourceFile, discover
-from tasks.import_jobs import import_batch, resolve
+from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
 from tasks.landed import confirm_lost_outputs
 from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
@@ -56,6 +56,7 @@ SUMMARY_ARTIFACT_KEY = "dicom-ingest-summary"
 class IngestResult(BaseModel):
     run_id: str
     datastore_id: str | None
+    datastore_name: str | None = None
     files: int
     jobs: int
     counts: dict[str, int]
@@ -117,7 +118,8 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     if params.dry_run:
         # A dry run claims nothing and records nothing: it changes no state.
         return _import_and_report(params, files, None, None, timer)
-    datastore_id = resolve(params.datastore)
+    datastore = resolve(params.datastore)
+    datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id))
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-ingest", params.source)
@@ -132,13 +134,13 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
             claim.claimed_by_other_runs)
         for holder in claim.holders:
             logger.warning(holder.describe())
-        return _import_and_report(params, claim.files, datastore_id, ledger, timer, claim)
+        return _import_and_report(params, claim.files, datastore, ledger, timer, claim)
 
 
 def _import_and_report(
     params: IngestParameters,
     files: list[SourceFile],
-    datastore_id: str | None,
+    datastore: Datastore | None,
     ledger: RunLedger | None,
     timer: StageTimer,
     claim: ClaimResult | None = None,
@@ -157,6 +159,7 @@ def _import_and_report(
 
     staged: list[StagedFile] = []
     outcomes: list[JobOutcome] = []
+    datastore_id = datastore.datastore_id if datastore else None
     if datastore_id is None:
         run_id = staging_run_id(params.source, params.datastore or "")
     else:
@@ -182,6 +185,7 @@ def _import_and_report(
     return IngestResult(
         run_id=run_id,
         datastore_id=datastore_id,
+        datastore_name=datastore.name if datastore else None,
         files=len(records),
         jobs=sum(o.job_id is not None for o in outcomes),
         counts=counts,

@@ -44,6 +44,7 @@ RETRY_SUMMARY_ARTIFACT_KEY = "dicom-retry-summary"
 
 class RetryResult(BaseModel):
     datastore_id: str
+    datastore_name: str | None = None
     resumed_jobs: int
     retried_files: int
     # Import jobs started by this retry (resumed ones not included).
@@ -65,12 +66,14 @@ def retry_failed(params: RetryParameters) -> RetryResult:
             and where and how to import them.
     """
     preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
-    datastore_id = resolve(params.datastore, create=False)
+    datastore = resolve(params.datastore, create=False)
+    datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-retry-failed", params.source)
     with ledger.holding_claims():
-        return _retry(params, datastore_id, ledger)
+        result = _retry(params, datastore_id, ledger)
+    return result.model_copy(update={"datastore_name": datastore.name})
 
 
 def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> RetryResult:

@@ -44,6 +44,14 @@ class DatastoreError(Exception):
 
 
 @dataclass(frozen=True)
+class Datastore:
+    """An ACTIVE data store: its ID for the API, its name for people."""
+
+    datastore_id: str
+    name: str
+
+
+@dataclass(frozen=True)
 class StartedJob:
     batch_id: str
     datastore_id: str
@@ -128,8 +136,8 @@ def resolve_datastore(
     timeout: float = 600.0,
     sleep: Callable[[float], None] = time.sleep,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-) -> str:
-    """The ID of an ACTIVE data store, given its ID or its name.
+) -> Datastore:
+    """An ACTIVE data store, given its ID or its name.
 
     A name is looked up with ListDatastores and created when absent (with a
     token derived from the name, so two racing runs create one store), which
@@ -177,7 +185,7 @@ def _wait_until_active(
     poll_interval: float,
     timeout: float,
     sleep: Callable[[float], None],
-) -> str:
+) -> Datastore:
     waited = 0.0
     while True:
         try:
@@ -190,7 +198,7 @@ def _wait_until_active(
         else:
             status = properties["datastoreStatus"]
             if status == "ACTIVE":
-                return datastore_id
+                return Datastore(datastore_id, properties.get("datastoreName", ""))
             if status != "CREATING":
                 raise DatastoreError(f"Data store {datastore_id} is {status}, not ACTIVE.")
         if waited >= timeout:
@@ -203,7 +211,7 @@ def _wait_until_active(
 
 @task(name="resolve-datastore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
       retry_condition_fn=retry_if_transient)
-def resolve(id_or_name: str, create: bool = True) -> str:
+def resolve(id_or_name: str, create: bool = True) -> Datastore:
     return resolve_datastore(medical_imaging_client(), id_or_name, create=create,
                              logger=get_run_logger())
 

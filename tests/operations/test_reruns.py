@@ -104,9 +104,13 @@ def test_nothing_new_says_so(
     assert (f"Nothing new: 3 files unchanged since earlier runs (imported or refused by job "
             f"{job['jobId']})") in capsys.readouterr().out
 
-    assert main(_cli_args(tmp_path)) == 0
-    assert (f"3 files already imported by job {job['jobId']}, started by an earlier run"
-            in capsys.readouterr().out)
+    # Given by its ID, the data store is still shown by name too.
+    by_id = _cli_args(tmp_path)
+    by_id[by_id.index("reruns-store")] = _datastore_id()
+    assert main(by_id) == 0
+    out = capsys.readouterr().out
+    assert f"3 files already imported by job {job['jobId']}, started by an earlier run" in out
+    assert f"Data store reruns-store ({_datastore_id()})" in out
 
 
 def _start_cli(tmp_path: Path, service: LocalService) -> subprocess.Popen[str]:

@@ -124,7 +124,7 @@ def _summary(ds: str, name: str, status: str = "ACTIVE") -> dict[str, Any]:
 class TestResolveDatastore:
     def test_an_id_is_checked_not_listed(self, client: Any, stub: Stubber) -> None:
         stub.add_response("get_datastore", _properties("ACTIVE"), {"datastoreId": DS})
-        assert resolve_datastore(client, DS) == DS
+        assert resolve_datastore(client, DS).datastore_id == DS
 
     def test_a_name_is_found_across_pages(self, client: Any, stub: Stubber) -> None:
         other = "f" * 32
@@ -134,7 +134,7 @@ class TestResolveDatastore:
                           {"nextToken": "t"})
         stub.add_response("get_datastore", _properties("ACTIVE"), {"datastoreId": DS})
 
-        assert resolve_datastore(client, "mine") == DS
+        assert resolve_datastore(client, "mine").datastore_id == DS
 
     def test_an_unknown_name_is_created_and_awaited(self, client: Any, stub: Stubber) -> None:
         stub.add_response("list_datastores", {"datastoreSummaries": []})
@@ -144,7 +144,7 @@ class TestResolveDatastore:
         stub.add_response("get_datastore", _properties("ACTIVE"), {"datastoreId": DS})
         sleeps: list[float] = []
 
-        assert resolve_datastore(client, "new", sleep=sleeps.append) == DS
+        assert resolve_datastore(client, "new", sleep=sleeps.append).datastore_id == DS
         assert len(sleeps) == 1
 
     def test_a_created_store_is_logged(self, client: Any, stub: Stubber,
