@@ -168,8 +168,8 @@ def _verify_v4(environ: dict[str, Any], signature: Signature, credentials: Crede
         and hashlib.sha256(read_body(environ)).hexdigest() != declared
     ):
         raise AuthError("payload_hash", "The body does not match its x-amz-content-sha256.")
-    signer_class = S3SigV4Auth if signature.service == "s3" else SigV4Auth
-    signer = _wire_signer(signer_class)(
+    signer_class = _DeclaredS3SigV4 if signature.service == "s3" else _DeclaredSigV4
+    signer = signer_class(
         BotocoreCredentials(credentials.access_key, credentials.secret_key),
         signature.service, signature.region,
     )
@@ -182,26 +182,31 @@ def _verify_v4(environ: dict[str, Any], signature: Signature, credentials: Crede
     _compare(signer.signature(string_to_sign, request), signature.signature)
 
 
-def _wire_signer(base: type[SigV4Auth]) -> type[SigV4Auth]:
-    """botocore's signer, fed what the client declared instead of choosing:
-    the headers it signed and, when no x-amz-content-sha256 header declares
-    it (botocore then signs with that header), the payload hash."""
+class _AsDeclared:
+    """Makes botocore's signer use what the client declared instead of
+    choosing: the headers it signed and, when no x-amz-content-sha256 header
+    declares it (botocore then signs with that header), the payload hash."""
 
-    class WireSigner(base):  # type: ignore[misc,valid-type]
-        signed: tuple[str, ...] = ()
-        payload_hash = ""
+    signed: tuple[str, ...] = ()
+    payload_hash = ""
 
-        def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-            chosen = HTTPHeaders()
-            for name in self.signed:
-                for value in request.headers.get_all(name) or [""]:
-                    chosen[name] = value
-            return chosen
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        chosen = HTTPHeaders()
+        for name in self.signed:
+            for value in request.headers.get_all(name) or [""]:
+                chosen[name] = value
+        return chosen
 
-        def payload(self, request: AWSRequest) -> str:
-            return self.payload_hash
+    def payload(self, request: AWSRequest) -> str:
+        return self.payload_hash
 
-    return WireSigner
+
+class _DeclaredSigV4(_AsDeclared, SigV4Auth):
+    pass
+
+
+class _DeclaredS3SigV4(_AsDeclared, S3SigV4Auth):
+    """S3 signs the path as sent, without normalising it."""
 
 
 def _verify_v2(environ: dict[str, Any], signature: Signature, credentials: Credentials) -> None:
