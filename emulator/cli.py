@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from emulator.admin import ADMIN_PREFIX
+from emulator.auth import Credentials
 from emulator.config import ServiceConfig
-from emulator.faults import FaultConfig
+from emulator.faults import FaultConfig, FaultSettingError
 from emulator.http_server import CannotListen
+from emulator.origins import is_loopback
 from emulator.server import LocalService
 
 
@@ -48,6 +51,15 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--import-workers", type=int, default=defaults.import_workers,
                         help="Threads running import jobs; further jobs wait SUBMITTED "
                         "for a free one (default: %(default)s).")
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--credentials", type=_credentials, metavar="KEY:SECRET",
+        help="Verify every request's signature against this key pair "
+        "(default: any signed request is accepted, whatever its key).")
+    security.add_argument(
+        "--cors", action="append", default=[], metavar="ORIGIN",
+        help="Let web pages from ORIGIN (e.g. http://localhost:3000) read answers; "
+        "repeatable. Default: no CORS headers, pages cannot read anything.")
     parser.add_argument(
         "--no-htj2k",
         action="store_true",
@@ -78,14 +90,32 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+# FaultConfig's fields as the options that set them, to name them in errors.
+_FAULT_OPTIONS = {
+    "error_rate": "--error-rate",
+    "job_duration_seconds": "--job-duration",
+    "fail_jobs": "--fail-jobs",
+}
+
+
+def _credentials(text: str) -> Credentials:
+    try:
+        return Credentials.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _error_rates(items: list[str]) -> dict[str, float]:
+    """OP=P pairs; FaultConfig checks the operations and probabilities."""
     rates = {}
     for item in items:
         operation, _, probability = item.partition("=")
         try:
             rates[operation] = float(probability)
         except ValueError:
-            raise SystemExit(f"--error-rate wants OP=PROBABILITY, got {item!r}") from None
+            raise SystemExit(
+                f"dicom-import local: --error-rate wants OP=PROBABILITY, got {item!r}"
+            ) from None
     return rates
 
 
@@ -98,13 +128,20 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_jobs=args.max_concurrent_jobs,
         import_workers=args.import_workers,
         transcode_htj2k=not args.no_htj2k,
+        credentials=args.credentials,
+        cors_origins=tuple(args.cors),
     )
-    faults = FaultConfig(
-        throttle=args.throttle,
-        error_rate=_error_rates(args.error_rate),
-        job_duration_seconds=args.job_duration,
-        fail_jobs=args.fail_jobs,
-    )
+    try:
+        faults = FaultConfig(
+            throttle=args.throttle,
+            error_rate=_error_rates(args.error_rate),
+            job_duration_seconds=args.job_duration,
+            fail_jobs=args.fail_jobs,
+        )
+    except FaultSettingError as error:
+        option = _FAULT_OPTIONS.get(error.field.split(".")[0], "fault injection")
+        print(f"dicom-import local: {option}: {error}", file=sys.stderr)
+        return 2
     try:
         service = LocalService(args.host, args.port, args.data_dir, config, faults)
     except CannotListen as refused:
@@ -123,7 +160,13 @@ def run(args: argparse.Namespace) -> int:
     print("Point clients at it with:")
     for name, value in service.env().items():
         print(f"  export {name}={value}")
-    print(f"Fault injection: {service.endpoint}/_emulator/faults (GET, POST JSON)")
+    print(f"Fault injection: {service.endpoint}{ADMIN_PREFIX}/faults (GET, POST JSON), "
+          f"with the header: Authorization: Bearer {service.admin_token}")
+    if not is_loopback(args.host):
+        print(f"WARNING: listening on {args.host}, not on this machine only: anyone who can "
+              "reach it can read and change what it holds"
+              + ("." if args.credentials else "; --credentials KEY:SECRET restricts it."),
+              file=sys.stderr)
     print("Ctrl-C stops it.", flush=True)
     # Also when started in the background, where SIGINT arrives ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

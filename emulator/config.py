@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emulator.auth import Credentials
+
 
 @dataclass
 class ServiceConfig:
@@ -29,3 +31,8 @@ class ServiceConfig:
     # Store frames as HTJ2K lossless (AWS behaviour). Off keeps the source
     # bytes, to measure what transcoding costs.
     transcode_htj2k: bool = True
+    # None: any signed request is accepted, whatever its key (local stacks'
+    # custom). Given: signatures are verified against this one pair.
+    credentials: Credentials | None = None
+    # Web origins allowed to read answers (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()

@@ -51,3 +51,21 @@ class ThrottlingException(HealthImagingError):
 
 class InternalServerException(HealthImagingError):
     status = 500
+
+
+# Refusals before any operation runs, named as AWS's front door names them for
+# rest-json services (API Gateway style, all 403).
+class MissingAuthenticationTokenException(HealthImagingError):
+    status = 403
+
+
+class IncompleteSignatureException(HealthImagingError):
+    status = 403
+
+
+class UnrecognizedClientException(HealthImagingError):
+    status = 403
+
+
+class InvalidSignatureException(HealthImagingError):
+    status = 403

@@ -9,6 +9,7 @@ default and can be changed at run time (CLI flags, the admin route, or
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from emulator.exceptions import InternalServerException, ThrottlingException
+from emulator.urls import service_model
 
 # (requests per second, burst) as published; settings, not truths.
 PUBLISHED_RATES: dict[str, tuple[float, int]] = {
@@ -40,6 +42,89 @@ PUBLISHED_RATES: dict[str, tuple[float, int]] = {
 }
 
 
+ALL_OPERATIONS = "*"
+
+
+class FaultSettingError(ValueError):
+    """A fault setting of the wrong type or out of range; ``field`` names it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def operation_names() -> frozenset[str]:
+    """Faults are injected into medical-imaging operations only (S3 is moto's)."""
+    return frozenset(service_model().operation_names)
+
+
+def _number(name: str, value: Any, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise FaultSettingError(name, f"must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise FaultSettingError(name, f"must be between {low} and {high}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FaultSettingError(name, f"must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _operation(name: str, operation: Any, wildcard: bool) -> str:
+    known = operation_names()
+    if operation in known or (wildcard and operation == ALL_OPERATIONS):
+        return str(operation)
+    raise FaultSettingError(
+        name, f"unknown operation {operation!r}; known: {sorted(known)}"
+        + (f" or {ALL_OPERATIONS!r} for all" if wildcard else "")
+    )
+
+
+def _mapping(name: str, value: Any) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise FaultSettingError(name, f"must be an object, got {value!r}")
+    return value
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` for setting ``name`` when its type and range are right.
+
+    Without these checks ``{"error_rate": 5}`` failed every call and
+    ``{"job_duration_seconds": "slow"}`` left a job IN_PROGRESS for ever."""
+    if name == "throttle":
+        if not isinstance(value, bool):
+            raise FaultSettingError(name, f"must be true or false, got {value!r}")
+        return value
+    if name == "rates":
+        rates = {}
+        for operation, pair in _mapping(name, value).items():
+            field_name = f"rates.{operation}"
+            _operation(field_name, operation, wildcard=False)
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise FaultSettingError(field_name, f"must be [rate, burst], got {pair!r}")
+            rates[operation] = [_number(field_name, pair[0], 0), _count(field_name, pair[1])]
+        return rates
+    if name == "error_rate":
+        return {
+            _operation(f"error_rate.{operation}", operation, wildcard=True):
+            _number(f"error_rate.{operation}", probability, 0, 1)
+            for operation, probability in _mapping(name, value).items()
+        }
+    if name == "job_duration_seconds":
+        return _number(name, value, 0)
+    if name == "fail_jobs":
+        return _count(name, value)
+    if name == "fail_job_message":
+        if not isinstance(value, str) or not value:
+            raise FaultSettingError(name, f"must be a non-empty string, got {value!r}")
+        return value
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise FaultSettingError(name, f"must be a whole number or null, got {value!r}")
+    return value  # seed
+
+
 @dataclass
 class FaultConfig:
     throttle: bool = False
@@ -52,12 +137,22 @@ class FaultConfig:
     fail_job_message: str = "Injected failure: the local service was asked to fail this job."
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            setattr(self, item.name, _checked(item.name, getattr(self, item.name)))
+
     def update(self, changes: dict[str, Any]) -> None:
+        """Apply ``changes`` all or nothing: every value is checked first.
+        ``rates`` adds to the rates already set."""
         names = {f.name for f in fields(self)}
         unknown = set(changes) - names
         if unknown:
-            raise ValueError(f"unknown fault settings: {sorted(unknown)}; known: {sorted(names)}")
-        for key, value in changes.items():
+            raise FaultSettingError(
+                sorted(unknown)[0],
+                f"unknown fault settings: {sorted(unknown)}; known: {sorted(names)}",
+            )
+        checked = {key: _checked(key, value) for key, value in changes.items()}
+        for key, value in checked.items():
             if key == "rates":
                 self.rates.update(value)
             else:

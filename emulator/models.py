@@ -22,6 +22,7 @@ import boto3
 from botocore.config import Config
 
 from emulator import importer
+from emulator.auth import LOCAL_CREDENTIALS
 from emulator.config import ServiceConfig
 from emulator.exceptions import (
     ConflictException,
@@ -116,14 +117,16 @@ class HealthImagingBackend(ImageSetOperations):
         tens of milliseconds under the GIL, which every StartDICOMImportJob
         (quota check) and import job paid. A built client is thread-safe; the
         lock only keeps two threads from building at once."""
+        # Its own S3 takes the service's credentials when they are enforced.
+        key = (self.config.credentials if self.s3_in_process else None) or LOCAL_CREDENTIALS
         with self._s3_lock:
             if self._s3 is None or self._s3.meta.endpoint_url != self.s3_endpoint:
                 self._s3 = boto3.session.Session().client(
                     "s3",
                     endpoint_url=self.s3_endpoint,
                     region_name=self.config.region,
-                    aws_access_key_id="local",
-                    aws_secret_access_key="local",
+                    aws_access_key_id=key.access_key,
+                    aws_secret_access_key=key.secret_key,
                     config=Config(retries={"max_attempts": 3, "mode": "standard"},
                                   max_pool_connections=64),
                 )

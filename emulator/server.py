@@ -1,14 +1,15 @@
 """One local endpoint for S3 and HealthImaging.
 
-Requests are dispatched by the service name in their SigV4 credential scope:
+Every request passes the door first (emulator.origins: the ``Host`` it names
+and the CORS headers it gets; emulator.auth: its signature), then is
+dispatched by the service name in its SigV4 credential scope:
 ``medical-imaging`` goes to our app, everything else to moto's server (S3).
-``/_emulator/...`` is the admin route for fault injection.
+``/_emulator/...`` is the admin route (emulator.admin).
 """
 
 from __future__ import annotations
 
-import json
-import re
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,49 +17,70 @@ from typing import Any
 
 import pydicom
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 
+from emulator.admin import ADMIN_PREFIX, AdminRoute
+from emulator.auth import LOCAL_CREDENTIALS, AuthError, Credentials, find_signature, verify
 from emulator.config import ServiceConfig
 from emulator.faults import FaultConfig, FaultInjector
 from emulator.http_server import KeepAliveServer
 from emulator.models import HealthImagingBackend
+from emulator.origins import OriginPolicy
+from emulator.refusals import refusal, service_asked
 from emulator.responses import HealthImagingApp
 from emulator.store import Store
+from emulator.urls import SERVICE_NAME
 
-_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
-_QUERY_SCOPE = re.compile(
-    r"X-Amz-Credential=[^&/]+(?:/|%2F)\d{8}(?:/|%2F)[^&/%]+(?:/|%2F)([^&/%]+)"
-)
-ADMIN_PREFIX = "/_emulator"
 # S3 Control shares S3's signing name; moto serves it from another app.
 _S3_CONTROL_PATH = "/v20180820/"
-
-
-def signing_service(environ: dict[str, Any]) -> str | None:
-    found = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    if not found:
-        found = _QUERY_SCOPE.search(environ.get("QUERY_STRING", ""))
-    return found.group(1) if found else None
 
 
 class LocalApplication:
     """The WSGI app behind the endpoint."""
 
-    def __init__(self, backend: HealthImagingBackend, faults: FaultInjector) -> None:
+    def __init__(
+        self,
+        backend: HealthImagingBackend,
+        faults: FaultInjector,
+        origins: OriginPolicy,
+        admin_token: str,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.backend = backend
-        self.faults = faults
         self.health_imaging = HealthImagingApp(backend, faults.before_call)
+        self.admin = AdminRoute(faults, admin_token)
+        self.credentials = credentials
+        self.origins = origins
         self.moto = DomainDispatcherApplication(create_backend_app)
         self._s3_app: Callable[..., Any] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
-        if path.startswith(ADMIN_PREFIX):
-            return self._admin(Request(environ))(environ, start_response)
-        service = signing_service(environ)
-        if service == "medical-imaging":
+        admin = path.startswith(ADMIN_PREFIX)
+        if not self.origins.host_allowed(environ):
+            host = environ.get("HTTP_HOST", "")
+            refused = refusal(service_asked(environ, None), "host",
+                              f"Host {host!r} is not this service's address.")
+            return refused(environ, start_response)
+        preflight = None if admin else self.origins.preflight(environ)
+        if preflight is not None:
+            return preflight(environ, start_response)
+        start_response = self.origins.with_cors(environ, start_response, admin)
+        if admin:
+            return self.admin(Request(environ))(environ, start_response)
+        signature = None
+        try:
+            signature = find_signature(environ)
+            if signature is None:
+                raise AuthError("missing", "The request is not signed.")
+            if self.credentials is not None:
+                verify(environ, signature, self.credentials)
+        except AuthError as error:
+            refused = refusal(service_asked(environ, signature), error.reason, error.message)
+            return refused(environ, start_response)
+        if signature.service == SERVICE_NAME:
             return self.health_imaging(environ, start_response)
-        if service == "s3" and not path.startswith(_S3_CONTROL_PATH):
+        if signature.service == "s3" and not path.startswith(_S3_CONTROL_PATH):
             return self._s3(environ)(environ, start_response)
         return self.moto(environ, start_response)
 
@@ -70,37 +92,13 @@ class LocalApplication:
             self._s3_app = self.moto.get_application(environ)
         return self._s3_app
 
-    def _admin(self, request: Request) -> Response:
-        """GET/POST /_emulator/faults reads/changes fault injection;
-        GET /_emulator/health answers when the service is up."""
-        path = request.path.removeprefix(ADMIN_PREFIX)
-        if path == "/health":
-            return Response(json.dumps({"status": "ok"}), content_type="application/json")
-        if path == "/faults":
-            if request.method == "POST":
-                try:
-                    self.faults.config.update(json.loads(request.get_data() or b"{}"))
-                except (ValueError, TypeError) as error:
-                    return Response(
-                        json.dumps({"message": str(error)}),
-                        status=400,
-                        content_type="application/json",
-                    )
-            return Response(
-                json.dumps(self.faults.config.as_dict()), content_type="application/json"
-            )
-        return Response(
-            json.dumps({"message": f"no admin route {path}"}),
-            status=404,
-            content_type="application/json",
-        )
-
 
 class LocalService:
     """The local stack, started in-process on a free port (or a given one).
 
     ``with LocalService() as svc: ...`` for tests and the demo; ``svc.env()``
-    gives the variables a client needs.
+    gives the variables a client needs, ``svc.admin_token`` what the admin
+    route asks for.
     """
 
     def __init__(
@@ -120,11 +118,16 @@ class LocalService:
         self.store = Store(data_dir)
         self._injector = FaultInjector(self.faults)
         self.backend = HealthImagingBackend(self.config, self.store, self._injector)
-        self._server = KeepAliveServer(
-            host, port, LocalApplication(self.backend, self._injector)
-        )
+        self.admin_token = secrets.token_urlsafe(32)
+        # The application is given once the port is bound: the Host check needs it.
+        self._server = KeepAliveServer(host, port, None)
         self.host = host
         self.port = self._server.server_port
+        self._server.app = LocalApplication(
+            self.backend, self._injector,
+            OriginPolicy(host, self.port, self.config.cors_origins),
+            self.admin_token, self.config.credentials,
+        )
         if self.backend.s3_in_process:
             self.backend.s3_endpoint = self.endpoint
         self._thread: threading.Thread | None = None
@@ -134,11 +137,12 @@ class LocalService:
         return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
+        key = self.config.credentials or LOCAL_CREDENTIALS
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_ACCESS_KEY_ID": key.access_key,
+            "AWS_SECRET_ACCESS_KEY": key.secret_key,
             "AWS_REGION": self.config.region,
             "AWS_DEFAULT_REGION": self.config.region,
         }

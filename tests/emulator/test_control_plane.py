@@ -256,7 +256,9 @@ class TestFaults:
     def test_admin_route_injects_internal_errors(self, service: LocalService, mi: Any) -> None:
         body = json.dumps({"error_rate": {"ListDatastores": 1.0}}).encode()
         request = urllib.request.Request(
-            f"{service.endpoint}/_emulator/faults", data=body, method="POST"
+            f"{service.endpoint}/_emulator/faults", data=body, method="POST",
+            headers={"Authorization": f"Bearer {service.admin_token}",
+                     "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request) as response:
             assert json.load(response)["error_rate"] == {"ListDatastores": 1.0}
@@ -269,7 +271,9 @@ class TestFaults:
 
     def test_admin_route_rejects_unknown_settings(self, service: LocalService) -> None:
         request = urllib.request.Request(
-            f"{service.endpoint}/_emulator/faults", data=b'{"nope": 1}', method="POST"
+            f"{service.endpoint}/_emulator/faults", data=b'{"nope": 1}', method="POST",
+            headers={"Authorization": f"Bearer {service.admin_token}",
+                     "Content-Type": "application/json"},
         )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request)

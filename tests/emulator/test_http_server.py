@@ -22,19 +22,21 @@ def test_requests_with_bodies_share_one_connection(service: LocalService) -> Non
     """A request's body is read whole, so the next request on the connection
     starts where it should."""
     connection = _connect(service)
-    faults = json.dumps({"throttle": 0.0}).encode()
+    faults = json.dumps({"job_duration_seconds": 0.5}).encode()
+    admin = {"Authorization": f"Bearer {service.admin_token}"}
 
-    connection.request("POST", "/_emulator/faults", body=faults)
+    connection.request("POST", "/_emulator/faults", body=faults,
+                       headers={**admin, "Content-Type": "application/json"})
     first = connection.getresponse()
     first.read()
     socket_used = connection.sock
-    connection.request("GET", "/_emulator/faults")
+    connection.request("GET", "/_emulator/faults", headers=admin)
     second = connection.getresponse()
 
     assert first.status == second.status == 200
     assert first.getheader("Connection") != "close"
     assert connection.sock is socket_used
-    assert json.loads(second.read())["throttle"] == 0.0
+    assert json.loads(second.read())["job_duration_seconds"] == 0.5
 
 
 def test_a_put_that_waits_for_100_continue_then_the_next_request(
