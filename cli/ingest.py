@@ -13,7 +13,7 @@ from typing import Any
 
 from cli.exit_status import ExitStatus
 from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
-from cli.run_console import describe, running_flow
+from cli.run_console import run_flow_command
 from cli.story import print_ingest_story
 from flows.ingest import IngestResult, dicom_ingest
 from flows.parameters import IngestParameters
@@ -52,26 +52,16 @@ def run(args: argparse.Namespace) -> int:
 
 def run_ingest(params: IngestParameters, verbose: bool = False) -> int:
     """Run the flow with a progress line, then tell what happened."""
-    with running_flow(f"Ingesting {params.source}", verbose) as ran:
-        ran.state = dicom_ingest(params, return_state=True)
-    if ran.abandoned:
-        return ExitStatus.INTERRUPTED
-    state = ran.state
-    if not state.is_completed():
-        print(f"dicom-import ingest: {describe(state.result(raise_on_failure=False))}",
-              file=sys.stderr)
-        return ExitStatus.ERROR
-    result: IngestResult = state.result()
-    print_ingest_story(result, params.source)
-    for holder in result.holders:
-        print(f"dicom-import ingest: {holder}; run the same command again once it ends.",
-              file=sys.stderr)
-    if ran.interrupted:
-        print("dicom-import ingest: stopped. Jobs already started go on in HealthImaging and "
-              "are in the ledger: run the same command again (or dicom-import retry) to "
-              "pick them up.", file=sys.stderr)
-        return ExitStatus.INTERRUPTED
-    if result.claimed_by_other_runs:
-        return ExitStatus.HELD_ELSEWHERE
-    failed = sum(result.counts.get(status, 0) for status in FAILURES) + result.given_up
-    return ExitStatus.FILES_FAILED if failed else ExitStatus.OK
+
+    def tell(result: IngestResult) -> ExitStatus:
+        print_ingest_story(result, params.source)
+        for holder in result.holders:
+            print(f"dicom-import ingest: {holder}; run the same command again once it ends.",
+                  file=sys.stderr)
+        if result.claimed_by_other_runs:
+            return ExitStatus.HELD_ELSEWHERE
+        failed = sum(result.counts.get(status, 0) for status in FAILURES) + result.given_up
+        return ExitStatus.FILES_FAILED if failed else ExitStatus.OK
+
+    return run_flow_command("ingest", f"Ingesting {params.source}", verbose,
+                            lambda: dicom_ingest(params, return_state=True), tell)

@@ -14,7 +14,7 @@ from typing import Any
 
 from cli.exit_status import ExitStatus
 from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
-from cli.run_console import describe, running_flow
+from cli.run_console import run_flow_command
 from cli.story import datastore_label, print_failures, print_jobs, read_table
 from flows.parameters import RetryParameters
 from flows.retry import RetryResult, retry_failed
@@ -43,22 +43,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"dicom-import retry: {error}", file=sys.stderr)
         return ExitStatus.ERROR
     assert isinstance(params, RetryParameters)
-    with running_flow(f"Retrying failures in {params.datastore}", args.verbose) as ran:
-        ran.state = retry_failed(params, return_state=True)
-    if ran.abandoned:
-        return ExitStatus.INTERRUPTED
-    if not ran.state.is_completed():
-        print(f"dicom-import retry: {describe(ran.state.result(raise_on_failure=False))}",
-              file=sys.stderr)
-        return ExitStatus.ERROR
-    result: RetryResult = ran.state.result()
-    print_retry_story(result, params)
-    if ran.interrupted:
-        print("dicom-import retry: stopped. Jobs already started are in the ledger: run the "
-              "same command again to pick them up.", file=sys.stderr)
-        return ExitStatus.INTERRUPTED
-    failed = sum(result.counts.get(status, 0) for status in FAILURES)
-    return ExitStatus.FILES_FAILED if failed else ExitStatus.OK
+
+    def tell(result: RetryResult) -> ExitStatus:
+        print_retry_story(result, params)
+        failed = sum(result.counts.get(status, 0) for status in FAILURES)
+        return ExitStatus.FILES_FAILED if failed else ExitStatus.OK
+
+    return run_flow_command("retry", f"Retrying failures in {params.datastore}", args.verbose,
+                            lambda: retry_failed(params, return_state=True), tell)
 
 
 def print_retry_story(result: RetryResult, params: RetryParameters) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -18,6 +18,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cli.exit_status import ExitStatus
 from cli.prefect_api import start_temporary_server_if_needed
 from cli.progress import ProgressDisplay
 from tasks import interruption
@@ -57,6 +58,29 @@ def running_flow(title: str, verbose: bool = False) -> Iterator[FlowRun]:
     finally:
         signal.signal(signal.SIGINT, previous)
         interruption.clear()
+
+
+def run_flow_command(
+    command: str, title: str, verbose: bool, start: Callable[[], Any],
+    tell: Callable[[Any], ExitStatus],
+) -> int:
+    """Run a flow (``start`` returns its final state), then ``tell`` what its
+    result means and which exit status it earns; a stop overrides that status."""
+    with running_flow(title, verbose) as ran:
+        ran.state = start()
+    if ran.abandoned:
+        return ExitStatus.INTERRUPTED
+    if not ran.state.is_completed():
+        print(f"dicom-import {command}: {describe(ran.state.result(raise_on_failure=False))}",
+              file=sys.stderr)
+        return ExitStatus.ERROR
+    status = tell(ran.state.result())
+    if ran.interrupted:
+        print(f"dicom-import {command}: stopped. Jobs already started go on in HealthImaging "
+              "and are in the ledger: run the same command again (or dicom-import retry) to "
+              "pick them up.", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    return status
 
 
 def describe(error: BaseException | Any) -> str:

@@ -26,8 +26,8 @@ class ImportOptions(BaseModel):
     )
     datastore: str | None = Field(
         default_factory=_setting("datastore"),
-        description="HealthImaging data store ID (32 hex) or name; a name that does not "
-        "exist yet is created.",
+        description="HealthImaging data store ID (32 hex) or name; ingestion creates one "
+        "of that name when none exists (a retry does not).",
     )
     staging_prefix: str | None = Field(
         default_factory=_setting("staging_prefix"),
