@@ -52,7 +52,6 @@ DELIBERATELY_UNSUPPORTED: dict[str, str] = {
     "CreateDatastore.lambdaAuthorizerArn": (
         "recorded and returned; there is no Lambda to call, requests are checked by SigV4 only"
     ),
-    "CreateDatastore.losslessStorageFormat": "frames are stored as HTJ2K whatever is asked",
     "StartDICOMImportJob.dataAccessRoleArn": (
         "recorded and returned; no IAM role is assumed, the service reads S3 with its own keys"
     ),

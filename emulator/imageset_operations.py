@@ -36,6 +36,9 @@ NOT_LATEST = "Requested version(s) of ImageSet(s) is not the latest."
 FRAME_CONTENT_TYPES = {
     "1.2.840.10008.1.2.1": "application/octet-stream",
     "1.2.840.10008.1.2.4.50": "image/jpeg",
+    # Not documented for JPEG 2000 lossless (.90): the same raw J2K codestream
+    # as .91, so the same type.
+    "1.2.840.10008.1.2.4.90": "image/j2c",
     "1.2.840.10008.1.2.4.91": "image/j2c",
     "1.2.840.10008.1.2.4.202": "image/jph",
     "1.2.840.10008.1.2.4.203": "image/jphc",

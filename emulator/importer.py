@@ -86,8 +86,11 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
         raise ImportJobFailed(str(error)) from error
     objects = sorted(list_input(s3, job["inputS3Uri"]), key=lambda o: o.key)
     bucket, _ = split_s3_uri(job["inputS3Uri"])
+    lossless_format = backend.datastores[job["datastoreId"]]["losslessStorageFormat"]
     with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
-        results = list(pool.map(lambda o: _import_file(s3, bucket, o, backend), objects))
+        results = list(
+            pool.map(lambda o: _import_file(s3, bucket, o, backend, lossless_format), objects)
+        )
     outcomes = [outcome for outcome, _ in results]
     prepared = [instance for _, instance in results if instance is not None]
     try:
@@ -101,7 +104,7 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
 
 
 def _import_file(
-    s3: Any, bucket: str, obj: InputObject, backend: HealthImagingBackend
+    s3: Any, bucket: str, obj: InputObject, backend: HealthImagingBackend, lossless_format: str
 ) -> tuple[FileOutcome, PreparedInstance | None]:
     """Read, check and store the frames of one file. The file's own problems
     become its FAILURE line, so one bad file does not stop the job."""
@@ -125,6 +128,7 @@ def _import_file(
             checked.dataset,
             backend.image_sets.put_frame,
             transcode=backend.config.transcode_htj2k,
+            lossless_format=lossless_format,
         )
     except Exception:  # a bug or a storage failure here is ours, not the file's
         log.exception("storing the frames of %s failed", obj.key)
