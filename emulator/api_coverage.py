@@ -42,6 +42,15 @@ HONOURED_NESTED: frozenset[str] = frozenset(
         "UpdateImageSetMetadata.updateImageSetMetadataUpdates.DICOMUpdates.removableAttributes",
         "UpdateImageSetMetadata.updateImageSetMetadataUpdates.DICOMUpdates.updatableAttributes",
         "UpdateImageSetMetadata.updateImageSetMetadataUpdates.revertToVersionId",
+        "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration",
+        "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
+        ".dicomMetadataMappings",
+        "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
+        ".dicomMetadataMappings.studyInstanceUID",
+        "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
+        ".dicomMetadataMappings.seriesInstanceUID",
+        "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
+        ".dicomMetadataMappings.metadataFilePath",
     }
 )
 
@@ -58,16 +67,4 @@ DELIBERATELY_UNSUPPORTED: dict[str, str] = {
     "StartDICOMImportJob.inputOwnerAccountId": (
         "recorded; there is one account locally, so no bucket-owner check"
     ),
-    "StartDICOMImportJob.importConfiguration": "DICOM JSON metadata import is not implemented",
-    "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration": (
-        "DICOM JSON metadata import is not implemented"
-    ),
-    "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
-    ".dicomMetadataMappings": "DICOM JSON metadata import is not implemented",
-    "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
-    ".dicomMetadataMappings.studyInstanceUID": "DICOM JSON metadata import is not implemented",
-    "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
-    ".dicomMetadataMappings.seriesInstanceUID": "DICOM JSON metadata import is not implemented",
-    "StartDICOMImportJob.importConfiguration.dicomJsonMetadataImportConfiguration"
-    ".dicomMetadataMappings.metadataFilePath": "DICOM JSON metadata import is not implemented",
 }
