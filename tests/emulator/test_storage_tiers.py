@@ -4,6 +4,9 @@ The service's clock is moved through ``ServiceConfig.clock``."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,3 +115,29 @@ def test_a_copy_is_frequent_access_and_its_source_stays_archived(
     wait_active(mi, datastore_id, new_id)
     assert tier(mi, datastore_id, new_id)[0] == FREQUENT
     assert tier(mi, datastore_id, source["id"])[0] == ARCHIVE
+
+
+def admin_clock(service: LocalService, body: bytes | None, token: str | None = None) -> Any:
+    request = urllib.request.Request(
+        f"{service.endpoint}/_emulator/clock", data=body, method="POST" if body else "GET",
+        headers={"Authorization": f"Bearer {token or service.admin_token}",
+                 "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_the_admin_route_moves_the_clock(
+    service: LocalService, mi: Any, datastore_id: str, seeder: Seeder
+) -> None:
+    image_set = seeder.image_set()
+    before = datetime.fromisoformat(admin_clock(service, None)["now"])
+    moved = admin_clock(service, json.dumps({"advanceSeconds": 31 * 86400}).encode())
+    assert datetime.fromisoformat(moved["now"]) - before >= timedelta(days=31)
+    assert tier(mi, datastore_id, image_set["id"])[0] == ARCHIVE
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        admin_clock(service, b'{"advanceSeconds": 1}', token="wrong")
+    assert refused.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as invalid:
+        admin_clock(service, b'{"advanceDays": 1}')
+    assert invalid.value.code == 400
