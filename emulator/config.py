@@ -3,9 +3,15 @@ are adjustable because the published AWS values are adjustable too."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from emulator.auth import Credentials
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -36,3 +42,6 @@ class ServiceConfig:
     credentials: Credentials | None = None
     # Web origins allowed to read answers (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
+    # The service's clock for image set timestamps and storage tiers: replace
+    # it (also on a running service) to move time, e.g. 31 days ahead.
+    clock: Callable[[], datetime] = utc_now

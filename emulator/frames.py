@@ -1,7 +1,9 @@
 """Image frames: what an import stores for each frame of an instance.
 
-AWS keeps pixel data as HTJ2K lossless (stored transfer syntax
-``1.2.840.10008.1.2.4.202``, served as ``image/jph``) except for syntaxes that
+AWS keeps pixel data in the data store's lossless storage format, HTJ2K
+lossless (stored transfer syntax ``1.2.840.10008.1.2.4.202``, served as
+``image/jph``) by default or JPEG 2000 lossless (``1.2.840.10008.1.2.4.90``)
+when the store was created with ``JPEG_2000_LOSSLESS``, except for syntaxes that
 are lossy already (JPEG baseline, JPEG 2000 lossy, HTJ2K lossy) and video, which
 it keeps as they came (behaviour doc §3.2). Frames are decoded with pydicom
 and encoded with OpenJPH through imagecodecs; both release the GIL, so the
@@ -21,6 +23,9 @@ Choices where AWS documents nothing, written down here:
 * The JPH 'colr' box says greyscale for one sample per pixel, sRGB for three,
   and sYCC for YBR_FULL / YBR_FULL_422 / YBR_PARTIAL_420, whose samples stay
   YCbCr because they are not colour-converted.
+* JPEG 2000 lossless frames are the raw codestream, as DICOM encapsulates it,
+  encoded reversibly (5/3 wavelet) without a colour transform, so the samples
+  stay those of the file's Photometric Interpretation as with HTJ2K.
 * Video is one frame holding the whole bitstream, as DICOM does not split a
   video stream into frames.
 * Pixel data in a transfer syntax HealthImaging does not support (unknown
@@ -52,6 +57,7 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     MPEGTransferSyntaxes,
 )
@@ -118,10 +124,12 @@ class _Undecodable(_KeepAsItCame):
 
 
 class _Unencodable(_KeepAsItCame):
-    """Decoded fine, but HTJ2K encoding failed: checksums are still known."""
+    """Decoded fine, but lossless encoding failed: checksums are still known."""
 
 
-def store_pixel_data(ds: Dataset, put_frame: PutFrame, *, transcode: bool) -> StoredPixelData:
+def store_pixel_data(
+    ds: Dataset, put_frame: PutFrame, *, transcode: bool, lossless_format: str = "HTJ2K"
+) -> StoredPixelData:
     """Store every frame of ``ds`` through ``put_frame`` and describe them.
 
     Frames are decoded, encoded and put one at a time so that a long
@@ -141,8 +149,11 @@ def store_pixel_data(ds: Dataset, put_frame: PutFrame, *, transcode: bool) -> St
     warnings: list[ImportWarning] = []
     decodable = True
     if source not in KEPT_AS_IS and (transcode or not source.is_compressed):
-        target = HTJ2KLosslessRPCL if transcode else ExplicitVRLittleEndian
-        encode = _jph if transcode else _native_bytes
+        target, encode = (
+            LOSSLESS_ENCODERS[lossless_format]
+            if transcode
+            else (ExplicitVRLittleEndian, _native_bytes)
+        )
         try:
             records = [
                 _put(put_frame, target, _encoded(encode, pixels, ds, source), pixels, ds)
@@ -174,11 +185,11 @@ def _encoded(
 ) -> bytes:
     try:
         return encode(pixels, ds)
-    except (RuntimeError, ValueError, imagecodecs.Htj2kError) as error:
+    except (RuntimeError, ValueError, imagecodecs.Htj2kError, imagecodecs.Jpeg2kError) as error:
         raise _Unencodable(
             ImportWarning(
                 WarningCode.TRANSCODING_EXCEPTION,
-                f"HTJ2K encoding failed ({error}); frames stored in {source}",
+                f"Lossless encoding failed ({error}); frames stored in {source}",
             )
         ) from None
 
@@ -278,6 +289,21 @@ def _put(
 def _jph(pixels: np.ndarray, ds: Dataset) -> bytes:
     codestream = bytes(imagecodecs.htj2k_encode(pixels))
     return jph_file(codestream, colourspace=_colourspace(ds))
+
+
+def _j2k(pixels: np.ndarray, ds: Dataset) -> bytes:
+    return bytes(
+        imagecodecs.jpeg2k_encode(
+            pixels, level=0, codecformat=imagecodecs.JPEG2K.CODEC.J2K, reversible=True, mct=False
+        )
+    )
+
+
+# A data store's losslessStorageFormat -> the stored transfer syntax and its encoder.
+LOSSLESS_ENCODERS: dict[str, tuple[UID, Callable[[np.ndarray, Dataset], bytes]]] = {
+    "HTJ2K": (HTJ2KLosslessRPCL, _jph),
+    "JPEG_2000_LOSSLESS": (JPEG2000Lossless, _j2k),
+}
 
 
 def _colourspace(ds: Dataset) -> int:

@@ -25,6 +25,7 @@ from emulator.exceptions import (
 )
 from emulator.metadata_updates import apply_dicom_updates, parse_payload, study_level_part
 from emulator.pagination import paginate
+from emulator.storage_tiers import tier_properties
 
 if TYPE_CHECKING:
     from emulator.config import ServiceConfig
@@ -36,6 +37,9 @@ NOT_LATEST = "Requested version(s) of ImageSet(s) is not the latest."
 FRAME_CONTENT_TYPES = {
     "1.2.840.10008.1.2.1": "application/octet-stream",
     "1.2.840.10008.1.2.4.50": "image/jpeg",
+    # Not documented for JPEG 2000 lossless (.90): the same raw J2K codestream
+    # as .91, so the same type.
+    "1.2.840.10008.1.2.4.90": "image/j2c",
     "1.2.840.10008.1.2.4.91": "image/j2c",
     "1.2.840.10008.1.2.4.202": "image/jph",
     "1.2.840.10008.1.2.4.203": "image/jphc",
@@ -166,6 +170,7 @@ class ImageSetOperations:
             "imageSetArn": self.image_set_arn(datastoreId, imageSetId),
             "imageSetWorkflowStatus": props.pop("ImageSetWorkflowStatus"),
             **props,
+            **tier_properties(record, self.image_sets.now()),
         }
 
     def get_image_set_metadata(
@@ -173,8 +178,10 @@ class ImageSetOperations:
     ) -> dict[str, Any]:
         """Always gzip, whatever Accept-Encoding says, as AWS does."""
         self._readable(datastoreId, imageSetId)
+        blob = self.image_sets.metadata_blob(imageSetId, versionId)
+        self.image_sets.touch(imageSetId)
         return {
-            "imageSetMetadataBlob": self.image_sets.metadata_blob(imageSetId, versionId),
+            "imageSetMetadataBlob": blob,
             "contentType": "application/json",
             "contentEncoding": "gzip",
         }
@@ -192,6 +199,7 @@ class ImageSetOperations:
                 f"Image frame {frame_id} does not exist in image set {imageSetId}"
             )
         data, syntax = self.image_sets.frame(frame_id)
+        self.image_sets.touch(imageSetId)
         return {
             "imageFrameBlob": data,
             "contentType": FRAME_CONTENT_TYPES.get(syntax, DEFAULT_FRAME_CONTENT_TYPE),
@@ -219,6 +227,7 @@ class ImageSetOperations:
             ]
             items = search.ordered(records, sort)
         page, token = paginate(items, maxResults, nextToken, (datastoreId, searchCriteria))
+        now = self.image_sets.now()
         return {
             "imageSetsMetadataSummaries": [
                 {
@@ -228,6 +237,7 @@ class ImageSetOperations:
                     "updatedAt": r["updatedAt"],
                     "isPrimary": r["isPrimary"],
                     "DICOMTags": r.get("dicomTags", {}),
+                    **tier_properties(r, now),
                 }
                 for r in page
             ],
@@ -301,6 +311,7 @@ class ImageSetOperations:
                 self.image_sets.add_version(
                     target_id, doc, workflow_status="UPDATING", state="LOCKED", overrides=overrides
                 )
+                self.image_sets.touch(target_id)
             result = self.image_sets.get(datastoreId, imageSetId)
         self._later(
             self.config.write_seconds,
@@ -435,6 +446,7 @@ class ImageSetOperations:
                     is_primary=True if promoteToPrimary else None,
                     overrides={"forced": True} if force else None,
                 )
+            self.image_sets.touch(destination["imageSetId"])
             source = self.image_sets.set_state(
                 sourceImageSetId, state="LOCKED", workflow_status="COPYING_WITH_READ_ONLY_ACCESS"
             )

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from emulator.exceptions import ResourceNotFoundException
@@ -76,9 +77,17 @@ def dicom_tags(doc: dict[str, Any]) -> dict[str, Any]:
     return tags
 
 
+# A touch is written to disk at most this often per set (frames are read at
+# up to 1,000/s); a restart can make lastAccessedAt this much older, which
+# does not matter for a 30-day tier.
+_PERSIST_ACCESS_EVERY = 3600.0
+
+
 class ImageSetRepository:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self.now = clock
+        self._persisted_access: dict[str, float] = {}
         self.lock = threading.RLock()
         self.sets: dict[str, dict[str, Any]] = dict(store.load(SET_KIND))
         self.versions: dict[str, list[dict[str, Any]]] = {}
@@ -144,7 +153,7 @@ class ImageSetRepository:
         """A new image set at version 1. The caller fills ``doc`` in full; the
         repository stamps DatastoreID and ImageSetID into it."""
         image_set_id = image_set_id or new_id()
-        now = time.time()
+        now = self.now()
         record = {
             "datastoreId": datastore_id,
             "imageSetId": image_set_id,
@@ -153,6 +162,7 @@ class ImageSetRepository:
             "imageSetWorkflowStatus": workflow_status,
             "createdAt": now,
             "updatedAt": now,
+            "lastAccessedAt": now,
             "isPrimary": is_primary,
         }
         with self.lock:
@@ -182,7 +192,7 @@ class ImageSetRepository:
             doc.setdefault("SchemaVersion", "1.1")
             key = f"metadata/{image_set_id}/{number}.json.gz"
             self._store.put_blob(key, gzip.compress(json.dumps(doc).encode(), compresslevel=5))
-            now = time.time()
+            now = self.now()
             if is_primary is not None:
                 record["isPrimary"] = is_primary
             record.update(
@@ -212,6 +222,16 @@ class ImageSetRepository:
             self._store.put(SET_KIND, image_set_id, record)
             return record
 
+    def touch(self, image_set_id: str) -> None:
+        """Record an access (see ``storage_tiers`` for which calls are one)."""
+        with self.lock:
+            record = self.sets[image_set_id]
+            now = self.now()
+            record["lastAccessedAt"] = now
+            if now - self._persisted_access.get(image_set_id, 0.0) >= _PERSIST_ACCESS_EVERY:
+                self._persisted_access[image_set_id] = now
+                self._store.put(SET_KIND, image_set_id, record)
+
     def set_state(
         self,
         image_set_id: str,
@@ -224,7 +244,7 @@ class ImageSetRepository:
         """Change the state of the current record (and of its current version)."""
         with self.lock:
             record = self.sets[image_set_id]
-            now = time.time()
+            now = self.now()
             record.update(
                 imageSetState=state,
                 imageSetWorkflowStatus=workflow_status,

@@ -24,6 +24,7 @@ from emulator.import_output import (
     write_job_output,
 )
 from emulator.input_objects import read_input_object
+from emulator.metadata_mappings import LoadedMappings, load_mappings, mappings_of
 from emulator.part10 import InvalidDicomFile, read_instance
 
 if TYPE_CHECKING:
@@ -84,12 +85,23 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
         check_output_writable(s3, job["outputS3Uri"])
     except OutputNotWritable as error:
         raise ImportJobFailed(str(error)) from error
-    objects = sorted(list_input(s3, job["inputS3Uri"]), key=lambda o: o.key)
-    bucket, _ = split_s3_uri(job["inputS3Uri"])
+    bucket, prefix = split_s3_uri(job["inputS3Uri"])
+    mappings = load_mappings(s3, bucket, mappings_of(job, prefix), backend.s3_in_process)
+    objects = sorted(
+        (o for o in list_input(s3, job["inputS3Uri"]) if o.key not in mappings.keys),
+        key=lambda o: o.key,
+    )
+    lossless_format = backend.datastores[job["datastoreId"]]["losslessStorageFormat"]
     with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
-        results = list(pool.map(lambda o: _import_file(s3, bucket, o, backend), objects))
-    outcomes = [outcome for outcome, _ in results]
+        results = list(
+            pool.map(
+                lambda o: _import_file(s3, bucket, o, backend, lossless_format, mappings), objects
+            )
+        )
     prepared = [instance for _, instance in results if instance is not None]
+    imported = {(i.study_instance_uid, i.series_instance_uid) for i in prepared}
+    outcomes = [outcome for outcome, _ in results]
+    outcomes += mappings.failures + mappings.unmatched(imported)
     try:
         placed = place_instances(backend.image_sets, job["datastoreId"], prepared)
     except ImageSetsBusy as error:
@@ -101,7 +113,12 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
 
 
 def _import_file(
-    s3: Any, bucket: str, obj: InputObject, backend: HealthImagingBackend
+    s3: Any,
+    bucket: str,
+    obj: InputObject,
+    backend: HealthImagingBackend,
+    lossless_format: str,
+    mappings: LoadedMappings,
 ) -> tuple[FileOutcome, PreparedInstance | None]:
     """Read, check and store the frames of one file. The file's own problems
     become its FAILURE line, so one bad file does not stop the job."""
@@ -116,6 +133,7 @@ def _import_file(
         checked = read_instance(data)
     except InvalidDicomFile as error:
         return _failed(obj.key, CUSTOMER_ERROR, str(error))
+    mappings.apply(checked.dataset, checked.study_instance_uid, checked.series_instance_uid)
     try:
         attributes = instance_attributes(checked.dataset)
     except Exception as error:  # pydicom raises many types for malformed values
@@ -125,6 +143,7 @@ def _import_file(
             checked.dataset,
             backend.image_sets.put_frame,
             transcode=backend.config.transcode_htj2k,
+            lossless_format=lossless_format,
         )
     except Exception:  # a bug or a storage failure here is ours, not the file's
         log.exception("storing the frames of %s failed", obj.key)

@@ -67,7 +67,7 @@ class HealthImagingBackend(ImageSetOperations):
         self.jobs: dict[str, dict[str, Any]] = dict(store.load(JOB_KIND))
         self.tags: dict[str, dict[str, str]] = {k: v["tags"] for k, v in store.load(TAGS_KIND)}
         self.client_tokens: dict[str, dict[str, Any]] = dict(store.load(TOKEN_KIND))
-        self.image_sets = ImageSetRepository(store)
+        self.image_sets = ImageSetRepository(store, lambda: config.clock().timestamp())
         self._import_pool = ThreadPoolExecutor(config.import_workers, "import-job")
         self._timer_pool = ThreadPoolExecutor(4, "transition")
         self._stopped = threading.Event()

@@ -48,7 +48,7 @@ class LocalApplication:
     ) -> None:
         self.backend = backend
         self.health_imaging = HealthImagingApp(backend, faults.before_call)
-        self.admin = AdminRoute(faults, admin_token)
+        self.admin = AdminRoute(faults, admin_token, backend.config)
         self.credentials = credentials
         self.origins = origins
         self.moto = DomainDispatcherApplication(create_backend_app)
