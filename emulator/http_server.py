@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 # Bodies up to this size are read before the application runs (moto reads
 # them whole anyway); larger ones stream, on a connection closed afterwards.
-_KEEP_ALIVE_MAX_BODY = 64 << 20
+# It is the size of a staged file's single PutObject and of its parts
+# (boto3's multipart threshold and part size), so staging keeps its
+# connections; a larger body is not held twice (here and in moto), and a
+# HealthImaging request over its cap is refused before it is read.
+_KEEP_ALIVE_MAX_BODY = 8 << 20
 
 
 class RequestHandler(MotoRequestHandler):

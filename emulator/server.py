@@ -26,6 +26,7 @@ from emulator.faults import FaultConfig, FaultInjector
 from emulator.http_server import KeepAliveServer
 from emulator.models import HealthImagingBackend
 from emulator.origins import OriginPolicy
+from emulator.quoted_values import quoted
 from emulator.refusals import refusal, service_asked
 from emulator.responses import HealthImagingApp
 from emulator.store import Store
@@ -60,7 +61,7 @@ class LocalApplication:
         if not self.origins.host_allowed(environ):
             host = environ.get("HTTP_HOST", "")
             refused = refusal(service_asked(environ, None), "host",
-                              f"Host {host!r} is not this service's address.")
+                              f"Host {quoted(host)!r} is not this service's address.")
             return refused(environ, start_response)
         preflight = None if admin else self.origins.preflight(environ)
         if preflight is not None:
