@@ -155,10 +155,11 @@ class LocalService:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
-
     def stop(self) -> None:
+        """Import jobs first (no new one; running ones get the configured
+        grace period, then end FAILED), so that they can still reach S3
+        here; then the server, then the store, which nothing uses any more."""
+        self.backend.stop_imports(self.config.stop_grace_seconds)
         self._server.shutdown()
         self._server.server_close()
         if self._thread:
