@@ -144,3 +144,67 @@ def test_memory_stays_bounded_under_concurrent_oversized_bodies() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["statuses"] == [413] * 8
     assert result["grew_kib"] < 200 * 1024
+
+
+def test_frames_kept_as_they_came_are_stored_one_at_a_time(tmp_path: Path) -> None:
+    """A 64 MB multi-frame instance in a syntax kept as it came (JPEG
+    baseline): the import grows the service by about the file, not by a
+    second copy of it as a list of frames (2x before). A fresh interpreter,
+    so that the peak is this import's; frames go to a data directory."""
+    frames, frame_bytes = 128, 512 << 10
+    script = textwrap.dedent(
+        f"""
+        import json, os
+        from pathlib import Path
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import JPEGBaseline8Bit
+        from emulator.config import ServiceConfig
+        from emulator.samples import ct_slice, series_spec
+        from emulator.server import LocalService
+        from tests.emulator.conftest import BUCKET, make_clients, wait_datastore_active
+        from tests.emulator.test_import import dicom_bytes, run_import
+
+        ds = ct_slice(series_spec("kept"), 0, rows=512, columns=1024)
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.NumberOfFrames = {frames}
+        ds.PixelData = encapsulate([os.urandom({frame_bytes}) for _ in range({frames})])
+        ds["PixelData"].VR = "OB"
+        body = dicom_bytes(ds)
+        del ds
+
+        # This process's RSS and peak RSS (KiB) since the last reset (Linux:
+        # writing 5 to clear_refs resets the peak to the current RSS).
+        def rss_and_peak():
+            status = Path("/proc/self/status").read_text()
+            rss, peak = (int(status.split(f"{{name}}:")[1].split()[0])
+                         for name in ("VmRSS", "VmHWM"))
+            Path("/proc/self/clear_refs").write_text("5")
+            return rss, peak
+
+        config = ServiceConfig(datastore_transition_seconds=0.05)
+        with LocalService(data_dir=Path({str(tmp_path)!r}), config=config) as svc:
+            mi, s3 = make_clients(svc)
+            s3.create_bucket(Bucket=BUCKET)
+            store = mi.create_datastore(datastoreName="kept")["datastoreId"]
+            wait_datastore_active(mi, store)
+            run_import(mi, s3, store, {{"small.dcm": dicom_bytes(ct_slice(series_spec("w"), 0))}},
+                       "warm/")  # every code path loaded before measuring
+            s3.put_object(Bucket=BUCKET, Key="big/kept.dcm", Body=body)
+            size = len(body)
+            del body
+            before, _ = rss_and_peak()
+            run = run_import(mi, s3, store, {{}}, "big/")
+            _, during = rss_and_peak()
+        print(json.dumps({{"imported": len(run.success),
+                          "size_kib": size >> 10, "grew_kib": during - before}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["imported"] == 1
+    assert result["grew_kib"] < 1.5 * result["size_kib"]
