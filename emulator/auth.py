@@ -36,6 +36,7 @@ from botocore.credentials import Credentials as BotocoreCredentials
 from werkzeug.wrappers import Request
 
 from emulator.quoted_values import quoted
+from emulator.request_bodies import BUFFERED_BODY
 
 _V4 = "AWS4-HMAC-SHA256"
 _V4_HEADER = re.compile(
@@ -306,11 +307,11 @@ def query_pairs(environ: dict[str, Any]) -> list[tuple[str, str]]:
 
 def read_body(environ: dict[str, Any]) -> bytes:
     """The request body, read once and put back for the application."""
-    body: bytes | None = environ.get("emulator.body")
+    body: bytes | None = environ.get(BUFFERED_BODY)
     if body is None:
         body = Request(environ).get_data()
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        environ["emulator.body"] = body
+        environ[BUFFERED_BODY] = body
     return body
 

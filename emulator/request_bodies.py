@@ -12,6 +12,7 @@ otherwise exhaust the parser's recursion (a 500).
 
 from __future__ import annotations
 
+import io
 import json
 from functools import lru_cache
 from typing import Any
@@ -23,6 +24,8 @@ from emulator.urls import service_model
 
 # Room for the JSON members around the blobs (keys, quotes, braces).
 _ENVELOPE_BYTES = 16 * 1024
+# The environ key of a body read ahead (emulator.auth reads it from there).
+BUFFERED_BODY = "emulator.body"
 # Deeper than any operation's input shape (search filters are the deepest, ~6).
 MAX_JSON_DEPTH = 32
 
@@ -57,6 +60,16 @@ def read_body(request: Request) -> bytes:
     if len(raw) > limit:
         raise _too_large(None, limit)
     return raw
+
+
+def buffer_body(environ: dict[str, Any]) -> None:
+    """Read the body within the cap, before anything else reads it (the
+    signature check hashes it), and put it back for whoever reads it next."""
+    body = read_body(Request(environ))
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    environ[BUFFERED_BODY] = body
 
 
 def parse_json(raw: bytes) -> Any:

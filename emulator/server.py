@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from emulator.models import HealthImagingBackend
 from emulator.origins import OriginPolicy
 from emulator.quoted_values import quoted
 from emulator.refusals import refusal, service_asked
-from emulator.responses import HealthImagingApp
+from emulator.request_bodies import RequestTooLarge, buffer_body
+from emulator.responses import HealthImagingApp, render_error
 from emulator.store import Store
 from emulator.urls import SERVICE_NAME
 
@@ -74,11 +76,15 @@ class LocalApplication:
             signature = find_signature(environ)
             if signature is None:
                 raise AuthError("missing", "The request is not signed.")
+            if signature.service == SERVICE_NAME:
+                buffer_body(environ)  # within its cap, before the signature hashes it
             if self.credentials is not None:
                 verify(environ, signature, self.credentials)
         except AuthError as error:
             refused = refusal(service_asked(environ, signature), error.reason, error.message)
             return refused(environ, start_response)
+        except RequestTooLarge as error:
+            return render_error(error, str(uuid.uuid4()))(environ, start_response)
         if signature.service == SERVICE_NAME:
             return self.health_imaging(environ, start_response)
         if signature.service == "s3" and not path.startswith(_S3_CONTROL_PATH):

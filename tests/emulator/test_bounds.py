@@ -20,6 +20,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from emulator.auth import Credentials as AuthCredentials
+from emulator.config import ServiceConfig
 from emulator.quoted_values import QUOTED_MAX_CHARS
 from emulator.request_bodies import MAX_JSON_DEPTH, max_body_bytes
 from emulator.server import LocalService
@@ -27,20 +29,23 @@ from emulator.server import LocalService
 REPO = Path(__file__).resolve().parents[2]
 
 
-def signed_headers(svc: LocalService, target: str, headers: dict[str, str]) -> dict[str, str]:
+def signed_headers(
+    svc: LocalService, target: str, headers: dict[str, str], key: tuple[str, str]
+) -> dict[str, str]:
     """A medical-imaging signature over the headers (the service, with no
     credentials configured, accepts any signed request whatever its body)."""
     request = AWSRequest("POST", f"{svc.endpoint}{target}", headers=headers, data=b"")
-    SigV4Auth(Credentials("local", "local"), "medical-imaging", "us-east-1").add_auth(request)
+    SigV4Auth(Credentials(*key), "medical-imaging", "us-east-1").add_auth(request)
     return dict(request.headers.items())
 
 
 def send(
-    svc: LocalService, target: str, headers: dict[str, str], body: bytes
+    svc: LocalService, target: str, headers: dict[str, str], body: bytes,
+    key: tuple[str, str] = ("local", "local"),
 ) -> tuple[int, dict[str, str], bytes]:
     """One POST written on a raw socket, so that the declared length and the
     bytes sent may differ, as an abusive client's do."""
-    head = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(svc, target, headers).items())
+    head = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(svc, target, headers, key).items())
     with socket.create_connection(("127.0.0.1", svc.port), timeout=15) as connection:
         connection.sendall(
             f"POST {target} HTTP/1.1\r\nHost: {svc.host}:{svc.port}\r\n{head}\r\n".encode()
@@ -67,6 +72,18 @@ def test_a_body_declared_over_the_cap_is_refused_before_it_is_read(service: Loca
         f"The request body is {60 << 20} bytes; a HealthImaging request body is at most "
         f"{max_body_bytes()} bytes"
     )
+
+
+def test_signature_checks_do_not_read_an_oversized_body() -> None:
+    """With --credentials the signature hashes the body: the cap comes first."""
+    key = ("AKIDLOCAL", "secret")
+    with LocalService(config=ServiceConfig(credentials=AuthCredentials(*key))) as verifying:
+        status, headers, _ = send(
+            verifying, "/datastore",
+            {"Content-Type": "application/json", "Content-Length": str(60 << 20)},
+            b" " * (64 << 10), key,
+        )
+    assert (status, headers["x-amzn-errortype"]) == (413, "ValidationException")
 
 
 def test_a_chunked_body_is_read_no_further_than_the_cap(service: LocalService) -> None:
