@@ -35,6 +35,9 @@ from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials as BotocoreCredentials
 from werkzeug.wrappers import Request
 
+from emulator.quoted_values import quoted
+from emulator.request_bodies import BUFFERED_BODY
+
 _V4 = "AWS4-HMAC-SHA256"
 _V4_HEADER = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
@@ -128,7 +131,7 @@ def _from_v4_query(query: dict[str, str]) -> Signature:
 def _v4(presigned: bool, credential: str, signed: str, signature: str) -> Signature:
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request" or not re.fullmatch(r"\d{8}", parts[1]):
-        raise AuthError("malformed", f"The credential scope {credential!r} is malformed.")
+        raise AuthError("malformed", f"The credential scope {quoted(credential)!r} is malformed.")
     return Signature(4, presigned, parts[0], signature.lower(), parts[2], parts[3],
                      tuple(signed.lower().split(";")))
 
@@ -137,7 +140,8 @@ def verify(environ: dict[str, Any], signature: Signature, credentials: Credentia
     """Raise AuthError unless ``signature`` was made with ``credentials`` over
     this very request. May read the body, and then leaves it readable again."""
     if signature.access_key != credentials.access_key:
-        raise AuthError("unknown_key", f"The access key {signature.access_key!r} is not known.")
+        raise AuthError("unknown_key",
+                        f"The access key {quoted(signature.access_key)!r} is not known.")
     if signature.version == 4:
         _verify_v4(environ, signature, credentials)
     else:
@@ -253,14 +257,14 @@ def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise AuthError("malformed", f"{text!r} is not a number of seconds.") from None
+        raise AuthError("malformed", f"{quoted(text)!r} is not a number of seconds.") from None
 
 
 def _epoch(timestamp: str) -> float:
     try:
         return calendar.timegm(time.strptime(timestamp, SIGV4_TIMESTAMP))
     except ValueError:
-        raise AuthError("malformed", f"{timestamp!r} is not an X-Amz-Date.") from None
+        raise AuthError("malformed", f"{quoted(timestamp)!r} is not an X-Amz-Date.") from None
 
 
 def _v4_date(date: str | None) -> str:
@@ -269,7 +273,7 @@ def _v4_date(date: str | None) -> str:
     try:
         return parsedate_to_datetime(date).strftime(SIGV4_TIMESTAMP)
     except (TypeError, ValueError):
-        raise AuthError("malformed", f"{date!r} is not an HTTP date.") from None
+        raise AuthError("malformed", f"{quoted(date)!r} is not an HTTP date.") from None
 
 
 def _headers(environ: dict[str, Any]) -> HTTPHeaders:
@@ -303,11 +307,11 @@ def query_pairs(environ: dict[str, Any]) -> list[tuple[str, str]]:
 
 def read_body(environ: dict[str, Any]) -> bytes:
     """The request body, read once and put back for the application."""
-    body: bytes | None = environ.get("emulator.body")
+    body: bytes | None = environ.get(BUFFERED_BODY)
     if body is None:
         body = Request(environ).get_data()
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        environ["emulator.body"] = body
+        environ[BUFFERED_BODY] = body
     return body
 

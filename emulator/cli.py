@@ -7,6 +7,7 @@ import errno
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ def add_parser(subparsers: Any) -> None:
                         help="Import jobs running at once per data store; one more, and "
                         "StartDICOMImportJob answers ServiceQuotaExceededException "
                         "(default: %(default)s).")
+    parser.add_argument("--stop-grace", type=float, default=defaults.stop_grace_seconds,
+                        metavar="SECONDS",
+                        help="On Ctrl-C or SIGTERM, how long running import jobs may go on; "
+                        "those still running then end FAILED (default: %(default)s).")
     parser.add_argument("--import-workers", type=int, default=defaults.import_workers,
                         help="Threads running import jobs; further jobs wait SUBMITTED "
                         "for a free one (default: %(default)s).")
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         max_bytes_per_job=args.max_bytes_per_job,
         max_concurrent_jobs=args.max_concurrent_jobs,
         import_workers=args.import_workers,
+        stop_grace_seconds=args.stop_grace,
         transcode_htj2k=not args.no_htj2k,
         credentials=args.credentials,
         cors_origins=tuple(args.cors),
@@ -168,14 +174,20 @@ def run(args: argparse.Namespace) -> int:
               + ("." if args.credentials else "; --credentials KEY:SECRET restricts it."),
               file=sys.stderr)
     print("Ctrl-C stops it.", flush=True)
-    # Also when started in the background, where SIGINT arrives ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        service.serve_forever()  # werkzeug returns from here on Ctrl-C
-    except KeyboardInterrupt:
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop_requested.set()
+
+    # Also when started in the background, where SIGINT arrives ignored. The
+    # signal only asks: the stop runs here, in order, whatever the server
+    # threads are doing, and a second Ctrl-C does not cut it short.
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    service.start()
+    while not stop_requested.wait(1):
         pass
-    finally:
-        print("Stopping.", flush=True)
-        service.stop()
+    print(f"Stopping: running imports get {config.stop_grace_seconds:g} s to finish, "
+          "then end FAILED.", flush=True)
+    service.stop()
     return 0

@@ -24,6 +24,8 @@ class ServiceConfig:
     max_concurrent_jobs: int = 100
     max_datastores: int = 100
     import_workers: int = 4
+    # On stop, how long running imports may go on before they end FAILED.
+    stop_grace_seconds: float = 3.0
     # CREATING -> ACTIVE and DELETING -> DELETED of a data store.
     datastore_transition_seconds: float = 0.2
     # How long an image set stays LOCKED during Update/Copy/Delete.

@@ -44,12 +44,18 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 import imagecodecs
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments, generate_frames
+from pydicom.encaps import (
+    generate_fragments,
+    generate_frames,
+    parse_basic_offsets,
+    parse_fragments,
+)
 from pydicom.pixels import get_decoder, iter_pixels
 from pydicom.uid import (
     HTJ2K,
@@ -147,6 +153,17 @@ def store_pixel_data(
         return StoredPixelData(source, [_put(put_frame, source, ds.PixelData, None, ds)])
 
     warnings: list[ImportWarning] = []
+    count = _number_of_frames(ds)
+    fragments = _fragments_short_of(ds, source, count)
+    if fragments is not None:
+        warnings.append(
+            ImportWarning(
+                WarningCode.FRAME_NUMBER_MISMATCH,
+                f"NumberOfFrames is {count} but the pixel data holds {fragments} "
+                f"fragment(s); the fragments are stored as the frames",
+            )
+        )
+        count = fragments
     decodable = True
     if source not in KEPT_AS_IS and (transcode or not source.is_compressed):
         target, encode = (
@@ -163,11 +180,11 @@ def store_pixel_data(
             warnings.append(failure.warning)
             decodable = isinstance(failure, _Unencodable)
         else:
-            return StoredPixelData(target, records)
+            return StoredPixelData(target, records, warnings)
 
-    frames = _source_frames(ds, source, warnings)
+    found, frames = _source_frames(ds, source, count, warnings)
     checksums: Iterator[np.ndarray | None] = iter(())
-    if decodable and len(frames) == _number_of_frames(ds):
+    if decodable and fragments is None and found == count:
         checksums = _decode(ds, source)
     records = []
     for data in frames:
@@ -219,18 +236,23 @@ def _decode(ds: Dataset, source: UID) -> Iterator[np.ndarray]:
         ) from error
 
 
-def _source_frames(ds: Dataset, source: UID, warnings: list[ImportWarning]) -> list[bytes]:
-    """Each frame's bytes as they are in the file."""
-    count = _number_of_frames(ds)
+def _source_frames(
+    ds: Dataset, source: UID, count: int, warnings: list[ImportWarning]
+) -> tuple[int, Iterator[bytes]]:
+    """How many frames the file's bytes give, and each frame's bytes as they
+    are in the file, one at a time: a long multi-frame instance is not copied
+    whole. Encapsulated frames are told apart once to count them, then again
+    as they are stored."""
     data: bytes = ds.PixelData
     if not source.is_encapsulated:
         frame_length = _native_frame_length(ds) or len(data) // count
-        return [data[i * frame_length : (i + 1) * frame_length] for i in range(count)]
+        return count, (data[i * frame_length : (i + 1) * frame_length] for i in range(count))
     offsets = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
     try:
-        return list(generate_frames(data, number_of_frames=count, extended_offsets=offsets))
+        found = sum(1 for _ in generate_frames(data, number_of_frames=count,
+                                               extended_offsets=offsets))
     except (ValueError, struct.error) as error:
         warnings.append(
             ImportWarning(
@@ -239,7 +261,27 @@ def _source_frames(ds: Dataset, source: UID, warnings: list[ImportWarning]) -> l
                 "the whole pixel data is stored as one frame",
             )
         )
-        return [b"".join(generate_fragments(data))]
+        return 1, iter([b"".join(generate_fragments(data))])
+    return found, generate_frames(data, number_of_frames=count, extended_offsets=offsets)
+
+
+def _fragments_short_of(ds: Dataset, source: UID, declared: int) -> int | None:
+    """The number of fragments when it is below NumberOfFrames, else None.
+
+    Every frame needs one fragment at least, so such a file cannot hold the
+    frames it declares; AWS imports it with FRAME_NUMBER_MISMATCH (behaviour
+    doc §3.2), and its fragments are stored as the frames there are.
+    Fragments that cannot even be listed are left to
+    FRAMES_EXTRACTION_FAILURE."""
+    if not source.is_encapsulated:
+        return None
+    pixel_data = BytesIO(ds.PixelData)
+    try:
+        parse_basic_offsets(pixel_data)
+        fragments, _ = parse_fragments(pixel_data)
+    except (ValueError, struct.error):
+        return None
+    return fragments if fragments < declared else None
 
 
 def _native_frame_length(ds: Dataset) -> int | None:

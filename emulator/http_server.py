@@ -28,7 +28,15 @@ log = logging.getLogger(__name__)
 
 # Bodies up to this size are read before the application runs (moto reads
 # them whole anyway); larger ones stream, on a connection closed afterwards.
-_KEEP_ALIVE_MAX_BODY = 64 << 20
+# It is the size of a staged file's single PutObject and of its parts
+# (boto3's multipart threshold and part size), so staging keeps its
+# connections; a larger body is not held twice (here and in moto), and a
+# HealthImaging request over its cap is refused before it is read.
+_KEEP_ALIVE_MAX_BODY = 8 << 20
+
+
+# How long closing the server waits for requests in flight.
+_CLOSE_WAIT_SECONDS = 5.0
 
 
 class RequestHandler(MotoRequestHandler):
@@ -93,12 +101,14 @@ class CannotListen(Exception):
 class KeepAliveServer(ThreadedWSGIServer):
     """Knows its open connections, so that closing the server closes the idle
     kept-alive ones too: otherwise their threads would go on serving a
-    stopped service to whichever client still pools them."""
+    stopped service to whichever client still pools them. Closing waits for
+    the requests in flight to end (up to ``_CLOSE_WAIT_SECONDS``), so that
+    the service's state is not closed under them."""
 
     def __init__(self, host: str, port: int, app: Any) -> None:
         # Before werkzeug's __init__, which calls server_close() when binding fails.
         self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
+        self._connections_lock = threading.Condition()
         self._address = (host, port)
         super().__init__(host, port, app, RequestHandler)
 
@@ -114,9 +124,10 @@ class KeepAliveServer(ThreadedWSGIServer):
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
         with self._connections_lock:
             self._connections.discard(request)
-        super().shutdown_request(request)
+            self._connections_lock.notify_all()
 
     def server_close(self) -> None:
         super().server_close()
@@ -124,4 +135,7 @@ class KeepAliveServer(ThreadedWSGIServer):
             connections = list(self._connections)
         for connection in connections:
             with contextlib.suppress(OSError):  # already gone
-                connection.shutdown(socket.SHUT_RDWR)
+                # The read side only: a request in flight can still answer.
+                connection.shutdown(socket.SHUT_RD)
+        with self._connections_lock:
+            self._connections_lock.wait_for(lambda: not self._connections, _CLOSE_WAIT_SECONDS)

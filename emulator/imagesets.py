@@ -105,6 +105,15 @@ class ImageSetRepository:
             self.frames[frame_id] = record
             self._store.put(FRAME_KIND, frame_id, record)
 
+    def discard_frames(self, frame_ids: list[str]) -> None:
+        """Remove frames no image set will reference: those of an import
+        stopped before it placed its instances."""
+        for frame_id in frame_ids:
+            self._store.delete_blob(f"frames/{frame_id}")
+            with self.lock:
+                self.frames.pop(frame_id, None)
+                self._store.delete(FRAME_KIND, frame_id)
+
     def frame(self, frame_id: str) -> tuple[bytes, str]:
         record = self.frames.get(frame_id)
         if record is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from emulator.dicom_json import instance_attributes
-from emulator.frames import store_pixel_data
+from emulator.frames import PutFrame, store_pixel_data
 from emulator.grouping import ImageSetsBusy, PreparedInstance, place_instances
 from emulator.import_output import (
     CUSTOMER_ERROR,
@@ -40,6 +40,17 @@ FILE_WORKERS = min(8, os.cpu_count() or 1)
 class ImportJobFailed(Exception):
     """The job itself cannot run (unlistable input, unwritable output): it ends
     FAILED with this message, unlike per-file errors which go to FAILURE/."""
+
+
+class ImportStopped(ImportJobFailed):
+    """The service is stopping and this import's grace period is over: it
+    ends FAILED, and the frames it stored are removed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The local service stopped during the import; "
+            "start a new import job for the same input."
+        )
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,24 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
         key=lambda o: o.key,
     )
     lossless_format = backend.datastores[job["datastoreId"]]["losslessStorageFormat"]
-    with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
-        results = list(
-            pool.map(
-                lambda o: _import_file(s3, bucket, o, backend, lossless_format, mappings), objects
-            )
-        )
+    stored: list[str] = []
+
+    def put_frame(frame_id: str, data: bytes, transfer_syntax_uid: str) -> None:
+        _stop_if_cancelled(backend)
+        backend.image_sets.put_frame(frame_id, data, transfer_syntax_uid)
+        stored.append(frame_id)
+
+    def import_one(obj: InputObject) -> tuple[FileOutcome, PreparedInstance | None]:
+        return _import_file(s3, bucket, obj, backend, put_frame, lossless_format, mappings)
+
+    try:
+        with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
+            results = list(pool.map(import_one, objects))
+        _stop_if_cancelled(backend)
+    except ImportStopped:
+        # Every file worker has ended here (the pool's exit waits for them).
+        backend.image_sets.discard_frames(stored)
+        raise
     prepared = [instance for _, instance in results if instance is not None]
     imported = {(i.study_instance_uid, i.series_instance_uid) for i in prepared}
     outcomes = [outcome for outcome, _ in results]
@@ -112,16 +135,26 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
         raise ImportJobFailed(str(error)) from error
 
 
+def _stop_if_cancelled(backend: HealthImagingBackend) -> None:
+    """Where a stopping service ends an import: before each file and each
+    frame, and before the instances are placed (placing and the output then
+    run to their end, so an image set is never half written)."""
+    if backend.imports_cancelled.is_set():
+        raise ImportStopped
+
+
 def _import_file(
     s3: Any,
     bucket: str,
     obj: InputObject,
     backend: HealthImagingBackend,
+    put_frame: PutFrame,
     lossless_format: str,
     mappings: LoadedMappings,
 ) -> tuple[FileOutcome, PreparedInstance | None]:
     """Read, check and store the frames of one file. The file's own problems
     become its FAILURE line, so one bad file does not stop the job."""
+    _stop_if_cancelled(backend)
     limit = backend.config.max_bytes_per_file
     if obj.size > limit:
         return _failed(obj.key, CUSTOMER_ERROR, f"File is {obj.size} bytes; the limit is {limit}")
@@ -141,10 +174,12 @@ def _import_file(
     try:
         stored = store_pixel_data(
             checked.dataset,
-            backend.image_sets.put_frame,
+            put_frame,
             transcode=backend.config.transcode_htj2k,
             lossless_format=lossless_format,
         )
+    except ImportStopped:
+        raise
     except Exception:  # a bug or a storage failure here is ours, not the file's
         log.exception("storing the frames of %s failed", obj.key)
         return _failed(obj.key, SERVER_ERROR, "Internal error while storing the image frames")

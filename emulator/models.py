@@ -71,6 +71,10 @@ class HealthImagingBackend(ImageSetOperations):
         self._import_pool = ThreadPoolExecutor(config.import_workers, "import-job")
         self._timer_pool = ThreadPoolExecutor(4, "transition")
         self._stopped = threading.Event()
+        # Set once a stopping service's grace period is over: running imports
+        # end at their next frame (importer.ImportStopped).
+        self.imports_cancelled = threading.Event()
+        self._accepting_imports = True
         self._s3_lock = threading.Lock()
         self._s3: Any = None
         self.s3_endpoint: str | None = config.s3_endpoint
@@ -131,6 +135,24 @@ class HealthImagingBackend(ImageSetOperations):
                                   max_pool_connections=64),
                 )
             return self._s3
+
+    def stop_imports(self, grace_seconds: float) -> None:
+        """Start no import from now on; let running ones go on for
+        ``grace_seconds``, then end the rest FAILED. Returns once no import
+        thread touches the store any more."""
+        with self.lock:
+            self._accepting_imports = False
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and self._unfinished_jobs():
+            time.sleep(0.05)
+        self.imports_cancelled.set()
+        self._import_pool.shutdown(wait=True, cancel_futures=True)
+        for job in self._unfinished_jobs():  # queued, never started
+            self._end_job(job, "FAILED", str(importer.ImportStopped()))
+
+    def _unfinished_jobs(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [j for j in self.jobs.values() if j["jobStatus"] in RUNNING_JOB_STATES]
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -337,6 +359,10 @@ class HealthImagingBackend(ImageSetOperations):
                 )
         self._check_input_quota(inputS3Uri)
         with self.lock:
+            if not self._accepting_imports:
+                raise ConflictException(
+                    "The local service is stopping; it starts no new import job"
+                )
             job_id = new_id()
             job = {
                 **request,
@@ -350,7 +376,8 @@ class HealthImagingBackend(ImageSetOperations):
             self._save(JOB_KIND, job_id, job)
             self.client_tokens[token_key] = {"id": job_id, "fingerprint": fingerprint}
             self._save(TOKEN_KIND, token_key, self.client_tokens[token_key])
-        self._import_pool.submit(self._run_job, job_id)
+            # Under the lock: stop_imports cannot shut the pool in between.
+            self._import_pool.submit(self._run_job, job_id)
         return {
             "datastoreId": datastoreId,
             "jobId": job_id,
@@ -383,6 +410,8 @@ class HealthImagingBackend(ImageSetOperations):
 
     def _run_job(self, job_id: str) -> None:
         job = self.jobs[job_id]
+        if self.imports_cancelled.is_set():
+            return  # stop_imports ends it
         started = time.monotonic()
         with self.lock:
             job["jobStatus"] = "IN_PROGRESS"
@@ -398,8 +427,9 @@ class HealthImagingBackend(ImageSetOperations):
             log.exception("import job %s failed", job_id)
             status, message = "FAILED", f"Internal error while importing: {error}"
         remaining = self.faults.config.job_duration_seconds - (time.monotonic() - started)
-        if remaining > 0:
-            time.sleep(remaining)
+        if remaining > 0 and self.imports_cancelled.wait(remaining):
+            # Still running for its client when the service stopped.
+            status, message = "FAILED", str(importer.ImportStopped())
         self._end_job(job, status, message)
 
     def _job(self, datastore_id: str, job_id: str) -> dict[str, Any]:

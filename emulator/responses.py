@@ -26,6 +26,8 @@ from emulator.exceptions import (
     InternalServerException,
     ValidationException,
 )
+from emulator.quoted_values import quoted
+from emulator.request_bodies import parse_json, read_body
 from emulator.urls import match
 from emulator.validation import validate
 
@@ -50,10 +52,12 @@ def _from_query(shape: Shape, values: list[str], field: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ValidationException(f"Value '{raw}' at '{field}' is not an integer") from None
+            raise ValidationException(
+                f"Value '{quoted(raw)}' at '{field}' is not an integer"
+            ) from None
     if shape.type_name == "boolean":
         if raw.lower() not in ("true", "false"):
-            raise ValidationException(f"Value '{raw}' at '{field}' is not a boolean")
+            raise ValidationException(f"Value '{quoted(raw)}' at '{field}' is not a boolean")
         return raw.lower() == "true"
     return raw
 
@@ -95,12 +99,9 @@ def parse_request(op: OperationModel, request: Request, uri: dict[str, str]) -> 
         return {}
     query = parse_qs(request.query_string.decode(), keep_blank_values=True)
     body: Any = {}
-    raw = request.get_data()
+    raw = read_body(request)
     if raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise ValidationException("The request body is not valid JSON") from None
+        body = parse_json(raw)
     params: dict[str, Any] = {}
     payload = shape.serialization.get("payload")
     for name, member in shape.members.items():
@@ -124,7 +125,9 @@ def parse_request(op: OperationModel, request: Request, uri: dict[str, str]) -> 
         known = {_wire_name(n, m) for n, m in shape.members.items()}
         unknown = set(body) - known
         if unknown:
-            raise ValidationException(f"Unknown field(s) in request body: {sorted(unknown)}")
+            raise ValidationException(
+                f"Unknown field(s) in request body: {quoted(sorted(unknown))}"
+            )
     validate(shape, params, "")
     return params
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from emulator.faults import FaultConfig, FaultInjector
 from emulator.http_server import KeepAliveServer
 from emulator.models import HealthImagingBackend
 from emulator.origins import OriginPolicy
+from emulator.quoted_values import quoted
 from emulator.refusals import refusal, service_asked
-from emulator.responses import HealthImagingApp
+from emulator.request_bodies import RequestTooLarge, buffer_body
+from emulator.responses import HealthImagingApp, render_error
 from emulator.store import Store
 from emulator.urls import SERVICE_NAME
 
@@ -60,7 +63,7 @@ class LocalApplication:
         if not self.origins.host_allowed(environ):
             host = environ.get("HTTP_HOST", "")
             refused = refusal(service_asked(environ, None), "host",
-                              f"Host {host!r} is not this service's address.")
+                              f"Host {quoted(host)!r} is not this service's address.")
             return refused(environ, start_response)
         preflight = None if admin else self.origins.preflight(environ)
         if preflight is not None:
@@ -73,11 +76,15 @@ class LocalApplication:
             signature = find_signature(environ)
             if signature is None:
                 raise AuthError("missing", "The request is not signed.")
+            if signature.service == SERVICE_NAME:
+                buffer_body(environ)  # within its cap, before the signature hashes it
             if self.credentials is not None:
                 verify(environ, signature, self.credentials)
         except AuthError as error:
             refused = refusal(service_asked(environ, signature), error.reason, error.message)
             return refused(environ, start_response)
+        except RequestTooLarge as error:
+            return render_error(error, str(uuid.uuid4()))(environ, start_response)
         if signature.service == SERVICE_NAME:
             return self.health_imaging(environ, start_response)
         if signature.service == "s3" and not path.startswith(_S3_CONTROL_PATH):
@@ -154,10 +161,11 @@ class LocalService:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
-
     def stop(self) -> None:
+        """Import jobs first (no new one; running ones get the configured
+        grace period, then end FAILED), so that they can still reach S3
+        here; then the server, then the store, which nothing uses any more."""
+        self.backend.stop_imports(self.config.stop_grace_seconds)
         self._server.shutdown()
         self._server.server_close()
         if self._thread:

@@ -88,6 +88,12 @@ class Store:
         except FileNotFoundError:
             raise KeyError(key) from None
 
+    def delete_blob(self, key: str) -> None:
+        if self.data_dir is None:
+            self._blobs.pop(key, None)
+            return
+        self._blob_path(key).unlink(missing_ok=True)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -15,6 +15,7 @@ from typing import Any
 from botocore.model import Shape
 
 from emulator.exceptions import ValidationException
+from emulator.quoted_values import quoted
 
 # The model's patterns are Java regular expressions; translate the few
 # constructs Python's ``re`` spells differently.
@@ -29,7 +30,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def _fail(path: str, value: Any, constraint: str) -> ValidationException:
-    shown = "***" if isinstance(value, (bytes, bytearray)) else value
+    shown = "***" if isinstance(value, (bytes, bytearray)) else quoted(value)
     return ValidationException(
         f"1 validation error detected: Value '{shown}' at '{path}' failed to satisfy "
         f"constraint: {constraint}"
@@ -101,11 +102,14 @@ def _validate_structure(shape: Any, value: Any, path: str) -> None:
             )
     unknown = set(value) - set(shape.members)
     if unknown:
-        raise ValidationException(f"Unknown field(s) at '{path or 'body'}': {sorted(unknown)}")
+        raise ValidationException(
+            f"Unknown field(s) at '{path or 'body'}': {quoted(sorted(unknown))}"
+        )
     present = [name for name, item in value.items() if item is not None]
     if shape.is_tagged_union and len(present) != 1:
         raise ValidationException(
-            f"'{path or 'body'}' must set exactly one of {sorted(shape.members)}, got {present}"
+            f"'{path or 'body'}' must set exactly one of {sorted(shape.members)}, "
+            f"got {quoted(present)}"
         )
     for name in present:
         validate(shape.members[name], value[name], f"{prefix}{name}")

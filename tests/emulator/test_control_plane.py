@@ -315,7 +315,7 @@ class TestRestart:
             assert mi.list_tags_for_resource(resourceArn=arn)["tags"] == {"k": "v"}
             props = mi.get_dicom_import_job(datastoreId=ds, jobId=job)["jobProperties"]
             assert props["jobStatus"] == "FAILED"
-            assert "stopped while this job was running" in props["message"]
+            assert "stopped during the import" in props["message"]
 
 
 def test_unknown_admin_route_is_an_error(service: LocalService) -> None:

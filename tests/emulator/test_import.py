@@ -25,6 +25,7 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import iter_pixels
+from pydicom.uid import RLELossless
 
 from emulator.config import ServiceConfig
 from emulator.samples import (
@@ -571,6 +572,30 @@ def test_undecodable_pixel_data_imports_as_it_came_with_a_warning(
     stored, _ = frame(mi, datastore_id, line["importResponse"]["imageSetId"], image_frame["ID"])
     source = pydicom.dcmread(io.BytesIO(data))
     assert stored == next(generate_frames(source.PixelData, number_of_frames=1))
+
+
+@pytest.mark.parametrize("transcode", [True, False])
+@pytest.mark.parametrize(("fragments", "declared"), [(1, 10_000), (3, 5)])
+def test_fewer_fragments_than_frames_imports_with_frame_number_mismatch(
+    custom_service: Any, transcode: bool, fragments: int, declared: int
+) -> None:
+    """Every frame needs a fragment: NumberOfFrames over the fragments there
+    are imports with FRAME_NUMBER_MISMATCH, the fragments stored as frames."""
+    mi, s3, datastore_id = custom_service(transcode_htj2k=transcode)
+    ds = ct_slice(series_spec(f"mismatch-{fragments}"), 0, rows=8, columns=8)
+    ds.NumberOfFrames = fragments
+    pixels = np.arange(fragments * 64, dtype=np.uint16).reshape(fragments, 8, 8)
+    ds.compress(RLELossless, pixels.squeeze())
+    ds.NumberOfFrames = declared
+    run = run_import(mi, s3, datastore_id, {"rle.dcm": dicom_bytes(ds)}, "mismatch/")
+    (line,) = run.warning
+    assert [w["type"] for w in line["warnings"]] == ["FRAME_NUMBER_MISMATCH"]
+    assert line["warnings"][0]["message"] == (
+        f"NumberOfFrames is {declared} but the pixel data holds {fragments} fragment(s); "
+        "the fragments are stored as the frames"
+    )
+    instance = only_instance(metadata(mi, datastore_id, line["importResponse"]["imageSetId"]))
+    assert len(instance["ImageFrames"]) == fragments
 
 
 def test_without_transcoding_native_frames_are_little_endian_bytes(custom_service: Any) -> None:

@@ -1,0 +1,145 @@
+"""Stopping the local service during an import: no new import starts,
+running ones get the grace period and then end FAILED with a message, no
+frame or metadata file is left behind, no traceback is printed, and the
+process exits promptly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from emulator.config import ServiceConfig
+from emulator.samples import ct_slice, series_spec
+from emulator.server import LocalService
+from tests.emulator.conftest import (
+    BUCKET,
+    ROLE,
+    make_clients,
+    wait_datastore_active,
+    wait_for,
+)
+from tests.emulator.test_import import dicom_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+STOPPED = ("The local service stopped during the import; "
+           "start a new import job for the same input.")
+# Enough 512 x 512 slices that the import is still running when it is stopped.
+FILES = 120
+
+
+@pytest.fixture(scope="module")
+def series() -> list[bytes]:
+    spec = series_spec("stop")
+    return [dicom_bytes(ct_slice(spec, index)) for index in range(FILES)]
+
+
+def start_import(mi: Any, s3: Any, series: list[bytes], prefix: str = "in/") -> tuple[str, str]:
+    s3.create_bucket(Bucket=BUCKET)
+    for index, body in enumerate(series):
+        s3.put_object(Bucket=BUCKET, Key=f"{prefix}{index:04}.dcm", Body=body)
+    datastore_id = mi.create_datastore(datastoreName="stop")["datastoreId"]
+    wait_datastore_active(mi, datastore_id)
+    job_id = mi.start_dicom_import_job(
+        datastoreId=datastore_id, dataAccessRoleArn=ROLE, clientToken="stop",
+        inputS3Uri=f"s3://{BUCKET}/{prefix}", outputS3Uri=f"s3://{BUCKET}/out/",
+    )["jobId"]
+    wait_for(lambda: job_status(mi, datastore_id, job_id) == "IN_PROGRESS", interval=0.01)
+    return datastore_id, job_id
+
+
+def job_status(mi: Any, datastore_id: str, job_id: str) -> str:
+    job = mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"]
+    return str(job["jobStatus"])
+
+
+def after_restart(data_dir: Path, datastore_id: str, job_id: str) -> tuple[dict, list[str]]:
+    """The job as the restarted service reports it, and the blobs it keeps."""
+    with LocalService(data_dir=data_dir) as svc:
+        mi, _ = make_clients(svc)
+        job = mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"]
+    blobs = sorted(str(p.relative_to(data_dir / "blobs"))
+                   for p in (data_dir / "blobs").rglob("*") if p.is_file())
+    return job, blobs
+
+
+def test_an_import_running_past_the_grace_period_ends_failed_without_leftovers(
+    tmp_path: Path, series: list[bytes]
+) -> None:
+    svc = LocalService(data_dir=tmp_path, config=ServiceConfig(
+        datastore_transition_seconds=0.05, stop_grace_seconds=0)).start()
+    mi, s3 = make_clients(svc)
+    datastore_id, job_id = start_import(mi, s3, series)
+    started = time.monotonic()
+    svc.stop()
+    assert time.monotonic() - started < 10
+    job, blobs = after_restart(tmp_path, datastore_id, job_id)
+    assert (job["jobStatus"], job["message"]) == ("FAILED", STOPPED)
+    assert blobs == []
+
+
+def test_a_stopping_service_starts_no_import_and_lets_a_running_one_finish(
+    tmp_path: Path, series: list[bytes]
+) -> None:
+    svc = LocalService(data_dir=tmp_path, config=ServiceConfig(
+        datastore_transition_seconds=0.05, stop_grace_seconds=120)).start()
+    mi, s3 = make_clients(svc)
+    datastore_id, job_id = start_import(mi, s3, series)
+    stopping = threading.Thread(target=svc.stop)
+    stopping.start()
+    with pytest.raises(ClientError) as refused:
+        wait_for(lambda: mi.start_dicom_import_job(
+            datastoreId=datastore_id, dataAccessRoleArn=ROLE, clientToken="late",
+            inputS3Uri=f"s3://{BUCKET}/in/", outputS3Uri=f"s3://{BUCKET}/out/"))
+    assert refused.value.response["Error"] == {
+        "Code": "ConflictException",
+        "Message": "The local service is stopping; it starts no new import job",
+    }
+    stopping.join(timeout=120)
+    job, blobs = after_restart(tmp_path, datastore_id, job_id)
+    assert job["jobStatus"] == "COMPLETED"
+    assert len([b for b in blobs if b.startswith("frames/")]) == FILES
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_sigterm_during_an_import_stops_in_one_line(tmp_path: Path, series: list[bytes]) -> None:
+    """``dicom-import local`` as an operator runs it, stopped by SIGTERM."""
+    data_dir, port = tmp_path / "state", free_port()
+    process = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "dicom-import"), "local", "--port", str(port),
+         "--data-dir", str(data_dir), "--stop-grace", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout is not None
+        while "Ctrl-C stops it." not in process.stdout.readline():
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        mi, s3 = make_clients(SimpleNamespace(endpoint=f"http://127.0.0.1:{port}"))
+        datastore_id, job_id = start_import(mi, s3, series)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "Traceback" not in err, err
+    assert out.splitlines()[-1] == (
+        "Stopping: running imports get 0 s to finish, then end FAILED."
+    )
+    job, blobs = after_restart(data_dir, datastore_id, job_id)
+    assert (job["jobStatus"], job["message"]) == ("FAILED", STOPPED)
+    assert blobs == []
