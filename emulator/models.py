@@ -136,6 +136,11 @@ class HealthImagingBackend(ImageSetOperations):
                 )
             return self._s3
 
+    @property
+    def accepting_imports(self) -> bool:
+        """False once the service began to stop: a start is then refused."""
+        return self._accepting_imports
+
     def stop_imports(self, grace_seconds: float) -> None:
         """Start no import from now on; let running ones go on for
         ``grace_seconds``, then end the rest FAILED. Returns once no import

@@ -96,10 +96,12 @@ def test_a_stopping_service_starts_no_import_and_lets_a_running_one_finish(
     datastore_id, job_id = start_import(mi, s3, series)
     stopping = threading.Thread(target=svc.stop)
     stopping.start()
+    # Only once the stop began: a start before it would rightly be accepted.
+    wait_for(lambda: not svc.backend.accepting_imports, interval=0.01)
     with pytest.raises(ClientError) as refused:
-        wait_for(lambda: mi.start_dicom_import_job(
+        mi.start_dicom_import_job(
             datastoreId=datastore_id, dataAccessRoleArn=ROLE, clientToken="late",
-            inputS3Uri=f"s3://{BUCKET}/in/", outputS3Uri=f"s3://{BUCKET}/out/"))
+            inputS3Uri=f"s3://{BUCKET}/in/", outputS3Uri=f"s3://{BUCKET}/out/")
     assert refused.value.response["Error"] == {
         "Code": "ConflictException",
         "Message": "The local service is stopping; it starts no new import job",
