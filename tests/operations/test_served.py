@@ -194,10 +194,12 @@ def test_custom_run_from_the_ui(stack: Stack, tmp_path: Path) -> None:
             # The deployment's runs list shows the new run under the name typed
             # in the form, or under the one the flow gives it (source and start
             # time) if it already started.
-            page.wait_for_url(re.compile(r".*tab=Runs"))
+            # Generous waits: the UI lists a new run slowly on a loaded machine.
+            page.wait_for_url(re.compile(r".*tab=Runs"), timeout=120_000)
             renamed = re.compile(rf"^({run_name}|from-ui/ct \d{{4}}-\d\d-\d\d)")
-            page.locator('a[href*="/runs/flow-run/"]', has_text=renamed).first.click()
-            page.wait_for_url(re.compile(r".*/runs/flow-run/.*"))
+            page.locator('a[href*="/runs/flow-run/"]', has_text=renamed).first.click(
+                timeout=120_000)
+            page.wait_for_url(re.compile(r".*/runs/flow-run/.*"), timeout=120_000)
             header = page.locator(".p-layout-default__header")
             sync_api.expect(header.get_by_text("Completed", exact=True)).to_be_visible(
                 timeout=90_000)
