@@ -124,7 +124,7 @@ def _metadata(client: Any, datastore_id: str, image_set_id: str) -> dict[str, An
         if error_code(exc) == "ResourceNotFoundException":
             return None
         raise
-    # Gzip whatever the Accept-Encoding (healthimaging-behavior: GetImageSetMetadata).
+    # GetImageSetMetadata answers gzip whatever the Accept-Encoding.
     return orjson.loads(gzip.decompress(blob["imageSetMetadataBlob"].read()))
 
 

@@ -1,7 +1,7 @@
 """Job output: what HealthImaging did with each file of a COMPLETED job.
 
 COMPLETED does not mean every file was imported; the per-file truth is only in
-the job's output folder (docs: healthimaging-behavior.md §3.1). A job of 5,000
+the job's output folder (docs/healthimaging.md). A job of 5,000
 files writes 5,000 success lines and a large backfill reads millions, so the
 ndjson files are parsed by Arrow's multithreaded JSON reader with a fixed
 schema rather than line by line in Python.
