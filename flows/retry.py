@@ -27,6 +27,7 @@ from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.preflight import preflight
+from tasks.report import FileStatus
 from tasks.retry import (
     look_up_lost_outputs,
     plan,
@@ -97,7 +98,7 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
         if outcome.status is JobStatus.FAILED:
             # Its files are imported again below, and reported with their new job.
             failed_jobs.append(outcome)
-            requeued += [replace(f, status="job_failed") for f in job.files]
+            requeued += [replace(f, status=FileStatus.JOB_FAILED.value) for f in job.files]
             continue
         records += [f.as_validation_record() for f in job.files]
         batches.append(job.batch)

@@ -103,13 +103,14 @@ SERVER_ERROR_TYPES = frozenset(
 # done, or refused for a reason the same bytes will meet again, or waiting for
 # retry_failed (which counts attempts). "validated" is a dry run: not done.
 _SETTLED = frozenset(
-    {"imported", "imported_with_warnings", "invalid", "duplicate", "import_failed",
-     "job_failed", "timed_out", FileStatus.OUTPUT_MISSING.value, FileStatus.GIVEN_UP.value}
+    {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value,
+     FileStatus.INVALID.value, FileStatus.DUPLICATE.value, FileStatus.IMPORT_FAILED.value,
+     FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value, FileStatus.OUTPUT_MISSING.value,
+     FileStatus.GIVEN_UP.value}
 )
 # Outcomes an unreadable job output never overwrites: the output that said so
 # is gone, not wrong (the file stays imported, its outcome in doubt).
 _IMPORTED = frozenset({FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value})
-_OUTPUT_MISSING = FileStatus.OUTPUT_MISSING.value
 
 
 class Skip(StrEnum):
@@ -141,11 +142,11 @@ def skip_when_unchanged(
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
     """``output_missing`` is automatic too, but retry_failed first looks the
     file up in the data store (tasks.landed) and imports only what is not there."""
-    if status in {"job_failed", "timed_out", _OUTPUT_MISSING}:
+    if status in {FileStatus.JOB_FAILED, FileStatus.TIMED_OUT, FileStatus.OUTPUT_MISSING}:
         return RetryClass.AUTOMATIC
-    if status == "import_failed":
+    if status == FileStatus.IMPORT_FAILED:
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
-    if status in {"invalid", "duplicate", FileStatus.GIVEN_UP.value}:
+    if status in {FileStatus.INVALID, FileStatus.DUPLICATE, FileStatus.GIVEN_UP}:
         return RetryClass.IF_CHANGED
     return RetryClass.NEVER
 
@@ -953,7 +954,7 @@ class RunLedger:
         died before reading their output, or stopped waiting (timed_out)."""
         pending = sa.select(files_table.c.job_id).where(
             files_table.c.datastore_id == self.datastore_id,
-            files_table.c.status.in_([FileStatus.SUBMITTED.value, "timed_out"]),
+            files_table.c.status.in_([FileStatus.SUBMITTED.value, FileStatus.TIMED_OUT.value]),
         )
         query = sa.select(jobs_table).where(
             jobs_table.c.datastore_id == self.datastore_id, jobs_table.c.job_id.in_(pending)
@@ -976,7 +977,7 @@ class RunLedger:
                         .where(files_table.c.datastore_id == self.datastore_id,
                                files_table.c.job_id == job.job_id,
                                files_table.c.status.in_(
-                                   [FileStatus.SUBMITTED.value, "timed_out"]))
+                                   [FileStatus.SUBMITTED.value, FileStatus.TIMED_OUT.value]))
                         .order_by(files_table.c.uri)
                     )
                 )
@@ -1023,7 +1024,7 @@ class RunLedger:
         with self.engine.begin() as conn:
             rows = conn.execute(query.order_by(files_table.c.uri))
             return [
-                replace(_ledger_file(row), status=_OUTPUT_MISSING)
+                replace(_ledger_file(row), status=FileStatus.OUTPUT_MISSING.value)
                 if row.output_missing_run_id else _ledger_file(row)
                 for row in rows
             ]
@@ -1065,7 +1066,8 @@ class RunLedger:
                         continue
                     changes[row["source_uri"]] = previous.claim_change
                     attempts[row["source_uri"]] = int(previous.attempts)
-                    kept = (row["status"] == _OUTPUT_MISSING and previous.status in _IMPORTED
+                    kept = (row["status"] == FileStatus.OUTPUT_MISSING
+                            and previous.status in _IMPORTED
                             and previous.job_id == row["job_id"])
                     (in_doubt if kept else mine).append(row)
                 if in_doubt:
@@ -1158,7 +1160,7 @@ class RunLedger:
                            jobs_table.c.job_id == outcome.job_id)
                     .values(status=outcome.status.value, message=outcome.message,
                             output_s3_uri=outcome.output_s3_uri,
-                            outcome_recorded=outcome.status.value != "TIMED_OUT")
+                            outcome_recorded=outcome.status is not JobStatus.TIMED_OUT)
                 )
 
     def record_given_up(self, items: Sequence[LedgerFile], max_attempts: int) -> pd.DataFrame:
