@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, cast
 
 import fsspec
 import pandas as pd
@@ -328,7 +328,7 @@ def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> Report
     return ReportPaths(**paths)
 
 
-def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
+def _serialize(frame: pd.DataFrame, extension: str, out: IO[bytes]) -> None:
     if extension == "parquet":
         frame.to_parquet(out, index=False)
     else:
@@ -392,5 +392,7 @@ def report(
     if ledger is not None:
         ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
-    job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
+    # pandas types records as dict[Hashable, Any]; the job table's labels are all str.
+    job_rows = cast(list[dict[str, object]],
+                    jobs.astype(object).where(jobs.notna(), None).to_dict("records"))
     return paths, status_counts(files), job_rows

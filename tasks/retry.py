@@ -14,6 +14,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import pandas as pd
 from botocore.exceptions import ClientError
@@ -217,5 +218,7 @@ def retry_report(
     ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
     counts = {**status_counts(files), "given_up": len(given_up)}
-    job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
+    # pandas types records as dict[Hashable, Any]; the job table's labels are all str.
+    job_rows = cast(list[dict[str, object]],
+                    jobs.astype(object).where(jobs.notna(), None).to_dict("records"))
     return paths, counts, job_rows
