@@ -23,12 +23,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from flows.cluster import stage_on_cluster, validate_on_cluster
 from flows.parameters import ImportOptions, IngestParameters
 from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
+from flows.task_arguments import quote
 from tasks.batch import Batch, batch
 from tasks.discover import SourceFile, discover
 from tasks.import_jobs import Datastore, import_batch, resolve
@@ -101,8 +101,9 @@ class StageTimer:
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
-# run by max_concurrent_jobs (at most 100, HealthImaging's own quota).
-@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100),
+# run by max_concurrent_jobs (at most 100, HealthImaging's own quota). Prefect's
+# types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
+@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100),  # type: ignore[arg-type]
       flow_run_name=ingest_run_name)
 def dicom_ingest(params: IngestParameters) -> IngestResult:
     """Validate DICOM files, import the valid ones into HealthImaging, report on all.
@@ -118,6 +119,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     if params.dry_run:
         # A dry run claims nothing and records nothing: it changes no state.
         return _import_and_report(params, files, None, None, timer)
+    assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id))

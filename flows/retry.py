@@ -56,7 +56,8 @@ class RetryResult(BaseModel):
     report_jobs_parquet: str
 
 
-@flow(name="dicom-retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=100),
+# Prefect's types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
+@flow(name="dicom-retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=100),  # type: ignore[arg-type]
       flow_run_name=retry_run_name)
 def retry_failed(params: RetryParameters) -> RetryResult:
     """Import again the files that failed for reasons that may pass, and read the
@@ -67,6 +68,7 @@ def retry_failed(params: RetryParameters) -> RetryResult:
             and where and how to import them.
     """
     preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
+    assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore, create=False)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
