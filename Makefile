@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test typecheck bench lint clean
 
 CONSTRAINTS := constraints.txt
 
@@ -25,6 +25,9 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+typecheck: .venv/.installed
+	$(PY) -m mypy
+
 bench: install
 	$(PY) -m bench
 
@@ -32,4 +35,4 @@ lint: .venv/.installed
 	.venv/bin/ruff check .
 
 clean:
-	rm -rf .venv .awscli .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .venv .awscli .pytest_cache .ruff_cache .mypy_cache build *.egg-info

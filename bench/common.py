@@ -26,7 +26,8 @@ ROLE = "arn:aws:iam::123456789012:role/BenchImportRole"
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @contextmanager
@@ -127,7 +128,7 @@ def clients(endpoint: str) -> tuple[Any, Any]:
 
 
 def active_datastore(mi: Any, name: str) -> str:
-    datastore_id = mi.create_datastore(datastoreName=name)["datastoreId"]
+    datastore_id: str = mi.create_datastore(datastoreName=name)["datastoreId"]
     while (
         mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"]
         != "ACTIVE"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom.uid import UID
+
 from emulator.samples import SeriesSpec, ct_slice, write
 
 _ROOT = "1.2.826.0.1.3680043.10.1234"
@@ -28,7 +30,7 @@ def write_stamped_corpus(folder: Path, files: int, series_size: int = 100) -> No
         count = min(series_size, files - first)
         spec = SeriesSpec(_uid(1, series), _uid(2, series))
         template = ct_slice(spec, 0, rows=8, columns=8)
-        placeholder = _uid(3, series)
+        placeholder = UID(_uid(3, series))
         template.SOPInstanceUID = placeholder
         template.file_meta.MediaStorageSOPInstanceUID = placeholder
         target = folder / f"s{series:06d}"

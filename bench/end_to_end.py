@@ -129,7 +129,8 @@ def _seconds(run: dict[str, Any], stage: str) -> float:
     if stage == "wall":
         return float(run["wall"])
     if stage == "overhead":
-        return float(run["wall"]) - sum(run["timings"].get(s, 0.0) for s in STAGES)
+        staged: float = sum(run["timings"].get(s, 0.0) for s in STAGES)
+        return float(run["wall"]) - staged
     return float(run["timings"].get(stage, 0.0))
 
 

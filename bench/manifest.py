@@ -107,7 +107,9 @@ def naive(folder: Path) -> int:
     return len(success) + len(failure)
 
 
-def _json_lines(path: Path, pick: Callable[[dict[str, Any]], tuple[Any, ...]]) -> list[tuple]:
+def _json_lines(
+    path: Path, pick: Callable[[dict[str, Any]], tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
     """The baseline's way: json.loads per line, the fields picked into a tuple."""
     with open(path) as lines:
         return [pick(json.loads(line)) for line in lines]
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             "tasks.manifest.read_job_output": [],
             "read_job_output + join into the file report": [],
         }
-        parsers = (naive, ours, lambda output_folder: ours_with_report(output_folder, inputs))
+        parsers: tuple[Callable[[Path], int], ...] = (
+            naive, ours, lambda output_folder: ours_with_report(output_folder, inputs))
         for _ in range(args.repeats):
             for label, parse in zip(times, parsers, strict=True):
                 started = time.perf_counter()

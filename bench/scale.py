@@ -131,7 +131,7 @@ def report(rows: list[dict[str, Any]], window_files: int) -> None:
 
 def _ours(run: dict[str, Any]) -> float:
     """Wall time less staging and the wait for import jobs."""
-    return float(run["wall"]) - sum(run["timings"].get(stage, 0.0) for stage in NOT_OURS)
+    return float(run["wall"]) - sum(float(run["timings"].get(stage, 0.0)) for stage in NOT_OURS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,7 +51,7 @@ def _stop_before_pixels(files: list[SourceFile]) -> int:
     return len(files)
 
 
-def _ours(files: list[SourceFile]) -> list[object]:
+def _ours(files: list[SourceFile]) -> Sequence[object]:
     """What validate_files runs in a worker, and what it sends back."""
     return worker_findings([source.uri for source in files], [source.size for source in files])
 

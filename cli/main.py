@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     prefect_api.set_defaults()
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        status: int = args.handler(args)
+        return status
     except Exception as error:
         # Here, not in each subcommand: whichever runs or serves flows needs the API.
         problem = prefect_api.unreachable(error)

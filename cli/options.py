@@ -23,7 +23,7 @@ def flag(name: str) -> str:
 
 
 def _option_type(annotation: Any) -> type:
-    kinds = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    kinds: list[type] = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
     return kinds[0]
 
 

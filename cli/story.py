@@ -98,7 +98,8 @@ def print_jobs(jobs: pd.DataFrame, jobs_csv: str) -> None:
 
 def read_table(uri: str) -> pd.DataFrame:
     """A report table, whole: a parquet file or a dataset folder of parts."""
-    return report_dataset(uri).to_table().to_pandas()
+    frame: pd.DataFrame = report_dataset(uri).to_table().to_pandas()
+    return frame
 
 
 def report_dataset(uri: str) -> ds.Dataset:

@@ -8,11 +8,12 @@ declares the same three for a work pool.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 from pydantic import BaseModel
 
 from config.settings import Settings
@@ -86,4 +87,6 @@ def build(settings: Settings) -> list[RunnerDeployment]:
             ),
             **common,
         ))
-    return built
+    # to_deployment answers in the caller's mode: from sync code, as here, the
+    # deployment itself; Prefect types it "deployment or coroutine" for both.
+    return cast(list[RunnerDeployment], built)

@@ -171,9 +171,9 @@ def _existing_primaries(
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for record in sorted(repository.in_datastore(datastore_id), key=lambda r: r["createdAt"]):
         tags = record.get("dicomTags") or {}
-        key = (tags.get("DICOMStudyInstanceUID"), tags.get("DICOMSeriesInstanceUID"))
-        if record["isPrimary"] and None not in key:
-            found.setdefault(key, dict(record))
+        study, series = tags.get("DICOMStudyInstanceUID"), tags.get("DICOMSeriesInstanceUID")
+        if record["isPrimary"] and study is not None and series is not None:
+            found.setdefault((study, series), dict(record))
     return found
 
 

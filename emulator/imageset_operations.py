@@ -131,7 +131,7 @@ class ImageSetOperations:
 
     def _finish_write(self, image_set_ids: list[str], state: str, workflow_status: str) -> None:
         with self._write_lock():
-            extra = {"deletedAt": time.time()} if state == "DELETED" else {}
+            extra: dict[str, Any] = {"deletedAt": time.time()} if state == "DELETED" else {}
             for image_set_id in image_set_ids:
                 self.image_sets.set_state(
                     image_set_id, state=state, workflow_status=workflow_status, **extra

@@ -51,7 +51,7 @@ def new_id() -> str:
 def dicom_tags(doc: dict[str, Any]) -> dict[str, Any]:
     """The DICOMTags summary SearchImageSets returns, derived from a document."""
     series_map = doc.get("Study", {}).get("Series", {})
-    series = next(iter(series_map.values()), {}) if series_map else {}
+    series: dict[str, Any] = next(iter(series_map.values()), {}) if series_map else {}
     levels = {
         "Patient": doc.get("Patient", {}).get("DICOM", {}),
         "Study": doc.get("Study", {}).get("DICOM", {}),
@@ -147,7 +147,9 @@ class ImageSetRepository:
         return self._store.get_blob(record["metadataKey"])
 
     def metadata(self, image_set_id: str, version_id: str | int | None = None) -> dict[str, Any]:
-        return json.loads(gzip.decompress(self.metadata_blob(image_set_id, version_id)))
+        document: dict[str, Any] = json.loads(
+            gzip.decompress(self.metadata_blob(image_set_id, version_id)))
+        return document
 
     def create(
         self,
@@ -271,7 +273,9 @@ class ImageSetRepository:
             self._store.put(VERSION_KIND, f"{image_set_id}/{current['versionId']}", current)
             return record
 
-    def in_datastore(self, datastore_id: str, *, include_deleted: bool = False) -> list[dict]:
+    def in_datastore(
+        self, datastore_id: str, *, include_deleted: bool = False
+    ) -> list[dict[str, Any]]:
         with self.lock:
             return [
                 r

@@ -19,7 +19,8 @@ from moto.s3.models import s3_backends
 def read_input_object(s3: Any, bucket: str, key: str, in_process: bool) -> bytes:
     """The object's bytes; a missing bucket or key raises ClientError either way."""
     if not in_process:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
     try:
         found = s3_backends[DEFAULT_ACCOUNT_ID]["global"].get_object(bucket, key)
     except MissingBucket:

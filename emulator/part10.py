@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import cast
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -122,7 +123,8 @@ def _text(ds: Dataset, keyword: str) -> str | None:
 
 
 def _check_image(ds: Dataset, transfer_syntax: str) -> None:
-    pixel_data = ds.get_item("PixelData")
+    # Freshly read and never accessed, so still raw (pydicom types it converted).
+    pixel_data = cast(RawDataElement, ds.get_item("PixelData"))
     native = None
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES and pixel_data.length != _UNDEFINED_LENGTH:
         native = len(ds.PixelData)

@@ -41,7 +41,8 @@ def snake_case(name: str) -> str:
 
 
 def _wire_name(name: str, shape: Shape) -> str:
-    return shape.serialization.get("name", name)
+    wire: str = shape.serialization.get("name", name)
+    return wire
 
 
 def _from_query(shape: Shape, values: list[str], field: str) -> Any:

@@ -20,15 +20,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import Tag
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-PYDICOM_TEST_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 # A fixed root keeps generated UIDs valid (digits and dots, <= 64 characters).
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."
 
 
-def uid(seed: str) -> str:
+def uid(seed: str) -> UID:
     """A deterministic valid UID, so corpora are the same on every run."""
     return generate_uid(prefix=_UID_ROOT, entropy_srcs=[seed])
 
@@ -143,7 +143,7 @@ def write_with_transfer_syntax(path: Path, transfer_syntax: str) -> Path:
     as a transfer syntax, so a private one of the same length stands in."""
     ds = _small_slice(str(path))
     stand_in = "9" * len(transfer_syntax)
-    ds.file_meta.TransferSyntaxUID = stand_in
+    ds.file_meta.TransferSyntaxUID = UID(stand_in)
     _write_as_is(ds, path)
     path.write_bytes(path.read_bytes().replace(stand_in.encode(), transfer_syntax.encode(), 1))
     return path
@@ -172,8 +172,8 @@ def write_with(path: Path, **attributes: object) -> Path:
                 delattr(ds, keyword)
             if value is not None:
                 setattr(ds, keyword, value)
-        if attributes.get("SOPInstanceUID") is not None:
-            ds.file_meta.MediaStorageSOPInstanceUID = attributes["SOPInstanceUID"]
+        if (sop_instance_uid := attributes.get("SOPInstanceUID")) is not None:
+            ds.file_meta.MediaStorageSOPInstanceUID = UID(str(sop_instance_uid))
         return write(ds, path)
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = modes
@@ -183,7 +183,10 @@ def write_with_text(path: Path, keyword: str, text: str) -> Path:
     """A small valid slice with one value written exactly as given, which
     pydicom would otherwise refuse or convert (an IS of 'abc')."""
     ds = _small_slice(str(path))
-    tag = Tag(tag_for_keyword(keyword))
+    number = tag_for_keyword(keyword)
+    if number is None:
+        raise ValueError(f"{keyword} is not a DICOM keyword")
+    tag = Tag(number)
     value = text.encode("latin-1")
     value += b" " * (len(value) % 2)
     ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)

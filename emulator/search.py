@@ -71,7 +71,8 @@ class Filter:
             # A date without a time matches the whole day.
             return moment.startswith(wanted[:8]) if len(wanted) == 8 else moment == wanted
         low, high = self.values
-        return low <= moment <= high
+        within: bool = low <= moment <= high
+        return within
 
 
 def _record_values(record: dict[str, Any], attribute: str) -> list[Any]:

@@ -65,7 +65,9 @@ def stage_on_cluster(
 
 
 def _threads(runner: DaskTaskRunner) -> int:
-    return max(1, sum(runner.client.nthreads().values()))
+    # distributed leaves Client.nthreads unannotated: {worker address: threads}.
+    threads: dict[str, int] = runner.client.nthreads()  # type: ignore[no-untyped-call]
+    return max(1, sum(threads.values()))
 
 
 def _parts(items: list[T], threads: int, files_in: Callable[[T], int]) -> list[list[T]]:

@@ -25,7 +25,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from flows.cluster import stage_on_cluster, validate_on_cluster
@@ -37,6 +36,7 @@ from flows.run_identity import (
     scratch_ledger,
     tag_current_run,
 )
+from flows.task_arguments import quote
 from tasks.batch import Batch, batch
 from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, import_batch, resolve
@@ -119,8 +119,9 @@ class StageTimer:
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
-# run by max_concurrent_jobs (at most 100, HealthImaging's own quota).
-@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100),
+# run by max_concurrent_jobs (at most 100, HealthImaging's own quota). Prefect's
+# types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
+@flow(name="dicom-ingest", task_runner=ThreadPoolTaskRunner(max_workers=100),  # type: ignore[arg-type]
       flow_run_name=ingest_run_name)
 def dicom_ingest(params: IngestParameters) -> IngestResult:
     """Validate DICOM files, import the valid ones into HealthImaging, report on all.
@@ -135,6 +136,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
         # A dry run changes no state: its ledger is a scratch one, gone with it.
         with scratch_ledger(params.datastore or "dry-run") as ledger:
             return _ingest(params, None, ledger, timer)
+    assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore)
     tag_current_run(*datastore_tags(params.datastore, datastore.datastore_id))
     return _ingest(params, datastore, run_ledger(params.report_location, datastore.datastore_id),

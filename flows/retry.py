@@ -63,7 +63,8 @@ class RetryResult(BaseModel):
     report_jobs_parquet: str
 
 
-@flow(name="dicom-retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=100),
+# Prefect's types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
+@flow(name="dicom-retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=100),  # type: ignore[arg-type]
       flow_run_name=retry_run_name)
 def retry_failed(params: RetryParameters) -> RetryResult:
     """Import again the files that failed for reasons that may pass, and read the
@@ -74,6 +75,7 @@ def retry_failed(params: RetryParameters) -> RetryResult:
             and where and how to import them.
     """
     preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
+    assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore, create=False)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
@@ -150,14 +152,14 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
                                    job_outputs(outcomes))
     folder = (f"{params.report_location.rstrip('/')}/retries/"
               f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
-    files = retry_report(records, batches, staged, outcomes, outputs, params.include_phi)
-    files = with_recorded(ledger.record_outcomes(files, outcomes), confirmed, given_up)
-    jobs = build_job_summary(batches, outcomes, outputs, files)
-    ledger.record_report(folder, jobs)
-    paths = write_report(files, jobs, folder)
-    counts = {**status_counts(files), "given_up": len(given_up)}
+    rows = retry_report(records, batches, staged, outcomes, outputs, params.include_phi)
+    rows = with_recorded(ledger.record_outcomes(rows, outcomes), confirmed, given_up)
+    job_table = build_job_summary(batches, outcomes, outputs, rows)
+    ledger.record_report(folder, job_table)
+    paths = write_report(rows, job_table, folder)
+    counts = {**status_counts(rows), "given_up": len(given_up)}
     skipped = {"not_retried_unchanged": decided.not_retried}
-    publish(job_rows(jobs), counts, skipped, paths.files_parquet, title="DICOM retry",
+    publish(job_rows(job_table), counts, skipped, paths.files_parquet, title="DICOM retry",
             keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY))
     ledger.finish_run({**counts, **skipped})
     return RetryResult(

@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from prefect.states import State
+from prefect import State
 
 # Worth waiting out: over a rate (429), over a quota such as concurrent jobs
 # (402), or a transient server error that outlived botocore's own retries.

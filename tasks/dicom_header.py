@@ -24,7 +24,7 @@ import struct
 import zlib
 from collections.abc import Callable, Collection, MutableSequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import tag_for_keyword
@@ -307,7 +307,7 @@ class _Reader:
 
 
 def read_header_with_pydicom(
-    fileobj: IO[bytes], wanted: frozenset[int], quiet: Callable[[], Any]
+    fileobj: BinaryIO, wanted: frozenset[int], quiet: Callable[[], Any]
 ) -> Header:
     """The same :class:`Header`, read by pydicom: the lenient path for files
     :func:`read_header` declines. ``quiet`` silences pydicom while it reads.

@@ -223,11 +223,11 @@ class Inventory:
         ledger = self.ledger
         tally = _ClaimTally()
         with ledger.engine.begin() as conn:
-            skipped = dict(conn.execute(
+            skipped: dict[str, int] = dict(conn.execute(
                 sa.select(inventory.c.skip, sa.func.count())
                 .where(self._mine(), inventory.c.skip.is_not(None))
                 .group_by(inventory.c.skip)).all())
-            jobs = dict(conn.execute(
+            jobs: dict[str, int] = dict(conn.execute(
                 sa.select(files.c.job_id, sa.func.count())
                 .join(inventory, self._same_file())
                 .where(self._mine(), inventory.c.skip.is_not(None), files.c.job_id.is_not(None))

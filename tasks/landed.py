@@ -125,7 +125,8 @@ def _metadata(client: Any, datastore_id: str, image_set_id: str) -> dict[str, An
             return None
         raise
     # GetImageSetMetadata answers gzip whatever the Accept-Encoding.
-    return orjson.loads(gzip.decompress(blob["imageSetMetadataBlob"].read()))
+    document: dict[str, Any] = orjson.loads(gzip.decompress(blob["imageSetMetadataBlob"].read()))
+    return document
 
 
 def _instances_in(document: dict[str, Any] | None, series_uid: str) -> set[str]:
@@ -162,7 +163,8 @@ def recover_outputs(
         rows = [
             (key_of[r.uri], found.image_set_id, found.is_primary, found.version)
             for r in b.files
-            if r.uri in key_of and (found := landed.get(instance_of.get(r.uri))) is not None
+            if r.uri in key_of and r.uri in instance_of
+            and (found := landed.get(instance_of[r.uri])) is not None
         ]
         success = pd.DataFrame(rows, columns=SUCCESS_COLUMNS)
         success["isPrimary"] = success["isPrimary"].astype("boolean")

@@ -37,7 +37,7 @@ class ProcessIdentity:
         if self.host != socket.gethostname():
             return False
         try:
-            started = psutil.Process(self.pid).create_time()
+            started: float = psutil.Process(self.pid).create_time()
         except psutil.NoSuchProcess:
             return True
         except psutil.Error:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, cast
 
 import fsspec
 import pandas as pd
@@ -377,25 +377,26 @@ class ReportWriter:
         """The job table, the summary, and the CSV if the run stayed small."""
         if self.parts == 0:
             self.add_files(pd.DataFrame(columns=FILE_COLUMNS))
-        csv = None
+        files_csv = None
         if self._csv is not None:
-            self._csv.seek(0)
-            csv = f"{self.root}/files.csv"
-            _publish(self.fs, csv, lambda out: shutil.copyfileobj(self._csv, out), self.local)
-            self._csv.close()
-        paths = {"files_parquet": f"{self.root}/{FILES_DATASET}",
-                 "files_csv": csv}
-        for extension in ("parquet", "csv"):
-            path = f"{self.root}/jobs.{extension}"
-            _publish(self.fs, path, lambda out, ext=extension: _serialize(jobs, ext, out),
-                     self.local)
-            paths[f"jobs_{extension}"] = path
-        paths["summary"] = f"{self.root}/summary.json"
+            kept = self._csv
+            kept.seek(0)
+            files_csv = self._put("files.csv", lambda out: shutil.copyfileobj(kept, out))
+            kept.close()
         text = json.dumps({"files": self.rows, **summary}, indent=2, sort_keys=True,
                           default=str)
-        _publish(self.fs, paths["summary"], lambda out: out.write(text.encode()), self.local)
-        return ReportPaths(**{name: uri_for(self.folder, path) if path else None
-                              for name, path in paths.items()})
+        return ReportPaths(
+            files_parquet=uri_for(self.folder, f"{self.root}/{FILES_DATASET}"),
+            files_csv=files_csv,
+            jobs_parquet=self._put("jobs.parquet", lambda out: _serialize(jobs, "parquet", out)),
+            jobs_csv=self._put("jobs.csv", lambda out: _serialize(jobs, "csv", out)),
+            summary=self._put("summary.json", lambda out: out.write(text.encode())),
+        )
+
+    def _put(self, name: str, write: Callable[[IO[bytes]], object]) -> str:
+        path = f"{self.root}/{name}"
+        _publish(self.fs, path, write, self.local)
+        return uri_for(self.folder, path)
 
     def _schema_for(self, files: pd.DataFrame) -> pa.Schema:
         """One schema for every part, whatever a window's columns happen to
@@ -406,7 +407,7 @@ class ReportWriter:
         return self._schema
 
 
-def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
+def _serialize(frame: pd.DataFrame, extension: str, out: IO[bytes]) -> None:
     if extension == "parquet":
         frame.to_parquet(out, index=False)
     else:
@@ -414,7 +415,7 @@ def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
 
 
 def _publish(
-    fs: fsspec.AbstractFileSystem, path: str, write: Callable[[BinaryIO], object], local: bool
+    fs: fsspec.AbstractFileSystem, path: str, write: Callable[[IO[bytes]], object], local: bool
 ) -> None:
     """Write under a temporary name, then move into place in one step.
 
@@ -475,4 +476,6 @@ def not_taken_rows(files: Sequence[SourceFile]) -> pd.DataFrame:
 
 def job_rows(jobs: pd.DataFrame) -> list[dict[str, object]]:
     """The job table as plain rows (for an artifact): NaN and NA become None."""
-    return jobs.astype(object).where(jobs.notna(), None).to_dict("records")
+    # pandas types records as dict[Hashable, Any]; the job table's labels are all str.
+    return cast(list[dict[str, object]],
+                jobs.astype(object).where(jobs.notna(), None).to_dict("records"))

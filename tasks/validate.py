@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import islice
-from typing import IO, Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -334,13 +334,16 @@ def with_earlier_instances(
     """Records of one window, where ``kept`` maps SOP Instance UIDs to the file
     an earlier window kept for each: later files of those instances are its
     duplicates, exactly as if both had been validated together."""
-    return [
-        _duplicate_of(record, kept[record.sop_instance_uid])
-        if record.sop_instance_uid in kept and (
-            record.is_valid or record.reason_code is ReasonCode.DUPLICATE_SOP_INSTANCE)
-        else record
-        for record in records
-    ]
+    return [_with_kept(record, kept) for record in records]
+
+
+def _with_kept(record: ValidationRecord, kept: Mapping[str, str]) -> ValidationRecord:
+    sop = record.sop_instance_uid
+    if sop is None or sop not in kept:
+        return record
+    if record.is_valid or record.reason_code is ReasonCode.DUPLICATE_SOP_INSTANCE:
+        return _duplicate_of(record, kept[sop])
+    return record
 
 
 def _duplicate_of(record: ValidationRecord, kept: str) -> ValidationRecord:
@@ -382,16 +385,17 @@ def worker_findings(
                 for uri, size in zip(uris, sizes, strict=True)]
 
 
-def _open(uri: str, fs: Any | None) -> IO[bytes]:
+def _open(uri: str, fs: Any | None) -> BinaryIO:
     if is_s3(uri):
         if fs is None:
             raise ValueError("an s3fs filesystem is needed to read S3 URIs")
-        return fs.open(S3Uri.parse(uri).path, "rb", block_size=_S3_REQUEST,
-                       cache_type="readahead")
+        stream: BinaryIO = fs.open(S3Uri.parse(uri).path, "rb", block_size=_S3_REQUEST,
+                                   cache_type="readahead")
+        return stream
     return open(uri, "rb")
 
 
-def _validate_stream(listed_size: int, fileobj: IO[bytes], include_phi: bool) -> Findings:
+def _validate_stream(listed_size: int, fileobj: BinaryIO, include_phi: bool) -> Findings:
     # The size found by discovery, plus one byte to notice a file that grew:
     # asking for more would allocate it per file, however small.
     first_read = min(_FIRST_READ, listed_size + 1)
@@ -414,7 +418,7 @@ def _validate_stream(listed_size: int, fileobj: IO[bytes], include_phi: bool) ->
 
 
 def _parsed(
-    fileobj: IO[bytes], data: bytes, complete: bool, include_phi: bool
+    fileobj: BinaryIO, data: bytes, complete: bool, include_phi: bool
 ) -> tuple[Header, dict[str, Any]]:
     """The header, by the fast reader or else by pydicom, and the record's
     fields from it.
@@ -436,7 +440,7 @@ def _parsed(
         raise unreadable(exc) from None
 
 
-def _size_now(fileobj: IO[bytes]) -> int:
+def _size_now(fileobj: BinaryIO) -> int:
     """The file's size as it is now, not as discovery saw it: a file cut short
     or still growing is judged by what is there."""
     try:
@@ -445,7 +449,7 @@ def _size_now(fileobj: IO[bytes]) -> int:
         return int(fileobj.seek(0, os.SEEK_END))
 
 
-def _read_header(fileobj: IO[bytes], data: bytes, complete: bool) -> Header:
+def _read_header(fileobj: BinaryIO, data: bytes, complete: bool) -> Header:
     """The header from the bytes read so far, reading on while it goes on."""
     while True:
         try:
