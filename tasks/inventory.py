@@ -169,8 +169,9 @@ class Inventory:
                 .join(files, self._same_file())
                 .where(self._mine(), inventory.c.done.is_(False), inventory.c.skip.is_(None),
                        ledger._claimable(now),
-                       # Not the window this run is still reporting.
-                       files.c.claim_owner.is_distinct_from(ledger.run_id))
+                       # Never twice to one run: not the window it is still
+                       # reporting, nor a file it gave back unrecorded.
+                       inventory.c.taken_by.is_distinct_from(ledger.run_id))
                 .order_by(inventory.c.uri)
                 .limit(size)
             )
@@ -180,6 +181,10 @@ class Inventory:
                 query = query.with_for_update(of=files, skip_locked=True)
             rows = conn.execute(query).all()
             for chunk in _chunks(rows, CLAIM_CHUNK):
+                conn.execute(
+                    sa.update(inventory)
+                    .where(self._mine(), inventory.c.uri.in_([row.uri for row in chunk]))
+                    .values(taken_by=ledger.run_id))
                 conn.execute(
                     sa.update(files)
                     .where(files.c.datastore_id == ledger.datastore_id,

@@ -236,6 +236,9 @@ inventory_table = sa.Table(
     # inventory's runs or any other: nobody takes it from this inventory again.
     sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("done_by", sa.String(64)),
+    # The run that last claimed it: a run never takes a file twice, whatever
+    # became of it (a sibling may, once that run is found dead).
+    sa.Column("taken_by", sa.String(64)),
     sa.Index("ix_ledger_inventory_file", "datastore_id", "uri"),
 )
 # Windows are claimed from the rows not done yet, in URI order: without this,
@@ -867,6 +870,13 @@ class RunLedger:
                            files_table.c.uri.in_(chunk))
                     .values(version=files_table.c.claim_version, claim_owner=None,
                             claim_expires_at=None, updated_at=now)
+                )
+                # Settled as an outcome is: no listing offers it again.
+                conn.execute(
+                    sa.update(inventory_table)
+                    .where(inventory_table.c.datastore_id == self.datastore_id,
+                           inventory_table.c.uri.in_(chunk), inventory_table.c.done.is_(False))
+                    .values(done=True, done_by=self.run_id)
                 )
         dropped = set(same)
         return [r for r in records if r.uri not in dropped], len(dropped)
