@@ -51,7 +51,7 @@ def prefect_server(home: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                "--port", str(port)]
     api = f"http://127.0.0.1:{port}/api"
-    with _serving(command, f"{api}/health", "the Prefect server", 90, env):
+    with _serving(command, f"{api}/health", "the Prefect server", 300, env):
         yield api
 
 
