@@ -36,7 +36,7 @@ def local_service(*flags: str) -> Iterator[str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "cli", "local", "--port", str(port), *flags]
-    with _serving(command, f"{endpoint}/_emulator/health", "the local service", 30):
+    with _serving(command, f"{endpoint}/_emulator/health", "the local service", 300):
         yield endpoint
 
 
