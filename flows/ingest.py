@@ -36,7 +36,7 @@ from tasks.interruption import stop_requested
 from tasks.landed import confirm_lost_outputs
 from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.preflight import preflight
 from tasks.report import report
 from tasks.stage import (
@@ -47,6 +47,7 @@ from tasks.stage import (
     staging_run_id,
     with_checksums,
 )
+from tasks.statuses import JobStatus, Skip
 from tasks.validate import ValidationRecord, validate
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
@@ -169,7 +170,7 @@ def _import_and_report(
     # The flow run ID too: two runs of one source can start within a second.
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}"
-    skipped = {"skipped_unchanged": skipped_unchanged, "given_up": claim.given_up,
+    skipped = {"skipped_unchanged": skipped_unchanged, Skip.GIVEN_UP.value: claim.given_up,
                "claimed_by_other_runs": claim.claimed_by_other_runs}
     with timer.stage("report"):
         outputs = confirm_lost_outputs(datastore_id, quote(batches), quote(staged), outcomes,

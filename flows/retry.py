@@ -23,11 +23,10 @@ from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_c
 from tasks.batch import Batch, batch
 from tasks.import_jobs import resolve
 from tasks.landed import confirm_lost_outputs
-from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
+from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.preflight import preflight
-from tasks.report import FileStatus
 from tasks.retry import (
     look_up_lost_outputs,
     plan,
@@ -36,7 +35,8 @@ from tasks.retry import (
     retry_staging_id,
     under_source,
 )
-from tasks.stage import StageAction, StagedFile
+from tasks.stage import StagedFile
+from tasks.statuses import Change, FileStatus, JobStatus, StageAction
 from tasks.validate import ValidationRecord
 
 RETRY_JOBS_ARTIFACT_KEY = "dicom-retry-jobs"

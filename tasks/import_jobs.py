@@ -24,7 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from config.clients import medical_imaging_client
 from tasks.backoff import error_code, exponential, is_transient, jittered, retry_if_transient
 from tasks.batch import Batch
-from tasks.poll import JobOutcome, JobStatus, wait_for_job
+from tasks.poll import JobOutcome, wait_for_job
+from tasks.statuses import DatastoreStatus, JobStatus
 
 if TYPE_CHECKING:
     from tasks.ledger import RunLedger
@@ -173,7 +174,8 @@ def _datastores_named(client: Any, name: str) -> list[str]:
     found = []
     for page in client.get_paginator("list_datastores").paginate():
         for summary in page.get("datastoreSummaries", []):
-            usable = summary.get("datastoreStatus") in {"ACTIVE", "CREATING"}
+            usable = summary.get("datastoreStatus") in {DatastoreStatus.ACTIVE,
+                                                        DatastoreStatus.CREATING}
             if summary.get("datastoreName") == name and usable:
                 found.append(summary["datastoreId"])
     return sorted(found)
@@ -197,9 +199,9 @@ def _wait_until_active(
                 raise
         else:
             status = properties["datastoreStatus"]
-            if status == "ACTIVE":
+            if status == DatastoreStatus.ACTIVE:
                 return Datastore(datastore_id, properties.get("datastoreName", ""))
-            if status != "CREATING":
+            if status != DatastoreStatus.CREATING:
                 raise DatastoreError(f"Data store {datastore_id} is {status}, not ACTIVE.")
         if waited >= timeout:
             raise DatastoreError(

@@ -35,7 +35,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,18 @@ from tasks.batch import Batch
 from tasks.checksum import sha256_of_file
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
-from tasks.poll import TERMINAL, JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.process_identity import ProcessIdentity
-from tasks.report import FileStatus
-from tasks.validate import FileValidity, ValidationRecord
+from tasks.statuses import (
+    TERMINAL,
+    Change,
+    FileStatus,
+    FileValidity,
+    JobStatus,
+    RetryClass,
+    Skip,
+)
+from tasks.validate import ValidationRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +86,6 @@ class LedgerError(Exception):
     """The ledger cannot be opened as configured; the message says what to set."""
 
 
-class Change(StrEnum):
-    """How a file compares with what the ledger recorded for it."""
-
-    NEW = "new"
-    CHANGED = "changed"
-    UNCHANGED = "unchanged"
-
-
-class RetryClass(StrEnum):
-    AUTOMATIC = "automatic"
-    IF_CHANGED = "if_changed"
-    NEVER = "never"
-
-
 # import_failed rows whose error_type says the service (or our own staging or
 # output reading) failed, not the file: the same bytes may well succeed later.
 SERVER_ERROR_TYPES = frozenset(
@@ -111,15 +104,6 @@ _SETTLED = frozenset(
 # Outcomes an unreadable job output never overwrites: the output that said so
 # is gone, not wrong (the file stays imported, its outcome in doubt).
 _IMPORTED = frozenset({FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value})
-
-
-class Skip(StrEnum):
-    """Why an only_new ingestion leaves an unchanged file alone."""
-
-    # Done, or refused for what its bytes are: the same bytes meet the same end.
-    SETTLED = "settled"
-    # A failure that may pass, tried max_attempts times: retry_failed --force.
-    GIVEN_UP = "given_up"
 
 
 def skip_when_unchanged(

@@ -25,14 +25,13 @@ from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
 from tasks.landed import Instance, find_landed
-from tasks.ledger import Change, LedgerFile, LedgerJob, RetryClass, RunLedger, retry_class
+from tasks.ledger import LedgerFile, LedgerJob, RunLedger, retry_class
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
-from tasks.poll import JobOutcome, JobStatus, wait_for_job
+from tasks.poll import JobOutcome, wait_for_job
 from tasks.report import (
     CONFIRMED_IN_DATASTORE,
     FILE_COLUMNS,
-    FileStatus,
     ReportPaths,
     build_file_report,
     build_job_summary,
@@ -40,6 +39,7 @@ from tasks.report import (
     write_report,
 )
 from tasks.stage import StagedFile, staging_run_id
+from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
 from tasks.validate import ValidationRecord
 
 
@@ -216,6 +216,6 @@ def retry_report(
     jobs = build_job_summary(batches, outcomes, outputs, files)
     ledger.record_report(folder, jobs)
     paths = write_report(files, jobs, folder)
-    counts = {**status_counts(files), "given_up": len(given_up)}
+    counts = {**status_counts(files), FileStatus.GIVEN_UP.value: len(given_up)}
     job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
     return paths, counts, job_rows

@@ -26,7 +26,8 @@ from tasks.ledger import (
     metadata,
     runs_table,
 )
-from tasks.validate import FileValidity, ValidationRecord
+from tasks.statuses import FileValidity
+from tasks.validate import ValidationRecord
 from tests.operations.served import free_port
 
 FILES = [SourceFile(f"/landing/f{i:04d}.dcm", 100 + i, f"v{i}", f"f{i:04d}.dcm")
