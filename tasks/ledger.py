@@ -50,13 +50,13 @@ from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
 from tasks.poll import JobOutcome
 from tasks.process_identity import ProcessIdentity
+from tasks.retry_policy import RETRYABLE, SETTLED, skip_when_unchanged
 from tasks.statuses import (
     TERMINAL,
     Change,
     FileStatus,
     FileValidity,
     JobStatus,
-    RetryClass,
     Skip,
 )
 from tasks.validate import ValidationRecord
@@ -86,53 +86,9 @@ class LedgerError(Exception):
     """The ledger cannot be opened as configured; the message says what to set."""
 
 
-# import_failed rows whose error_type says the service (or our own staging or
-# output reading) failed, not the file: the same bytes may well succeed later.
-SERVER_ERROR_TYPES = frozenset(
-    {"InternalServerException", "StagingError", "ManifestError", "MissingFromOutput",
-     "NotBatched"}
-)
-# Outcomes after which an unchanged file needs nothing from an ingestion run:
-# done, or refused for a reason the same bytes will meet again, or waiting for
-# retry_failed (which counts attempts). "validated" is a dry run: not done.
-_SETTLED = frozenset(
-    {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value,
-     FileStatus.INVALID.value, FileStatus.DUPLICATE.value, FileStatus.IMPORT_FAILED.value,
-     FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value, FileStatus.OUTPUT_MISSING.value,
-     FileStatus.GIVEN_UP.value}
-)
 # Outcomes an unreadable job output never overwrites: the output that said so
 # is gone, not wrong (the file stays imported, its outcome in doubt).
 _IMPORTED = frozenset({FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value})
-
-
-def skip_when_unchanged(
-    status: str | None, error_type: str | None, attempts: int, max_attempts: int
-) -> Skip | None:
-    """Whether an only_new run leaves an unchanged file alone.
-
-    A failure that may pass with the same bytes (a FAILED job, a server
-    error, a job nobody waited for to the end) is taken again: its next job
-    gets a new client token (tasks.import_jobs), and a job still running is
-    got back by its old one, so nothing is imported twice.
-    """
-    if status not in _SETTLED:
-        return None
-    if retry_class(status, error_type) is not RetryClass.AUTOMATIC:
-        return Skip.SETTLED
-    return Skip.GIVEN_UP if attempts >= max_attempts else None
-
-
-def retry_class(status: str | None, error_type: str | None) -> RetryClass:
-    """``output_missing`` is automatic too, but retry_failed first looks the
-    file up in the data store (tasks.landed) and imports only what is not there."""
-    if status in {FileStatus.JOB_FAILED, FileStatus.TIMED_OUT, FileStatus.OUTPUT_MISSING}:
-        return RetryClass.AUTOMATIC
-    if status == FileStatus.IMPORT_FAILED:
-        return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
-    if status in {FileStatus.INVALID, FileStatus.DUPLICATE, FileStatus.GIVEN_UP}:
-        return RetryClass.IF_CHANGED
-    return RetryClass.NEVER
 
 
 class _UtcDateTime(sa.TypeDecorator[datetime]):
@@ -798,7 +754,7 @@ class RunLedger:
                         files_table.c.uri.in_(chunk),
                         files_table.c.claim_owner == self.run_id,
                         files_table.c.claim_change == Change.CHANGED.value,
-                        files_table.c.status.in_(_SETTLED),
+                        files_table.c.status.in_(SETTLED),
                         files_table.c.sha256.is_not(None),
                     )
                 )
@@ -990,10 +946,9 @@ class RunLedger:
         comes back with that outcome, ``output_missing``: it is to be looked
         up in the data store, and imported again only if absent.
         """
-        failed = [s for s in _SETTLED if retry_class(s, None) is not RetryClass.NEVER]
         query = sa.select(files_table).where(
             files_table.c.datastore_id == self.datastore_id,
-            sa.or_(files_table.c.status.in_(failed),
+            sa.or_(files_table.c.status.in_(RETRYABLE),
                    files_table.c.output_missing_run_id.is_not(None)),
         )
         if run_id or job_id:

@@ -25,7 +25,7 @@ from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
 from tasks.landed import Instance, find_landed
-from tasks.ledger import LedgerFile, LedgerJob, RunLedger, retry_class
+from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, wait_for_job
@@ -38,6 +38,7 @@ from tasks.report import (
     status_counts,
     write_report,
 )
+from tasks.retry_policy import retry_class
 from tasks.stage import StagedFile, staging_run_id
 from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
 from tasks.validate import ValidationRecord
