@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +24,6 @@ from tasks.ledger import (
 )
 from tasks.statuses import FileValidity
 from tasks.validate import ValidationRecord
-from tests.operations.served import free_port
 
 FILES = [SourceFile(f"/landing/f{i:04d}.dcm", 100 + i, f"v{i}", f"f{i:04d}.dcm")
          for i in range(300)]
@@ -54,34 +49,6 @@ def _race(url: str, processes: int = 3) -> list[list[str]]:
             return pool.starmap(
                 _claim_in_process, [(url, f"run-{i}", barrier) for i in range(processes)]
             )
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL on loopback, from the machine's own binaries."""
-    initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                                            None)
-    if initdb is None:
-        pytest.skip("PostgreSQL binaries are missing (apt-get install postgresql)")
-    bin_dir = Path(initdb).parent
-    folder = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(folder, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = folder / "data"
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
-                    "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-                    str(folder / "log"), "-o", f"-p {port} -k {folder} -h 127.0.0.1",
-                    "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

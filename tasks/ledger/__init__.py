@@ -1,0 +1,62 @@
+"""The ingestion ledger: every source object seen, and what last happened to it.
+
+Reports are per run; a scheduled ingestion needs memory across runs (which
+files were already imported, unchanged), two runs started together need one
+place that decides which of them takes a file, and a retry needs the jobs that
+a killed run started but never read. That is this package, one module per job:
+
+- ``schema``: the tables, the engine per URL (SQLite beside the reports by
+  default, PostgreSQL for a shared deployment), and the migrations that bring
+  any ledger to the current schema;
+- ``runs``: runs, heartbeats and liveness (who is presumed dead);
+- ``claims``: which run takes which file;
+- ``jobs``: import jobs started, how they ended, which wait for outcomes;
+- ``outcomes``: each file's latest outcome and each run's report rows.
+
+:class:`RunLedger` (``handle``) is the one handle a run holds: it is made of
+those parts. Import from here; the modules are the package's own layout.
+"""
+
+from tasks.ledger.claims import ClaimResult, claim_files, settle_unchanged
+from tasks.ledger.files import LedgerFile
+from tasks.ledger.handle import RunLedger
+from tasks.ledger.jobs import LedgerJob
+from tasks.ledger.outcomes import RecordedRun, recorded_run
+from tasks.ledger.part import DEFAULT_LEASE_SECONDS, DEFAULT_PRESUMED_DEAD_SECONDS
+from tasks.ledger.runs import Holder
+from tasks.ledger.schema import (
+    LEDGER_FILE_NAME,
+    LedgerError,
+    engine_for,
+    files_table,
+    jobs_table,
+    ledger_url,
+    metadata,
+    outcomes_table,
+    run_jobs_table,
+    runs_table,
+)
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_PRESUMED_DEAD_SECONDS",
+    "LEDGER_FILE_NAME",
+    "ClaimResult",
+    "Holder",
+    "LedgerError",
+    "LedgerFile",
+    "LedgerJob",
+    "RecordedRun",
+    "RunLedger",
+    "claim_files",
+    "engine_for",
+    "files_table",
+    "jobs_table",
+    "ledger_url",
+    "metadata",
+    "outcomes_table",
+    "recorded_run",
+    "run_jobs_table",
+    "runs_table",
+    "settle_unchanged",
+]
