@@ -22,7 +22,12 @@ from tasks.ledger.files import LedgerFile
 from tasks.ledger.handle import RunLedger
 from tasks.ledger.jobs import LedgerJob
 from tasks.ledger.outcomes import RecordedRun, recorded_run
-from tasks.ledger.part import DEFAULT_LEASE_SECONDS, DEFAULT_PRESUMED_DEAD_SECONDS
+from tasks.ledger.part import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_PRESUMED_DEAD_SECONDS,
+    Clock,
+    SystemClock,
+)
 from tasks.ledger.runs import Holder
 from tasks.ledger.schema import (
     LEDGER_FILE_NAME,
@@ -42,12 +47,14 @@ __all__ = [
     "DEFAULT_PRESUMED_DEAD_SECONDS",
     "LEDGER_FILE_NAME",
     "ClaimResult",
+    "Clock",
     "Holder",
     "LedgerError",
     "LedgerFile",
     "LedgerJob",
     "RecordedRun",
     "RunLedger",
+    "SystemClock",
     "claim_files",
     "engine_for",
     "files_table",
