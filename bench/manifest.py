@@ -24,10 +24,11 @@ import pandas as pd
 from bench.common import median, print_table
 from tasks.batch import Batch
 from tasks.manifest import read_job_output
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.report import build_file_report
-from tasks.stage import StageAction, StagedFile
-from tasks.validate import FileValidity, ValidationRecord
+from tasks.stage import StagedFile
+from tasks.statuses import FileValidity, JobStatus, StageAction
+from tasks.validate import ValidationRecord
 
 DATASTORE = "0123456789abcdef0123456789abcdef"
 IMAGE_SETS = 1000

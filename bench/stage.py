@@ -28,7 +28,8 @@ from bench.common import clients, local_service, median, print_table, service_en
 from emulator.samples import series_spec, write_ct_series
 from tasks.batch import make_batches
 from tasks.discover import iter_source
-from tasks.stage import StageAction, stage_batches
+from tasks.stage import stage_batches
+from tasks.statuses import StageAction
 from tasks.validate import validate_files
 
 BUCKET = "bench-stage"

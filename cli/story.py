@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 
 from flows.ingest import IngestResult
 from tasks.locations import filesystem_for
-from tasks.report import FileStatus
+from tasks.statuses import FileStatus
 
 _NAMES_PER_REASON = 3
 _JOBS_SHOWN = 20

@@ -41,11 +41,10 @@ from tasks.batch import Batch, batch
 from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
-from tasks.inventory import Inventory, claim_window, list_source
 from tasks.landed import confirm_lost_outputs
-from tasks.ledger import RunLedger, settle_unchanged
+from tasks.ledger import Inventory, RunLedger, claim_window, list_source, settle_unchanged
 from tasks.manifest import job_outputs
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.preflight import preflight
 from tasks.report import (
     JOB_COLUMNS,
@@ -56,13 +55,13 @@ from tasks.report import (
     not_taken_rows,
 )
 from tasks.stage import (
-    StageAction,
     StagedFile,
     batch_input_uri,
     stage,
     staging_run_id,
     with_checksums,
 )
+from tasks.statuses import JobStatus, Skip, StageAction
 from tasks.validate import ValidationRecord, validate, with_earlier_instances
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
@@ -160,7 +159,7 @@ def _ingest(
                     "%d files found: %d to process, %d unchanged since an earlier run, "
                     "%d given up after %d attempts", listing.files, listing.to_process,
                     listing.skipped_unchanged, listing.given_up, params.max_attempts)
-            return _work_through(params, datastore, inventory, timer)
+            return _work_through(params, datastore, ledger, inventory, timer)
         finally:
             if params.inventory is None:
                 inventory.forget()
@@ -190,13 +189,12 @@ class _RunTally:
 
 
 def _work_through(
-    params: IngestParameters, datastore: Datastore | None, inventory: Inventory,
-    timer: StageTimer,
+    params: IngestParameters, datastore: Datastore | None, ledger: RunLedger,
+    inventory: Inventory, timer: StageTimer,
 ) -> IngestResult:
     """Claim a window, validate, batch, stage and submit it, then report the
     window before it while this one's jobs run: import job slots stay busy
     across windows, and at most two windows are held at once."""
-    ledger = inventory.ledger
     datastore_id = datastore.datastore_id if datastore else None
     run_id = staging_run_id(params.source, datastore_id or params.datastore or "")
     # The flow run ID too: two runs of one source can start within a second.
@@ -212,8 +210,8 @@ def _work_through(
         if not window.files:
             break
         number += 1
-        started = _submit_window(params, datastore_id, run_id, inventory, window.files, number,
-                                 tally, timer)
+        started = _submit_window(params, datastore_id, run_id, ledger, inventory, window.files,
+                                 number, tally, timer)
         if submitted is not None:
             _report_window(params, datastore_id, ledger, submitted, writer, tally, timer)
         submitted = started
@@ -227,7 +225,7 @@ def _work_through(
     own_listing = params.inventory is None
     skipped = {
         "skipped_unchanged": tally.same_bytes + (leftover.skipped_unchanged if own_listing else 0),
-        "given_up": leftover.given_up if own_listing else 0,
+        Skip.GIVEN_UP.value: leftover.given_up if own_listing else 0,
         "claimed_by_other_runs": leftover.claimed_by_other_runs,
     }
     for holder in leftover.holders:
@@ -263,10 +261,10 @@ def _work_through(
 
 
 def _submit_window(
-    params: IngestParameters, datastore_id: str | None, run_id: str, inventory: Inventory,
-    files: list[SourceFile], number: int, tally: _RunTally, timer: StageTimer,
+    params: IngestParameters, datastore_id: str | None, run_id: str, ledger: RunLedger,
+    inventory: Inventory, files: list[SourceFile], number: int, tally: _RunTally,
+    timer: StageTimer,
 ) -> _Window:
-    ledger = inventory.ledger
     with timer.stage("validate"):
         records = validate_sources(params, files)
     records = with_earlier_instances(

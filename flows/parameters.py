@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from config.settings import get_settings
-from tasks.locations import canonical_source
+from tasks.locations import canonical_source, is_s3
 
 
 def _setting(name: str) -> Any:
@@ -117,7 +117,7 @@ class ImportOptions(BaseModel):
                     f"{', '.join(missing)} must be set to import (or set dry_run)."
                 )
             for name in ("staging_prefix", "output_prefix"):
-                if not str(getattr(self, name)).startswith("s3://"):
+                if not is_s3(str(getattr(self, name))):
                     raise ValueError(f"{name} must be an s3:// URI.")
         return self
 

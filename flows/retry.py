@@ -23,12 +23,11 @@ from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_c
 from tasks.batch import Batch, batch
 from tasks.import_jobs import resolve
 from tasks.landed import confirm_lost_outputs
-from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
+from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.preflight import preflight
 from tasks.report import (
-    FileStatus,
     build_job_summary,
     job_rows,
     status_counts,
@@ -43,7 +42,8 @@ from tasks.retry import (
     under_source,
     with_recorded,
 )
-from tasks.stage import StageAction, StagedFile
+from tasks.stage import StagedFile
+from tasks.statuses import Change, FileStatus, JobStatus, StageAction
 from tasks.validate import ValidationRecord
 
 RETRY_JOBS_ARTIFACT_KEY = "dicom-retry-jobs"
@@ -157,7 +157,7 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
     job_table = build_job_summary(batches, outcomes, outputs, rows)
     ledger.record_report(folder, job_table)
     paths = write_report(rows, job_table, folder)
-    counts = {**status_counts(rows), "given_up": len(given_up)}
+    counts = {**status_counts(rows), FileStatus.GIVEN_UP.value: len(given_up)}
     skipped = {"not_retried_unchanged": decided.not_retried}
     publish(job_rows(job_table), counts, skipped, paths.files_parquet, title="DICOM retry",
             keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY))

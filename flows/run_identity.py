@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 
 from config.settings import get_settings
 from tasks.ledger import LEDGER_FILE_NAME, RunLedger, dispose_engine, ledger_url
+from tasks.locations import S3Uri, is_s3
 
 
 def _parameter(name: str) -> Any:
@@ -38,7 +39,8 @@ def _start_stamp() -> str:
 
 def source_label(source: str) -> str:
     """The last two path components: enough to tell landing prefixes apart."""
-    parts = [p for p in source.replace("s3://", "").rstrip("/").split("/") if p]
+    path = S3Uri.parse(source).path if is_s3(source) else source
+    parts = [p for p in path.rstrip("/").split("/") if p]
     return "/".join(parts[-2:]) or source
 
 

@@ -16,7 +16,7 @@ import fsspec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.locations import filesystem_for, uri_for
+from tasks.locations import filesystem_for, fs_path, uri_for
 
 
 class SourceError(Exception):
@@ -110,7 +110,7 @@ def current_files(source: str, uris: list[str]) -> dict[str, SourceFile | None]:
     found: dict[str, SourceFile | None] = {}
     for uri in uris:
         try:
-            entry = fs.info(uri.removeprefix("s3://"))
+            entry = fs.info(fs_path(uri))
         except FileNotFoundError:
             found[uri] = None
         else:

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
@@ -24,10 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from config.clients import medical_imaging_client
 from tasks.backoff import error_code, exponential, is_transient, jittered, retry_if_transient
 from tasks.batch import Batch
-from tasks.poll import JobOutcome, JobStatus, wait_for_job
-
-if TYPE_CHECKING:
-    from tasks.ledger import RunLedger
+from tasks.poll import JobOutcome, wait_for_job
+from tasks.statuses import DatastoreStatus, JobStatus
 
 DATASTORE_ID = re.compile(r"[0-9a-f]{32}")
 # Log records with this extra stay on the CLI's screen (cli.progress): an
@@ -49,6 +47,26 @@ class Datastore:
 
     datastore_id: str
     name: str
+
+
+@runtime_checkable
+class JobRecorder(Protocol):
+    """What importing a batch tells the record of jobs (tasks.ledger.RunLedger,
+    or anything else that keeps it): enough to count a batch's attempts and to
+    find a job again if this run dies while it waits."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    def failed_attempts(self, input_s3_uri: str, batch_digest: str) -> int:
+        """Jobs of this batch that ended FAILED."""
+        ...
+
+    def record_job_started(self, job_id: str, batch: Batch, input_s3_uri: str) -> str:
+        """Record a started job; returns the run that started it first."""
+        ...
+
+    def record_job_status(self, outcome: JobOutcome) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -173,7 +191,8 @@ def _datastores_named(client: Any, name: str) -> list[str]:
     found = []
     for page in client.get_paginator("list_datastores").paginate():
         for summary in page.get("datastoreSummaries", []):
-            usable = summary.get("datastoreStatus") in {"ACTIVE", "CREATING"}
+            usable = summary.get("datastoreStatus") in {DatastoreStatus.ACTIVE,
+                                                        DatastoreStatus.CREATING}
             if summary.get("datastoreName") == name and usable:
                 found.append(summary["datastoreId"])
     return sorted(found)
@@ -197,9 +216,9 @@ def _wait_until_active(
                 raise
         else:
             status = properties["datastoreStatus"]
-            if status == "ACTIVE":
+            if status == DatastoreStatus.ACTIVE:
                 return Datastore(datastore_id, properties.get("datastoreName", ""))
-            if status != "CREATING":
+            if status != DatastoreStatus.CREATING:
                 raise DatastoreError(f"Data store {datastore_id} is {status}, not ACTIVE.")
         if waited >= timeout:
             raise DatastoreError(
@@ -228,14 +247,14 @@ def import_batch(
     role_arn: str,
     poll_interval: float,
     poll_timeout: float,
-    ledger: RunLedger | None = None,
+    ledger: JobRecorder | None = None,
 ) -> JobOutcome:
     """Start and wait: one task run per batch, the unit an operator retries.
 
     A refused start becomes a NOT_STARTED outcome rather than an exception, so
     the other batches carry on and the report says which files it affects.
-    The ledger learns the job ID before the wait, so that a run killed while
-    waiting leaves a job that retry_failed can resume.
+    The ledger (any JobRecorder) learns the job ID before the wait, so that a
+    run killed while waiting leaves a job that retry_failed can resume.
     """
     client = medical_imaging_client()
     attempt = ledger.failed_attempts(input_s3_uri, batch.digest) if ledger else 0

@@ -29,8 +29,9 @@ from config.clients import medical_imaging_client
 from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.manifest import SUCCESS_COLUMNS, JobOutput
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.stage import StagedFile
+from tasks.statuses import JobStatus
 
 # SearchImageSets' page size limit (1-50).
 _PAGE_SIZE = 50

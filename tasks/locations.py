@@ -82,6 +82,12 @@ def is_s3(location: str) -> bool:
     return location.startswith(_SCHEME)
 
 
+def fs_path(uri: str) -> str:
+    """The fsspec path of a file's URI: ``bucket/key`` for S3 (fsspec paths
+    carry no scheme), the path itself for a local file."""
+    return S3Uri.parse(uri).path if is_s3(uri) else uri
+
+
 def meant_s3(location: str) -> bool:
     """Whether a folder-or-prefix option was meant as S3 although it may be
     mistyped (``s3:/bucket``, ``S3://bucket``): better refused as a bad URI

@@ -23,7 +23,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.locations import filesystem_for
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
+from tasks.statuses import JobStatus
 
 # Arrow parses on its own thread pool, and mimalloc, pyarrow's default pool,
 # keeps memory per thread: reading two 5,000-line outputs at once added 42 MB

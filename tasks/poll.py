@@ -16,29 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from tasks.backoff import is_transient
 from tasks.interruption import sleep_unless_stopped
-
-
-class JobStatus(StrEnum):
-    SUBMITTED = "SUBMITTED"
-    IN_PROGRESS = "IN_PROGRESS"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    # Ours, not HealthImaging's: we stopped waiting; the job may still finish.
-    TIMED_OUT = "TIMED_OUT"
-    # Ours: StartDICOMImportJob itself was refused, so there is no job.
-    NOT_STARTED = "NOT_STARTED"
-    # Ours: the operator stopped the run; a job (if one started) goes on.
-    INTERRUPTED = "INTERRUPTED"
-
-
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+from tasks.statuses import TERMINAL, JobStatus
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, cast
 
@@ -30,33 +29,10 @@ from tasks.batch import Batch
 from tasks.discover import SourceFile
 from tasks.locations import filesystem_for, is_s3, uri_for
 from tasks.manifest import JobOutput
-from tasks.poll import JobOutcome, JobStatus
-from tasks.stage import StageAction, StagedFile
-from tasks.validate import FileValidity, ValidationRecord
-
-
-class FileStatus(StrEnum):
-    IMPORTED = "imported"
-    IMPORTED_WITH_WARNINGS = "imported_with_warnings"
-    INVALID = "invalid"
-    DUPLICATE = "duplicate"
-    IMPORT_FAILED = "import_failed"
-    JOB_FAILED = "job_failed"
-    TIMED_OUT = "timed_out"
-    # The job COMPLETED but its output could not be read (gone, or not in the
-    # documented shape), and the data store does not hold the file either:
-    # not known to have failed, not known to be imported (tasks.landed).
-    OUTPUT_MISSING = "output_missing"
-    # Valid and batched, but nothing was staged or imported (dry run).
-    VALIDATED = "validated"
-    # In an import job whose output no run has read yet: the run stopped
-    # waiting (Ctrl-C) or died; a rerun or retry gets the same job back.
-    SUBMITTED = "submitted"
-    # The run was stopped before the file's job started: the next run takes it.
-    INTERRUPTED = "interrupted"
-    # Its job failed for a reason that may pass, max_attempts times (retry).
-    GIVEN_UP = "given_up"
-
+from tasks.poll import JobOutcome
+from tasks.stage import StagedFile
+from tasks.statuses import FileStatus, FileValidity, JobStatus, StageAction
+from tasks.validate import ValidationRecord
 
 # The pipeline, not the file's content, let these down (or has not finished
 # with them): a run that leaves any is not done.

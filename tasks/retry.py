@@ -25,17 +25,18 @@ from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
 from tasks.landed import Instance, find_landed
-from tasks.ledger import Change, LedgerFile, LedgerJob, RetryClass, RunLedger, retry_class
+from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
-from tasks.poll import JobOutcome, JobStatus, wait_for_job
+from tasks.poll import JobOutcome, wait_for_job
 from tasks.report import (
     CONFIRMED_IN_DATASTORE,
     FILE_COLUMNS,
-    FileStatus,
     build_file_report,
 )
+from tasks.retry_policy import retry_class
 from tasks.stage import StagedFile, staging_run_id
+from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
 from tasks.validate import ValidationRecord
 
 

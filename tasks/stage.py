@@ -23,7 +23,6 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
 from boto3.exceptions import Boto3Error
@@ -38,6 +37,7 @@ from tasks.checksum import sha256_of_stream
 from tasks.discover import version_text
 from tasks.interruption import stop_requested
 from tasks.locations import S3Uri, is_s3
+from tasks.statuses import StageAction
 from tasks.validate import ValidationRecord
 
 CHECKSUM_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256
@@ -47,14 +47,6 @@ _TRANSFER = TransferConfig(use_threads=False)
 # Up to this size a file is one PutObject; larger ones go in parts, each
 # retried on its own.
 _SINGLE_PUT_MAX = _TRANSFER.multipart_threshold
-
-
-class StageAction(StrEnum):
-    UPLOADED = "uploaded"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    # Not sent: the operator stopped the run first.
-    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)

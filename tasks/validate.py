@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from itertools import islice
 from typing import Any, BinaryIO, NamedTuple
 
@@ -67,13 +66,7 @@ from tasks.dicom_header import (
 )
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
-
-
-class FileValidity(StrEnum):
-    VALID = "valid"
-    INVALID = "invalid"
-    DUPLICATE = "duplicate"
-
+from tasks.statuses import FileValidity
 
 _IMAGE_KEYWORDS = (*IMAGE_ATTRIBUTES, "NumberOfFrames", "SamplesPerPixel",
                    "PhotometricInterpretation")

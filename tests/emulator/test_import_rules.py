@@ -39,7 +39,8 @@ from emulator.samples import (
 from emulator.server import LocalService
 from import_rules.codes import ReasonCode, WarningCode, warning_label
 from tasks.discover import SourceFile
-from tasks.validate import FileValidity, ValidationRecord, validate_file
+from tasks.statuses import FileValidity
+from tasks.validate import ValidationRecord, validate_file
 from tests.emulator.conftest import BUCKET, make_clients, wait_datastore_active
 from tests.emulator.test_import import ImportRun, run_import
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,12 +24,25 @@ from tasks.ledger import (
     metadata,
     runs_table,
 )
-from tasks.validate import FileValidity, ValidationRecord
-from tests.operations.served import free_port
+from tasks.statuses import FileValidity
+from tasks.validate import ValidationRecord
 
 FILES = [SourceFile(f"/landing/f{i:04d}.dcm", 100 + i, f"v{i}", f"f{i:04d}.dcm")
          for i in range(300)]
 DATASTORE = "0123456789abcdef0123456789abcdef"
+
+
+class FakeClock:
+    """The ledger's clock, moved by the test instead of waited for."""
+
+    def __init__(self) -> None:
+        self._now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
 
 
 def _claim_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> list[str]:
@@ -53,34 +64,6 @@ def _race(url: str, processes: int = 3) -> list[list[str]]:
             return pool.starmap(
                 _claim_in_process, [(url, f"run-{i}", barrier) for i in range(processes)]
             )
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL on loopback, from the machine's own binaries."""
-    initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                                            None)
-    if initdb is None:
-        pytest.skip("PostgreSQL binaries are missing (apt-get install postgresql)")
-    bin_dir = Path(initdb).parent
-    folder = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(folder, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = folder / "data"
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
-                    "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-                    str(folder / "log"), "-o", f"-p {port} -k {folder} -h 127.0.0.1",
-                    "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -125,33 +108,66 @@ def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
     presumed_dead_seconds, a live one (beating) never is."""
     url = ledger_url(None, str(tmp_path / "reports"))
     files = FILES[:5]
+    clock = FakeClock()
 
     def run(run_id: str) -> RunLedger:
-        ledger = RunLedger(url, run_id, DATASTORE, presumed_dead_seconds=1.0)
+        ledger = RunLedger(url, run_id, DATASTORE, presumed_dead_seconds=300, clock=clock)
         ledger.start_run("dicom-ingest", "/landing")
         return ledger
 
     killed = run("killed")
     assert len(killed.claim("/landing", files, True).files) == 5
     early = run("early").claim("/landing", files, True)
-    time.sleep(1.3)
+    clock.advance(301)  # the killed run has missed its beats
     live = run("live")
-    with live.holding_claims():
-        taken_over = live.claim("/landing", files, True)
-        time.sleep(2.3)  # over two presumed-dead periods, beating all along
-        blocked = run("late").claim("/landing", files, True)
+    taken_over = live.claim("/landing", files, True)
+    for _ in range(10):  # over two presumed-dead periods, beating all along
+        clock.advance(60)
+        live.beat()
+    blocked = run("late").claim("/landing", files, True)
+    live.release()
     after = run("after").claim("/landing", files, True)
 
     assert early.files == [] and early.claimed_by_other_runs == 5
     assert len(taken_over.files) == 5
     assert blocked.files == [] and blocked.claimed_by_other_runs == 5
+    assert len(after.files) == 5
+
+
+def test_holding_claims_beats_in_the_background_and_releases_at_the_end(
+    tmp_path: Path,
+) -> None:
+    url = ledger_url(None, str(tmp_path / "reports"))
+    clock = FakeClock()
+    # Five beats per presumed-dead period: one every 10 ms of real time.
+    live = RunLedger(url, "live", DATASTORE, presumed_dead_seconds=0.05, clock=clock)
+    live.start_run("dicom-ingest", "/landing")
+
+    def last_beat() -> datetime:
+        with engine_for(url).connect() as conn:
+            return conn.execute(sa.select(runs_table.c.heartbeat_at)
+                                .where(runs_table.c.run_id == "live")).scalar_one()
+
+    with live.holding_claims():
+        assert len(live.claim("/landing", FILES[:5], True).files) == 5
+        clock.advance(3600)
+        deadline = time.monotonic() + 60
+        while last_beat() != clock.now():
+            assert time.monotonic() < deadline, "the run never beat"
+            threading.Event().wait(0.01)
+        blocked = RunLedger(url, "other", DATASTORE, presumed_dead_seconds=0.05,
+                            clock=clock).claim("/landing", FILES[:5], True)
+    after = RunLedger(url, "after", DATASTORE, clock=clock).claim("/landing", FILES[:5], True)
+
+    assert blocked.claimed_by_other_runs == 5
     assert len(after.files) == 5  # released when the block ended
 
 
 def test_a_run_started_again_keeps_its_start_and_beats(url: str) -> None:
     """A flow run retried by Prefect starts its ledger run again."""
     run_id = f"again-{os.getpid()}-{time.monotonic_ns()}"
-    ledger = RunLedger(url, run_id, DATASTORE)
+    clock = FakeClock()
+    ledger = RunLedger(url, run_id, DATASTORE, clock=clock)
 
     def row() -> sa.Row:
         with engine_for(url).connect() as conn:
@@ -160,7 +176,7 @@ def test_a_run_started_again_keeps_its_start_and_beats(url: str) -> None:
 
     ledger.start_run("dicom-ingest", "/landing")
     first = row()
-    time.sleep(0.01)
+    clock.advance(1)
     ledger.start_run("dicom-ingest", "/landing")
     again = row()
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -131,7 +132,7 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
     from prefect.settings import PREFECT_API_URL
 
     from config.settings import get_settings
-    from tasks.ledger import RunLedger, ledger_url
+    from tasks.ledger import RunLedger, SystemClock, ledger_url
     from tests.operations.conftest import medical_imaging
     from tests.operations.served import quiet_env
 
@@ -163,7 +164,9 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
         run.wait()
     (job,) = observer.unfinished_jobs()
     assert {f.status for f in job.files} == {"submitted"}
-    time.sleep(presumed_dead * 1.5)  # the killed run has missed its beats
+    # The retry's clock runs ahead: the killed run has missed its beats.
+    ahead = timedelta(seconds=presumed_dead * 1.5)
+    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
 
     try:
         result = retry_failed(retry_params(tmp_path, datastore=datastore_id))

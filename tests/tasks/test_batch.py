@@ -8,7 +8,8 @@ import pytest
 
 from import_rules.codes import ReasonCode
 from tasks.batch import make_batches
-from tasks.validate import FileValidity, ValidationRecord
+from tasks.statuses import FileValidity
+from tasks.validate import ValidationRecord
 
 
 def _file(series: str, index: int, size: int = 100, study: str = "1.2") -> ValidationRecord:

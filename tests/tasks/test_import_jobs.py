@@ -17,7 +17,8 @@ from tasks.import_jobs import (
     resolve_datastore,
     start_import_job,
 )
-from tasks.validate import FileValidity, ValidationRecord
+from tasks.statuses import FileValidity
+from tasks.validate import ValidationRecord
 
 DS = "0123456789abcdef0123456789abcdef"
 INPUT = "s3://bucket/staging/run/batch/"

@@ -8,7 +8,8 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from tasks.poll import JobStatus, wait_for_job
+from tasks.poll import wait_for_job
+from tasks.statuses import JobStatus
 
 DS = "0123456789abcdef0123456789abcdef"
 

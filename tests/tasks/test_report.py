@@ -10,18 +10,18 @@ import pytest
 from import_rules.codes import ReasonCode
 from tasks.batch import make_batches
 from tasks.manifest import read_job_output
-from tasks.poll import JobOutcome, JobStatus
+from tasks.poll import JobOutcome
 from tasks.report import (
     FILE_COLUMNS,
     PHI_COLUMNS,
-    FileStatus,
     build_file_report,
     build_job_summary,
     status_counts,
     write_report,
 )
-from tasks.stage import StageAction, StagedFile
-from tasks.validate import FileValidity, ValidationRecord
+from tasks.stage import StagedFile
+from tasks.statuses import FileStatus, FileValidity, JobStatus, StageAction
+from tasks.validate import ValidationRecord
 from tests.import_output import (
     DS,
     failure_row,

@@ -13,11 +13,11 @@ from emulator.samples import series_spec, sha256_of, write_ct_series
 from tasks.batch import make_batches
 from tasks.discover import iter_source
 from tasks.stage import (
-    StageAction,
     batch_input_uri,
     stage_batches,
     staging_run_id,
 )
+from tasks.statuses import StageAction
 from tasks.validate import validate_files
 
 

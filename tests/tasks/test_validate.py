@@ -26,8 +26,8 @@ from emulator.samples import (
 )
 from import_rules.codes import ReasonCode
 from tasks.discover import SourceFile, iter_source
+from tasks.statuses import FileValidity
 from tasks.validate import (
-    FileValidity,
     Findings,
     ValidationRecord,
     mark_duplicates,

@@ -14,7 +14,7 @@ recorded, so skipped or done), its batches are the same, and its jobs come
 back by their client tokens instead of being started twice.
 
 An outcome recorded for a file marks it done in every inventory that lists
-it (``RunLedger.record_outcomes``), so a file another run handled meanwhile is
+it (``Claims.record_outcomes``), so a file another run handled meanwhile is
 never taken again from an older listing.
 """
 
@@ -23,29 +23,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.discover import SourceFile, iter_source
-from tasks.ledger import (
-    CLAIM_CHUNK,
-    Change,
-    Holder,
-    RunLedger,
-    Skip,
-    _chunks,
-    _ClaimTally,
-    _compare,
-    _insert,
-    _now,
-    files_table,
-    inventory_table,
-    skip_when_unchanged,
-)
-from tasks.report import FileStatus
+from tasks.ledger.claims import Claims, compare
+from tasks.ledger.runs import Holder
+from tasks.ledger.schema import chunks, files_table, insert_for, inventory_table
+from tasks.retry_policy import skip_when_unchanged
+from tasks.statuses import Change, FileStatus, Skip
 
 DEFAULT_WINDOW_FILES = 10_000
 # Latest outcomes that make a file the one kept of its SOP instance: any
@@ -88,7 +77,7 @@ class Leftover:
 class Inventory:
     """One inventory as one run sees it: the run claims, records and counts."""
 
-    ledger: RunLedger
+    ledger: Claims
     inventory_id: str
 
     def fill(self, source: str, files: Iterable[SourceFile], only_new: bool,
@@ -100,7 +89,7 @@ class Inventory:
         retried) updates what changed and keeps what is done.
         """
         totals = Counter[str]()
-        for chunk in _chunks(files, CLAIM_CHUNK):
+        for chunk in chunks(files):
             totals.update(self._fill_chunk(source, chunk, only_new, max_attempts))
         return Listing(files=totals["files"], to_process=totals["to_process"],
                        skipped_unchanged=totals[Skip.SETTLED], given_up=totals[Skip.GIVEN_UP])
@@ -109,7 +98,7 @@ class Inventory:
                     max_attempts: int) -> Counter[str]:
         files, inventory = files_table, inventory_table
         ledger = self.ledger
-        now = _now()
+        now = ledger._now()
         counts = Counter[str](files=len(chunk))
         with ledger.engine.begin() as conn:
             known = {
@@ -130,7 +119,7 @@ class Inventory:
                         "relative_path": item.relative_path, "attempts": 0,
                         "first_seen_at": now, "updated_at": now})
                 else:
-                    change = _compare(row, item)
+                    change = compare(row, item)
                     if only_new and change is Change.UNCHANGED:
                         skip = skip_when_unchanged(row.status, row.error_type,
                                                    int(row.attempts or 0), max_attempts)
@@ -141,8 +130,8 @@ class Inventory:
                     "version": item.version, "change": change.value,
                     "skip": skip.value if skip else None})
             if new_files:
-                conn.execute(_insert(conn)(files).on_conflict_do_nothing(), new_files)
-            statement = _insert(conn)(inventory)
+                conn.execute(insert_for(conn)(files).on_conflict_do_nothing(), new_files)
+            statement = insert_for(conn)(inventory)
             conn.execute(statement.on_conflict_do_update(
                 index_elements=["inventory_id", "datastore_id", "uri"],
                 set_={column: statement.excluded[column]
@@ -160,7 +149,7 @@ class Inventory:
         ledger = self.ledger
         ledger.release_dead_runs()
         files, inventory = files_table, inventory_table
-        now = _now()
+        now = ledger._now()
         expires = now + timedelta(seconds=ledger.lease_seconds)
         with ledger.engine.begin() as conn:
             query = (
@@ -180,7 +169,7 @@ class Inventory:
                 # instead of queueing behind them (SQLite: the write lock).
                 query = query.with_for_update(of=files, skip_locked=True)
             rows = conn.execute(query).all()
-            for chunk in _chunks(rows, CLAIM_CHUNK):
+            for chunk in chunks(rows):
                 conn.execute(
                     sa.update(inventory)
                     .where(self._mine(), inventory.c.uri.in_([row.uri for row in chunk]))
@@ -211,7 +200,7 @@ class Inventory:
         ledger = self.ledger
         kept: dict[str, str] = {}
         with ledger.engine.begin() as conn:
-            for chunk in _chunks(sorted(set(sop_instance_uids)), CLAIM_CHUNK):
+            for chunk in chunks(sorted(set(sop_instance_uids))):
                 for row in conn.execute(
                     sa.select(files.c.sop_instance_uid, files.c.uri)
                     .join(inventory, self._same_file())
@@ -226,7 +215,8 @@ class Inventory:
         """Counted once no window is left: what was skipped, and who holds the rest."""
         files, inventory = files_table, inventory_table
         ledger = self.ledger
-        tally = _ClaimTally()
+        held: dict[str, int] = {}
+        lease_ends: dict[str, datetime] = {}
         with ledger.engine.begin() as conn:
             skipped: dict[str, int] = dict(conn.execute(
                 sa.select(inventory.c.skip, sa.func.count())
@@ -237,7 +227,7 @@ class Inventory:
                 .join(inventory, self._same_file())
                 .where(self._mine(), inventory.c.skip.is_not(None), files.c.job_id.is_not(None))
                 .group_by(files.c.job_id)).all())
-            held = conn.execute(
+            holding = conn.execute(
                 sa.select(files.c.claim_owner, sa.func.count(),
                           sa.func.max(files.c.claim_expires_at))
                 .join(files, self._same_file())
@@ -248,13 +238,13 @@ class Inventory:
                 sa.select(sa.func.count()).select_from(inventory)
                 .where(self._mine(), inventory.c.done.is_(True),
                        inventory.c.done_by != ledger.run_id)).scalar_one()
-        for owner, count, expires in held:
-            tally.held[owner] = int(count)
+        for owner, count, expires in holding:
+            held[owner] = int(count)
             if expires is not None:
-                tally.lease_ends[owner] = expires
+                lease_ends[owner] = expires
         return Leftover(
-            claimed_by_other_runs=sum(tally.held.values()) + int(recorded_elsewhere),
-            holders=ledger._holders(tally),
+            claimed_by_other_runs=sum(held.values()) + int(recorded_elsewhere),
+            holders=ledger._holders(held, lease_ends),
             skipped_unchanged=int(skipped.get(Skip.SETTLED.value, 0)),
             given_up=int(skipped.get(Skip.GIVEN_UP.value, 0)),
             jobs_of_skipped={job: int(count) for job, count in jobs.items()},

@@ -1,0 +1,86 @@
+"""The ingestion ledger: every source object seen, and what last happened to it.
+
+Reports are per run; a scheduled ingestion needs memory across runs (which
+files were already imported, unchanged), two runs started together need one
+place that decides which of them takes a file, and a retry needs the jobs that
+a killed run started but never read. That is this package, one module per job:
+
+- ``schema``: the tables, the engine per URL (SQLite beside the reports by
+  default, PostgreSQL for a shared deployment), and the migrations that bring
+  any ledger to the current schema;
+- ``runs``: runs, heartbeats and liveness (who is presumed dead);
+- ``claims``: which run takes which file;
+- ``jobs``: import jobs started, how they ended, which wait for outcomes;
+- ``outcomes``: each file's latest outcome and each run's report rows;
+- ``inventory``: a source listed once, handed out to runs in windows.
+
+:class:`RunLedger` (``handle``) is the one handle a run holds: it is made of
+those parts. Import from here; the modules are the package's own layout.
+"""
+
+from tasks.ledger.claims import ClaimResult, claim_files, settle_unchanged
+from tasks.ledger.files import LedgerFile
+from tasks.ledger.handle import RunLedger
+from tasks.ledger.inventory import (
+    Inventory,
+    Leftover,
+    Listing,
+    Window,
+    claim_window,
+    list_source,
+)
+from tasks.ledger.jobs import LedgerJob
+from tasks.ledger.outcomes import RecordedRun, recorded_run
+from tasks.ledger.part import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_PRESUMED_DEAD_SECONDS,
+    Clock,
+    SystemClock,
+)
+from tasks.ledger.runs import Holder
+from tasks.ledger.schema import (
+    LEDGER_FILE_NAME,
+    LedgerError,
+    dispose_engine,
+    engine_for,
+    files_table,
+    jobs_table,
+    ledger_url,
+    metadata,
+    outcomes_table,
+    run_jobs_table,
+    runs_table,
+)
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_PRESUMED_DEAD_SECONDS",
+    "LEDGER_FILE_NAME",
+    "ClaimResult",
+    "Clock",
+    "Holder",
+    "Inventory",
+    "LedgerError",
+    "LedgerFile",
+    "LedgerJob",
+    "Leftover",
+    "Listing",
+    "RecordedRun",
+    "RunLedger",
+    "SystemClock",
+    "Window",
+    "claim_files",
+    "claim_window",
+    "dispose_engine",
+    "engine_for",
+    "files_table",
+    "jobs_table",
+    "ledger_url",
+    "list_source",
+    "metadata",
+    "outcomes_table",
+    "recorded_run",
+    "run_jobs_table",
+    "runs_table",
+    "settle_unchanged",
+]

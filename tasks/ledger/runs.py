@@ -1,0 +1,152 @@
+"""Runs and their liveness: who started, who still beats, who is gone.
+
+A run beats (its row's ``heartbeat_at``) while it holds claims, so a run
+killed outright is presumed dead once it has missed a few beats, and its
+claims go to the next run within minutes rather than when the lease ends. On
+its own host a run whose process is gone is dead at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from tasks.ledger.part import LedgerPart
+from tasks.ledger.schema import files_table, insert_for, runs_table
+from tasks.process_identity import ProcessIdentity
+
+log = logging.getLogger(__name__)
+
+# Beats per presumed-dead period: a run survives a few missed beats (a busy
+# database, a pause) before its claims are taken.
+_BEATS_PER_PERIOD = 5
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A live run holding files this run wanted: who to ask, and when they free."""
+
+    run_id: str
+    files: int
+    host: str | None
+    pid: int | None
+    last_beat: datetime | None
+    # When the files go to another run if the holder stops beating now (or,
+    # for a holder that never beats, when its lease ends).
+    free_at: datetime
+
+    def describe(self) -> str:
+        where = f"on {self.host} (pid {self.pid})" if self.host else "on an unknown host"
+        beat = f"last beat {self.last_beat:%Y-%m-%d %H:%M:%SZ}" if self.last_beat else "no beat"
+        return (f"{self.files} files are held by run {self.run_id} {where}, {beat}; "
+                f"they free at {self.free_at:%Y-%m-%d %H:%M:%SZ} if it stops")
+
+
+class Runs(LedgerPart):
+    """A run's row: its start, its beats, its process, its end."""
+
+    def start_run(self, flow: str, source: str | None) -> None:
+        """A run started again (its flow run retried) keeps its first row and
+        beats."""
+        now = self._now()
+        process = ProcessIdentity.current()
+        holder = {"heartbeat_at": now, "host": process.host, "pid": process.pid,
+                  "process_started_at": process.started_at}
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert_for(conn)(runs_table)
+                .values(run_id=self.run_id, flow=flow, source=source,
+                        datastore_id=self.datastore_id, started_at=now, **holder)
+                .on_conflict_do_update(index_elements=["run_id"], set_=holder)
+            )
+
+    def beat(self) -> None:
+        """Tell other runs this one is alive (its claims stand)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs_table)
+                .where(runs_table.c.run_id == self.run_id)
+                .values(heartbeat_at=self._now())
+            )
+
+    @contextmanager
+    def beating(self) -> Iterator[None]:
+        """Beats in the background while the block runs: a run killed inside
+        the block stops beating, and is presumed dead a few beats later."""
+        stopped = threading.Event()
+        interval = self.presumed_dead_seconds / _BEATS_PER_PERIOD
+
+        def beat_until_stopped() -> None:
+            while not stopped.wait(interval):
+                try:
+                    self.beat()
+                except sa.exc.SQLAlchemyError as error:
+                    log.warning("Ledger heartbeat failed (trying again in %.0f s): %s",
+                                interval, error)
+
+        beating = threading.Thread(target=beat_until_stopped, name="ledger-heartbeat",
+                                   daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stopped.set()
+            beating.join()
+
+    def finish_run(self, counts: Mapping[str, int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs_table)
+                .where(runs_table.c.run_id == self.run_id)
+                .values(finished_at=self._now(), counts=json.dumps(dict(counts), sort_keys=True))
+            )
+
+    def release_dead_runs(self) -> list[str]:
+        """Free the claims of unfinished runs of this host whose process is gone;
+        returns their IDs."""
+        host = ProcessIdentity.current().host
+        with self.engine.begin() as conn:
+            suspects = conn.execute(
+                sa.select(runs_table.c.run_id, runs_table.c.pid,
+                          runs_table.c.process_started_at)
+                .where(runs_table.c.host == host, runs_table.c.finished_at.is_(None),
+                       runs_table.c.run_id != self.run_id, runs_table.c.pid.is_not(None),
+                       sa.exists().where(files_table.c.claim_owner == runs_table.c.run_id))
+            ).all()
+            dead = [row.run_id for row in suspects
+                    if ProcessIdentity(host, row.pid, row.process_started_at).is_gone()]
+            if dead:
+                conn.execute(sa.update(files_table).where(files_table.c.claim_owner.in_(dead))
+                             .values(claim_owner=None, claim_expires_at=None))
+        for run_id in dead:
+            log.info("Run %s of this host is gone: its claims are free.", run_id)
+        return dead
+
+    def _holders(
+        self, held: Mapping[str, int], lease_ends_by_run: Mapping[str, datetime]
+    ) -> tuple[Holder, ...]:
+        """The runs holding files this run wanted (files held, by run), busiest
+        first, with when each frees them."""
+        if not held:
+            return ()
+        with self.engine.begin() as conn:
+            runs = {row.run_id: row for row in conn.execute(
+                sa.select(runs_table).where(runs_table.c.run_id.in_(list(held))))}
+        holders = []
+        for run_id, count in sorted(held.items(), key=lambda item: -item[1]):
+            run = runs.get(run_id)
+            lease_ends = lease_ends_by_run.get(run_id) or self._now()
+            beat = run.heartbeat_at if run is not None else None
+            free_at = (min(lease_ends, beat + timedelta(seconds=self.presumed_dead_seconds))
+                       if beat is not None else lease_ends)
+            holders.append(Holder(run_id, count, run.host if run is not None else None,
+                                  run.pid if run is not None else None, beat, free_at))
+        return tuple(holders)
+

@@ -1,0 +1,314 @@
+"""The ledger's tables and how to reach them: SQLite by default (a file beside
+the reports), PostgreSQL for a shared deployment, on SQLAlchemy Core.
+
+SQLite transactions all begin IMMEDIATE (the database write lock), so that of
+two concurrent runs exactly one decides at a time; PostgreSQL gets row locks
+(``SELECT ... FOR UPDATE``) from the parts that need them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tasks.ledger.migrations import upgrade
+from tasks.locations import is_s3
+
+LEDGER_FILE_NAME = "ledger.sqlite"
+# Files per claim transaction: long enough to amortise the lock, short
+# enough that a concurrent run waits milliseconds, not seconds.
+CLAIM_CHUNK = 500
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened as configured; the message says what to set."""
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out: SQLite keeps no zone, PostgreSQL does."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+files_table = sa.Table(
+    "ledger_files",
+    metadata,
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    # The source the file was found under and its path below it: a retry
+    # stages it again under the same relative path.
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("relative_path", sa.Text, nullable=False),
+    # Identity of the content the latest outcome is about.
+    sa.Column("size", sa.BigInteger),
+    sa.Column("version", sa.String(256)),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(64)),
+    sa.Column("study_instance_uid", sa.String(64)),
+    sa.Column("series_instance_uid", sa.String(64)),
+    # Latest outcome.
+    sa.Column("status", sa.String(32)),
+    sa.Column("change", sa.String(16)),
+    sa.Column("error_type", sa.String(256)),
+    sa.Column("reason", sa.Text),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("batch_id", sa.String(16)),
+    sa.Column("image_set_id", sa.String(32)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_id", sa.String(64)),
+    # The run that last could neither read the output of the job that imported
+    # this file nor find it in the data store: the file's imported outcome
+    # stands, in doubt, until retry_failed looks it up again.
+    sa.Column("output_missing_run_id", sa.String(64)),
+    # The current claim, and what the claiming run saw (recorded as the
+    # content identity only once an outcome exists, so that a run killed
+    # after claiming never makes a changed file look unchanged).
+    sa.Column("claim_owner", sa.String(64)),
+    sa.Column("claim_expires_at", UtcDateTime),
+    sa.Column("claim_size", sa.BigInteger),
+    sa.Column("claim_version", sa.String(256)),
+    sa.Column("claim_change", sa.String(16)),
+    sa.Column("first_seen_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_ledger_files_status", "datastore_id", "status"),
+    sa.Index("ix_ledger_files_job", "datastore_id", "job_id"),
+    sa.Index("ix_ledger_files_claim", "claim_owner"),
+    # Duplicates across the windows of one run (tasks.ledger.inventory).
+    sa.Index("ix_ledger_files_sop", "datastore_id", "sop_instance_uid"),
+)
+
+jobs_table = sa.Table(
+    "ledger_jobs",
+    metadata,
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("batch_id", sa.String(16), nullable=False),
+    sa.Column("batch_digest", sa.String(64), nullable=False),
+    sa.Column("input_s3_uri", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16)),
+    sa.Column("message", sa.Text),
+    # The job's own output folder, known once it ended.
+    sa.Column("output_s3_uri", sa.Text),
+    # True once the files' outcomes from this job's output are recorded; a
+    # job started by a run that died before that is resumed by retry_failed.
+    sa.Column("outcome_recorded", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("submitted_at", UtcDateTime, nullable=False),
+)
+
+outcomes_table = sa.Table(
+    "ledger_outcomes",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    sa.Column("change", sa.String(16)),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("image_set_id", sa.String(32)),
+    sa.Column("error_type", sa.String(256)),
+    sa.Column("reason", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    # The rest of the run's report row, so that the report can be written
+    # again from here alone (``dicom-import report``); never PHI.
+    sa.Column("report_row", sa.Integer),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(64)),
+    sa.Column("study_instance_uid", sa.String(64)),
+    sa.Column("series_instance_uid", sa.String(64)),
+    sa.Column("series_number", sa.String(32)),
+    sa.Column("transfer_syntax", sa.String(64)),
+    sa.Column("batch_id", sa.String(16)),
+    sa.Column("staged_key", sa.Text),
+    sa.Column("is_primary", sa.Boolean),
+    sa.Column("image_set_version", sa.Integer),
+    sa.Column("warning_codes", sa.Text),
+    sa.Column("reason_code", sa.String(64)),
+    sa.Column("expected_warnings", sa.Text),
+    sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
+)
+
+# A run's job report rows, as written (the per-status counts are not kept:
+# they are counted again from the run's outcomes).
+run_jobs_table = sa.Table(
+    "ledger_run_jobs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(16), primary_key=True),
+    sa.Column("report_row", sa.Integer, nullable=False),
+    sa.Column("job_id", sa.String(32)),
+    sa.Column("job_status", sa.String(16)),
+    sa.Column("message", sa.Text),
+    sa.Column("files", sa.Integer),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("input_s3_uri", sa.Text),
+    sa.Column("output_s3_uri", sa.Text),
+    sa.Column("scanned_files", sa.Integer),
+    sa.Column("imported_files", sa.Integer),
+    sa.Column("generated_image_sets", sa.Integer),
+)
+
+# A source as one listing saw it, handed out in windows (tasks.ledger.inventory).
+# An inventory is a run's own, or a migration's, shared by its child runs.
+inventory_table = sa.Table(
+    "ledger_inventory",
+    metadata,
+    sa.Column("inventory_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    sa.Column("relative_path", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(256), nullable=False),
+    sa.Column("change", sa.String(16), nullable=False),
+    # Why an only_new listing left the file alone (retry policy), else NULL.
+    sa.Column("skip", sa.String(16)),
+    # An outcome was recorded for the file since it was listed, by this
+    # inventory's runs or any other: nobody takes it from this inventory again.
+    sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("done_by", sa.String(64)),
+    # The run that last claimed it: a run never takes a file twice, whatever
+    # became of it (a sibling may, once that run is found dead).
+    sa.Column("taken_by", sa.String(64)),
+    sa.Index("ix_ledger_inventory_file", "datastore_id", "uri"),
+)
+# Windows are claimed from the rows not done yet, in URI order: without this,
+# each window would scan past every row already done.
+sa.Index("ix_ledger_inventory_todo", inventory_table.c.inventory_id,
+         inventory_table.c.datastore_id, inventory_table.c.uri,
+         sqlite_where=inventory_table.c.done.is_(False),
+         postgresql_where=inventory_table.c.done.is_(False))
+
+runs_table = sa.Table(
+    "ledger_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Column("datastore_id", sa.String(64), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("counts", sa.Text),
+    # Renewed while the run holds claims; NULL for runs from before heartbeats.
+    sa.Column("heartbeat_at", UtcDateTime),
+    # The process holding the run's claims: on its own host, a run whose
+    # process is gone is dead at once, without waiting for missed beats.
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("process_started_at", UtcDateTime),
+    # Where the run writes its report (recorded before writing it).
+    sa.Column("report_folder", sa.Text),
+)
+
+
+def ledger_url(configured: str | None, report_location: str) -> str:
+    """The configured URL, else SQLite beside the reports.
+
+    Raises:
+        LedgerError: the reports go to S3, where SQLite cannot live.
+    """
+    if configured:
+        return configured
+    if is_s3(report_location):
+        raise LedgerError(
+            f"The report location {report_location} is on S3, where the SQLite ledger cannot "
+            "live: set DICOM_IMPORT_LEDGER_URL to a SQLite path (sqlite:////var/lib/dicom-import/"
+            "ledger.sqlite) or a PostgreSQL URL."
+        )
+    folder = Path(report_location).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / LEDGER_FILE_NAME}"
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per URL and process, the ledger migrated on first use."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            upgrade(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close a ledger's connections (a scratch ledger about to be deleted)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    dialect = sa.engine.make_url(url).get_backend_name()
+    if dialect == "sqlite":
+        # Waits up to a minute for another run's write transaction instead of
+        # failing with "database is locked".
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if dialect == "postgresql":
+        return sa.create_engine(url, pool_pre_ping=True)
+    raise LedgerError(f"Ledger URL {url!r}: only SQLite and PostgreSQL URLs are supported.")
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own implicit BEGIN is deferred (takes the write lock only at
+    # the first write, and two readers then deadlock on upgrading); turn it
+    # off and begin every transaction IMMEDIATE instead.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_for(conn: Connection) -> Any:
+    """The dialect's INSERT, for ON CONFLICT clauses (SQLite's and PostgreSQL's)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def chunks(items: Iterable[Any], size: int = CLAIM_CHUNK) -> Iterator[list[Any]]:
+    """Lists of ``size`` items: statements per chunk, so that one transaction
+    never holds the lock for long nor binds more parameters than allowed."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

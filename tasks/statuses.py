@@ -1,0 +1,110 @@
+"""Every status word the pipeline speaks, in one place.
+
+A status written as a string in one module and compared as an enum in another
+drifts apart unnoticed; defined here once, each word is spelled in exactly one
+line. The codes that say *why* a file was refused or warned about
+(``ReasonCode``, ``WarningCode``) stay in ``import_rules.codes``: the local
+HealthImaging service (``emulator/``) applies the same rules and shares them,
+and it depends on no pipeline module.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FileStatus(StrEnum):
+    """A file's fate in one run: one per row of the report."""
+
+    IMPORTED = "imported"
+    IMPORTED_WITH_WARNINGS = "imported_with_warnings"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    IMPORT_FAILED = "import_failed"
+    JOB_FAILED = "job_failed"
+    TIMED_OUT = "timed_out"
+    # The job COMPLETED but its output could not be read (gone, or not in the
+    # documented shape), and the data store does not hold the file either:
+    # not known to have failed, not known to be imported (tasks.landed).
+    OUTPUT_MISSING = "output_missing"
+    # Valid and batched, but nothing was staged or imported (dry run).
+    VALIDATED = "validated"
+    # In an import job whose output no run has read yet: the run stopped
+    # waiting (Ctrl-C) or died; a rerun or retry gets the same job back.
+    SUBMITTED = "submitted"
+    # The run was stopped before the file's job started: the next run takes it.
+    INTERRUPTED = "interrupted"
+    # Its job failed for a reason that may pass, max_attempts times (retry).
+    GIVEN_UP = "given_up"
+
+
+class JobStatus(StrEnum):
+    """An import job's status: HealthImaging's words, and three of ours."""
+
+    SUBMITTED = "SUBMITTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    # Ours, not HealthImaging's: we stopped waiting; the job may still finish.
+    TIMED_OUT = "TIMED_OUT"
+    # Ours: StartDICOMImportJob itself was refused, so there is no job.
+    NOT_STARTED = "NOT_STARTED"
+    # Ours: the operator stopped the run; a job (if one started) goes on.
+    INTERRUPTED = "INTERRUPTED"
+
+
+# The statuses after which HealthImaging never changes a job again.
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+class DatastoreStatus(StrEnum):
+    """A data store's status as GetDatastore and ListDatastores give it."""
+
+    CREATING = "CREATING"
+    CREATE_FAILED = "CREATE_FAILED"
+    ACTIVE = "ACTIVE"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
+class FileValidity(StrEnum):
+    """What validation made of a file before anything was uploaded."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+
+
+class StageAction(StrEnum):
+    """What staging did with a valid file."""
+
+    UPLOADED = "uploaded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    # Not sent: the operator stopped the run first.
+    INTERRUPTED = "interrupted"
+
+
+class Change(StrEnum):
+    """How a file compares with what the ledger recorded for it."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+
+
+class Skip(StrEnum):
+    """Why an only_new ingestion leaves an unchanged file alone."""
+
+    # Done, or refused for what its bytes are: the same bytes meet the same end.
+    SETTLED = "settled"
+    # A failure that may pass, tried max_attempts times: retry_failed --force.
+    GIVEN_UP = "given_up"
+
+
+class RetryClass(StrEnum):
+    """When a failed file is imported again (tasks.retry_policy decides which)."""
+
+    AUTOMATIC = "automatic"
+    IF_CHANGED = "if_changed"
+    NEVER = "never"
