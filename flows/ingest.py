@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -30,6 +31,7 @@ from flows.cluster import stage_on_cluster, validate_on_cluster
 from flows.parameters import ImportOptions, IngestParameters
 from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
+from tasks.conflicts import explain_conflicts
 from tasks.discover import SourceFile, discover
 from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
@@ -177,6 +179,8 @@ def _import_and_report(
         paths, counts, job_rows = report(
             quote(records), quote(batches), quote(staged), outcomes, quote(outputs), folder,
             params.include_phi, ledger,
+            explain=partial(explain_conflicts, datastore_id=datastore_id) if datastore_id
+            else None,
         )
         publish(job_rows, counts, skipped, paths.files_parquet)
     logger.info("Time by stage: %s", timer.summary())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -74,6 +74,9 @@ FILE_COLUMNS = [
     # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
+    # For a file in a non-primary image set: the elements that differ from
+    # the primary set of its series (tasks.conflicts), names only.
+    "conflict_attributes",
 ]
 # The error_message of a file reported imported because the data store holds
 # it, its job's output being unreadable (followed by why).
@@ -381,11 +384,15 @@ def report(
     folder: str,
     include_phi: bool = False,
     ledger: RunLedger | None = None,
+    explain: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
     """Returns where the report is, counts by status and the job table: small
     enough for artifacts, while the per-file rows stay in storage. With a
-    ledger, the rows are recorded there first and written as recorded."""
+    ledger, the rows are recorded there first and written as recorded.
+    ``explain`` fills columns that need the data store (tasks.conflicts)."""
     files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+    if explain is not None:
+        files = explain(files)
     if ledger is not None:
         files = ledger.record_outcomes(files, outcomes)
     jobs = build_job_summary(batches, outcomes, outputs, files)
