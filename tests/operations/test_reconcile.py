@@ -3,17 +3,23 @@ and the conflicts artifact, then reconciled by an operator's decisions."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
+from cli.main import main
 from emulator.samples import ct_slice, series_spec, write, write_ct_series
 from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from tasks.conflicts import CONFLICTS_ARTIFACT_KEY
-from tests.operations.conftest import ingest_params
+from tasks.reconcile_record import changes_table
+from tests.operations.conftest import DATASTORE, ingest_params, medical_imaging
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -21,14 +27,18 @@ FIRST_PATIENT = "PID-FIRST-7731"
 SECOND_PATIENT = "PID-SECOND-9942"
 
 
-def _conflicting_imports(tmp_path: Path) -> tuple[IngestResult, IngestResult]:
-    """Slices 0-2 of a series, then slices 3-5 of it under another Patient ID:
-    the second import lands in a non-primary image set."""
-    spec = replace(series_spec("conflict"), patient_id=FIRST_PATIENT)
-    write_ct_series(tmp_path / "first", 3, spec, 16, 16)
-    later = replace(spec, patient_id=SECOND_PATIENT)
-    for index in range(3, 6):
-        write(ct_slice(later, index, 16, 16), tmp_path / "second" / f"slice_{index:04d}.dcm")
+def _conflicting_imports(
+    tmp_path: Path, seeds: tuple[str, ...] = ("conflict",)
+) -> tuple[IngestResult, IngestResult]:
+    """Slices 0-2 of each series, then slices 3-5 of it under another Patient
+    ID: the second import lands in a non-primary image set per series."""
+    for seed in seeds:
+        spec = replace(series_spec(seed), patient_id=FIRST_PATIENT)
+        write_ct_series(tmp_path / "first" / seed, 3, spec, 16, 16)
+        later = replace(spec, patient_id=SECOND_PATIENT)
+        for index in range(3, 6):
+            write(ct_slice(later, index, 16, 16),
+                  tmp_path / "second" / seed / f"slice_{index:04d}.dcm")
     first = dicom_ingest(ingest_params(tmp_path, source=str(tmp_path / "first")))
     second = dicom_ingest(ingest_params(tmp_path, source=str(tmp_path / "second")),
                           return_state=True)
@@ -81,3 +91,145 @@ def test_report_names_the_conflicting_attribute_without_its_value(
     csv = Path(second.report_files_csv).read_text()
     for text in (artifact, logs, csv):
         assert FIRST_PATIENT not in text and SECOND_PATIENT not in text
+
+
+def _reconcile(
+    tmp_path: Path, decisions: dict[str, Any], capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str, str]:
+    path = tmp_path / "decisions.json"
+    path.write_text(json.dumps(decisions))
+    code = main(["reconcile", str(path), "--datastore", DATASTORE,
+                 "--report-location", str(tmp_path / "reports"), *extra])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert FIRST_PATIENT not in out + err and SECOND_PATIENT not in out + err
+    return code, out, err
+
+
+def _image_set(datastore_id: str, image_set_id: str) -> dict[str, Any]:
+    return medical_imaging().get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+
+
+def _instances(datastore_id: str, image_set_id: str) -> set[str]:
+    blob = medical_imaging().get_image_set_metadata(datastoreId=datastore_id,
+                                                    imageSetId=image_set_id)
+    document = json.loads(gzip.decompress(blob["imageSetMetadataBlob"].read()))
+    return {uid for series in document["Study"]["Series"].values()
+            for uid in series["Instances"]}
+
+
+def _recorded(tmp_path: Path) -> list[dict[str, Any]]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'reports' / 'ledger.sqlite'}")
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(changes_table.name):
+            return []
+        return [dict(row._mapping) for row in
+                conn.execute(sa.select(changes_table).order_by(changes_table.c.id))]
+
+
+def _sets(report: IngestResult) -> tuple[str, str]:
+    """(datastore ID, image set ID) of a report whose files share one set."""
+    ids = _files(report.report_files_parquet)["image_set_id"].unique()
+    assert len(ids) == 1
+    return str(report.datastore_id), str(ids[0])
+
+
+def test_dry_run_says_what_it_would_do_and_changes_nothing(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+    before = {i: _image_set(datastore_id, i) for i in (primary, non_primary)}
+
+    code, out, err = _reconcile(
+        tmp_path, {non_primary: {"action": "merge", "corrections": {"PatientID": FIRST_PATIENT}}},
+        capsys)
+
+    assert code == 0 and "dicom-import reconcile:" not in err
+    assert "UpdateImageSetMetadata PatientID (version 1)" in out
+    assert f"CopyImageSet into primary image set {primary} (version 1)" in out
+    assert "Dry run: nothing changed" in out
+    for image_set_id, props in before.items():
+        now = _image_set(datastore_id, image_set_id)
+        assert (now["versionId"], now["imageSetState"], now["isPrimary"]) == (
+            props["versionId"], "ACTIVE", props["isPrimary"])
+    assert _recorded(tmp_path) == []
+
+
+def test_apply_merges_a_corrected_set_into_the_primary_set(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+    every_instance = set(_files(first.report_files_parquet)["sop_instance_uid"]) | set(
+        _files(second.report_files_parquet)["sop_instance_uid"])
+
+    code, out, err = _reconcile(
+        tmp_path, {non_primary: {"action": "merge", "corrections": {"PatientID": FIRST_PATIENT}}},
+        capsys, "--apply")
+
+    assert code == 0, err
+    assert f"image set {non_primary}: merged into primary image set {primary}" in out
+    assert _instances(datastore_id, primary) == every_instance
+    assert _image_set(datastore_id, primary)["isPrimary"] is True
+    assert _image_set(datastore_id, non_primary)["imageSetState"] == "DELETED"
+    steps = [(r["operation"], r["image_set_id"], r["version_before"], r["version_after"],
+              r["source_version"], r["attributes"], r["outcome"]) for r in _recorded(tmp_path)]
+    assert steps == [
+        ("UpdateImageSetMetadata", non_primary, "1", "2", None, "PatientID", "applied"),
+        ("CopyImageSet", primary, "1", "2", "2", None, "applied"),
+        ("DeleteImageSet", non_primary, "2", None, None, None, "applied"),
+    ]
+
+
+def test_promote_makes_the_set_primary(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+    # The first import was the mistake: its set is deleted, the later one stays.
+    medical_imaging().delete_image_set(datastoreId=datastore_id, imageSetId=primary)
+
+    code, out, err = _reconcile(tmp_path, {non_primary: "promote"}, capsys, "--apply")
+
+    assert code == 0, err
+    promoted = _recorded(tmp_path)[0]["image_set_id"]
+    assert f"image set {non_primary}: promoted to primary image set {promoted}" in out
+    assert _image_set(datastore_id, promoted)["isPrimary"] is True
+    assert _instances(datastore_id, promoted) == set(
+        _files(second.report_files_parquet)["sop_instance_uid"])
+    assert _image_set(datastore_id, non_primary)["imageSetState"] == "DELETED"
+
+
+def test_each_failed_decision_is_one_line_and_the_rest_go_on(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeds = ("stale", "promoted", "merged")
+    _, second = _conflicting_imports(tmp_path, seeds)
+    rows = _files(second.report_files_parquet)
+    datastore_id = str(second.datastore_id)
+    of = {seed: str(rows.loc[rows["source_uri"].str.contains(f"/{seed}/"),
+                             "image_set_id"].iloc[0]) for seed in seeds}
+    correction = {"PatientID": FIRST_PATIENT}
+
+    code, out, err = _reconcile(tmp_path, {
+        of["stale"]: {"action": "merge", "corrections": correction, "version": 7},
+        of["promoted"]: "promote",
+        of["merged"]: {"action": "merge", "corrections": correction},
+    }, capsys, "--apply")
+
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("dicom-import reconcile:")]
+    assert len(lines) == 2
+    assert of["stale"] in lines[0] and "no longer at version 7" in lines[0]
+    assert of["promoted"] in lines[1] and "already has primary image set" in lines[1]
+    assert f"image set {of['merged']}: merged into" in out
+    for seed in ("stale", "promoted"):
+        props = _image_set(datastore_id, of[seed])
+        assert (props["versionId"], props["imageSetState"]) == ("1", "ACTIVE")
+    recorded = _recorded(tmp_path)
+    assert [(r["decided_image_set_id"], r["outcome"]) for r in recorded] == [
+        (of["stale"], "failed"), *[(of["merged"], "applied")] * 3]
