@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from botocore.exceptions import ClientError
-from prefect import task
+from botocore.exceptions import BotoCoreError, ClientError
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -195,11 +195,24 @@ def conflicts_markdown(conflicts: list[SeriesConflict]) -> str:
 
 def explain(datastore_id: str, files: pd.DataFrame, client: Any | None = None) -> pd.DataFrame:
     """The report rows with ``conflict_attributes``, and the conflicts artifact
-    published (every run, so the artifact's latest version is this run's)."""
-    conflicts = find_conflicts(datastore_id, files, client)
+    published (every run, so the artifact's latest version is this run's).
+
+    The explanation must never cost the report: when the data store cannot
+    be asked (throttled past botocore's retries, no permission to read
+    metadata), the column stays empty and the artifact and a warning say why.
+    """
+    try:
+        conflicts = find_conflicts(datastore_id, files, client)
+        markdown = conflicts_markdown(conflicts)
+    except (ClientError, BotoCoreError) as error:
+        reason = (f"{error_code(error)} from {error.operation_name}"
+                  if isinstance(error, ClientError) else str(error))
+        get_run_logger().warning("Non-primary image sets not explained: %s", reason)
+        conflicts = []
+        markdown = f"## Non-primary image sets\n\nNot explained: {reason}\n"
     create_markdown_artifact(
         key=CONFLICTS_ARTIFACT_KEY,
-        markdown=conflicts_markdown(conflicts),
+        markdown=markdown,
         description="Series with files in non-primary image sets: IDs, element names, counts.",
     )
     return add_conflict_attributes(files, conflicts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def _conflicting_imports(
     return first, second.result()
 
 
-def _run_artifact_and_logs(flow_run_id: str) -> tuple[str, str]:
+def _run_artifact_and_logs(flow_run_id: str, until: str = "Time by stage") -> tuple[str, str]:
+    """The run's conflicts artifact and its log, once the log holds ``until``
+    (logs reach the API in batches, a little after the run ends)."""
     import uuid
 
     from prefect.client.orchestration import get_client
@@ -58,13 +61,20 @@ def _run_artifact_and_logs(flow_run_id: str) -> tuple[str, str]:
     )
 
     run = uuid.UUID(flow_run_id)
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[CONFLICTS_ARTIFACT_KEY]),
             flow_run_id=ArtifactFilterFlowRunId(any_=[run])))
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run])))
+        while True:
+            logs = "\n".join(log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run]))))
+            if until in logs:
+                break
+            assert time.monotonic() < deadline, f"no {until!r} in the run's logs"
+            time.sleep(0.5)
     assert len(artifacts) == 1
-    return str(artifacts[0].data), "\n".join(log.message for log in logs)
+    return str(artifacts[0].data), logs
 
 
 def _files(path: str) -> pd.DataFrame:
@@ -91,6 +101,21 @@ def test_report_names_the_conflicting_attribute_without_its_value(
     csv = Path(second.report_files_csv).read_text()
     for text in (artifact, logs, csv):
         assert FIRST_PATIENT not in text and SECOND_PATIENT not in text
+
+
+def test_report_is_written_when_the_conflicts_cannot_be_read(
+    service: LocalService, tmp_path: Path
+) -> None:
+    service.faults.error_rate = {"GetImageSetMetadata": 1.0}
+
+    _, second = _conflicting_imports(tmp_path)
+
+    after = _files(second.report_files_parquet)
+    assert len(after) == 3 and not after["is_primary"].any()
+    assert after["conflict_attributes"].isna().all()
+    artifact, _ = _run_artifact_and_logs(str(second.flow_run_id),
+                                         until="Non-primary image sets not explained")
+    assert "Not explained: InternalServerException from GetImageSetMetadata" in artifact
 
 
 def _reconcile(
@@ -224,7 +249,7 @@ def test_each_failed_decision_is_one_line_and_the_rest_go_on(
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("dicom-import reconcile:")]
     assert len(lines) == 2
-    assert of["stale"] in lines[0] and "no longer at version 7" in lines[0]
+    assert of["stale"] in lines[0] and "version 7 is no longer the latest" in lines[0]
     assert of["promoted"] in lines[1] and "already has primary image set" in lines[1]
     assert f"image set {of['merged']}: merged into" in out
     for seed in ("stale", "promoted"):
@@ -233,3 +258,20 @@ def test_each_failed_decision_is_one_line_and_the_rest_go_on(
     recorded = _recorded(tmp_path)
     assert [(r["decided_image_set_id"], r["outcome"]) for r in recorded] == [
         (of["stale"], "failed"), *[(of["merged"], "applied")] * 3]
+
+
+@pytest.mark.parametrize("content", [
+    "not json", '{"0123": "promote"}', '{"%s": {"action": "split"}}' % ("a" * 32),
+], ids=["not-json", "not-an-id", "unknown-action"])
+def test_unusable_decisions_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    path = tmp_path / "decisions.json"
+    path.write_text(content)
+
+    code = main(["reconcile", str(path), "--datastore", DATASTORE])
+
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("dicom-import reconcile:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in out + err
+    assert f"decisions file {path}" in lines[0]
