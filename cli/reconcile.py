@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
 def tell(result: ReconcileResult) -> ExitStatus:
     """One line per decision: what it would do or did on stdout, failures on stderr."""
     for decision in result.decisions:
+        what = f"image set {decision.image_set_id}: {decision.action.value}"
         if decision.outcome is DecisionOutcome.FAILED:
-            print(f"dicom-import reconcile: {decision.action.value} failed: {decision.detail}",
-                  file=sys.stderr)
+            print(f"dicom-import reconcile: {what} failed: {decision.detail}", file=sys.stderr)
         elif decision.outcome is DecisionOutcome.PLANNED:
-            print(f"would {decision.detail}")
+            print(f"{what} would: {decision.detail}")
         else:
-            print(decision.detail)
+            print(f"image set {decision.image_set_id}: {decision.detail}")
     if not result.applied:
         print("Dry run: nothing changed. Run again with --apply to carry these out.")
     return ExitStatus.FILES_FAILED if result.failed() else ExitStatus.OK

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -173,8 +173,7 @@ class Plan:
         else:
             steps.append(f"{COPY} with promoteToPrimary{force}")
         steps.append(f"{DELETE} {self.image_set_id}")
-        return (f"image set {self.image_set_id} (series {self.series_instance_uid}): "
-                f"{self.decision.action.value}: " + "; then ".join(steps))
+        return f"(series {self.series_instance_uid}) " + "; then ".join(steps)
 
 
 def plan_decision(
@@ -190,21 +189,20 @@ def plan_decision(
         props = client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
     except ClientError as error:
         if error_code(error) == "ResourceNotFoundException":
-            raise ReconcileError(f"image set {image_set_id} does not exist") from None
+            raise ReconcileError("no such image set in this data store") from None
         raise
     if props.get("imageSetState") != "ACTIVE":
         raise ReconcileError(
-            f"image set {image_set_id} is {props.get('imageSetState')} "
-            f"({props.get('imageSetWorkflowStatus')}): nothing can change it now"
+            f"it is {props.get('imageSetState')} ({props.get('imageSetWorkflowStatus')}): "
+            "nothing can change it now"
         )
     if props.get("isPrimary", True):
-        raise ReconcileError(f"image set {image_set_id} is primary: nothing to reconcile")
+        raise ReconcileError("it is a primary image set: nothing to reconcile")
     document = image_set_document(client, datastore_id, image_set_id) or {}
     series_uids = list((document.get("Study") or {}).get("Series") or {})
     if len(series_uids) != 1:
         raise ReconcileError(
-            f"image set {image_set_id} holds {len(series_uids)} series; "
-            "a decision applies to a set of one series"
+            f"it holds {len(series_uids)} series; a decision applies to a set of one series"
         )
     series = series_uids[0]
     levels = element_levels(document, series)
@@ -215,8 +213,7 @@ def plan_decision(
                      _HOME_LEVEL.get(keyword))
         if level is None:
             raise ReconcileError(
-                f"image set {image_set_id}: {keyword} is not a Patient, Study or Series "
-                "attribute of this image set"
+                f"{keyword} is not a Patient, Study or Series attribute of this image set"
             )
         where[keyword] = level
     plan = Plan(image_set_id, decision, decision.version or str(props["versionId"]), study,
@@ -225,58 +222,68 @@ def plan_decision(
     if decision.action is Action.MERGE:
         if primary is None:
             raise ReconcileError(
-                f"image set {image_set_id}: series {series} has no primary image set to merge "
-                "into; promote it instead"
+                f"series {series} has no primary image set to merge into; promote it instead"
             )
-        return _with_primary(plan, primary)
+        return replace(plan, primary_image_set_id=primary["imageSetId"],
+                       primary_version=str(primary["version"]))
     if primary is not None and not set(_IDENTITY) & set(where):
         raise ReconcileError(
-            f"image set {image_set_id}: series {series} already has primary image set "
-            f"{primary['imageSetId']}: merge into it, or correct StudyInstanceUID or "
-            "SeriesInstanceUID (with force) before promoting"
+            f"series {series} already has primary image set {primary['imageSetId']}: merge "
+            "into it, or correct StudyInstanceUID or SeriesInstanceUID (with force) before "
+            "promoting"
         )
     return plan
 
 
-def _with_primary(plan: Plan, primary: dict[str, Any]) -> Plan:
-    return Plan(**{**plan.__dict__, "primary_image_set_id": primary["imageSetId"],
-                   "primary_version": str(primary["version"])})
-
-
 def _wait_until_written(
     client: Any, datastore_id: str, image_set_id: str, operation: str, timeout: float
-) -> dict[str, Any]:
-    """Writes are asynchronous: the set stays LOCKED until the write ends."""
+) -> None:
+    """Writes are asynchronous: the set stays LOCKED until the write ends.
+
+    Raises:
+        ReconcileError: the write ended *_FAILED, or did not end in time, or
+            its end could not be read.
+    """
     deadline = time.monotonic() + timeout
     interval = 0.1
-    while True:
-        props = client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
-        if props["imageSetState"] != "LOCKED":
-            break
-        if time.monotonic() > deadline:
-            raise ReconcileError(
-                f"{operation} of image set {image_set_id} had not finished after {timeout:.0f} s "
-                "(still LOCKED); look at it again later"
-            )
-        time.sleep(interval)
-        interval = min(interval * 1.5, 5.0)
+    try:
+        while True:
+            props = client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+            if props["imageSetState"] != "LOCKED":
+                break
+            if time.monotonic() > deadline:
+                raise ReconcileError(
+                    f"{operation} of image set {image_set_id} had not finished after "
+                    f"{timeout:.0f} s (still LOCKED); look at it again later"
+                )
+            time.sleep(interval)
+            interval = min(interval * 1.5, 5.0)
+    except ClientError as error:
+        raise ReconcileError(
+            f"{operation} of image set {image_set_id} was accepted, but whether it finished "
+            f"could not be read: {error_code(error)}: {_message(error)}"
+        ) from None
     status = str(props.get("imageSetWorkflowStatus", ""))
     if status.endswith("_FAILED"):
         raise ReconcileError(f"{operation} of image set {image_set_id} ended {status}: "
                              f"{props.get('message') or 'no message'}")
-    return props
 
 
-def _refusal(operation: str, image_set_id: str, version: str | None, error: ClientError) -> str:
-    message = str(error.response.get("Error", {}).get("Message", ""))
-    if error_code(error) == "ResourceNotFoundException" and _NOT_LATEST in message:
-        return (f"{operation} refused: image set {image_set_id} is no longer at version "
-                f"{version} (it changed since); look at it again and decide again")
-    return f"{operation} refused: {error_code(error)}: {message}"
+def _message(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", ""))
+
+
+def _refusal(operation: str, expected: str, error: ClientError) -> str:
+    """One line for a refused write; ``expected`` names the versions it sent."""
+    if error_code(error) == "ResourceNotFoundException" and _NOT_LATEST in _message(error):
+        return (f"{operation} refused: {expected} is no longer the latest version (the set "
+                "changed since); look at it again and decide again")
+    return f"{operation} refused: {error_code(error)}: {_message(error)}"
 
 
 class _Writer:
-    """Carries out one plan's writes and records each in the ledger."""
+    """Carries out one plan's writes and records each in the ledger, refused
+    and failed ones too."""
 
     def __init__(self, client: Any, datastore_id: str, plan: Plan, record: ReconcileRecord,
                  timeout: float) -> None:
@@ -294,18 +301,32 @@ class _Writer:
             forced=self.plan.decision.force and operation != DELETE, error=error, **extra,
         ))
 
-    def call(self, operation: str, image_set_id: str, version: str | None, send: Any,
-             **extra: Any) -> dict[str, Any]:
+    def write(self, operation: str, image_set_id: str, before: str | None, expected: str,
+              send: Any, **extra: Any) -> dict[str, Any]:
+        """Send one write; a refusal is recorded and becomes a ReconcileError."""
         try:
             return send()
         except ClientError as error:
-            line = _refusal(operation, image_set_id, version, error)
-            self.record(operation, image_set_id, version, None, line, **extra)
+            line = _refusal(operation, expected, error)
+            self.record(operation, image_set_id, before, None, line, **extra)
             raise ReconcileError(line) from None
+
+    def finish(self, operation: str, image_set_ids: tuple[str, ...], image_set_id: str,
+               before: str | None, after: str | None, **extra: Any) -> None:
+        """Wait for an accepted write to end, and record it either way."""
+        try:
+            for waited in image_set_ids:
+                _wait_until_written(self.client, self.datastore_id, waited, operation,
+                                    self.timeout)
+        except ReconcileError as error:
+            self.record(operation, image_set_id, before, after, str(error), **extra)
+            raise
+        self.record(operation, image_set_id, before, after, **extra)
 
     def update(self) -> str:
         plan = self.plan
-        response = self.call(UPDATE, plan.image_set_id, plan.version, lambda: (
+        expected = f"image set {plan.image_set_id} version {plan.version}"
+        response = self.write(UPDATE, plan.image_set_id, plan.version, expected, lambda: (
             self.client.update_image_set_metadata(
                 datastoreId=self.datastore_id, imageSetId=plan.image_set_id,
                 latestVersionId=plan.version,
@@ -314,14 +335,8 @@ class _Writer:
                 force=plan.decision.force,
             )), attributes=plan.keywords)
         after = str(response["latestVersionId"])
-        try:
-            _wait_until_written(self.client, self.datastore_id, plan.image_set_id, UPDATE,
-                                self.timeout)
-        except ReconcileError as error:
-            self.record(UPDATE, plan.image_set_id, plan.version, None, str(error),
-                        attributes=plan.keywords)
-            raise
-        self.record(UPDATE, plan.image_set_id, plan.version, after, attributes=plan.keywords)
+        self.finish(UPDATE, (plan.image_set_id,), plan.image_set_id, plan.version, after,
+                    attributes=plan.keywords)
         return after
 
     def copy(self, source_version: str) -> tuple[str, str]:
@@ -329,43 +344,34 @@ class _Writer:
         version after the copy."""
         plan = self.plan
         information: dict[str, Any] = {"sourceImageSet": {"latestVersionId": source_version}}
-        target = plan.primary_image_set_id
+        expected = f"image set {plan.image_set_id} version {source_version}"
         if plan.decision.action is Action.MERGE:
             information["destinationImageSet"] = {
-                "imageSetId": target, "latestVersionId": plan.primary_version}
+                "imageSetId": plan.primary_image_set_id,
+                "latestVersionId": plan.primary_version}
+            expected += (f" or primary image set {plan.primary_image_set_id} version "
+                         f"{plan.primary_version}")
         source = {"source_image_set_id": plan.image_set_id, "source_version": source_version}
-        response = self.call(COPY, target or plan.image_set_id,
-                             plan.primary_version if target else source_version, lambda: (
-            self.client.copy_image_set(
+        response = self.write(
+            COPY, plan.primary_image_set_id or plan.image_set_id, plan.primary_version,
+            expected, lambda: self.client.copy_image_set(
                 datastoreId=self.datastore_id, sourceImageSetId=plan.image_set_id,
                 copyImageSetInformation=information, force=plan.decision.force,
                 promoteToPrimary=plan.decision.action is Action.PROMOTE,
-            )), **source)
+            ), **source)
         destination = response["destinationImageSetProperties"]
-        target, after = destination["imageSetId"], str(destination["latestVersionId"])
-        source_after = str(response["sourceImageSetProperties"].get("latestVersionId")
-                           or source_version)
-        try:
-            for image_set_id in (target, plan.image_set_id):
-                _wait_until_written(self.client, self.datastore_id, image_set_id, COPY,
-                                    self.timeout)
-        except ReconcileError as error:
-            self.record(COPY, target, plan.primary_version, None, str(error), **source)
-            raise
-        self.record(COPY, target, plan.primary_version, after, **source)
-        return target, source_after
+        target = destination["imageSetId"]
+        self.finish(COPY, (target, plan.image_set_id), target, plan.primary_version,
+                    str(destination["latestVersionId"]), **source)
+        source_after = response["sourceImageSetProperties"].get("latestVersionId")
+        return target, str(source_after or source_version)
 
     def delete(self, version: str) -> None:
         image_set_id = self.plan.image_set_id
-        self.call(DELETE, image_set_id, version, lambda: self.client.delete_image_set(
-            datastoreId=self.datastore_id, imageSetId=image_set_id))
-        try:
-            _wait_until_written(self.client, self.datastore_id, image_set_id, DELETE,
-                                self.timeout)
-        except ReconcileError as error:
-            self.record(DELETE, image_set_id, version, None, str(error))
-            raise
-        self.record(DELETE, image_set_id, version, None)
+        self.write(DELETE, image_set_id, version, f"image set {image_set_id}",
+                   lambda: self.client.delete_image_set(datastoreId=self.datastore_id,
+                                                        imageSetId=image_set_id))
+        self.finish(DELETE, (image_set_id,), image_set_id, version, None)
 
 
 def apply_plan(
@@ -395,7 +401,8 @@ class DecisionResult(BaseModel):
     image_set_id: str
     action: Action
     outcome: DecisionOutcome
-    # One line: the plan, what was done, or why it failed. No values.
+    # One line, without the image set ID: the steps planned, what was done,
+    # or why it failed. Never an attribute value.
     detail: str
     primary_image_set_id: str | None = None
 
@@ -404,24 +411,28 @@ def reconcile(
     datastore_id: str, image_set_id: str, decision: Decision, record: ReconcileRecord | None,
     timeout: float, client: Any | None = None,
 ) -> DecisionResult:
-    """Plan one decision, and carry it out when ``record`` is given (``--apply``)."""
+    """Plan one decision, and carry it out when ``record`` is given (``--apply``).
+    Any failure is this decision's alone: the caller goes on with the others."""
     client = client or medical_imaging_client()
+
+    def result(outcome: DecisionOutcome, detail: str,
+               primary: str | None = None) -> DecisionResult:
+        return DecisionResult(image_set_id=image_set_id, action=decision.action,
+                              outcome=outcome, detail=detail, primary_image_set_id=primary)
+
     try:
         plan = plan_decision(client, datastore_id, image_set_id, decision)
         if record is None:
-            return DecisionResult(image_set_id=image_set_id, action=decision.action,
-                                  outcome=DecisionOutcome.PLANNED, detail=plan.describe(),
-                                  primary_image_set_id=plan.primary_image_set_id)
+            return result(DecisionOutcome.PLANNED, plan.describe(), plan.primary_image_set_id)
         primary = apply_plan(client, datastore_id, plan, record, timeout)
     except ReconcileError as error:
-        return DecisionResult(image_set_id=image_set_id, action=decision.action,
-                              outcome=DecisionOutcome.FAILED, detail=str(error))
+        return result(DecisionOutcome.FAILED, str(error))
+    except ClientError as error:
+        return result(DecisionOutcome.FAILED, f"{error.operation_name} refused: "
+                      f"{error_code(error)}: {_message(error)}")
     done = "merged into" if decision.action is Action.MERGE else "promoted to"
-    return DecisionResult(
-        image_set_id=image_set_id, action=decision.action, outcome=DecisionOutcome.APPLIED,
-        detail=f"image set {image_set_id}: {done} primary image set {primary}; "
-        f"{image_set_id} deleted", primary_image_set_id=primary,
-    )
+    return result(DecisionOutcome.APPLIED,
+                  f"{done} primary image set {primary}; {image_set_id} deleted", primary)
 
 
 @task(name="reconcile-image-set", cache_policy=NO_CACHE)
@@ -430,5 +441,6 @@ def reconcile_image_set(
     timeout: float,
 ) -> DecisionResult:
     result = reconcile(datastore_id, image_set_id, decision, record, timeout)
-    get_run_logger().info("%s: %s", result.outcome.value, result.detail)
+    get_run_logger().info("image set %s: %s %s: %s", image_set_id, decision.action.value,
+                          result.outcome.value, result.detail)
     return result
