@@ -275,3 +275,18 @@ def test_unusable_decisions_file_is_one_line(
     lines = [line for line in err.splitlines() if line.startswith("dicom-import reconcile:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in out + err
     assert f"decisions file {path}" in lines[0]
+
+
+def test_a_service_error_while_checking_fails_that_decision_only(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    medical_imaging().create_datastore(datastoreName=DATASTORE)
+    service.faults.error_rate = {"GetImageSet": 1.0}
+    decided = "b" * 32
+
+    code, _, err = _reconcile(tmp_path, {decided: "promote"}, capsys)
+
+    lines = [line for line in err.splitlines() if line.startswith("dicom-import reconcile:")]
+    assert code == 1 and len(lines) == 1
+    assert f"image set {decided}: promote failed: GetImageSet refused: InternalServerException" \
+        in lines[0]
