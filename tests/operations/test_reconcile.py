@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from cli.main import main
-from emulator.samples import ct_slice, series_spec, write, write_ct_series
+from emulator.samples import ct_slice, series_spec, uid, write, write_ct_series
 from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from tasks.conflicts import CONFLICTS_ARTIFACT_KEY
@@ -227,6 +227,33 @@ def test_promote_makes_the_set_primary(
     assert _instances(datastore_id, promoted) == set(
         _files(second.report_files_parquet)["sop_instance_uid"])
     assert _image_set(datastore_id, non_primary)["imageSetState"] == "DELETED"
+
+
+def test_promote_after_giving_the_set_a_series_of_its_own(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AWS's documented way out: correct the UIDs of the non-primary set
+    (force), then promote it; the primary set of the old series stays as it was."""
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+    own_series = uid("conflict-own-series")
+
+    code, out, err = _reconcile(tmp_path, {non_primary: {
+        "action": "promote", "corrections": {"SeriesInstanceUID": own_series}, "force": True,
+    }}, capsys, "--apply")
+
+    assert code == 0, err
+    promoted = _recorded(tmp_path)[1]["image_set_id"]
+    assert f"image set {non_primary}: promoted to primary image set {promoted}" in out
+    blob = medical_imaging().get_image_set_metadata(datastoreId=datastore_id,
+                                                    imageSetId=promoted)
+    document = json.loads(gzip.decompress(blob["imageSetMetadataBlob"].read()))
+    assert list(document["Study"]["Series"]) == [own_series]
+    assert _image_set(datastore_id, promoted)["isPrimary"] is True
+    assert _instances(datastore_id, primary) == set(
+        _files(first.report_files_parquet)["sop_instance_uid"])
+    assert _image_set(datastore_id, primary)["versionId"] == "1"
 
 
 def test_each_failed_decision_is_one_line_and_the_rest_go_on(
