@@ -23,6 +23,7 @@ from emulator.exceptions import (
     ServiceQuotaExceededException,
     ValidationException,
 )
+from emulator.imagesets import dicom_tags
 from emulator.metadata_updates import apply_dicom_updates, parse_payload, study_level_part
 from emulator.pagination import paginate
 from emulator.storage_tiers import tier_properties
@@ -405,7 +406,15 @@ class ImageSetOperations:
         with UpdateImageSetMetadata's message; copying a set into itself is a
         ValidationException; more than ``config.max_copy_frames`` frames is
         ServiceQuotaExceededException. Mismatch and uniqueness rules: see
-        ``copies.merge``."""
+        ``copies.merge``.
+
+        One primary image set per study and series (behaviour doc §3.3): a
+        copy that would make a second one (promoteToPrimary of a set whose
+        Study and Series Instance UIDs are those of a primary set that is not
+        the destination) is a ConflictException. AWS does not say how it
+        refuses this; its documented way to resolve a conflict is to correct
+        the UIDs first (UpdateImageSetMetadata with force) or to merge into
+        the primary set, and the error says so."""
         source_info = copyImageSetInformation["sourceImageSet"]
         destination_info = copyImageSetInformation.get("destinationImageSet")
         copiable = (source_info.get("DICOMCopies") or {}).get("copiableAttributes")
@@ -425,6 +434,10 @@ class ImageSetOperations:
                 raise ServiceQuotaExceededException(
                     f"The copy holds {frames} frames; CopyImageSet takes at most "
                     f"{self.config.max_copy_frames}"
+                )
+            if promoteToPrimary:
+                self._check_single_primary(
+                    datastoreId, copied, destination, exempt={sourceImageSetId}
                 )
             if destination is None:
                 destination = self.image_sets.create(
@@ -463,6 +476,34 @@ class ImageSetOperations:
             "sourceImageSetProperties": properties[0],
             "destinationImageSetProperties": properties[1],
         }
+
+    def _check_single_primary(
+        self,
+        datastore_id: str,
+        copied: dict[str, Any],
+        destination: dict[str, Any] | None,
+        exempt: set[str],
+    ) -> None:
+        """Refuse a promotion that would give a series a second primary set."""
+        if destination is not None and destination["isPrimary"]:
+            return
+        tags = dicom_tags(copied)
+        key = (tags.get("DICOMStudyInstanceUID"), tags.get("DICOMSeriesInstanceUID"))
+        if destination is not None:
+            exempt = exempt | {destination["imageSetId"]}
+        for record in self.image_sets.in_datastore(datastore_id):
+            other = record.get("dicomTags") or {}
+            if (
+                record["isPrimary"]
+                and record["imageSetId"] not in exempt
+                and (other.get("DICOMStudyInstanceUID"), other.get("DICOMSeriesInstanceUID"))
+                == key
+            ):
+                raise ConflictException(
+                    f"Series {key[1]} of study {key[0]} already has primary image set "
+                    f"{record['imageSetId']}: copy into it (destinationImageSet), or correct "
+                    "the Study or Series Instance UID before promoting"
+                )
 
     def _copy_properties(self, record: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -38,6 +38,7 @@ from flows.run_identity import (
 )
 from flows.task_arguments import quote
 from tasks.batch import Batch, batch
+from tasks.conflicts import SeriesConflict, explain_conflicts, publish_conflicts
 from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
@@ -186,6 +187,9 @@ class _RunTally:
     job_tables: list[pd.DataFrame] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     jobs_from_earlier_runs: list[str] = field(default_factory=list)
+    # Series with files in non-primary image sets (few), for one artifact.
+    conflicts: list[SeriesConflict] = field(default_factory=list)
+    unexplained: str | None = None
 
 
 def _work_through(
@@ -237,6 +241,8 @@ def _work_through(
         paths = writer.close(jobs, {"counts": writer.counts, **skipped,
                                     "jobs": len(tally.job_ids)})
         publish(job_rows(jobs), writer.counts, skipped, paths.files_parquet)
+        if datastore is not None:
+            publish_conflicts(tally.conflicts, tally.unexplained)
     get_run_logger().info("Time by stage: %s", timer.summary())
     ledger.finish_run({**writer.counts, **skipped})
     return IngestResult(
@@ -299,6 +305,11 @@ def _report_window(
                                        outcomes, quote(job_outputs(outcomes)))
         files = build_report(quote(window.records), quote(window.batches), quote(window.staged),
                              outcomes, quote(outputs), params.include_phi)
+        if datastore_id is not None:
+            explained = explain_conflicts(quote(files), datastore_id)
+            files = explained.files
+            tally.conflicts += explained.conflicts
+            tally.unexplained = tally.unexplained or explained.unexplained
         files = ledger.record_outcomes(files, outcomes)
         writer.add_files(files)
         tally.job_tables.append(build_job_summary(window.batches, outcomes, outputs, files))

@@ -163,3 +163,39 @@ class RetryParameters(ImportOptions):
         description="Also files that failed validation or with a customer error although "
         "they have not changed, and files past the attempt limit.",
     )
+
+
+class ReconcileParameters(BaseModel):
+    """An operator's decisions about non-primary image sets, and whether to
+    carry them out or only say what they would do."""
+
+    decisions: str = Field(
+        description="JSON file (path or s3:// URI): a non-primary image set ID -> "
+        '{"action": "promote" | "merge", "corrections": {"Keyword": value}, "force": false, '
+        '"version": "N"} for each image set to reconcile.',
+    )
+    datastore: str | None = Field(
+        default_factory=_setting("datastore"),
+        description="HealthImaging data store ID (32 hex) or name.",
+    )
+    report_location: str = Field(
+        default_factory=_setting("report_location"),
+        description="Folder beside which the ledger is (ledger.sqlite), unless "
+        "DICOM_IMPORT_LEDGER_URL names it: every change is recorded there.",
+    )
+    apply: bool = Field(
+        default=False,
+        description="Carry the decisions out. Without it, a dry run: prints what each would "
+        "do and changes nothing.",
+    )
+    write_timeout_seconds: float = Field(
+        default=600.0, gt=0,
+        description="How long to wait for each image set write (they are asynchronous) "
+        "to finish before giving up on that image set.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_datastore(self) -> ReconcileParameters:
+        if not self.datastore:
+            raise ValueError("datastore must be set.")
+        return self

@@ -52,6 +52,9 @@ FILE_COLUMNS = [
     # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
+    # For a file in a non-primary image set: the elements that differ from
+    # the primary set of its series (tasks.conflicts), names only.
+    "conflict_attributes",
 ]
 # Report columns that are not text (parquet types; pandas keeps its own dtypes
 # in the file's metadata).

@@ -108,3 +108,34 @@ class RetryClass(StrEnum):
     AUTOMATIC = "automatic"
     IF_CHANGED = "if_changed"
     NEVER = "never"
+
+
+class ReconcileOutcome(StrEnum):
+    """What became of one image set write of a reconciliation."""
+
+    APPLIED = "applied"
+    # Refused by HealthImaging, or ended *_FAILED: nothing changed by this write.
+    FAILED = "failed"
+
+
+class DecisionOutcome(StrEnum):
+    """What became of one operator decision of a reconciliation."""
+
+    PLANNED = "planned"
+    APPLIED = "applied"
+    FAILED = "failed"
+
+
+class DecisionAction(StrEnum):
+    """What an operator decides for a non-primary image set (dicom-reconcile)."""
+
+    PROMOTE = "promote"
+    MERGE = "merge"
+
+
+class ImageSetState(StrEnum):
+    """An image set's ``imageSetState`` (HealthImaging's)."""
+
+    ACTIVE = "ACTIVE"
+    LOCKED = "LOCKED"
+    DELETED = "DELETED"

@@ -201,6 +201,36 @@ sa.Index("ix_ledger_inventory_todo", inventory_table.c.inventory_id,
          sqlite_where=inventory_table.c.done.is_(False),
          postgresql_where=inventory_table.c.done.is_(False))
 
+# Every image set write dicom-reconcile made or tried (tasks.reconcile_record).
+reconcile_changes_table = sa.Table(
+    "reconcile_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("datastore_id", sa.String(64), nullable=False),
+    # The non-primary image set the operator's decision is about.
+    sa.Column("decided_image_set_id", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    # UpdateImageSetMetadata, CopyImageSet or DeleteImageSet.
+    sa.Column("operation", sa.String(32), nullable=False),
+    # The image set the operation wrote, and its versions around the write
+    # (before: none for a copy into a new set; after: none for a deletion or
+    # a refused write).
+    sa.Column("image_set_id", sa.String(32)),
+    sa.Column("version_before", sa.String(32)),
+    sa.Column("version_after", sa.String(32)),
+    # For a copy: the set copied from, at the version copied.
+    sa.Column("source_image_set_id", sa.String(32)),
+    sa.Column("source_version", sa.String(32)),
+    # Keywords corrected (";"-separated), never their values.
+    sa.Column("attributes", sa.Text),
+    sa.Column("forced", sa.Boolean, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Index("ix_reconcile_changes_decided", "datastore_id", "decided_image_set_id"),
+)
+
 runs_table = sa.Table(
     "ledger_runs",
     metadata,

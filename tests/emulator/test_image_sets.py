@@ -897,6 +897,29 @@ class TestCopyImageSet:
         dst = copy(mi, datastore_id, source, promoteToPrimary=True)["destinationImageSetProperties"]
         assert wait_active(mi, datastore_id, dst["imageSetId"])["isPrimary"] is True
 
+    def test_promotion_never_makes_a_second_primary_set_of_a_series(
+        self, mi: Any, datastore_id: str, seed: Seeder
+    ) -> None:
+        primary = seed.image_set(patient_id="P-1")
+        conflicting = seed.image_set(series_uid=primary["series"], patient_id="P-2",
+                                     is_primary=False)
+        with pytest.raises(ClientError) as e:
+            copy(mi, datastore_id, conflicting, promoteToPrimary=True)
+        assert e.value.response["Error"]["Code"] == "ConflictException"
+        assert primary["id"] in e.value.response["Error"]["Message"]
+        other = seed.image_set(is_primary=False)
+        with pytest.raises(ClientError) as e:
+            copy(mi, datastore_id, conflicting, promoteToPrimary=True,
+                 destination={"imageSetId": other["id"], "latestVersionId": "1"})
+        assert e.value.response["Error"]["Code"] == "ConflictException"
+
+        mi.delete_image_set(datastoreId=datastore_id, imageSetId=primary["id"])
+        wait_for(lambda: mi.get_image_set(datastoreId=datastore_id, imageSetId=primary["id"])[
+            "imageSetState"] == "DELETED")
+        promoted = copy(mi, datastore_id, conflicting, promoteToPrimary=True)
+        new_id_ = promoted["destinationImageSetProperties"]["imageSetId"]
+        assert wait_active(mi, datastore_id, new_id_)["isPrimary"] is True
+
     def test_copy_a_subset(self, mi: Any, datastore_id: str, seed: Seeder) -> None:
         source = seed.image_set(instances=3)
         wanted = source["sops"][1]
