@@ -106,7 +106,7 @@ _SETTLED = frozenset(
     {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value,
      FileStatus.INVALID.value, FileStatus.DUPLICATE.value, FileStatus.IMPORT_FAILED.value,
      FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value, FileStatus.OUTPUT_MISSING.value,
-     FileStatus.GIVEN_UP.value}
+     FileStatus.GIVEN_UP.value, FileStatus.VERIFY_MISMATCH.value}
 )
 # Outcomes an unreadable job output never overwrites: the output that said so
 # is gone, not wrong (the file stays imported, its outcome in doubt).
@@ -142,7 +142,8 @@ def skip_when_unchanged(
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
     """``output_missing`` is automatic too, but retry_failed first looks the
     file up in the data store (tasks.landed) and imports only what is not there."""
-    if status in {FileStatus.JOB_FAILED, FileStatus.TIMED_OUT, FileStatus.OUTPUT_MISSING}:
+    if status in {FileStatus.JOB_FAILED, FileStatus.TIMED_OUT, FileStatus.OUTPUT_MISSING,
+                  FileStatus.VERIFY_MISMATCH}:
         return RetryClass.AUTOMATIC
     if status == FileStatus.IMPORT_FAILED:
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED
@@ -266,6 +267,8 @@ outcomes_table = sa.Table(
     sa.Column("warning_codes", sa.Text),
     sa.Column("reason_code", sa.String(64)),
     sa.Column("expected_warnings", sa.Text),
+    sa.Column("verification", sa.String(16)),
+    sa.Column("verification_detail", sa.Text),
     sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
 )
 
@@ -296,7 +299,8 @@ _HISTORY_COLUMNS = {
     **{c: c for c in ("size", "sha256", "sop_instance_uid", "study_instance_uid",
                       "series_instance_uid", "series_number", "transfer_syntax", "batch_id",
                       "staged_key", "is_primary", "image_set_version", "warning_codes",
-                      "reason_code", "expected_warnings")},
+                      "reason_code", "expected_warnings", "verification",
+                      "verification_detail")},
 }
 _RUN_JOB_COLUMNS = [c.name for c in run_jobs_table.columns
                     if c.name not in ("run_id", "datastore_id", "report_row")]

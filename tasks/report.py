@@ -31,6 +31,7 @@ from tasks.validate import FileValidity, ValidationRecord
 
 if TYPE_CHECKING:
     from tasks.ledger import RunLedger
+    from tasks.verify.results import FileVerification
 
 
 class FileStatus(StrEnum):
@@ -54,6 +55,9 @@ class FileStatus(StrEnum):
     INTERRUPTED = "interrupted"
     # Its job failed for a reason that may pass, max_attempts times (retry).
     GIVEN_UP = "given_up"
+    # Imported, but verification found the data store does not hold it as the
+    # source has it (tasks.verify): importing it again replaces the instance.
+    VERIFY_MISMATCH = "verify_mismatch"
 
 
 # The pipeline, not the file's content, let these down (or has not finished
@@ -61,6 +65,7 @@ class FileStatus(StrEnum):
 FAILURES = frozenset({
     FileStatus.IMPORT_FAILED, FileStatus.JOB_FAILED, FileStatus.TIMED_OUT,
     FileStatus.SUBMITTED, FileStatus.INTERRUPTED, FileStatus.GIVEN_UP, FileStatus.OUTPUT_MISSING,
+    FileStatus.VERIFY_MISMATCH,
 })
 
 FILE_COLUMNS = [
@@ -71,6 +76,9 @@ FILE_COLUMNS = [
     # What validation expected the import to warn about (import_rules), for
     # every valid file: a dry run's foresight, a real run's cross-check.
     "expected_warnings",
+    # What verification found (tasks.verify): verified|mismatch|missing|
+    # not_checked, and which attribute or frame differed (never a value).
+    "verification", "verification_detail",
     # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
@@ -381,11 +389,17 @@ def report(
     folder: str,
     include_phi: bool = False,
     ledger: RunLedger | None = None,
+    verification: list[FileVerification] | None = None,
 ) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
     """Returns where the report is, counts by status and the job table: small
     enough for artifacts, while the per-file rows stay in storage. With a
     ledger, the rows are recorded there first and written as recorded."""
+    # Here, not at the top: tasks.verify reads FileStatus from this module.
+    from tasks.verify.results import with_verification
+
     files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+    if verification is not None:
+        files = with_verification(files, verification)
     if ledger is not None:
         files = ledger.record_outcomes(files, outcomes)
     jobs = build_job_summary(batches, outcomes, outputs, files)
