@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
-from flows.cluster import stage_on_cluster, validate_on_cluster
+from flows.cluster import source_reader, stage_on_cluster, validate_on_cluster
 from flows.parameters import ImportOptions, IngestParameters
 from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
@@ -48,6 +48,8 @@ from tasks.stage import (
     with_checksums,
 )
 from tasks.validate import ValidationRecord, validate
+from tasks.verify.results import verification_counts
+from tasks.verify.run import files_to_verify, verify
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
 SUMMARY_ARTIFACT_KEY = "dicom-ingest-summary"
@@ -80,6 +82,8 @@ class IngestResult(BaseModel):
     # Wall seconds per stage (discover, validate, stage, import, report): where
     # a slow run spent its time; the rest went to the ledger and orchestration.
     timings: dict[str, float] = {}
+    # Imported files by verification result (tasks.verify); empty in a dry run.
+    verification: dict[str, int] = {}
 
 
 class StageTimer:
@@ -174,11 +178,20 @@ def _import_and_report(
     with timer.stage("report"):
         outputs = confirm_lost_outputs(datastore_id, quote(batches), quote(staged), outcomes,
                                        quote(job_outputs(outcomes)))
+    verification = None
+    if datastore_id is not None:
+        with timer.stage("verify"):
+            verification = verify(datastore_id,
+                                  quote(files_to_verify(records, staged, outputs, outcomes)),
+                                  params.verify,
+                                  source_reader(params.dask_address, params.validation_workers))
+    with timer.stage("report"):
         paths, counts, job_rows = report(
             quote(records), quote(batches), quote(staged), outcomes, quote(outputs), folder,
-            params.include_phi, ledger,
+            params.include_phi, ledger, quote(verification),
         )
-        publish(job_rows, counts, skipped, paths.files_parquet)
+        verified = verification_counts(verification) if verification is not None else {}
+        publish(job_rows, counts, skipped, paths.files_parquet, verification=verified)
     logger.info("Time by stage: %s", timer.summary())
     if ledger is not None:
         ledger.finish_run({**counts, **skipped})
@@ -198,6 +211,7 @@ def _import_and_report(
         holders=[holder.describe() for holder in claim.holders],
         jobs_from_earlier_runs=[o.job_id for o in outcomes if o.job_id and o.from_earlier_run],
         jobs_of_skipped=claim.jobs_of_skipped,
+        verification=verified,
         **skipped,
     )
 
@@ -303,6 +317,7 @@ def publish(
     report: str,
     title: str = "DICOM ingest",
     keys: tuple[str, str] = (JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY),
+    verification: dict[str, int] | None = None,
 ) -> None:
     """Counts and job IDs only: artifacts are visible to every UI user, so no PHI.
     Stable keys give each artifact a version history in the UI."""
@@ -315,6 +330,8 @@ def publish(
     lines = ["| status | files |", "|---|---:|"]
     lines += [f"| {status} | {count} |" for status, count in counts.items()]
     lines += [f"| {name} (not in the report) | {count} |" for name, count in skipped.items()]
+    lines += [f"| verification: {result} | {count} |"
+              for result, count in (verification or {}).items()]
     create_markdown_artifact(
         key=summary_key,
         markdown=f"## {title}\n\n" + "\n".join(lines) + f"\n\nPer-file report: `{report}`\n",

@@ -325,15 +325,24 @@ def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> Report
     never leave a truncated ``files.parquet``, which an incremental rerun
     would take for a report and skip every file in it (see :func:`_publish`).
     """
-    fs, root = filesystem_for(folder)
-    fs.makedirs(root, exist_ok=True)
     paths = {}
     for name, frame in (("files", files), ("jobs", jobs)):
-        for extension in ("parquet", "csv"):
-            path = f"{root}/{name}.{extension}"
-            _publish(fs, path, frame, extension, local=not is_s3(folder))
-            paths[f"{name}_{extension}"] = uri_for(folder, path)
+        for extension, uri in write_table(frame, folder, name).items():
+            paths[f"{name}_{extension}"] = uri
     return ReportPaths(**paths)
+
+
+def write_table(frame: pd.DataFrame, folder: str, name: str) -> dict[str, str]:
+    """``name.parquet`` and ``name.csv`` in ``folder``, each whole or not at
+    all; returns their URIs by extension."""
+    fs, root = filesystem_for(folder)
+    fs.makedirs(root, exist_ok=True)
+    uris = {}
+    for extension in ("parquet", "csv"):
+        path = f"{root}/{name}.{extension}"
+        _publish(fs, path, frame, extension, local=not is_s3(folder))
+        uris[extension] = uri_for(folder, path)
+    return uris
 
 
 def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:

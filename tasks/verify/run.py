@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -97,6 +98,19 @@ def files_to_verify(
         for r in records
         if r.uri in landed and r.sop_instance_uid and r.study_instance_uid
         and r.series_instance_uid
+    ]
+
+
+def files_in(rows: pd.DataFrame) -> list[FileToVerify]:
+    """The files of a ledger selection (tasks.ledger.imported_files)."""
+    rows = rows.astype(object).where(rows.notna(), None)
+    return [
+        FileToVerify(r["source_uri"], r["sop_instance_uid"], r["study_instance_uid"],
+                     r["series_instance_uid"], r["image_set_id"], r["job_id"],
+                     r["warning_codes"])
+        for r in rows.to_dict("records")
+        if r["image_set_id"] and r["sop_instance_uid"] and r["study_instance_uid"]
+        and r["series_instance_uid"]
     ]
 
 

@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 import pydicom
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.pixels import iter_pixels
@@ -131,6 +133,13 @@ def read_part(uris: list[str], pixels: bool) -> list[SourceFacts]:
     """One unit of work: a pool process's or a cluster worker's share."""
     fs = s3_filesystem() if any(is_s3(u) for u in uris) else None
     return [read_source(uri, pixels, fs) for uri in uris]
+
+
+# Reading is idempotent: a part lost with its worker is read again.
+@task(name="verify-read-part", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def read_sources_part(uris: list[str], pixels: bool) -> list[SourceFacts]:
+    """A cluster worker's share (flows.cluster)."""
+    return read_part(uris, pixels)
 
 
 def _open(uri: str, fs: Any | None) -> IO[bytes]:
