@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from typing import IO, Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import pydicom
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments
+from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.pixels import iter_pixels
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -94,7 +95,9 @@ def frame_checksums(ds: Dataset) -> Iterator[int]:
     if "PixelData" not in ds:
         return
     if str(ds.file_meta.TransferSyntaxUID) in VIDEO_TRANSFER_SYNTAXES:
-        yield zlib.crc32(b"".join(generate_fragments(ds.PixelData)))
+        pixel_data = BytesIO(ds.PixelData)
+        parse_basic_offsets(pixel_data)  # the offset table is no part of the stream
+        yield zlib.crc32(b"".join(generate_fragments(pixel_data)))
         return
     for frame in iter_pixels(ds, as_rgb=False):
         little = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<"))

@@ -17,8 +17,9 @@ import pandas as pd
 import pydicom
 import pytest
 from botocore.config import Config
+from pydicom.encaps import encapsulate
 
-from emulator.samples import PYDICOM_TEST_FILES, uid
+from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
 from emulator.server import LocalService
 from tasks.manifest import read_job_output
 from tasks.verify.results import (
@@ -55,10 +56,13 @@ def clients() -> tuple[Any, Any]:
 
 
 def import_files(
-    folder: Path, names: list[str], lossless: str = "HTJ2K"
+    folder: Path, names: list[str], lossless: str = "HTJ2K",
+    made: dict[str, pydicom.Dataset] | None = None,
 ) -> tuple[str, list[FileToVerify]]:
-    """pydicom's test files copied to ``folder`` (the source) and imported in
-    one job; the files to verify as the job's output lists them."""
+    """pydicom's test files (and ``made`` ones) written to ``folder`` (the
+    source) and imported in one job; the files to verify as the job's output
+    lists them."""
+    made = made or {}
     mi, s3 = clients()
     s3.create_bucket(Bucket=BUCKET)
     datastore_id = mi.create_datastore(datastoreName=f"verify-{lossless}",
@@ -67,12 +71,12 @@ def import_files(
         "datastoreStatus"] == "ACTIVE")
     folder.mkdir(parents=True, exist_ok=True)
     prefix = f"in/{datastore_id}"
-    for name in names:
+    for name in [*names, *made]:
         # Several of pydicom's files share a SOP Instance UID: one each here,
         # the pixel data as it is in the file.
-        ds = pydicom.dcmread(PYDICOM_TEST_FILES / name)
+        ds = made.get(name) or pydicom.dcmread(PYDICOM_TEST_FILES / name)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid(name)
-        ds.save_as(folder / name)
+        ds.save_as(folder / name, enforce_file_format=True)
         s3.upload_file(str(folder / name), BUCKET, f"{prefix}/{name}")
     job_id = mi.start_dicom_import_job(
         datastoreId=datastore_id, dataAccessRoleArn=ROLE, clientToken=datastore_id,
@@ -88,7 +92,7 @@ def import_files(
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         files.append(FileToVerify(str(path), ds.SOPInstanceUID, ds.StudyInstanceUID,
                                   ds.SeriesInstanceUID, image_set_id, job_id))
-    assert len(files) == len(names)
+    assert len(files) == len(names) + len(made)
     return datastore_id, files
 
 
@@ -124,6 +128,22 @@ def test_pydicom_files_in_every_stored_syntax_verify(
     for mode in (VerifyMode.METADATA, VerifyMode.PIXELS):
         assert verified(datastore_id, files, mode) == dict.fromkeys(
             names, (Verification.VERIFIED, None)), mode
+
+
+def test_a_video_verifies_by_the_checksum_of_its_stream(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    video = ct_slice(series_spec("verify-video"), 0, rows=8, columns=8)
+    video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102.1"  # H.264, fragmentable
+    video.BitsAllocated, video.BitsStored, video.HighBit = 8, 8, 7
+    video.NumberOfFrames = 30
+    video.PixelData = encapsulate([b"\x00\x00\x00\x01\x09\xf0" * 10,
+                                   b"\x00\x00\x00\x01\x65\x88" * 7])
+    video["PixelData"].VR = "OB"
+    datastore_id, files = import_files(tmp_path / "source", [], made={"video.dcm": video})
+
+    assert verified(datastore_id, files, VerifyMode.PIXELS) == {
+        "video.dcm": (Verification.VERIFIED, None)}
 
 
 def test_frame_altered_after_import_is_a_mismatch_naming_the_frame(
