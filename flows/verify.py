@@ -11,12 +11,9 @@ verification record (tasks.verify.audit).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
-import sqlalchemy as sa
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -26,7 +23,7 @@ from config.settings import get_settings
 from flows.cluster import source_reader
 from flows.parameters import VerifyParameters
 from tasks.import_jobs import resolve
-from tasks.ledger import ImportedFiles, LedgerError, imported_files, ledger_url
+from tasks.ledger import ledger_url, select_imported
 from tasks.ledger import record_verification as record_in_ledger
 from tasks.report import write_table
 from tasks.verify.audit import sign_off, write_record
@@ -56,7 +53,8 @@ def dicom_verify(params: VerifyParameters) -> VerifyResult:
     """
     url = ledger_url(get_settings().ledger_url, params.report_location)
     datastore = resolve(params.datastore, create=False) if params.datastore else None
-    selected = select_imported(url, params, datastore.datastore_id if datastore else None)
+    selected = select_imported(url, params.run, params.job,
+                               datastore.datastore_id if datastore else None, params.source)
     counts = verification_counts([])
     if selected.datastore_id is None or selected.files.empty:
         get_run_logger().info("The ledger lists no imported file for this selection.")
@@ -81,19 +79,6 @@ def dicom_verify(params: VerifyParameters) -> VerifyResult:
     return VerifyResult(datastore_id=selected.datastore_id, files=len(rows), counts=counts,
                         report_parquet=report["parquet"], report_csv=report["csv"],
                         record_json=record.get("json"), record_markdown=record.get("md"))
-
-
-@task(name="select-imported-files", cache_policy=NO_CACHE)
-def select_imported(url: str, params: VerifyParameters, datastore_id: str | None) -> ImportedFiles:
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(
-        parsed.database
-    ).exists():
-        raise LedgerError(f"There is no ledger at {parsed.database}: give the report location "
-                          "the imports used (--report-location), or set "
-                          "DICOM_IMPORT_LEDGER_URL.")
-    return imported_files(url, run_id=params.run, job_id=params.job, datastore_id=datastore_id,
-                          source=params.source)
 
 
 def _publish(counts: dict[str, int], report: str) -> None:

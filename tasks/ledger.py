@@ -1321,6 +1321,31 @@ def imported_files(
     return ImportedFiles(datastore_id, rows[IMPORTED_COLUMNS].reset_index(drop=True))
 
 
+def require_existing(url: str) -> None:
+    """Opening a SQLite path that does not exist would create an empty ledger.
+
+    Raises:
+        LedgerError: no ledger there; the message says what to give.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(
+        parsed.database
+    ).exists():
+        raise LedgerError(f"There is no ledger at {parsed.database}: give the report "
+                          "location the run used (--report-location), or set "
+                          "DICOM_IMPORT_LEDGER_URL.")
+
+
+@task(name="select-imported-files", cache_policy=NO_CACHE)
+def select_imported(
+    url: str, run_id: str | None, job_id: str | None, datastore_id: str | None,
+    source: str | None,
+) -> ImportedFiles:
+    require_existing(url)
+    return imported_files(url, run_id=run_id, job_id=job_id, datastore_id=datastore_id,
+                          source=source)
+
+
 def record_verification(url: str, datastore_id: str, failed: Mapping[str, str]) -> None:
     """Mark imported files verification found the data store does not hold as
     their source has them (URI -> what differed): ``verify_mismatch``, which
