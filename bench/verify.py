@@ -159,10 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slices", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    environment = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp, local_service() as endpoint:
+        # The product's clients find the service as they would AWS: by the variables.
         os.environ.update(service_env(endpoint))
-        datastore_id, files = import_corpus(endpoint, Path(tmp), args.slices)
-        bench(datastore_id, files, args.repeats)
+        try:
+            datastore_id, files = import_corpus(endpoint, Path(tmp), args.slices)
+            bench(datastore_id, files, args.repeats)
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
 
 
 if __name__ == "__main__":
