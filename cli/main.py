@@ -11,7 +11,7 @@ from cli.exit_status import ExitStatus
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the environment Prefect reads once.
-    from cli import demo, ingest, reconcile, report, retry
+    from cli import demo, ingest, reconcile, report, retry, verify
     from deployments import serve as serve_cli
     from emulator import cli as local_cli
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_parser(subparsers)
     reconcile.add_parser(subparsers)
     report.add_parser(subparsers)
+    verify.add_parser(subparsers)
     demo.add_parser(subparsers)
     local_cli.add_parser(subparsers)
     serve_cli.add_parser(subparsers)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from config.settings import get_settings
-from tasks.ledger import LedgerError, ledger_url, recorded_run
+from tasks.ledger import LedgerError, ledger_url, recorded_run, require_existing
 from tasks.report import rebuilt_report, write_report
 
 EXIT_ERROR = 2
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         url = ledger_url(settings.ledger_url,
                          args.report_location or settings.report_location)
-        _require_existing(url)
+        require_existing(url)
         recorded = recorded_run(url, args.run_id)
         folder = args.output or recorded.report_folder
         if not folder:
@@ -67,17 +66,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"Per-job report:  {paths.jobs_csv}")
     print(f"                 {paths.jobs_parquet}")
     return 0
-
-
-def _require_existing(url: str) -> None:
-    """Opening a SQLite path that does not exist would create an empty ledger."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(
-        parsed.database
-    ).exists():
-        raise LedgerError(f"There is no ledger at {parsed.database}: give the report "
-                          "location the run used (--report-location), or set "
-                          "DICOM_IMPORT_LEDGER_URL.")
 
 
 def _first_line(error: BaseException) -> str:

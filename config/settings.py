@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=3, ge=1, description="Import jobs a file may be in before retry_failed gives up."
     )
+    verify: str = Field(
+        default="metadata",
+        description="What an ingestion checks of what it imported: metadata, pixels or off.",
+    )
     claim_lease_seconds: float = Field(
         default=12 * 3600.0,
         gt=0,

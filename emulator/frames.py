@@ -27,7 +27,8 @@ Choices where AWS documents nothing, written down here:
   encoded reversibly (5/3 wavelet) without a colour transform, so the samples
   stay those of the file's Photometric Interpretation as with HTJ2K.
 * Video is one frame holding the whole bitstream, as DICOM does not split a
-  video stream into frames.
+  video stream into frames; its checksum is the CRC-32 of that stream (AWS:
+  "the original video object").
 * Pixel data in a transfer syntax HealthImaging does not support (unknown
   and private ones included) is one frame holding Pixel Data as written, with
   no checksum: AWS stores it as a blob (the file's UNSUPPORTED_TRANSFER_SYNTAX
@@ -104,6 +105,8 @@ class FrameRecord:
             entry["PixelDataChecksumFromBaseToFullResolution"] = [
                 {"Width": self.width, "Height": self.height, "Checksum": self.checksum}
             ]
+        # Not for a video, whose checksum is of the stream, not of pixels.
+        if self.min_value is not None:
             entry["MinPixelValue"] = self.min_value
             entry["MaxPixelValue"] = self.max_value
         entry["FrameSizeInBytes"] = self.size
@@ -147,8 +150,15 @@ def store_pixel_data(
     if "PixelData" not in ds:
         return StoredPixelData(source)
     if source in VIDEO:
-        stream = b"".join(generate_fragments(ds.PixelData))
-        return StoredPixelData(source, [_put(put_frame, source, stream, None, ds)])
+        pixel_data = BytesIO(ds.PixelData)
+        parse_basic_offsets(pixel_data)  # the offset table is no part of the stream
+        stream = b"".join(generate_fragments(pixel_data))
+        frame_id = new_id()
+        put_frame(frame_id, stream, source)
+        # AWS: a video's checksum covers the original video object.
+        video = FrameRecord(frame_id, len(stream), int(ds.Columns), int(ds.Rows),
+                            zlib.crc32(stream))
+        return StoredPixelData(source, [video])
     if source not in SUPPORTED_TRANSFER_SYNTAXES:
         return StoredPixelData(source, [_put(put_frame, source, ds.PixelData, None, ds)])
 

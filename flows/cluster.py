@@ -1,7 +1,8 @@
-"""Validation and staging on a Dask cluster, when ``dask_address`` names one.
+"""Validation, staging and verification's reading of the sources on a Dask
+cluster, when ``dask_address`` names one.
 
-Only these two stages go to the cluster: they read the files (headers, then
-every byte), so they are what outgrows one machine. Import jobs run in
+Only these stages go to the cluster: they read the files (headers, every
+byte, every frame decoded), so they are what outgrows one machine. Import jobs run in
 HealthImaging and the flow only waits on them; they stay on the flow's thread
 pool.
 
@@ -28,6 +29,8 @@ from tasks.batch import Batch
 from tasks.discover import SourceFile
 from tasks.stage import StagedFile, stage
 from tasks.validate import ValidationRecord, mark_duplicates, validate_part
+from tasks.verify.run import SourceReader, local_reader
+from tasks.verify.source import SourceFacts, read_sources_part
 
 PARTS_PER_THREAD = 4
 MIN_PART_FILES = 500
@@ -62,6 +65,23 @@ def stage_on_cluster(
             for part in parts
         ]
         return [item for future in futures for item in future.result()]
+
+
+def read_sources_on_cluster(
+    address: str, uris: Sequence[str], pixels: bool
+) -> list[SourceFacts]:
+    with DaskTaskRunner(address=address) as runner:
+        parts = _parts(list(uris), _threads(runner), lambda _: 1)
+        futures = [runner.submit(read_sources_part, {"uris": part, "pixels": pixels})
+                   for part in parts]
+        return [facts for future in futures for facts in future.result()]
+
+
+def source_reader(dask_address: str | None, workers: int | None) -> SourceReader:
+    """Where verification reads the sources: where validation reads them."""
+    if dask_address:
+        return lambda uris, pixels: read_sources_on_cluster(dask_address, uris, pixels)
+    return local_reader(workers)
 
 
 def _threads(runner: DaskTaskRunner) -> int:

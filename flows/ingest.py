@@ -27,7 +27,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.cluster import stage_on_cluster, validate_on_cluster
+from flows.cluster import source_reader, stage_on_cluster, validate_on_cluster
 from flows.parameters import ImportOptions, IngestParameters
 from flows.run_identity import (
     datastore_tags,
@@ -64,6 +64,8 @@ from tasks.stage import (
 )
 from tasks.statuses import JobStatus, Skip, StageAction
 from tasks.validate import ValidationRecord, validate, with_earlier_instances
+from tasks.verify.results import verification_counts, with_verification
+from tasks.verify.run import files_to_verify, verify
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
 SUMMARY_ARTIFACT_KEY = "dicom-ingest-summary"
@@ -98,6 +100,8 @@ class IngestResult(BaseModel):
     # Wall seconds per stage (discover, validate, stage, import, report): where
     # a slow run spent its time; the rest went to the ledger and orchestration.
     timings: dict[str, float] = {}
+    # Imported files by verification result (tasks.verify); empty in a dry run.
+    verification: dict[str, int] = {}
 
 
 class StageTimer:
@@ -190,6 +194,8 @@ class _RunTally:
     # Series with files in non-primary image sets (few), for one artifact.
     conflicts: list[SeriesConflict] = field(default_factory=list)
     unexplained: str | None = None
+    # Files by what verification found, over every window.
+    verified: dict[str, int] = field(default_factory=dict)
 
 
 def _work_through(
@@ -240,7 +246,8 @@ def _work_through(
     with timer.stage("report"):
         paths = writer.close(jobs, {"counts": writer.counts, **skipped,
                                     "jobs": len(tally.job_ids)})
-        publish(job_rows(jobs), writer.counts, skipped, paths.files_parquet)
+        publish(job_rows(jobs), writer.counts, skipped, paths.files_parquet,
+                verification=tally.verified)
         if datastore is not None:
             publish_conflicts(tally.conflicts, tally.unexplained)
     get_run_logger().info("Time by stage: %s", timer.summary())
@@ -262,6 +269,7 @@ def _work_through(
         holders=[holder.describe() for holder in leftover.holders],
         jobs_from_earlier_runs=tally.jobs_from_earlier_runs,
         jobs_of_skipped=leftover.jobs_of_skipped if own_listing else {},
+        verification=tally.verified,
         **skipped,
     )
 
@@ -303,8 +311,20 @@ def _report_window(
     with timer.stage("report"):
         outputs = confirm_lost_outputs(datastore_id, quote(window.batches), quote(window.staged),
                                        outcomes, quote(job_outputs(outcomes)))
+    verification = None
+    if datastore_id is not None:
+        with timer.stage("verify"):
+            verification = verify(
+                datastore_id,
+                quote(files_to_verify(window.records, window.staged, outputs, outcomes)),
+                params.verify, source_reader(params.dask_address, params.validation_workers))
+    with timer.stage("report"):
         files = build_report(quote(window.records), quote(window.batches), quote(window.staged),
                              outcomes, quote(outputs), params.include_phi)
+        if verification is not None:
+            files = with_verification(files, verification)
+            for result, count in verification_counts(verification).items():
+                tally.verified[result] = tally.verified.get(result, 0) + count
         if datastore_id is not None:
             explained = explain_conflicts(quote(files), datastore_id)
             files = explained.files
@@ -422,6 +442,7 @@ def publish(
     report: str,
     title: str = "DICOM ingest",
     keys: tuple[str, str] = (JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY),
+    verification: dict[str, int] | None = None,
 ) -> None:
     """Counts and job IDs only: artifacts are visible to every UI user, so no PHI.
     Stable keys give each artifact a version history in the UI."""
@@ -434,6 +455,8 @@ def publish(
     lines = ["| status | files |", "|---|---:|"]
     lines += [f"| {status} | {count} |" for status, count in counts.items()]
     lines += [f"| {name} (not in the report) | {count} |" for name, count in skipped.items()]
+    lines += [f"| verification: {result} | {count} |"
+              for result, count in (verification or {}).items()]
     create_markdown_artifact(
         key=summary_key,
         markdown=f"## {title}\n\n" + "\n".join(lines) + f"\n\nPer-file report: `{report}`\n",

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from config.settings import get_settings
 from tasks.locations import canonical_source, is_s3
+from tasks.statuses import VerifyMode
 
 
 def _setting(name: str) -> Any:
@@ -142,6 +143,13 @@ class IngestParameters(ImportOptions):
         "this run shares with the migration's other runs. Empty: the run lists the source itself.",
         json_schema_extra={"set_by_flows": True},
     )
+    verify: VerifyMode = Field(
+        # Validated: the setting is text, and "off" must become VerifyMode.OFF.
+        default_factory=_setting("verify"), validate_default=True,
+        description="What to check of the imported files once their jobs ended: metadata "
+        "(each image set's metadata read once: instance, attributes, frames), pixels (also "
+        "every source frame decoded and its CRC-32 compared with HealthImaging's), or off.",
+    )
 
     def imports(self) -> bool:
         return not self.dry_run
@@ -198,4 +206,63 @@ class ReconcileParameters(BaseModel):
     def _needs_datastore(self) -> ReconcileParameters:
         if not self.datastore:
             raise ValueError("datastore must be set.")
+        return self
+
+
+class VerifyParameters(BaseModel):
+    """Which imported files to verify: a run's, a job's, or every file the
+    ledger says was imported from a source into a data store."""
+
+    run: str | None = Field(
+        default=None, description="Files imported by this flow run (its ID in the Prefect UI).",
+    )
+    job: str | None = Field(default=None, description="Files of this HealthImaging import job.")
+    datastore: str | None = Field(
+        default=None,
+        description="With --source: every file the ledger says was imported from the source "
+        "into this data store (ID or name), and a signed-off verification record.",
+    )
+    source: str | None = Field(
+        default=None, description="Folder or s3://bucket/prefix the files were imported from.",
+    )
+    mode: VerifyMode = Field(
+        default=VerifyMode.METADATA,
+        description="metadata (each image set's metadata read once: instance, attributes, "
+        "frames) or pixels (also every source frame decoded and its CRC-32 compared with "
+        "HealthImaging's).",
+    )
+    report_location: str = Field(
+        default_factory=_setting("report_location"),
+        description="The report location the imports used: the ledger is there (unless "
+        "DICOM_IMPORT_LEDGER_URL is set), and the verification report goes below it.",
+    )
+    output: str | None = Field(
+        default=None,
+        description="Folder or s3:// prefix for the verification report (default: "
+        "<report location>/verification/<time>).",
+    )
+    validation_workers: int | None = Field(
+        default_factory=_setting("validation_workers"), ge=1,
+        description="Processes that read (and with pixels, decode) the source files; "
+        "default one per core.",
+    )
+    dask_address: str | None = Field(
+        default_factory=_setting("dask_address"),
+        description="Address of a Dask scheduler: the source files are read on its workers.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _one_spelling(cls, source: str | None) -> str | None:
+        return canonical_source(source) if source else source
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> VerifyParameters:
+        chosen = [bool(self.run), bool(self.job), bool(self.datastore)]
+        if sum(chosen) != 1:
+            raise ValueError("give one of run, job, or datastore with source.")
+        if bool(self.datastore) != bool(self.source) and not (self.run or self.job):
+            raise ValueError("datastore and source go together.")
+        if self.mode is VerifyMode.OFF:
+            raise ValueError("mode must be metadata or pixels.")
         return self

@@ -275,3 +275,31 @@ def _frame_count(written: str | None) -> int:
             f"DICOM attribute NumberOfFrames is {frames}; an image has at least one frame",
         )
     return frames
+
+
+VIDEO_TRANSFER_SYNTAXES = frozenset(
+    syntax for syntax in SUPPORTED_TRANSFER_SYNTAXES
+    if syntax.startswith("1.2.840.10008.1.2.4.1") and syntax != "1.2.840.10008.1.2.4.1"
+)
+
+
+def stored_frame_count(
+    transfer_syntax: str | None, number_of_frames: str | None, has_pixel_data: bool
+) -> int:
+    """How many frames HealthImaging lists for an instance (its ImageFrames).
+
+    A video is one frame holding the whole stream, as DICOM does not split a
+    stream into frames; pixel data in a syntax HealthImaging does not support
+    is kept as one blob; any other image has its NumberOfFrames (1 when
+    absent or unreadable, as an import of it would have warned).
+    """
+    if not has_pixel_data:
+        return 0
+    if transfer_syntax in VIDEO_TRANSFER_SYNTAXES or (
+        transfer_syntax not in SUPPORTED_TRANSFER_SYNTAXES
+    ):
+        return 1
+    try:
+        return _frame_count(number_of_frames)
+    except Refusal:
+        return 1

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, cast
 
@@ -39,6 +40,7 @@ from tasks.validate import ValidationRecord
 FAILURES = frozenset({
     FileStatus.IMPORT_FAILED, FileStatus.JOB_FAILED, FileStatus.TIMED_OUT,
     FileStatus.SUBMITTED, FileStatus.INTERRUPTED, FileStatus.GIVEN_UP, FileStatus.OUTPUT_MISSING,
+    FileStatus.VERIFY_MISMATCH,
 })
 
 FILE_COLUMNS = [
@@ -49,6 +51,9 @@ FILE_COLUMNS = [
     # What validation expected the import to warn about (import_rules), for
     # every valid file: a dry run's foresight, a real run's cross-check.
     "expected_warnings",
+    # What verification found (tasks.verify): verified|mismatch|missing|
+    # not_checked, and which attribute or frame differed (never a value).
+    "verification", "verification_detail",
     # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
@@ -384,6 +389,19 @@ class ReportWriter:
             self._schema = pa.schema(
                 [pa.field(name, _COLUMN_TYPES.get(name, pa.string())) for name in files.columns])
         return self._schema
+
+
+def write_table(frame: pd.DataFrame, folder: str, name: str) -> dict[str, str]:
+    """``name.parquet`` and ``name.csv`` in ``folder``, each whole or not at
+    all; returns their URIs by extension."""
+    fs, root = filesystem_for(folder)
+    fs.makedirs(root, exist_ok=True)
+    uris = {}
+    for extension in ("parquet", "csv"):
+        path = f"{root}/{name}.{extension}"
+        _publish(fs, path, partial(_serialize, frame, extension), local=not is_s3(folder))
+        uris[extension] = uri_for(folder, path)
+    return uris
 
 
 def _serialize(frame: pd.DataFrame, extension: str, out: IO[bytes]) -> None:

@@ -23,14 +23,15 @@ SETTLED = frozenset(
     {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value,
      FileStatus.INVALID.value, FileStatus.DUPLICATE.value, FileStatus.IMPORT_FAILED.value,
      FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value, FileStatus.OUTPUT_MISSING.value,
-     FileStatus.GIVEN_UP.value}
+     FileStatus.GIVEN_UP.value, FileStatus.VERIFY_MISMATCH.value}
 )
 
 
 def retry_class(status: str | None, error_type: str | None) -> RetryClass:
     """``output_missing`` is automatic too, but retry_failed first looks the
     file up in the data store (tasks.landed) and imports only what is not there."""
-    if status in {FileStatus.JOB_FAILED, FileStatus.TIMED_OUT, FileStatus.OUTPUT_MISSING}:
+    if status in {FileStatus.JOB_FAILED, FileStatus.TIMED_OUT, FileStatus.OUTPUT_MISSING,
+                  FileStatus.VERIFY_MISMATCH}:
         return RetryClass.AUTOMATIC
     if status == FileStatus.IMPORT_FAILED:
         return RetryClass.AUTOMATIC if error_type in SERVER_ERROR_TYPES else RetryClass.IF_CHANGED

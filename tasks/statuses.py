@@ -36,6 +36,9 @@ class FileStatus(StrEnum):
     INTERRUPTED = "interrupted"
     # Its job failed for a reason that may pass, max_attempts times (retry).
     GIVEN_UP = "given_up"
+    # Imported, but verification found the data store does not hold it as the
+    # source has it (tasks.verify): importing it again replaces the instance.
+    VERIFY_MISMATCH = "verify_mismatch"
 
 
 class JobStatus(StrEnum):
@@ -139,3 +142,25 @@ class ImageSetState(StrEnum):
     ACTIVE = "ACTIVE"
     LOCKED = "LOCKED"
     DELETED = "DELETED"
+
+
+class VerifyMode(StrEnum):
+    """How much a run proves of what it imported."""
+
+    # One GetImageSetMetadata per image set: instance present, attributes, frames.
+    METADATA = "metadata"
+    # Also every source frame decoded and its CRC-32 compared with HealthImaging's.
+    PIXELS = "pixels"
+    OFF = "off"
+
+
+class Verification(StrEnum):
+    """What verification found for one file (tasks.verify)."""
+
+    VERIFIED = "verified"
+    # The data store holds the instance, but something differs from the source.
+    MISMATCH = "mismatch"
+    # The image set the import named, or the instance in it, is not there.
+    MISSING = "missing"
+    # Not imported, verification off, or the source could not be read.
+    NOT_CHECKED = "not_checked"

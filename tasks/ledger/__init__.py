@@ -12,7 +12,8 @@ a killed run started but never read. That is this package, one module per job:
 - ``claims``: which run takes which file;
 - ``jobs``: import jobs started, how they ended, which wait for outcomes;
 - ``outcomes``: each file's latest outcome and each run's report rows;
-- ``inventory``: a source listed once, handed out to runs in windows.
+- ``inventory``: a source listed once, handed out to runs in windows;
+- ``verification``: the imported files verification checks, and what it found.
 
 :class:`RunLedger` (``handle``) is the one handle a run holds: it is made of
 those parts. Import from here; the modules are the package's own layout.
@@ -51,6 +52,13 @@ from tasks.ledger.schema import (
     run_jobs_table,
     runs_table,
 )
+from tasks.ledger.verification import (
+    ImportedFiles,
+    imported_files,
+    record_verification,
+    require_existing,
+    select_imported,
+)
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -59,6 +67,7 @@ __all__ = [
     "ClaimResult",
     "Clock",
     "Holder",
+    "ImportedFiles",
     "Inventory",
     "LedgerError",
     "LedgerFile",
@@ -74,13 +83,17 @@ __all__ = [
     "dispose_engine",
     "engine_for",
     "files_table",
+    "imported_files",
     "jobs_table",
     "ledger_url",
     "list_source",
     "metadata",
     "outcomes_table",
+    "record_verification",
     "recorded_run",
+    "require_existing",
     "run_jobs_table",
     "runs_table",
+    "select_imported",
     "settle_unchanged",
 ]

@@ -48,7 +48,8 @@ _HISTORY_COLUMNS = {
     **{c: c for c in ("size", "sha256", "sop_instance_uid", "study_instance_uid",
                       "series_instance_uid", "series_number", "transfer_syntax", "batch_id",
                       "staged_key", "is_primary", "image_set_version", "warning_codes",
-                      "reason_code", "expected_warnings")},
+                      "reason_code", "expected_warnings", "verification",
+                      "verification_detail")},
 }
 _RUN_JOB_COLUMNS = [c.name for c in run_jobs_table.columns
                     if c.name not in ("run_id", "datastore_id", "report_row")]

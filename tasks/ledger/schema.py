@@ -147,6 +147,8 @@ outcomes_table = sa.Table(
     sa.Column("warning_codes", sa.Text),
     sa.Column("reason_code", sa.String(64)),
     sa.Column("expected_warnings", sa.Text),
+    sa.Column("verification", sa.String(16)),
+    sa.Column("verification_detail", sa.Text),
     sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
 )
 

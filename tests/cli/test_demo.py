@@ -38,7 +38,7 @@ def demo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def statuses_by_file(folder: Path) -> dict[Path, str]:
-    [files] = (folder / "reports").rglob("files.parquet")
+    [files] = {p.parent for p in (folder / "reports").rglob("files/part-*.parquet")}
     report = pd.read_parquet(files)
     assert "patient_name" not in report.columns
     return {

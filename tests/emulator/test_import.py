@@ -639,3 +639,25 @@ def test_a_missing_input_object_read_in_process_is_a_client_error(
     with pytest.raises(ClientError) as raised:
         read_input_object(s3, bucket, "gone.dcm", in_process=True)
     assert raised.value.response["Error"]["Code"] == code
+
+
+def test_a_video_is_one_frame_whose_checksum_is_the_whole_stream(
+    mi: Any, s3: Any, datastore_id: str
+) -> None:
+    """AWS: for video, the checksum covers the original video object."""
+    from pydicom.encaps import encapsulate
+
+    ds = ct_slice(series_spec("video"), 0, rows=8, columns=8)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102.1"  # H.264, fragmentable
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    fragments = [b"\x00\x00\x00\x01\x09\xf0" * 10, b"\x00\x00\x00\x01\x65\x88" * 7]
+    ds.PixelData = encapsulate(fragments)
+    ds["PixelData"].VR = "OB"
+    run = run_import(mi, s3, datastore_id, {"video.dcm": dicom_bytes(ds)}, "video/")
+    set_id = run.succeeded("video/video.dcm")["imageSetId"]
+    (image_frame,) = only_instance(metadata(mi, datastore_id, set_id))["ImageFrames"]
+    stream = b"".join(fragments)
+
+    assert frame(mi, datastore_id, set_id, image_frame["ID"])[0] == stream
+    assert image_frame["PixelDataChecksumFromBaseToFullResolution"] == [
+        {"Width": 8, "Height": 8, "Checksum": zlib.crc32(stream)}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -29,20 +30,21 @@ def test_deleted_report_is_rebuilt_from_the_ledger(
     assert result.counts["imported"] == 5 and result.counts["invalid"] == 1
     assert result.counts["imported_with_warnings"] == 1
     folder = Path(result.report_files_parquet).parent
-    originals = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("files", "jobs")}
+    tables = {"files": folder / "files", "jobs": folder / "jobs.parquet"}
+    originals = {name: pd.read_parquet(path) for name, path in tables.items()}
     assert originals["files"]["expected_warnings"].notna().sum() == 1
     csv = {name: (folder / f"{name}.csv").read_text() for name in ("files", "jobs")}
     for written in folder.iterdir():
-        written.unlink()
+        shutil.rmtree(written) if written.is_dir() else written.unlink()
 
     code = main(["report", "--run", str(result.flow_run_id),
                  "--report-location", str(tmp_path / "reports")])
 
     out, err = capsys.readouterr()
     assert code == 0 and not err
-    assert str(folder / "files.parquet") in out and str(folder / "jobs.csv") in out
+    assert str(folder / "files") in out and str(folder / "jobs.csv") in out
     for name, original in originals.items():
-        rebuilt = pd.read_parquet(folder / f"{name}.parquet")
+        rebuilt = pd.read_parquet(tables[name])
         assert list(rebuilt.columns) == list(original.columns)
         for column in original.columns:
             pd.testing.assert_series_equal(rebuilt[column], original[column], obj=column)
@@ -59,7 +61,7 @@ def test_rebuilt_report_goes_where_asked(
                  str(tmp_path / "reports"), "--output", str(tmp_path / "copy")])
 
     assert code == 0
-    rebuilt = pd.read_parquet(tmp_path / "copy" / "files.parquet")
+    rebuilt = pd.read_parquet(tmp_path / "copy" / "files")
     pd.testing.assert_frame_equal(rebuilt, pd.read_parquet(result.report_files_parquet))
 
 

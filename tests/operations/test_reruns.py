@@ -154,7 +154,7 @@ def test_ctrl_c_while_a_job_runs(service: LocalService, tmp_path: Path) -> None:
     # It stopped waiting: the job still runs.
     job = medical_imaging().get_dicom_import_job(datastoreId=_datastore_id(), jobId=job_id)
     assert job["jobProperties"]["jobStatus"] in {"SUBMITTED", "IN_PROGRESS"}
-    (report,) = (tmp_path / "reports").rglob("files.parquet")
+    (report,) = {p.parent for p in (tmp_path / "reports").rglob("files/part-*.parquet")}
     rows = pd.read_parquet(report)
     assert sorted(rows["source_uri"]) == sorted(map(str, files))
     assert set(rows["status"]) == {"submitted"} and set(rows["job_id"]) == {job_id}

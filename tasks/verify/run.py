@@ -1,0 +1,128 @@
+"""Verification of a set of imported files: the metadata check for each, then
+the pixel check, in that order (a missing instance is never read).
+
+Plain functions; ``verify`` is the Prefect task on top. Files come from an
+ingestion's in-memory results (``files_to_verify``) or from the ledger
+(``tasks.ledger.imported_files``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.clients import medical_imaging_client
+from tasks.manifest import JobOutput
+from tasks.poll import JobOutcome
+from tasks.stage import StagedFile
+from tasks.statuses import Verification, VerifyMode
+from tasks.validate import ValidationRecord
+from tasks.verify.metadata import check_metadata, image_set_documents, instance_entry
+from tasks.verify.pixels import check_pixels
+from tasks.verify.results import FileToVerify, FileVerification
+from tasks.verify.source import SourceFacts, read_sources
+
+# (URIs, whether to decode pixels) -> facts in the same order: a process pool
+# here (read_sources) or a Dask cluster (flows.cluster).
+SourceReader = Callable[[Sequence[str], bool], list[SourceFacts]]
+
+
+def verify_files(
+    datastore_id: str,
+    files: Sequence[FileToVerify],
+    mode: VerifyMode,
+    read: SourceReader,
+    client: Any | None = None,
+) -> list[FileVerification]:
+    """One result per file, in input order (none at all with ``off``)."""
+    if mode is VerifyMode.OFF or not files:
+        return []
+    client = client or medical_imaging_client()
+    documents = image_set_documents(client, datastore_id, (f.image_set_id for f in files))
+    results: dict[str, FileVerification] = {}
+    present: list[tuple[FileToVerify, dict[str, Any]]] = []
+    for item in files:
+        entry, absent = instance_entry(documents[item.image_set_id], item)
+        if absent is not None:
+            results[item.source_uri] = absent
+        elif entry is not None:
+            present.append((item, entry))
+    pixels = mode is VerifyMode.PIXELS
+    facts = read([item.source_uri for item, _ in present], pixels)
+    for (item, entry), source in zip(present, facts, strict=True):
+        document = documents[item.image_set_id]
+        assert document is not None, "an image set with an instance entry has a document"
+        results[item.source_uri] = _verdict(document, entry, item, source,
+                                            pixels)
+    return [results[f.source_uri] for f in files]
+
+
+def _verdict(
+    document: dict[str, Any], entry: dict[str, Any], item: FileToVerify, source: SourceFacts,
+    pixels: bool,
+) -> FileVerification:
+    if source.problem and not source.attributes:
+        return FileVerification(item.source_uri, Verification.NOT_CHECKED, source.problem)
+    result = check_metadata(document, entry, item, source)
+    if result.verification is not Verification.VERIFIED or not pixels:
+        return result
+    return check_pixels(entry, source) or result
+
+
+def files_to_verify(
+    records: Sequence[ValidationRecord],
+    staged: Sequence[StagedFile],
+    outputs: Mapping[str, JobOutput | str],
+    outcomes: Sequence[JobOutcome] = (),
+) -> list[FileToVerify]:
+    """The files an ingestion's job outputs say were imported (success and
+    warning lines), with the image set each went to."""
+    uri_of = {s.key: s.source_uri for s in staged}
+    job_of = {o.batch_id: o.job_id for o in outcomes}
+    landed: dict[str, tuple[str, str | None, str | None]] = {}
+    for batch_id, output in outputs.items():
+        if isinstance(output, str):
+            continue
+        for frame in (output.warning, output.success):
+            codes = (frame["warningCodes"] if "warningCodes" in frame
+                     else [None] * len(frame))
+            for key, image_set_id, warned in zip(frame["inputFile"], frame["imageSetId"],
+                                                 codes, strict=True):
+                uri = uri_of.get(key)
+                if uri is not None and image_set_id and uri not in landed:
+                    landed[uri] = (image_set_id, job_of.get(batch_id), warned)
+    return [
+        FileToVerify(r.uri, r.sop_instance_uid, r.study_instance_uid, r.series_instance_uid,
+                     *landed[r.uri])
+        for r in records
+        if r.uri in landed and r.sop_instance_uid and r.study_instance_uid
+        and r.series_instance_uid
+    ]
+
+
+def files_in(rows: pd.DataFrame) -> list[FileToVerify]:
+    """The files of a ledger selection (tasks.ledger.imported_files)."""
+    rows = rows.astype(object).where(rows.notna(), None)
+    return [
+        FileToVerify(r["source_uri"], r["sop_instance_uid"], r["study_instance_uid"],
+                     r["series_instance_uid"], r["image_set_id"], r["job_id"],
+                     r["warning_codes"])
+        for r in rows.to_dict("records")
+        if r["image_set_id"] and r["sop_instance_uid"] and r["study_instance_uid"]
+        and r["series_instance_uid"]
+    ]
+
+
+def local_reader(workers: int | None) -> SourceReader:
+    return lambda uris, pixels: read_sources(uris, pixels, workers)
+
+
+@task(name="verify", cache_policy=NO_CACHE)
+def verify(
+    datastore_id: str, files: list[FileToVerify], mode: VerifyMode, read: SourceReader
+) -> list[FileVerification]:
+    return verify_files(datastore_id, files, mode, read)

@@ -1,0 +1,228 @@
+"""Verification against the local service: files imported through boto3 as
+HealthImaging imports them, then verified by ``tasks.verify`` with the
+metadata the service serves."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import imagecodecs
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from botocore.config import Config
+from pydicom.encaps import encapsulate
+
+from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
+from emulator.server import LocalService
+from tasks.manifest import read_job_output
+from tasks.statuses import Verification, VerifyMode
+from tasks.verify.results import FileToVerify, FileVerification, with_verification
+from tasks.verify.run import local_reader, verify_files
+
+BUCKET = "verify"
+ROLE = "arn:aws:iam::123456789012:role/ImportRole"
+# Every source syntax pydicom has a lossless test file in, multi-frame ones too.
+STORED_AS_HTJ2K = ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+                   "image_dfl.dcm", "MR_small_RLE.dcm", "SC_rgb_rle_2frame.dcm", "rtdose.dcm",
+                   "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm",
+                   "MR_small_jp2klossless.dcm"]
+KEPT_AS_THEY_CAME = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"]
+
+
+def wait_until(check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def clients() -> tuple[Any, Any]:
+    return boto3.client("medical-imaging", config=Config(inject_host_prefix=False)), \
+        boto3.client("s3")
+
+
+def import_files(
+    folder: Path, names: list[str], lossless: str = "HTJ2K",
+    made: dict[str, pydicom.Dataset] | None = None,
+) -> tuple[str, list[FileToVerify]]:
+    """pydicom's test files (and ``made`` ones) written to ``folder`` (the
+    source) and imported in one job; the files to verify as the job's output
+    lists them."""
+    made = made or {}
+    mi, s3 = clients()
+    s3.create_bucket(Bucket=BUCKET)
+    datastore_id = mi.create_datastore(datastoreName=f"verify-{lossless}",
+                                       losslessStorageFormat=lossless)["datastoreId"]
+    wait_until(lambda: mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"][
+        "datastoreStatus"] == "ACTIVE")
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = f"in/{datastore_id}"
+    for name in [*names, *made]:
+        # Several of pydicom's files share a SOP Instance UID: one each here,
+        # the pixel data as it is in the file.
+        ds = made.get(name) or pydicom.dcmread(PYDICOM_TEST_FILES / name)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid(name)
+        ds.save_as(folder / name, enforce_file_format=True)
+        s3.upload_file(str(folder / name), BUCKET, f"{prefix}/{name}")
+    job_id = mi.start_dicom_import_job(
+        datastoreId=datastore_id, dataAccessRoleArn=ROLE, clientToken=datastore_id,
+        inputS3Uri=f"s3://{BUCKET}/{prefix}/", outputS3Uri=f"s3://{BUCKET}/out/")["jobId"]
+    job = wait_until(lambda: (p := mi.get_dicom_import_job(
+        datastoreId=datastore_id, jobId=job_id)["jobProperties"])["jobStatus"] in (
+        "COMPLETED", "FAILED") and p)
+    output = read_job_output(job["outputS3Uri"])
+    landed = pd.concat([output.success, output.warning])
+    files = []
+    for key, image_set_id in zip(landed["inputFile"], landed["imageSetId"], strict=True):
+        path = folder / key.rsplit("/", 1)[-1]
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        files.append(FileToVerify(str(path), ds.SOPInstanceUID, ds.StudyInstanceUID,
+                                  ds.SeriesInstanceUID, image_set_id, job_id))
+    assert len(files) == len(names) + len(made)
+    return datastore_id, files
+
+
+def verified(datastore_id: str, files: list[FileToVerify], mode: VerifyMode) -> dict[str, Any]:
+    results = verify_files(datastore_id, files, mode, local_reader(1))
+    return {Path(r.source_uri).name: (r.verification, r.detail) for r in results}
+
+
+def stored_metadata(service: LocalService, image_set_id: str) -> tuple[str, dict[str, Any]]:
+    version = service.backend.image_sets.version(image_set_id)
+    return version["metadataKey"], json.loads(
+        gzip.decompress(service.store.get_blob(version["metadataKey"])))
+
+
+@pytest.mark.parametrize(("lossless", "names", "stored"), [
+    ("HTJ2K", STORED_AS_HTJ2K + KEPT_AS_THEY_CAME,
+     {"1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91"}),
+    ("JPEG_2000_LOSSLESS", ["CT_small.dcm", "MR_small_jp2klossless.dcm",
+                            "SC_rgb_rle_2frame.dcm"], {"1.2.840.10008.1.2.4.90"}),
+])
+def test_pydicom_files_in_every_stored_syntax_verify(
+    local_aws: LocalService, tmp_path: Path, lossless: str, names: list[str], stored: set[str]
+) -> None:
+    datastore_id, files = import_files(tmp_path / "source", names, lossless)
+    syntaxes = set()
+    for item in files:
+        _, document = stored_metadata(local_aws, item.image_set_id)
+        instance = document["Study"]["Series"][item.series_instance_uid]["Instances"][
+            item.sop_instance_uid]
+        syntaxes.add(instance["StoredTransferSyntaxUID"])
+    assert syntaxes == stored
+
+    for mode in (VerifyMode.METADATA, VerifyMode.PIXELS):
+        assert verified(datastore_id, files, mode) == dict.fromkeys(
+            names, (Verification.VERIFIED, None)), mode
+
+
+def test_a_video_verifies_by_the_checksum_of_its_stream(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    video = ct_slice(series_spec("verify-video"), 0, rows=8, columns=8)
+    video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102.1"  # H.264, fragmentable
+    video.BitsAllocated, video.BitsStored, video.HighBit = 8, 8, 7
+    video.NumberOfFrames = 30
+    video.PixelData = encapsulate([b"\x00\x00\x00\x01\x09\xf0" * 10,
+                                   b"\x00\x00\x00\x01\x65\x88" * 7])
+    video["PixelData"].VR = "OB"
+    datastore_id, files = import_files(tmp_path / "source", [], made={"video.dcm": video})
+
+    assert verified(datastore_id, files, VerifyMode.PIXELS) == {
+        "video.dcm": (Verification.VERIFIED, None)}
+
+
+def test_frame_altered_after_import_is_a_mismatch_naming_the_frame(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    datastore_id, files = import_files(tmp_path / "source", ["SC_rgb_rle_2frame.dcm"])
+    (item,) = files
+    # The data store now holds other pixels as frame 2: its stored frame and
+    # the checksum HealthImaging keeps of it both describe them.
+    key, document = stored_metadata(local_aws, item.image_set_id)
+    instance = document["Study"]["Series"][item.series_instance_uid]["Instances"][
+        item.sop_instance_uid]
+    second = instance["ImageFrames"][1]
+    other = np.zeros((100, 100, 3), dtype=np.uint8)
+    local_aws.store.put_blob(f"frames/{second['ID']}", imagecodecs.htj2k_encode(other))
+    second["PixelDataChecksumFromBaseToFullResolution"][-1]["Checksum"] = (
+        __import__("zlib").crc32(other.data))
+    local_aws.store.put_blob(key, gzip.compress(json.dumps(document).encode()))
+
+    assert verified(datastore_id, files, VerifyMode.PIXELS) == {
+        "SC_rgb_rle_2frame.dcm": (Verification.MISMATCH, "pixel checksum differs in frame 2")}
+    # The metadata alone does not look at pixels.
+    assert verified(datastore_id, files, VerifyMode.METADATA)[
+        "SC_rgb_rle_2frame.dcm"][0] is Verification.VERIFIED
+
+
+def test_deleted_image_set_makes_its_files_missing(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    datastore_id, files = import_files(tmp_path / "source", ["CT_small.dcm", "MR_small.dcm"])
+    mi, _ = clients()
+    gone = files[0].image_set_id
+    mi.delete_image_set(datastoreId=datastore_id, imageSetId=gone)
+    wait_until(lambda: mi.get_image_set(datastoreId=datastore_id, imageSetId=gone)[
+        "imageSetState"] == "DELETED")
+
+    assert verified(datastore_id, files, VerifyMode.METADATA) == {
+        "CT_small.dcm": (Verification.MISSING, f"image set {gone} not found"),
+        "MR_small.dcm": (Verification.VERIFIED, None),
+    }
+
+
+def test_attribute_that_differs_is_named_never_its_value(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    datastore_id, files = import_files(tmp_path / "source", ["CT_small.dcm"])
+    source = Path(files[0].source_uri)
+    ds = pydicom.dcmread(source)
+    ds.PatientID = "SECRET-4711"
+    ds.NumberOfFrames = 2
+    ds.save_as(source)
+
+    ((verification, detail),) = verified(datastore_id, files, VerifyMode.METADATA).values()
+
+    assert verification is Verification.MISMATCH
+    assert detail == "PatientID differs; 1 frames stored, 2 in the source"
+    assert "SECRET" not in detail
+
+
+def test_a_reported_coercion_is_not_a_mismatch(local_aws: LocalService, tmp_path: Path) -> None:
+    datastore_id, files = import_files(tmp_path / "source", ["CT_small.dcm"])
+    source = Path(files[0].source_uri)
+    ds = pydicom.dcmread(source)
+    ds.StudyDescription = "changed"
+    ds.save_as(source)
+    warned = [FileToVerify(**{**files[0].__dict__,
+                              "warning_codes": "COERCION_OF_DATA_ELEMENTS(0xB000)"})]
+
+    assert verified(datastore_id, warned, VerifyMode.METADATA) == {"CT_small.dcm": (
+        Verification.VERIFIED, "as the import warned: StudyDescription differs")}
+
+
+def test_report_rows_take_the_verification_and_a_discrepancy_fails_the_file() -> None:
+    files = pd.DataFrame({"source_uri": ["a", "b", "c", "d"],
+                          "status": ["imported", "imported_with_warnings", "imported",
+                                     "invalid"]})
+    results = [FileVerification("a", Verification.VERIFIED),
+               FileVerification("b", Verification.MISMATCH, "PatientID differs"),
+               FileVerification("c", Verification.MISSING, "image set x not found")]
+
+    rows = with_verification(files, results)
+
+    assert rows["status"].tolist() == ["imported", "verify_mismatch", "verify_mismatch",
+                                       "invalid"]
+    assert rows["verification"].tolist() == ["verified", "mismatch", "missing", "not_checked"]
+    assert rows["verification_detail"].tolist() == [None, "PatientID differs",
+                                                    "image set x not found", None]
