@@ -33,6 +33,7 @@ from tasks.batch import Batch, batch
 from tasks.discover import SourceFile, discover
 from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
+from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
 from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
 from tasks.manifest import job_outputs
@@ -121,6 +122,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     datastore = resolve(params.datastore)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id))
+    ensure_job_slots(datastore_id)
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-ingest", params.source)
     with ledger.holding_claims():
