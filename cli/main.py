@@ -11,7 +11,7 @@ from cli.exit_status import ExitStatus
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the environment Prefect reads once.
-    from cli import demo, ingest, report, retry
+    from cli import demo, ingest, migrate, report, retry
     from deployments import serve as serve_cli
     from emulator import cli as local_cli
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     ingest.add_parser(subparsers)
     retry.add_parser(subparsers)
+    migrate.add_parser(subparsers)
     report.add_parser(subparsers)
     demo.add_parser(subparsers)
     local_cli.add_parser(subparsers)
