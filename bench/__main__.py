@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("emulator_service", "validate", "stage", "manifest", "job_slots", "end_to_end")
+BENCHES = ("emulator_service", "validate", "stage", "manifest", "job_slots", "end_to_end",
+           "fanout")
 
 
 def main() -> None:
