@@ -25,6 +25,7 @@ from emulator.config import ServiceConfig
 from emulator.samples import write_demo_corpus
 from emulator.server import LocalService
 from flows.parameters import IngestParameters
+from tasks.report import FILES_DATASET
 
 BUCKET = "dicom-import-demo"
 # Only the endpoint variables the service sets may steer the clients.
@@ -100,10 +101,11 @@ def prepare(folder: Path) -> str | None:
 
 def print_file_report(reports: Path, source: Path) -> None:
     """Every file with its status: the point of the tool, shown on the demo set."""
-    latest = max(reports.rglob("files.parquet"), key=lambda p: p.stat().st_mtime, default=None)
+    parts = reports.rglob(f"{FILES_DATASET}/part-*.parquet")
+    latest = max(parts, key=lambda p: p.stat().st_mtime, default=None)
     if latest is None:
         return
-    files = read_table(str(latest))
+    files = read_table(str(latest.parent))
     files["file"] = files["source_uri"].map(lambda uri: os.path.relpath(uri, source))
     files["image_set"] = files["image_set_id"].str.slice(0, 8)
     files["why"] = files["reason_code"].fillna(files["error_type"]).fillna("")

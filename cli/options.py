@@ -59,7 +59,7 @@ def add_model_options(
     for name in positional:
         parser.add_argument(name, help=_help(model.model_fields[name], needed=False))
     for name, field in model.model_fields.items():
-        if name in positional:
+        if name in positional or _set_by_flows(field):
             continue
         if _option_type(field.annotation) is bool:
             parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
@@ -68,6 +68,12 @@ def add_model_options(
             parser.add_argument(flag(name), dest=name, type=_option_type(field.annotation),
                                 default=None, help=_help(field, name in needed),
                                 metavar=name.upper())
+
+
+def _set_by_flows(field: FieldInfo) -> bool:
+    """Parameters one flow passes another (a migration's listing), never typed."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("set_by_flows"))
 
 
 def add_verbose_option(parser: argparse.ArgumentParser) -> None:

@@ -66,7 +66,6 @@ def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>7}")
-    files = read_table(result.report_files_parquet)
-    print_failures(files, params.source or "")
+    print_failures(result.report_files_parquet, params.source or "")
     print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_parquet)
     print(f"\nPer-file report: {result.report_files_parquet}")

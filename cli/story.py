@@ -5,8 +5,11 @@ rest), the jobs, and where the report is. No PHI: paths, UIDs and counts."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from flows.ingest import IngestResult
 from tasks.locations import filesystem_for
@@ -40,9 +43,9 @@ def print_ingest_story(result: IngestResult, source: str) -> None:
             print(f"  {name:<{width}}  {count:>7}")
     print_nothing_new(result)
     if result.files:
-        print_failures(read_table(result.report_files_parquet), source)
+        print_failures(result.report_files_parquet, source)
         print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_csv)
-        print(f"\nPer-file report: {result.report_files_csv}")
+        print(f"\nPer-file report: {result.report_files_csv or '(no CSV: too many files)'}")
         print(f"                 {result.report_files_parquet}")
         print(f"Per-job report:  {result.report_jobs_csv}")
 
@@ -60,17 +63,28 @@ def print_nothing_new(result: IngestResult) -> None:
               "started by an earlier run; nothing new was imported.")
 
 
-def print_failures(files: pd.DataFrame, source: str) -> None:
-    failed = files[~files["status"].isin(_SUCCESSES)]
-    if failed.empty:
+def print_failures(report: str, source: str) -> None:
+    """Read batch by batch, failures only: a report can hold millions of rows."""
+    counts: Counter[tuple[str, str]] = Counter()
+    names: dict[tuple[str, str], list[str]] = {}
+    failures = ~pc.field("status").isin(sorted(_SUCCESSES))
+    for rows in report_dataset(report).to_batches(
+            columns=["source_uri", "status", "reason_code", "error_type"], filter=failures):
+        frame = rows.to_pandas()
+        why = frame["reason_code"].fillna(frame["error_type"]).fillna("")
+        for (status, reason), uris in frame.assign(why=why).groupby(["status", "why"],
+                                                                    sort=False)["source_uri"]:
+            key = (str(status), str(reason))
+            counts[key] += len(uris)
+            shown = names.setdefault(key, [])
+            shown += [_short(uri, source) for uri in uris.head(_NAMES_PER_REASON - len(shown))]
+    if not counts:
         return
-    why = failed["reason_code"].fillna(failed["error_type"]).fillna("")
     print("\nNot imported, by reason:")
-    groups = failed.assign(why=why).groupby(["status", "why"], sort=False)["source_uri"]
-    for (status, reason), uris in sorted(groups, key=lambda group: -len(group[1])):
-        names = [_short(uri, source) for uri in uris.head(_NAMES_PER_REASON)]
-        more = f" and {len(uris) - len(names)} more" if len(uris) > len(names) else ""
-        print(f"  {status} {reason}".rstrip() + f": {len(uris)} ({', '.join(names)}{more})")
+    for (status, reason), count in counts.most_common():
+        shown = names[(status, reason)]
+        more = f" and {count - len(shown)} more" if count > len(shown) else ""
+        print(f"  {status} {reason}".rstrip() + f": {count} ({', '.join(shown)}{more})")
 
 
 def print_jobs(jobs: pd.DataFrame, jobs_csv: str) -> None:
@@ -83,9 +97,13 @@ def print_jobs(jobs: pd.DataFrame, jobs_csv: str) -> None:
 
 
 def read_table(uri: str) -> pd.DataFrame:
+    """A report table, whole: a parquet file or a dataset folder of parts."""
+    return report_dataset(uri).to_table().to_pandas()
+
+
+def report_dataset(uri: str) -> ds.Dataset:
     fs, path = filesystem_for(uri)
-    with fs.open(path, "rb") as handle:
-        return pd.read_parquet(handle)
+    return ds.dataset(path, filesystem=fs, format="parquet")
 
 
 def _short(uri: str, source: str) -> str:

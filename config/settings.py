@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         default=None, description="Processes for validation; default: one per core."
     )
     stage_concurrency: int = Field(default=16, ge=1)
+    window_files: int = Field(
+        default=10_000, ge=1,
+        description="Files a run takes from its source at a time: what it holds in memory.",
+    )
     dask_address: str | None = Field(
         default=None, description="tcp://host:8786 of a Dask scheduler; local when unset."
     )

@@ -16,8 +16,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
@@ -28,18 +30,32 @@ from pydantic import BaseModel
 
 from flows.cluster import stage_on_cluster, validate_on_cluster
 from flows.parameters import ImportOptions, IngestParameters
-from flows.run_identity import datastore_tags, ingest_run_name, run_ledger, tag_current_run
+from flows.run_identity import (
+    datastore_tags,
+    ingest_run_name,
+    run_ledger,
+    scratch_ledger,
+    tag_current_run,
+)
 from tasks.batch import Batch, batch
-from tasks.discover import SourceFile, discover
+from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
+from tasks.inventory import Inventory, claim_window, list_source
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
-from tasks.ledger import ClaimResult, RunLedger, claim_files, settle_unchanged
+from tasks.ledger import RunLedger, settle_unchanged
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.preflight import preflight
-from tasks.report import report
+from tasks.report import (
+    JOB_COLUMNS,
+    ReportWriter,
+    build_job_summary,
+    build_report,
+    job_rows,
+    not_taken_rows,
+)
 from tasks.stage import (
     StageAction,
     StagedFile,
@@ -48,7 +64,7 @@ from tasks.stage import (
     staging_run_id,
     with_checksums,
 )
-from tasks.validate import ValidationRecord, validate
+from tasks.validate import ValidationRecord, validate, with_earlier_instances
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
 SUMMARY_ARTIFACT_KEY = "dicom-ingest-summary"
@@ -62,9 +78,11 @@ class IngestResult(BaseModel):
     jobs: int
     counts: dict[str, int]
     report_files_parquet: str
-    report_files_csv: str
+    # Only for runs small enough to open in a spreadsheet (see README.md).
+    report_files_csv: str | None
     report_jobs_parquet: str
     report_jobs_csv: str
+    report_summary: str | None = None
     # The ID retry_failed selects a run by (the staging run_id is per source).
     flow_run_id: str | None = None
     # Discovered but left out of this run's report (see "The ledger" in README.md).
@@ -114,94 +132,181 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     timer = StageTimer()
     preflight(params.report_location, params.source, params.staging_prefix,
               params.output_prefix, imports=params.imports())
-    with timer.stage("discover"):
-        files = discover(params.source)
     if params.dry_run:
-        # A dry run claims nothing and records nothing: it changes no state.
-        return _import_and_report(params, files, None, None, timer)
+        # A dry run changes no state: its ledger is a scratch one, gone with it.
+        with scratch_ledger(params.datastore or "dry-run") as ledger:
+            return _ingest(params, None, ledger, timer)
     datastore = resolve(params.datastore)
-    datastore_id = datastore.datastore_id
-    tag_current_run(*datastore_tags(params.datastore, datastore_id))
-    ensure_job_slots(datastore_id)
-    ledger = run_ledger(params.report_location, datastore_id)
-    ledger.start_run("dicom-ingest", params.source)
-    with ledger.holding_claims():
-        claim = claim_files(ledger, params.source, quote(files), params.only_new,
-                            params.max_attempts)
-        logger = get_run_logger()
-        logger.info(
-            "%d files found: %d to process, %d unchanged since an earlier run, "
-            "%d given up after %d attempts, %d being processed by another run", len(files),
-            len(claim.files), claim.skipped_unchanged, claim.given_up, params.max_attempts,
-            claim.claimed_by_other_runs)
-        for holder in claim.holders:
-            logger.warning(holder.describe())
-        return _import_and_report(params, claim.files, datastore, ledger, timer, claim)
+    tag_current_run(*datastore_tags(params.datastore, datastore.datastore_id))
+    ensure_job_slots(datastore.datastore_id)
+    return _ingest(params, datastore, run_ledger(params.report_location, datastore.datastore_id),
+                   timer)
 
 
-def _import_and_report(
-    params: IngestParameters,
-    files: list[SourceFile],
-    datastore: Datastore | None,
-    ledger: RunLedger | None,
-    timer: StageTimer,
-    claim: ClaimResult | None = None,
+def _ingest(
+    params: IngestParameters, datastore: Datastore | None, ledger: RunLedger, timer: StageTimer
 ) -> IngestResult:
-    logger = get_run_logger()
-    claim = claim or ClaimResult(files, {})
-    skipped_unchanged = claim.skipped_unchanged
-    with timer.stage("validate"):
-        records = validate_sources(params, files)
-    if ledger is not None:
-        records, same_bytes = settle_unchanged(ledger, quote(records), params.only_new)
-        skipped_unchanged += same_bytes
-    batches = batch(quote(records), params.max_files_per_job, params.max_bytes_per_job)
-    logger.info("%d files, %d valid, in %d batches", len(records),
-                sum(r.is_valid for r in records), len(batches))
+    """List the source into the ledger (unless a migration did), then work
+    through it a window at a time."""
+    ledger.start_run("dicom-ingest", params.source)
+    inventory = Inventory(ledger, params.inventory or ledger.run_id)
+    with ledger.holding_claims():
+        try:
+            if params.inventory is None:
+                with timer.stage("discover"):
+                    listing = list_source(inventory, params.source, params.only_new,
+                                          params.max_attempts)
+                get_run_logger().info(
+                    "%d files found: %d to process, %d unchanged since an earlier run, "
+                    "%d given up after %d attempts", listing.files, listing.to_process,
+                    listing.skipped_unchanged, listing.given_up, params.max_attempts)
+            return _work_through(params, datastore, inventory, timer)
+        finally:
+            if params.inventory is None:
+                inventory.forget()
 
-    staged: list[StagedFile] = []
-    outcomes: list[JobOutcome] = []
+
+@dataclass
+class _Window:
+    """One window between being submitted and being reported."""
+
+    number: int
+    records: list[ValidationRecord]
+    batches: list[Batch]
+    staged: list[StagedFile]
+    jobs: list[tuple[Batch, PrefectFuture[JobOutcome] | None]]
+
+
+@dataclass
+class _RunTally:
+    """What the windows of a run add up to (jobs and counts, never files)."""
+
+    # Import job slots: the run's, shared by its windows.
+    slots: threading.BoundedSemaphore
+    same_bytes: int = 0
+    job_tables: list[pd.DataFrame] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    jobs_from_earlier_runs: list[str] = field(default_factory=list)
+
+
+def _work_through(
+    params: IngestParameters, datastore: Datastore | None, inventory: Inventory,
+    timer: StageTimer,
+) -> IngestResult:
+    """Claim a window, validate, batch, stage and submit it, then report the
+    window before it while this one's jobs run: import job slots stay busy
+    across windows, and at most two windows are held at once."""
+    ledger = inventory.ledger
     datastore_id = datastore.datastore_id if datastore else None
-    if datastore_id is None:
-        run_id = staging_run_id(params.source, params.datastore or "")
-    else:
-        run_id = staging_run_id(params.source, datastore_id)
-        staged, outcomes = import_batches(params, datastore_id, run_id, batches, ledger, timer)
-
+    run_id = staging_run_id(params.source, datastore_id or params.datastore or "")
     # The flow run ID too: two runs of one source can start within a second.
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}"
-    skipped = {"skipped_unchanged": skipped_unchanged, "given_up": claim.given_up,
-               "claimed_by_other_runs": claim.claimed_by_other_runs}
+    ledger.record_report(folder, pd.DataFrame(columns=JOB_COLUMNS))
+    writer = ReportWriter(folder)
+    tally = _RunTally(threading.BoundedSemaphore(params.max_concurrent_jobs))
+    submitted: _Window | None = None
+    number = 0
+    while not stop_requested():
+        window = claim_window(inventory, params.window_files)
+        if not window.files:
+            break
+        number += 1
+        started = _submit_window(params, datastore_id, run_id, inventory, window.files, number,
+                                 tally, timer)
+        if submitted is not None:
+            _report_window(params, datastore_id, ledger, submitted, writer, tally, timer)
+        submitted = started
+    if submitted is not None:
+        _report_window(params, datastore_id, ledger, submitted, writer, tally, timer)
+    if stop_requested() and params.inventory is None:
+        for files in inventory.untaken(params.window_files):
+            writer.add_files(ledger.record_outcomes(not_taken_rows(files)))
+
+    leftover = inventory.leftover()
+    own_listing = params.inventory is None
+    skipped = {
+        "skipped_unchanged": tally.same_bytes + (leftover.skipped_unchanged if own_listing else 0),
+        "given_up": leftover.given_up if own_listing else 0,
+        "claimed_by_other_runs": leftover.claimed_by_other_runs,
+    }
+    for holder in leftover.holders:
+        get_run_logger().warning(holder.describe())
+    jobs = (pd.concat(tally.job_tables, ignore_index=True) if tally.job_tables
+            else pd.DataFrame(columns=JOB_COLUMNS))
+    ledger.record_report(folder, jobs)
     with timer.stage("report"):
-        outputs = confirm_lost_outputs(datastore_id, quote(batches), quote(staged), outcomes,
-                                       quote(job_outputs(outcomes)))
-        paths, counts, job_rows = report(
-            quote(records), quote(batches), quote(staged), outcomes, quote(outputs), folder,
-            params.include_phi, ledger,
-        )
-        publish(job_rows, counts, skipped, paths.files_parquet)
-    logger.info("Time by stage: %s", timer.summary())
-    if ledger is not None:
-        ledger.finish_run({**counts, **skipped})
+        paths = writer.close(jobs, {"counts": writer.counts, **skipped,
+                                    "jobs": len(tally.job_ids)})
+        publish(job_rows(jobs), writer.counts, skipped, paths.files_parquet)
+    get_run_logger().info("Time by stage: %s", timer.summary())
+    ledger.finish_run({**writer.counts, **skipped})
     return IngestResult(
         run_id=run_id,
         datastore_id=datastore_id,
         datastore_name=datastore.name if datastore else None,
-        files=len(records),
-        jobs=sum(o.job_id is not None for o in outcomes),
-        counts=counts,
+        files=writer.rows,
+        jobs=len(tally.job_ids),
+        counts=writer.counts,
         report_files_parquet=paths.files_parquet,
         report_files_csv=paths.files_csv,
         report_jobs_parquet=paths.jobs_parquet,
         report_jobs_csv=paths.jobs_csv,
+        report_summary=paths.summary,
         flow_run_id=flow_run.id,
         timings=timer.seconds,
-        holders=[holder.describe() for holder in claim.holders],
-        jobs_from_earlier_runs=[o.job_id for o in outcomes if o.job_id and o.from_earlier_run],
-        jobs_of_skipped=claim.jobs_of_skipped,
+        holders=[holder.describe() for holder in leftover.holders],
+        jobs_from_earlier_runs=tally.jobs_from_earlier_runs,
+        jobs_of_skipped=leftover.jobs_of_skipped if own_listing else {},
         **skipped,
     )
+
+
+def _submit_window(
+    params: IngestParameters, datastore_id: str | None, run_id: str, inventory: Inventory,
+    files: list[SourceFile], number: int, tally: _RunTally, timer: StageTimer,
+) -> _Window:
+    ledger = inventory.ledger
+    with timer.stage("validate"):
+        records = validate_sources(params, files)
+    records = with_earlier_instances(
+        records, inventory.kept_instances(r.sop_instance_uid for r in records
+                                          if r.sop_instance_uid))
+    records, same_bytes = settle_unchanged(ledger, quote(records), params.only_new)
+    tally.same_bytes += same_bytes
+    batches = batch(quote(records), params.max_files_per_job, params.max_bytes_per_job)
+    get_run_logger().info("Window %d: %d files, %d valid, in %d batches", number, len(records),
+                          sum(r.is_valid for r in records), len(batches))
+    if datastore_id is None:
+        return _Window(number, records, batches, [], [])
+    with timer.stage("stage"):
+        staged = _stage(params, run_id, batches)
+    ledger.renew()  # staging a large window can take a good part of a lease
+    with timer.stage("import"):
+        jobs = _submit_jobs(params, datastore_id, run_id, with_checksums(batches, staged),
+                            staged, ledger, tally.slots)
+    return _Window(number, records, batches, staged, jobs)
+
+
+def _report_window(
+    params: IngestParameters, datastore_id: str | None, ledger: RunLedger, window: _Window,
+    writer: ReportWriter, tally: _RunTally, timer: StageTimer,
+) -> None:
+    """Wait for the window's jobs, then record and write its rows: from here
+    on the window's files are done, and released."""
+    with timer.stage("import"):
+        outcomes = [_outcome(item, future, datastore_id or "") for item, future in window.jobs]
+    with timer.stage("report"):
+        outputs = confirm_lost_outputs(datastore_id, quote(window.batches), quote(window.staged),
+                                       outcomes, quote(job_outputs(outcomes)))
+        files = build_report(quote(window.records), quote(window.batches), quote(window.staged),
+                             outcomes, quote(outputs), params.include_phi)
+        files = ledger.record_outcomes(files, outcomes)
+        writer.add_files(files)
+        tally.job_tables.append(build_job_summary(window.batches, outcomes, outputs, files))
+    tally.job_ids += [o.job_id for o in outcomes if o.job_id]
+    tally.jobs_from_earlier_runs += [o.job_id for o in outcomes
+                                     if o.job_id and o.from_earlier_run]
 
 
 def import_batches(
@@ -212,15 +317,16 @@ def import_batches(
     ledger: RunLedger | None,
     timer: StageTimer | None = None,
 ) -> tuple[list[StagedFile], list[JobOutcome]]:
-    """Stage, then import: shared by ingestion and retry_failed."""
+    """Stage, then import and wait: retry_failed's (ingestion overlaps windows)."""
     timer = timer or StageTimer()
     with timer.stage("stage"):
         staged = _stage(params, run_id, batches)
     if ledger is not None:
         ledger.renew()  # staging a large backfill can take a good part of a lease
     with timer.stage("import"):
-        outcomes = _run_jobs(params, datastore_id, run_id, with_checksums(batches, staged),
-                             staged, ledger)
+        jobs = _submit_jobs(params, datastore_id, run_id, with_checksums(batches, staged),
+                            staged, ledger, threading.BoundedSemaphore(params.max_concurrent_jobs))
+        outcomes = [_outcome(item, future, datastore_id) for item, future in jobs]
     return staged, outcomes
 
 
@@ -240,19 +346,21 @@ def _stage(params: ImportOptions, run_id: str, batches: list[Batch]) -> list[Sta
     return stage(quote(batches), prefix, run_id, params.stage_concurrency)
 
 
-def _run_jobs(
+def _submit_jobs(
     params: ImportOptions,
     datastore_id: str,
     run_id: str,
     batches: list[Batch],
     staged: list[StagedFile],
     ledger: RunLedger | None,
-) -> list[JobOutcome]:
-    """One task run per batch, at most ``max_concurrent_jobs`` at a time: a slot
-    is taken before submitting and given back when the task ends."""
+    slots: threading.BoundedSemaphore,
+) -> list[tuple[Batch, PrefectFuture[JobOutcome] | None]]:
+    """One task run per batch, at most ``max_concurrent_jobs`` of this run at a
+    time: a slot is taken before submitting and given back when the task ends.
+    The slots are the run's, shared by its windows: a window's jobs start as
+    the previous window's end."""
     unusable = {StageAction.FAILED, StageAction.INTERRUPTED}
     usable = {s.batch_id for s in staged if s.action not in unusable}
-    slots = threading.BoundedSemaphore(params.max_concurrent_jobs)
     futures: list[tuple[Batch, PrefectFuture[JobOutcome] | None]] = []
     for item in batches:
         if item.batch_id not in usable:
@@ -275,7 +383,7 @@ def _run_jobs(
         )
         future.add_done_callback(lambda _: slots.release())
         futures.append((item, future))
-    return [_outcome(item, future, datastore_id) for item, future in futures]
+    return futures
 
 
 def _outcome(

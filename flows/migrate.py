@@ -18,12 +18,12 @@ from flows.parameters import ImportOptions, MigrateParameters
 from flows.run_identity import datastore_tags, migrate_run_name, run_ledger, tag_current_run
 from tasks.child_runs import ChildRun, supervise
 from tasks.import_jobs import resolve
-from tasks.inventory import fill_inventory, inventory_counts
+from tasks.inventory import Inventory, list_source
 from tasks.job_slots import ensure_job_slots
 from tasks.migration_summary import publish_summary, summary_markdown
 from tasks.preflight import preflight
 
-# inventory_counts' key for files not yet given a final status.
+# Inventory.file_statuses' name for files with no outcome since the listing.
 UNFINISHED = "unfinished"
 
 
@@ -32,7 +32,8 @@ class MigrateResult(BaseModel):
     datastore_id: str
     datastore_name: str | None = None
     files: int
-    # Final statuses of the inventory's files, and "unfinished".
+    # Latest outcome of each file of the inventory (a file skipped as
+    # unchanged: its earlier one), and "unfinished".
     counts: dict[str, int]
     skipped_unchanged: int = 0
     given_up: int = 0
@@ -59,44 +60,44 @@ def dicom_migrate(params: MigrateParameters) -> MigrateResult:
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "migration")
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-migrate", params.source)
-    inventory_id = ledger.run_id
-    filled = fill_inventory(ledger, inventory_id, params.source, params.only_new,
-                            params.max_attempts)
+    inventory = Inventory(ledger, ledger.run_id)
+    listing = list_source(inventory, params.source, params.only_new, params.max_attempts)
     logger.info("%d files in the inventory: %d to process, %d unchanged since an earlier run, "
-                "%d given up", filled.files, filled.to_process, filled.skipped_unchanged,
-                filled.given_up)
+                "%d given up", listing.files, listing.to_process, listing.skipped_unchanged,
+                listing.given_up)
     limit = ensure_job_slots(datastore_id, params.max_jobs_in_flight)
 
     def unfinished() -> int:
-        return inventory_counts(ledger.url, datastore_id, inventory_id).get(UNFINISHED, 0)
+        return inventory.file_statuses().get(UNFINISHED, 0)
 
     children: list[ChildRun] = []
-    if filled.to_process:
+    if listing.to_process:
         children = supervise(
-            params.ingest_deployment, child_parameters(params, datastore_id, inventory_id),
-            inventory_id, ledger.url, params.workers, params.replacements,
+            params.ingest_deployment, child_parameters(params, datastore_id, inventory),
+            inventory.inventory_id, ledger.url, params.workers, params.replacements,
             get_settings().run_presumed_dead_seconds, params.start_timeout_seconds,
             params.check_interval_seconds, unfinished, logger)
-    counts = inventory_counts(ledger.url, datastore_id, inventory_id)
-    skipped = {"skipped_unchanged": filled.skipped_unchanged, "given_up": filled.given_up}
+    counts = inventory.file_statuses()
+    skipped = {"skipped_unchanged": listing.skipped_unchanged, "given_up": listing.given_up}
     publish_summary(summary_markdown(params.source, counts, skipped, children))
     ledger.finish_run({**counts, **skipped})
+    if not any(child.holds_work for child in children):
+        # Stopped (Ctrl-C), its children go on with the listing: kept for them.
+        inventory.forget()
     return MigrateResult(
-        inventory_id=inventory_id, datastore_id=datastore_id, datastore_name=datastore.name,
-        files=filled.files, counts=counts, jobs_in_flight_limit=limit,
+        inventory_id=inventory.inventory_id, datastore_id=datastore_id,
+        datastore_name=datastore.name, files=listing.files, counts=counts,
+        jobs_in_flight_limit=limit,
         reports={c.flow_run_id: c.report_folder for c in children},
         child_states={c.flow_run_id: c.state for c in children}, **skipped,
     )
 
 
 def child_parameters(
-    params: MigrateParameters, datastore_id: str, inventory_id: str
+    params: MigrateParameters, datastore_id: str, inventory: Inventory
 ) -> dict[str, object]:
     """The ingest runs' parameters: the migration's own import options, the
     data store by ID (resolved once), and the inventory instead of discovery."""
     shared = params.model_dump(mode="json", include=set(ImportOptions.model_fields))
-    child: dict[str, object] = {**shared, "datastore": datastore_id, "only_new": params.only_new,
-                                "inventory": inventory_id}
-    if params.window_files is not None:
-        child["window_files"] = params.window_files
-    return child
+    return {**shared, "datastore": datastore_id, "only_new": params.only_new,
+            "inventory": inventory.inventory_id}

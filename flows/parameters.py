@@ -75,6 +75,12 @@ class ImportOptions(BaseModel):
         default_factory=_setting("stage_concurrency"), ge=1,
         description="Parallel uploads while staging.",
     )
+    window_files: int = Field(
+        default_factory=_setting("window_files"), ge=1,
+        description="Files taken from the source at a time: validated, staged, imported and "
+        "reported together. Memory follows this, not the size of the source; import job slots "
+        "are shared across windows.",
+    )
     dask_address: str | None = Field(
         default_factory=_setting("dask_address"),
         description="Address of a Dask scheduler (tcp://host:8786): validation and staging "
@@ -130,6 +136,12 @@ class IngestParameters(ImportOptions):
         default=False,
         description="Discover, validate and batch only: no upload, no import, report only.",
     )
+    inventory: str | None = Field(
+        default=None,
+        description="Set by a migration: the ID of the listing of the source it made, which "
+        "this run shares with the migration's other runs. Empty: the run lists the source itself.",
+        json_schema_extra={"set_by_flows": True},
+    )
 
     def imports(self) -> bool:
         return not self.dry_run
@@ -176,11 +188,6 @@ class MigrateParameters(ImportOptions):
         description="Import jobs in flight into the data store across every run and worker "
         "(a Prefect concurrency limit named after the data store). Empty: the limit as it "
         "stands, created at 100 (HealthImaging's quota) when missing.",
-    )
-    window_files: int | None = Field(
-        default=None, ge=1,
-        description="Files each ingest run claims and processes at a time. Empty: the ingest "
-        "runs' own default.",
     )
     only_new: bool = Field(
         default=True,

@@ -8,7 +8,10 @@ unlike the staging run ID, differs between two runs over the same source.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +19,7 @@ from prefect import get_client
 from prefect.runtime import flow_run
 
 from config.settings import get_settings
-from tasks.ledger import RunLedger, ledger_url
+from tasks.ledger import LEDGER_FILE_NAME, RunLedger, dispose_engine, ledger_url
 
 
 def _parameter(name: str) -> Any:
@@ -69,6 +72,19 @@ def tag_current_run(*tags: str) -> None:
 
 def datastore_tags(requested: str | None, datastore_id: str) -> list[str]:
     return sorted({f"datastore:{datastore_id}", f"datastore:{requested or datastore_id}"})
+
+
+@contextmanager
+def scratch_ledger(datastore_id: str) -> Iterator[RunLedger]:
+    """A ledger of one run's own, deleted with it: a dry run lists and counts
+    like a real run without leaving state behind."""
+    with tempfile.TemporaryDirectory(prefix="dicom-import-dry-run-") as folder:
+        url = f"sqlite:///{folder}/{LEDGER_FILE_NAME}"
+        try:
+            yield RunLedger(url=url, run_id=flow_run.id or uuid.uuid4().hex,
+                            datastore_id=datastore_id)
+        finally:
+            dispose_engine(url)
 
 
 def run_ledger(report_location: str, datastore_id: str) -> RunLedger:

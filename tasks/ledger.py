@@ -214,7 +214,36 @@ files_table = sa.Table(
     sa.Index("ix_ledger_files_status", "datastore_id", "status"),
     sa.Index("ix_ledger_files_job", "datastore_id", "job_id"),
     sa.Index("ix_ledger_files_claim", "claim_owner"),
+    # Duplicates across the windows of one run (tasks.inventory).
+    sa.Index("ix_ledger_files_sop", "datastore_id", "sop_instance_uid"),
 )
+
+# A source as one listing saw it, handed out in windows (tasks.inventory). An
+# inventory is a run's own, or a migration's, shared by its child runs.
+inventory_table = sa.Table(
+    "ledger_inventory",
+    metadata,
+    sa.Column("inventory_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    sa.Column("relative_path", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(256), nullable=False),
+    sa.Column("change", sa.String(16), nullable=False),
+    # Why an only_new listing left the file alone (retry policy), else NULL.
+    sa.Column("skip", sa.String(16)),
+    # An outcome was recorded for the file since it was listed, by this
+    # inventory's runs or any other: nobody takes it from this inventory again.
+    sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("done_by", sa.String(64)),
+    sa.Index("ix_ledger_inventory_file", "datastore_id", "uri"),
+)
+# Windows are claimed from the rows not done yet, in URI order: without this,
+# each window would scan past every row already done.
+sa.Index("ix_ledger_inventory_todo", inventory_table.c.inventory_id,
+         inventory_table.c.datastore_id, inventory_table.c.uri,
+         sqlite_where=inventory_table.c.done.is_(False),
+         postgresql_where=inventory_table.c.done.is_(False))
 
 jobs_table = sa.Table(
     "ledger_jobs",
@@ -355,6 +384,14 @@ def engine_for(url: str) -> Engine:
             _create_schema(engine)
             _engines[url] = engine
         return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close a ledger's connections (a scratch ledger about to be deleted)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _create_engine(url: str) -> Engine:
@@ -1104,6 +1141,16 @@ class RunLedger:
                     if r["source_uri"] in changes
                 ]
                 start += len(chunk)
+                # In every inventory that lists the file: whoever listed it
+                # must not take it again (see tasks.inventory).
+                conn.execute(
+                    sa.update(inventory_table)
+                    .where(inventory_table.c.datastore_id == self.datastore_id,
+                           inventory_table.c.uri.in_(
+                               [uri for uri in uris if uri in changes]),
+                           inventory_table.c.done.is_(False))
+                    .values(done=True, done_by=self.run_id)
+                )
                 if history:
                     stmt = _insert(conn)(outcomes_table)
                     conn.execute(stmt.on_conflict_do_update(

@@ -8,29 +8,31 @@ when the operator opts in (``include_phi``).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, BinaryIO
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch import Batch
+from tasks.discover import SourceFile
 from tasks.locations import filesystem_for, is_s3, uri_for
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, JobStatus
 from tasks.stage import StageAction, StagedFile
 from tasks.validate import FileValidity, ValidationRecord
-
-if TYPE_CHECKING:
-    from tasks.ledger import RunLedger
 
 
 class FileStatus(StrEnum):
@@ -75,6 +77,14 @@ FILE_COLUMNS = [
     # against what earlier runs recorded, and import jobs the file was in.
     "change", "attempts",
 ]
+# Report columns that are not text (parquet types; pandas keeps its own dtypes
+# in the file's metadata).
+_COLUMN_TYPES = {"size": pa.int64(), "is_primary": pa.bool_(), "image_set_version": pa.int64(),
+                 "attempts": pa.int64()}
+FILES_DATASET = "files"
+# Rows up to which the per-file report is also one CSV (a spreadsheet's limit
+# is 1,048,576 rows).
+CSV_ROW_LIMIT = 1_000_000
 # The error_message of a file reported imported because the data store holds
 # it, its job's output being unreadable (followed by why).
 CONFIRMED_IN_DATASTORE = "Confirmed in the data store (the job output could not be read: "
@@ -88,10 +98,13 @@ JOB_COLUMNS = [
 
 @dataclass(frozen=True)
 class ReportPaths:
+    # A parquet dataset: one part per window (pandas and pyarrow read the folder).
     files_parquet: str
-    files_csv: str
+    # One CSV of every file, for runs small enough to open in a spreadsheet.
+    files_csv: str | None
     jobs_parquet: str
     jobs_csv: str
+    summary: str
 
 
 def build_file_report(
@@ -310,22 +323,87 @@ def rebuilt_report(files: pd.DataFrame, jobs: pd.DataFrame) -> tuple[pd.DataFram
     return files, _with_status_counts(jobs, files)
 
 
-def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str) -> ReportPaths:
-    """Parquet for tools, CSV for people; local folder or s3:// alike.
+def write_report(files: pd.DataFrame, jobs: pd.DataFrame, folder: str,
+                 summary: Mapping[str, object] | None = None) -> ReportPaths:
+    """A whole report at once (a retry, a report rebuilt from the ledger)."""
+    writer = ReportWriter(folder)
+    writer.add_files(files)
+    return writer.close(jobs, summary or {"counts": writer.counts})
+
+
+class ReportWriter:
+    """Writes a run's report window by window, holding no more than one window.
+
+    Parquet for tools, CSV for people; local folder or s3:// alike. The
+    per-file parquet is a dataset, one part per window. The per-file CSV is
+    kept only while the run stays under ``csv_rows`` rows (a spreadsheet
+    opens about a million), streamed into a local temporary file meanwhile.
 
     Each file appears whole or not at all: a run killed while writing must
-    never leave a truncated ``files.parquet``, which an incremental rerun
-    would take for a report and skip every file in it (see :func:`_publish`).
+    never leave a truncated part (see :func:`_publish`); readers skip the
+    hidden temporary names.
     """
-    fs, root = filesystem_for(folder)
-    fs.makedirs(root, exist_ok=True)
-    paths = {}
-    for name, frame in (("files", files), ("jobs", jobs)):
+
+    def __init__(self, folder: str, csv_rows: int = CSV_ROW_LIMIT) -> None:
+        self.folder = folder.rstrip("/")
+        self.fs, self.root = filesystem_for(self.folder)
+        self.local = not is_s3(self.folder)
+        self.csv_rows = csv_rows
+        self.rows = 0
+        self.parts = 0
+        self.counts = dict.fromkeys((s.value for s in FileStatus), 0)
+        # Closed (and so deleted) by close(), or once the run outgrows a CSV.
+        self._csv: IO[bytes] | None = tempfile.TemporaryFile()  # noqa: SIM115
+        self._schema: pa.Schema | None = None
+        self.fs.makedirs(f"{self.root}/{FILES_DATASET}", exist_ok=True)
+
+    def add_files(self, files: pd.DataFrame) -> None:
+        """One window's rows: a parquet part, the CSV so far, the counts."""
+        table = pa.Table.from_pandas(files, schema=self._schema_for(files),
+                                     preserve_index=False)
+        path = f"{self.root}/{FILES_DATASET}/part-{self.parts:05d}.parquet"
+        _publish(self.fs, path, lambda out: pq.write_table(table, out), self.local)
+        self.parts += 1
+        self.rows += len(files)
+        for status, count in status_counts(files).items():
+            self.counts[status] += count
+        if self._csv is not None and self.rows > self.csv_rows:
+            self._csv.close()
+            self._csv = None
+        if self._csv is not None:
+            files.to_csv(self._csv, index=False, header=self.parts == 1)
+
+    def close(self, jobs: pd.DataFrame, summary: Mapping[str, object]) -> ReportPaths:
+        """The job table, the summary, and the CSV if the run stayed small."""
+        if self.parts == 0:
+            self.add_files(pd.DataFrame(columns=FILE_COLUMNS))
+        csv = None
+        if self._csv is not None:
+            self._csv.seek(0)
+            csv = f"{self.root}/files.csv"
+            _publish(self.fs, csv, lambda out: shutil.copyfileobj(self._csv, out), self.local)
+            self._csv.close()
+        paths = {"files_parquet": f"{self.root}/{FILES_DATASET}",
+                 "files_csv": csv}
         for extension in ("parquet", "csv"):
-            path = f"{root}/{name}.{extension}"
-            _publish(fs, path, frame, extension, local=not is_s3(folder))
-            paths[f"{name}_{extension}"] = uri_for(folder, path)
-    return ReportPaths(**paths)
+            path = f"{self.root}/jobs.{extension}"
+            _publish(self.fs, path, lambda out, ext=extension: _serialize(jobs, ext, out),
+                     self.local)
+            paths[f"jobs_{extension}"] = path
+        paths["summary"] = f"{self.root}/summary.json"
+        text = json.dumps({"files": self.rows, **summary}, indent=2, sort_keys=True,
+                          default=str)
+        _publish(self.fs, paths["summary"], lambda out: out.write(text.encode()), self.local)
+        return ReportPaths(**{name: uri_for(self.folder, path) if path else None
+                              for name, path in paths.items()})
+
+    def _schema_for(self, files: pd.DataFrame) -> pa.Schema:
+        """One schema for every part, whatever a window's columns happen to
+        hold (all empty, for instance): the parts must read as one dataset."""
+        if self._schema is None:
+            self._schema = pa.schema(
+                [pa.field(name, _COLUMN_TYPES.get(name, pa.string())) for name in files.columns])
+        return self._schema
 
 
 def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
@@ -336,7 +414,7 @@ def _serialize(frame: pd.DataFrame, extension: str, out: BinaryIO) -> None:
 
 
 def _publish(
-    fs: fsspec.AbstractFileSystem, path: str, frame: pd.DataFrame, extension: str, local: bool
+    fs: fsspec.AbstractFileSystem, path: str, write: Callable[[BinaryIO], object], local: bool
 ) -> None:
     """Write under a temporary name, then move into place in one step.
 
@@ -354,14 +432,14 @@ def _publish(
         temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(temporary, "xb") as out:
-                _serialize(frame, extension, out)
+                write(out)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
         return
-    with tempfile.NamedTemporaryFile(suffix=f".{extension}") as out:
-        _serialize(frame, extension, out)
+    with tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1]) as out:
+        write(out)
         out.flush()
         fs.put_file(out.name, path)
 
@@ -372,25 +450,29 @@ def status_counts(files: pd.DataFrame) -> dict[str, int]:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report(
+def build_report(
     records: list[ValidationRecord],
     batches: list[Batch],
     staged: list[StagedFile],
     outcomes: list[JobOutcome],
     outputs: dict[str, JobOutput | str],
-    folder: str,
     include_phi: bool = False,
-    ledger: RunLedger | None = None,
-) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
-    """Returns where the report is, counts by status and the job table: small
-    enough for artifacts, while the per-file rows stay in storage. With a
-    ledger, the rows are recorded there first and written as recorded."""
-    files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
-    if ledger is not None:
-        files = ledger.record_outcomes(files, outcomes)
-    jobs = build_job_summary(batches, outcomes, outputs, files)
-    if ledger is not None:
-        ledger.record_report(folder, jobs)
-    paths = write_report(files, jobs, folder)
-    job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
-    return paths, status_counts(files), job_rows
+) -> pd.DataFrame:
+    """One window's per-file rows, from what the stages handed over; the flow
+    records them in the ledger and writes them (a :class:`ReportWriter`)."""
+    return build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+
+
+def not_taken_rows(files: Sequence[SourceFile]) -> pd.DataFrame:
+    """Report rows of files a stopped run never took from its listing."""
+    return pd.DataFrame({
+        "source_uri": [f.uri for f in files],
+        "size": pd.array([f.size for f in files], dtype="Int64"),
+        "status": FileStatus.INTERRUPTED.value,
+        "error_message": "The run was stopped before this file was read.",
+    }).reindex(columns=FILE_COLUMNS)
+
+
+def job_rows(jobs: pd.DataFrame) -> list[dict[str, object]]:
+    """The job table as plain rows (for an artifact): NaN and NA become None."""
+    return jobs.astype(object).where(jobs.notna(), None).to_dict("records")

@@ -22,7 +22,7 @@ import signal
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, MutableSequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -325,12 +325,32 @@ class _DuplicateMarker:
         if kept is None:
             self.kept[sop] = record.uri
             return record
-        return replace(
-            record,
-            status=FileValidity.DUPLICATE,
-            reason_code=ReasonCode.DUPLICATE_SOP_INSTANCE,
-            reason_message=f"SOPInstanceUID {sop} is also in {kept}, which is the one imported.",
-        )
+        return _duplicate_of(record, kept)
+
+
+def with_earlier_instances(
+    records: Iterable[ValidationRecord], kept: Mapping[str, str]
+) -> list[ValidationRecord]:
+    """Records of one window, where ``kept`` maps SOP Instance UIDs to the file
+    an earlier window kept for each: later files of those instances are its
+    duplicates, exactly as if both had been validated together."""
+    return [
+        _duplicate_of(record, kept[record.sop_instance_uid])
+        if record.sop_instance_uid in kept and (
+            record.is_valid or record.reason_code is ReasonCode.DUPLICATE_SOP_INSTANCE)
+        else record
+        for record in records
+    ]
+
+
+def _duplicate_of(record: ValidationRecord, kept: str) -> ValidationRecord:
+    return replace(
+        record,
+        status=FileValidity.DUPLICATE,
+        reason_code=ReasonCode.DUPLICATE_SOP_INSTANCE,
+        reason_message=f"SOPInstanceUID {record.sop_instance_uid} is also in {kept}, "
+                       "which is the one imported.",
+    )
 
 
 def _chunked(files: Iterable[SourceFile], size: int) -> Iterator[list[SourceFile]]:

@@ -1,0 +1,319 @@
+"""The inventory: a source listed into the ledger once, then handed out in windows.
+
+A run never holds its whole source: discovery streams the listing into the
+ledger (URI, size, version, and how each file compares with what earlier runs
+recorded), and the run then claims a bounded window of files at a time,
+processes it and records it, until nothing claimable is left. Memory follows
+the window, not the source. The child runs of a migration share one
+inventory, so one listing is split between them with nothing but the claims
+every run already takes.
+
+Windows are claimed in URI order: after a kill, the next run's first window
+is the window the dead run was working on (the files of earlier windows are
+recorded, so skipped or done), its batches are the same, and its jobs come
+back by their client tokens instead of being started twice.
+
+An outcome recorded for a file marks it done in every inventory that lists
+it (``RunLedger.record_outcomes``), so a file another run handled meanwhile is
+never taken again from an older listing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import sqlalchemy as sa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.discover import SourceFile, iter_source
+from tasks.ledger import (
+    CLAIM_CHUNK,
+    Change,
+    Holder,
+    RunLedger,
+    Skip,
+    _chunks,
+    _ClaimTally,
+    _compare,
+    _insert,
+    _now,
+    files_table,
+    inventory_table,
+    skip_when_unchanged,
+)
+from tasks.report import FileStatus
+
+DEFAULT_WINDOW_FILES = 10_000
+# Latest outcomes that make a file the one kept of its SOP instance: any
+# outcome but a refusal of the file itself.
+_NOT_KEPT = (FileStatus.INVALID.value, FileStatus.DUPLICATE.value)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What filling an inventory found (counts only: the files are in the ledger)."""
+
+    files: int = 0
+    to_process: int = 0
+    skipped_unchanged: int = 0
+    given_up: int = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    """Files one run claimed, to process and record together."""
+
+    files: list[SourceFile]
+    changes: dict[str, Change]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What a run did not take from its inventory, once no window is left."""
+
+    # Listed, but held by another live run, or recorded by one since.
+    claimed_by_other_runs: int = 0
+    holders: tuple[Holder, ...] = ()
+    skipped_unchanged: int = 0
+    given_up: int = 0
+    # The jobs that imported (or refused) the files skipped as unchanged.
+    jobs_of_skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """One inventory as one run sees it: the run claims, records and counts."""
+
+    ledger: RunLedger
+    inventory_id: str
+
+    def fill(self, source: str, files: Iterable[SourceFile], only_new: bool,
+             max_attempts: int) -> Listing:
+        """List ``files`` (a stream) into the inventory, a chunk per transaction.
+
+        Nothing is claimed yet: files held by another run are listed like the
+        rest and taken, or not, window by window. Filling again (a flow run
+        retried) updates what changed and keeps what is done.
+        """
+        totals = Counter[str]()
+        for chunk in _chunks(files, CLAIM_CHUNK):
+            totals.update(self._fill_chunk(source, chunk, only_new, max_attempts))
+        return Listing(files=totals["files"], to_process=totals["to_process"],
+                       skipped_unchanged=totals[Skip.SETTLED], given_up=totals[Skip.GIVEN_UP])
+
+    def _fill_chunk(self, source: str, chunk: list[SourceFile], only_new: bool,
+                    max_attempts: int) -> Counter[str]:
+        files, inventory = files_table, inventory_table
+        ledger = self.ledger
+        now = _now()
+        counts = Counter[str](files=len(chunk))
+        with ledger.engine.begin() as conn:
+            known = {
+                row.uri: row for row in conn.execute(
+                    sa.select(files.c.uri, files.c.size, files.c.version, files.c.status,
+                              files.c.error_type, files.c.attempts)
+                    .where(files.c.datastore_id == ledger.datastore_id,
+                           files.c.uri.in_([item.uri for item in chunk])))
+            }
+            new_files, listed = [], []
+            for item in chunk:
+                row = known.get(item.uri)
+                skip = None
+                if row is None:
+                    change = Change.NEW
+                    new_files.append({
+                        "datastore_id": ledger.datastore_id, "uri": item.uri, "source": source,
+                        "relative_path": item.relative_path, "attempts": 0,
+                        "first_seen_at": now, "updated_at": now})
+                else:
+                    change = _compare(row, item)
+                    if only_new and change is Change.UNCHANGED:
+                        skip = skip_when_unchanged(row.status, row.error_type,
+                                                   int(row.attempts or 0), max_attempts)
+                counts[skip.value if skip else "to_process"] += 1
+                listed.append({
+                    "inventory_id": self.inventory_id, "datastore_id": ledger.datastore_id,
+                    "uri": item.uri, "relative_path": item.relative_path, "size": item.size,
+                    "version": item.version, "change": change.value,
+                    "skip": skip.value if skip else None})
+            if new_files:
+                conn.execute(_insert(conn)(files).on_conflict_do_nothing(), new_files)
+            statement = _insert(conn)(inventory)
+            conn.execute(statement.on_conflict_do_update(
+                index_elements=["inventory_id", "datastore_id", "uri"],
+                set_={column: statement.excluded[column]
+                      for column in ("relative_path", "size", "version", "change", "skip")},
+            ), listed)
+        return counts
+
+    def claim_window(self, size: int) -> Window:
+        """Claim the next ``size`` files of the inventory (in URI order) that no
+        live run holds and nobody has recorded since the listing.
+
+        Runs of this host whose process is gone lose their claims first, so
+        a window a killed run was working on is taken again at once.
+        """
+        ledger = self.ledger
+        ledger.release_dead_runs()
+        files, inventory = files_table, inventory_table
+        now = _now()
+        expires = now + timedelta(seconds=ledger.lease_seconds)
+        with ledger.engine.begin() as conn:
+            query = (
+                sa.select(inventory.c.uri, inventory.c.relative_path, inventory.c.size,
+                          inventory.c.version, inventory.c.change)
+                .join(files, self._same_file())
+                .where(self._mine(), inventory.c.done.is_(False), inventory.c.skip.is_(None),
+                       ledger._claimable(now),
+                       # Not the window this run is still reporting.
+                       files.c.claim_owner.is_distinct_from(ledger.run_id))
+                .order_by(inventory.c.uri)
+                .limit(size)
+            )
+            if conn.dialect.name == "postgresql":
+                # Sibling runs of a migration pass over each other's rows
+                # instead of queueing behind them (SQLite: the write lock).
+                query = query.with_for_update(of=files, skip_locked=True)
+            rows = conn.execute(query).all()
+            for chunk in _chunks(rows, CLAIM_CHUNK):
+                conn.execute(
+                    sa.update(files)
+                    .where(files.c.datastore_id == ledger.datastore_id,
+                           files.c.uri == sa.bindparam("file_uri"))
+                    .values(claim_owner=ledger.run_id, claim_expires_at=expires,
+                            claim_size=sa.bindparam("file_size"),
+                            claim_version=sa.bindparam("file_version"),
+                            claim_change=sa.bindparam("file_change"),
+                            relative_path=sa.bindparam("file_path"), updated_at=now),
+                    [{"file_uri": row.uri, "file_size": row.size, "file_version": row.version,
+                      "file_change": row.change, "file_path": row.relative_path}
+                     for row in chunk],
+                )
+        return Window(
+            files=[SourceFile(row.uri, row.size, row.version, row.relative_path) for row in rows],
+            changes={row.uri: Change(row.change) for row in rows},
+        )
+
+    def kept_instances(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+        """SOP Instance UID -> the file of an earlier window that is the one kept
+        for it: a later file with the same UID is a duplicate, as it would be
+        had both been in one window."""
+        files, inventory = files_table, inventory_table
+        ledger = self.ledger
+        kept: dict[str, str] = {}
+        with ledger.engine.begin() as conn:
+            for chunk in _chunks(sorted(set(sop_instance_uids)), CLAIM_CHUNK):
+                for row in conn.execute(
+                    sa.select(files.c.sop_instance_uid, files.c.uri)
+                    .join(inventory, self._same_file())
+                    .where(self._mine(), files.c.sop_instance_uid.in_(chunk),
+                           files.c.status.not_in(_NOT_KEPT), inventory.c.done.is_(True))
+                    .order_by(files.c.uri.desc())
+                ):
+                    kept[row.sop_instance_uid] = row.uri  # the first in URI order wins
+        return kept
+
+    def leftover(self) -> Leftover:
+        """Counted once no window is left: what was skipped, and who holds the rest."""
+        files, inventory = files_table, inventory_table
+        ledger = self.ledger
+        tally = _ClaimTally()
+        with ledger.engine.begin() as conn:
+            skipped = dict(conn.execute(
+                sa.select(inventory.c.skip, sa.func.count())
+                .where(self._mine(), inventory.c.skip.is_not(None))
+                .group_by(inventory.c.skip)).all())
+            jobs = dict(conn.execute(
+                sa.select(files.c.job_id, sa.func.count())
+                .join(inventory, self._same_file())
+                .where(self._mine(), inventory.c.skip.is_not(None), files.c.job_id.is_not(None))
+                .group_by(files.c.job_id)).all())
+            held = conn.execute(
+                sa.select(files.c.claim_owner, sa.func.count(),
+                          sa.func.max(files.c.claim_expires_at))
+                .join(files, self._same_file())
+                .where(self._mine(), inventory.c.skip.is_(None), inventory.c.done.is_(False),
+                       files.c.claim_owner.is_not(None), files.c.claim_owner != ledger.run_id)
+                .group_by(files.c.claim_owner)).all()
+            recorded_elsewhere = conn.execute(
+                sa.select(sa.func.count()).select_from(inventory)
+                .where(self._mine(), inventory.c.done.is_(True),
+                       inventory.c.done_by != ledger.run_id)).scalar_one()
+        for owner, count, expires in held:
+            tally.held[owner] = int(count)
+            if expires is not None:
+                tally.lease_ends[owner] = expires
+        return Leftover(
+            claimed_by_other_runs=sum(tally.held.values()) + int(recorded_elsewhere),
+            holders=ledger._holders(tally),
+            skipped_unchanged=int(skipped.get(Skip.SETTLED.value, 0)),
+            given_up=int(skipped.get(Skip.GIVEN_UP.value, 0)),
+            jobs_of_skipped={job: int(count) for job, count in jobs.items()},
+        )
+
+    def untaken(self, size: int) -> Iterator[list[SourceFile]]:
+        """Files listed for processing that no run has taken (this run was
+        stopped first), ``size`` at a time: the report still names each one."""
+        files, inventory = files_table, inventory_table
+        after = ""
+        while True:
+            with self.ledger.engine.begin() as conn:
+                rows = conn.execute(
+                    sa.select(inventory.c.uri, inventory.c.size, inventory.c.version,
+                              inventory.c.relative_path)
+                    .join(files, self._same_file())
+                    .where(self._mine(), inventory.c.skip.is_(None),
+                           inventory.c.done.is_(False), inventory.c.uri > after,
+                           sa.or_(files.c.claim_owner.is_(None),
+                                  files.c.claim_owner == self.ledger.run_id))
+                    .order_by(inventory.c.uri).limit(size)).all()
+            if not rows:
+                return
+            after = rows[-1].uri
+            yield [SourceFile(row.uri, row.size, row.version, row.relative_path) for row in rows]
+
+    def _mine(self) -> sa.ColumnElement[bool]:
+        return sa.and_(inventory_table.c.inventory_id == self.inventory_id,
+                       inventory_table.c.datastore_id == self.ledger.datastore_id)
+
+    @staticmethod
+    def _same_file() -> sa.ColumnElement[bool]:
+        return sa.and_(files_table.c.datastore_id == inventory_table.c.datastore_id,
+                       files_table.c.uri == inventory_table.c.uri)
+
+    def file_statuses(self) -> dict[str, int]:
+        """Latest outcome of every file listed (``unfinished``: none recorded
+        since the listing), for the summary of a migration."""
+        files, inventory = files_table, inventory_table
+        with self.ledger.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(sa.case((inventory.c.done.is_(True), files.c.status),
+                                  (inventory.c.skip.is_not(None), files.c.status),
+                                  else_=sa.literal("unfinished")).label("status"),
+                          sa.func.count())
+                .join(files, self._same_file())
+                .where(self._mine())
+                .group_by("status")).all()
+        return {str(status): int(count) for status, count in rows}
+
+    def forget(self) -> None:
+        """Drop the listing once its run has accounted for it (a run's own
+        inventory; a migration keeps its own until the migration ends)."""
+        with self.ledger.engine.begin() as conn:
+            conn.execute(sa.delete(inventory_table).where(self._mine()))
+
+
+
+@task(name="list-source", cache_policy=NO_CACHE)
+def list_source(inventory: Inventory, source: str, only_new: bool,
+                max_attempts: int) -> Listing:
+    return inventory.fill(source, iter_source(source), only_new, max_attempts)
+
+
+@task(name="claim-window", cache_policy=NO_CACHE)
+def claim_window(inventory: Inventory, size: int) -> Window:
+    return inventory.claim_window(size)
