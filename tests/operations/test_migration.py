@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +132,15 @@ def _kill_tree(pid: int) -> list[int]:
         below = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    for group in {os.getpgid(pid), *(_group(p) for p in below)} - {None, os.getpgid(0)}:
-        os.killpg(group, signal.SIGKILL)
+    for group in {_group(pid), *(_group(p.pid) for p in below)} - {None, os.getpgid(0)}:
+        with suppress(ProcessLookupError):  # a group of zombies only
+            os.killpg(group, signal.SIGKILL)
     return [p.pid for p in below]
 
 
-def _group(process: psutil.Process) -> int | None:
+def _group(pid: int) -> int | None:
     try:
-        return os.getpgid(process.pid)
+        return os.getpgid(pid)
     except ProcessLookupError:
         return None
 
@@ -155,59 +157,122 @@ def _files_done(url: str) -> int:
                             .where(files_table.c.status.is_not(None))).scalar_one()
 
 
-def _summary_counts(server: PrefectServer) -> dict[str, int]:
+def _summary_counts(server: PrefectServer, source: Path) -> dict[str, int]:
     artifacts = httpx.post(f"{server.api_url}/artifacts/filter", timeout=30, json={
         "artifacts": {"key": {"any_": ["dicom-migrate-summary"]}}}).json()
-    (summary,) = artifacts
+    (summary,) = [a["data"] for a in artifacts if f"`{source}`" in a["data"]]
     return {status: int(count) for status, count in
-            re.findall(r"^\| (\w+) \| (\d+) \|$", summary["data"], re.MULTILINE)}
+            re.findall(r"^\| (\w+) \| (\d+) \|$", summary, re.MULTILINE)}
 
 
-def test_migration_survives_a_killed_worker(stack: Stack, tmp_path: Path) -> None:
-    source = tmp_path / "pacs"
-    for index in range(SERIES):
-        write_ct_series(source / f"s{index:02d}", PER_SERIES, series_spec(f"pacs-{index}"), 8, 8)
-    wanted = sorted(str(p.relative_to(source)) for p in source.rglob("*.dcm"))
-    reports = stack.root / "reports"
-    url = f"sqlite:///{reports}/ledger.sqlite"
+def _ingest_runs(server: PrefectServer, inventory_id: str) -> list[dict[str, object]]:
+    return list(httpx.post(f"{server.api_url}/flow_runs/filter", timeout=30, json={
+        "flow_runs": {"tags": {"all_": [f"migration:{inventory_id}"]}}}).json())
 
-    migration = subprocess.Popen(
-        [sys.executable, "-m", "cli", "migrate", str(source), "--datastore", "pacs-store",
+
+def _source(folder: Path, series: int, seed: str) -> list[str]:
+    for index in range(series):
+        write_ct_series(folder / f"s{index:02d}", PER_SERIES, series_spec(f"{seed}-{index}"), 8, 8)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.dcm"))
+
+
+def _migrate(stack: Stack, source: Path, datastore: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "migrate", str(source), "--datastore", datastore,
          "--workers", "2", "--window-files", "40", "--max-jobs-in-flight",
          str(JOBS_IN_FLIGHT), "--check-interval-seconds", "2"],
         cwd=REPO, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _under_way(url: str, runs_before: int, files_before: int) -> Callable[[], bool]:
+    """Both ingest runs of this migration began and some files have their outcome."""
+    ledger = Path(url.removeprefix("sqlite:///"))
+    return lambda: ledger.exists() and _ingest_runs_started(url) >= runs_before + 2 \
+        and _files_done(url) >= files_before + 40
+
+
+def _finish(migration: subprocess.Popen[bytes]) -> str:
     try:
-        # Mid-run: both ingest runs began and some files have their outcome.
-        _until(lambda: reports.joinpath("ledger.sqlite").exists()
-               and _ingest_runs_started(url) >= 2 and _files_done(url) >= 40,
-               "two ingest runs under way", 600)
-        victim = next(w for w in stack.workers if psutil.Process(w.pid).children())
-        assert _kill_tree(victim.pid), "the worker ran no flow run"
         output, _ = migration.communicate(timeout=1500)
-    finally:
-        if migration.poll() is None:
-            migration.kill()
+    except subprocess.TimeoutExpired:
+        migration.kill()
+        raise
     text = output.decode()
     assert "Traceback" not in text, text
     assert migration.returncode == 0, text
+    return text
 
-    # Every file, exactly once, in the per-file parts of the ingest runs.
-    parts = pd.concat([pd.read_parquet(p) for p in reports.rglob("*.parquet")
-                       if "files" in p.name], ignore_index=True)
+
+def _accounted_once(stack: Stack, source: Path, wanted: list[str], datastore: str,
+                    output: str) -> list[dict[str, object]]:
+    """Every file exactly once in the parts, in the service, and in the
+    summary; no job twice; never more than the limit in flight. Returns the
+    migration's ingest runs as Prefect has them."""
+    reports = stack.root / "reports"
+    parts = pd.concat([pd.read_parquet(p) for p in reports.rglob("files/part-*.parquet")],
+                      ignore_index=True)
+    parts = parts[parts["source_uri"].str.startswith(f"{source}/")]
     found = sorted(parts["source_uri"].map(lambda u: str(Path(u).relative_to(source))))
     assert found == wanted
     assert set(parts["status"]) == {"imported"}
 
-    # The service: each file imported once, no job started twice, never more
-    # than the limit in flight.
     (datastore_id,) = [d["datastoreId"] for d in
-                       medical_imaging().list_datastores()["datastoreSummaries"]]
+                       medical_imaging().list_datastores()["datastoreSummaries"]
+                       if d["datastoreName"] == datastore]
     assert Counter(imported_by_service(datastore_id)) == Counter(wanted)
     jobs = import_jobs(datastore_id)
-    assert len({j["jobName"] for j in jobs}) == len(jobs)
+    assert len({j["jobName"] for j in jobs}) == len(jobs)  # a job name is its batch
     assert most_jobs_in_flight(datastore_id) <= JOBS_IN_FLIGHT
 
-    # The summary (from the ledger) says what the parts say.
-    summary = _summary_counts(stack.server)
+    summary = _summary_counts(stack.server, source)
     assert {k: v for k, v in summary.items() if v} == dict(Counter(parts["status"]))
+    (inventory_id,) = re.findall(r"files in inventory (\S+),", output)
+    return _ingest_runs(stack.server, inventory_id)
 
+
+def test_migration_survives_a_killed_worker(stack: Stack, tmp_path: Path) -> None:
+    source = tmp_path / "pacs"
+    wanted = _source(source, SERIES, "pacs")
+    url = f"sqlite:///{stack.root / 'reports'}/ledger.sqlite"
+    before = (_ingest_runs_started(url), _files_done(url)) if Path(
+        url.removeprefix("sqlite:///")).exists() else (0, 0)
+
+    migration = _migrate(stack, source, "pacs-store")
+    try:
+        _until(_under_way(url, *before), "two ingest runs under way", 600)
+        victim = next(w for w in stack.workers if psutil.Process(w.pid).children())
+        assert _kill_tree(victim.pid), "the worker ran no flow run"
+    except BaseException:
+        migration.kill()
+        raise
+    output = _finish(migration)
+
+    runs = _accounted_once(stack, source, wanted, "pacs-store", output)
+    states = Counter(str(run["state_name"]) for run in runs)
+    # The killed one was found dead and marked so; the other did the rest.
+    assert states["Crashed"] >= 1 and states["Completed"] >= 1, states
+
+
+def test_a_migration_whose_workers_all_died_finishes_on_a_replacement(
+    stack: Stack, tmp_path: Path
+) -> None:
+    source = tmp_path / "relay"
+    wanted = _source(source, 8, "relay")
+    url = f"sqlite:///{stack.root / 'reports'}/ledger.sqlite"
+    before = (_ingest_runs_started(url), _files_done(url)) if Path(
+        url.removeprefix("sqlite:///")).exists() else (0, 0)
+
+    migration = _migrate(stack, source, "relay-store")
+    try:
+        _until(_under_way(url, *before), "two ingest runs under way", 600)
+        for worker in stack.workers:
+            _kill_tree(worker.pid)
+        stack.workers.append(_worker(stack.env, stack.root / "worker-replacement.log"))
+    except BaseException:
+        migration.kill()
+        raise
+    output = _finish(migration)
+
+    runs = _accounted_once(stack, source, wanted, "relay-store", output)
+    states = Counter(str(run["state_name"]) for run in runs)
+    assert len(runs) == 3 and states["Crashed"] == 2 and states["Completed"] == 1, states
