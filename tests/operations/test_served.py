@@ -92,7 +92,8 @@ def _custom_params(source: Path, reports: Path) -> dict[str, Any]:
 
 
 def _only_parquet(folder: Path) -> pd.DataFrame:
-    (found,) = folder.rglob("files.parquet")
+    """The one run's per-file report: its parquet dataset, files/part-*.parquet."""
+    (found,) = {part.parent for part in folder.rglob("files/part-*.parquet")}
     return pd.read_parquet(found)
 
 
