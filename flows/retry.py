@@ -28,7 +28,13 @@ from tasks.ledger import Change, LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome, JobStatus
 from tasks.preflight import preflight
-from tasks.report import FileStatus
+from tasks.report import (
+    FileStatus,
+    build_job_summary,
+    job_rows,
+    status_counts,
+    write_report,
+)
 from tasks.retry import (
     look_up_lost_outputs,
     plan,
@@ -36,6 +42,7 @@ from tasks.retry import (
     retry_report,
     retry_staging_id,
     under_source,
+    with_recorded,
 )
 from tasks.stage import StageAction, StagedFile
 from tasks.validate import ValidationRecord
@@ -145,12 +152,14 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
                                    job_outputs(outcomes))
     folder = (f"{params.report_location.rstrip('/')}/retries/"
               f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
-    paths, counts, job_rows = retry_report(
-        records, batches, staged, outcomes, outputs, given_up, folder, params.include_phi,
-        ledger, confirmed,
-    )
+    files = retry_report(records, batches, staged, outcomes, outputs, params.include_phi)
+    files = with_recorded(ledger.record_outcomes(files, outcomes), confirmed, given_up)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+    ledger.record_report(folder, jobs)
+    paths = write_report(files, jobs, folder)
+    counts = {**status_counts(files), "given_up": len(given_up)}
     skipped = {"not_retried_unchanged": decided.not_retried}
-    publish(job_rows, counts, skipped, paths.files_parquet, title="DICOM retry",
+    publish(job_rows(jobs), counts, skipped, paths.files_parquet, title="DICOM retry",
             keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY))
     ledger.finish_run({**counts, **skipped})
     return RetryResult(

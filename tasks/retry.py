@@ -33,11 +33,7 @@ from tasks.report import (
     CONFIRMED_IN_DATASTORE,
     FILE_COLUMNS,
     FileStatus,
-    ReportPaths,
     build_file_report,
-    build_job_summary,
-    status_counts,
-    write_report,
 )
 from tasks.stage import StagedFile, staging_run_id
 from tasks.validate import ValidationRecord
@@ -197,25 +193,15 @@ def retry_report(
     staged: list[StagedFile],
     outcomes: list[JobOutcome],
     outputs: dict[str, JobOutput | str],
-    given_up: pd.DataFrame,
-    folder: str,
     include_phi: bool,
-    ledger: RunLedger,
-    confirmed: pd.DataFrame | None = None,
-) -> tuple[ReportPaths, dict[str, int], list[dict[str, object]]]:
-    """The ingestion report plus the files given up (which had no job) and
-    those found in the data store instead of imported again (``confirmed``,
-    already recorded)."""
-    files = build_file_report(records, batches, staged, outcomes, outputs, include_phi)
-    files = ledger.record_outcomes(files, outcomes)
-    # In the order the rows were recorded, as a report rebuilt from the ledger has them.
-    recorded = [r for r in (confirmed, given_up) if r is not None and not r.empty]
-    if recorded:
-        files = pd.concat([*(r.reindex(columns=files.columns) for r in recorded), files],
-                          ignore_index=True)
-    jobs = build_job_summary(batches, outcomes, outputs, files)
-    ledger.record_report(folder, jobs)
-    paths = write_report(files, jobs, folder)
-    counts = {**status_counts(files), "given_up": len(given_up)}
-    job_rows = jobs.astype(object).where(jobs.notna(), None).to_dict("records")
-    return paths, counts, job_rows
+) -> pd.DataFrame:
+    """The ingestion report's rows for the files this retry imported; the flow
+    records them, then adds the files given up and those found in the data
+    store (which had no job here, and are recorded already)."""
+    return build_file_report(records, batches, staged, outcomes, outputs, include_phi)
+
+
+def with_recorded(files: pd.DataFrame, *recorded: pd.DataFrame | None) -> pd.DataFrame:
+    """In the order the rows were recorded, as a report rebuilt from the ledger has them."""
+    earlier = [r.reindex(columns=files.columns) for r in recorded if r is not None and not r.empty]
+    return pd.concat([*earlier, files], ignore_index=True) if earlier else files
