@@ -11,7 +11,7 @@ from cli.exit_status import ExitStatus
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the environment Prefect reads once.
-    from cli import demo, ingest, reconcile, report, retry, verify
+    from cli import demo, ingest, migrate, reconcile, report, retry, verify
     from deployments import serve as serve_cli
     from emulator import cli as local_cli
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_parser(subparsers)
     retry.add_parser(subparsers)
     reconcile.add_parser(subparsers)
+    migrate.add_parser(subparsers)
     report.add_parser(subparsers)
     verify.add_parser(subparsers)
     demo.add_parser(subparsers)

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tasks.statuses import VerifyMode
+
 
 def _toml_path() -> Path:
     return Path(os.environ.get("DICOM_IMPORT_CONFIG", "dicom-import.toml"))
@@ -73,8 +75,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=3, ge=1, description="Import jobs a file may be in before retry_failed gives up."
     )
-    verify: str = Field(
-        default="metadata",
+    verify: VerifyMode = Field(
+        default=VerifyMode.METADATA,
         description="What an ingestion checks of what it imported: metadata, pixels or off.",
     )
     claim_lease_seconds: float = Field(

@@ -1,9 +1,9 @@
-"""The three deployments: scheduled ingestion, manual ingestion, retry.
+"""The deployments: scheduled ingestion, manual ingestion, retry, migration.
 
 Built from the settings of the machine that serves them, so the cron, the
 landing source and the form's defaults are configured in one place
 (``DICOM_IMPORT_*`` or ``dicom-import.toml``). ``deployments/prefect.yaml``
-declares the same three for a work pool.
+declares the same for a work pool.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from pydantic import BaseModel
 
 from config.settings import Settings
 from flows.ingest import dicom_ingest
-from flows.parameters import IngestParameters, RetryParameters
+from flows.migrate import dicom_migrate
+from flows.parameters import IngestParameters, MigrateParameters, RetryParameters
 from flows.retry import retry_failed
 
 SCHEDULED = "scheduled"
 MANUAL = "manual"
 RETRY = "retry"
+MIGRATE = "migrate"
 TAGS = ["dicom-import"]
 
 
@@ -39,7 +41,7 @@ def form_defaults(model: type[BaseModel], settings: Settings) -> dict[str, Any]:
 
 
 def build(settings: Settings) -> list[RunnerDeployment]:
-    """Manual and retry always; scheduled when a landing source is configured
+    """Manual, retry and migrate always; scheduled when a landing source is configured
     (a scheduled run without a source could only fail)."""
     common: dict[str, Any] = {
         # Importable wherever the package is installed, whatever the cwd.
@@ -65,6 +67,15 @@ def build(settings: Settings) -> list[RunnerDeployment]:
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
+            **common,
+        ),
+        dicom_migrate.to_deployment(
+            name=MIGRATE,
+            description="Migrate a whole source: inventory it once, then run the manual "
+            "ingest deployment several times on its work pool until every file is accounted "
+            "for, with a bounded number of import jobs in flight.",
+            parameters={"params": form_defaults(MigrateParameters, settings)},
+            tags=[*TAGS, MIGRATE],
             **common,
         ),
     ]

@@ -18,7 +18,8 @@ from config.settings import get_settings
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="Serve the scheduled, manual and retry deployments against a Prefect server.",
+        help="Serve the scheduled, manual, retry and migrate deployments against a Prefect "
+        "server.",
         description="Register the deployments with the Prefect server at PREFECT_API_URL "
         "and run their flow runs on this machine until stopped (Ctrl-C).",
     )

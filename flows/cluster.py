@@ -72,7 +72,7 @@ def read_sources_on_cluster(
 ) -> list[SourceFacts]:
     with DaskTaskRunner(address=address) as runner:
         parts = _parts(list(uris), _threads(runner), lambda _: 1)
-        futures = [runner.submit(read_sources_part, {"uris": part, "pixels": pixels})
+        futures = [runner.submit(read_sources_part, {"uris": part, "decode_frames": pixels})
                    for part in parts]
         return [facts for future in futures for facts in future.result()]
 

@@ -42,6 +42,7 @@ from tasks.conflicts import SeriesConflict, explain_conflicts, publish_conflicts
 from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, import_batch, resolve
 from tasks.interruption import stop_requested
+from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
 from tasks.ledger import Inventory, RunLedger, claim_window, list_source, settle_unchanged
 from tasks.manifest import job_outputs
@@ -143,6 +144,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore)
     tag_current_run(*datastore_tags(params.datastore, datastore.datastore_id))
+    ensure_job_slots(datastore.datastore_id)
     return _ingest(params, datastore, run_ledger(params.report_location, datastore.datastore_id),
                    timer)
 

@@ -266,3 +266,48 @@ class VerifyParameters(BaseModel):
         if self.mode is VerifyMode.OFF:
             raise ValueError("mode must be metadata or pixels.")
         return self
+
+
+class MigrateParameters(ImportOptions):
+    """One source, many flow runs: the migration fills an inventory once, then
+    runs ``workers`` copies of the ingest deployment on its work pool, each
+    claiming windows of that inventory until none are left."""
+
+    source: str = Field(
+        description="Folder or s3://bucket/prefix to migrate (read recursively, once)."
+    )
+    workers: int = Field(
+        default=2, ge=1, le=100,
+        description="Ingest flow runs started at once on the work pool, each claiming "
+        "windows of files until none are left.",
+    )
+    ingest_deployment: str = Field(
+        default="dicom-ingest/manual",
+        description="The ingest deployment (flow/deployment) the migration runs, whose "
+        "work pool and workers do the work.",
+    )
+    max_jobs_in_flight: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Import jobs in flight into the data store across every run and worker "
+        "(a Prefect concurrency limit named after the data store). Empty: the limit as it "
+        "stands, created at 100 (HealthImaging's quota) when missing.",
+    )
+    only_new: bool = Field(
+        default=True,
+        description="Skip files that an earlier run already handled and that have not changed "
+        "since, so that a migration run again picks up where it stopped.",
+    )
+    replacements: int = Field(
+        default=3, ge=0,
+        description="Ingest runs started in place of ones that died (crashed, or their worker "
+        "was killed) while files were left, at most.",
+    )
+    start_timeout_seconds: float = Field(
+        default=600.0, gt=0,
+        description="Give up when no ingest run has started this long after being asked "
+        "for (no worker is polling the deployment's work pool).",
+    )
+    check_interval_seconds: float = Field(
+        default=10.0, gt=0,
+        description="How often the migration looks at its ingest runs and what is left.",
+    )

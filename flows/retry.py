@@ -22,6 +22,7 @@ from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
 from tasks.batch import Batch, batch
 from tasks.import_jobs import resolve
+from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
 from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.manifest import job_outputs
@@ -79,6 +80,7 @@ def retry_failed(params: RetryParameters) -> RetryResult:
     datastore = resolve(params.datastore, create=False)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "retry")
+    ensure_job_slots(datastore_id)
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-retry-failed", params.source)
     with ledger.holding_claims():

@@ -48,6 +48,10 @@ def ingest_run_name() -> str:
     return f"{source_label(str(_parameter('source') or 'unknown'))} {_start_stamp()}"
 
 
+def migrate_run_name() -> str:
+    return f"migrate {source_label(str(_parameter('source') or 'unknown'))} {_start_stamp()}"
+
+
 def retry_run_name() -> str:
     scope = (
         (f"job {_parameter('job_id')}" if _parameter("job_id") else None)

@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from config.clients import medical_imaging_client
 from tasks.backoff import error_code, exponential, is_transient, jittered, retry_if_transient
 from tasks.batch import Batch
+from tasks.job_slots import holding_job_slot
 from tasks.poll import JobOutcome, wait_for_job
 from tasks.statuses import DatastoreStatus, JobStatus
 
@@ -239,6 +240,7 @@ def resolve(id_or_name: str, create: bool = True) -> Datastore:
 # deterministic: the retry gets the running job back instead of a second one.
 @task(name="import-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
       retry_condition_fn=retry_if_transient)
+@holding_job_slot
 def import_batch(
     datastore_id: str,
     batch: Batch,

@@ -164,3 +164,21 @@ class Verification(StrEnum):
     MISSING = "missing"
     # Not imported, verification off, or the source could not be read.
     NOT_CHECKED = "not_checked"
+
+
+class Liveness(StrEnum):
+    """A migration's ingest run, as the migration sees it (tasks.child_runs)."""
+
+    # Asked for, not yet running on a worker (or crashed before it could start).
+    WAITING = "waiting"
+    LIVE = "live"
+    FINISHED = "finished"
+    # Its process is gone, or it stopped beating: its files go to the others.
+    DEAD = "dead"
+
+
+class ListingState(StrEnum):
+    """A listed file no run has recorded an outcome for since the listing
+    (counted beside the file statuses of a migration's inventory)."""
+
+    UNFINISHED = "unfinished"

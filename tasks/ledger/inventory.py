@@ -34,7 +34,7 @@ from tasks.ledger.claims import Claims, compare
 from tasks.ledger.runs import Holder
 from tasks.ledger.schema import chunks, files_table, insert_for, inventory_table
 from tasks.retry_policy import skip_when_unchanged
-from tasks.statuses import Change, FileStatus, Skip
+from tasks.statuses import Change, FileStatus, ListingState, Skip
 
 DEFAULT_WINDOW_FILES = 10_000
 # Latest outcomes that make a file the one kept of its SOP instance: any
@@ -288,7 +288,7 @@ class Inventory:
             rows = conn.execute(
                 sa.select(sa.case((inventory.c.done.is_(True), files.c.status),
                                   (inventory.c.skip.is_not(None), files.c.status),
-                                  else_=sa.literal("unfinished")).label("status"),
+                                  else_=sa.literal(ListingState.UNFINISHED.value)).label("status"),
                           sa.func.count())
                 .join(files, self._same_file())
                 .where(self._mine())

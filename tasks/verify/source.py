@@ -140,9 +140,9 @@ def read_part(uris: list[str], pixels: bool) -> list[SourceFacts]:
 
 # Reading is idempotent: a part lost with its worker is read again.
 @task(name="verify-read-part", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def read_sources_part(uris: list[str], pixels: bool) -> list[SourceFacts]:
+def read_sources_part(uris: list[str], decode_frames: bool) -> list[SourceFacts]:
     """A cluster worker's share (flows.cluster)."""
-    return read_part(uris, pixels)
+    return read_part(uris, decode_frames)
 
 
 def _open(uri: str, fs: Any | None) -> IO[bytes]:

@@ -129,3 +129,19 @@ def empty_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     admin.dispose()
     return str(sa.engine.make_url(server).set(database=name))
+
+
+def most_jobs_in_flight(datastore_id: str) -> int:
+    """The most import jobs the service had between submission and end at
+    one moment, from its own job list (submittedAt, endedAt): what its quota
+    of concurrent jobs counts."""
+    events: list[tuple[float, int]] = []
+    for job in import_jobs(datastore_id):
+        assert job.get("endedAt"), f"job {job['jobId']} has not ended"
+        # An end sorts before a start at the same instant: that job is gone.
+        events += [(job["submittedAt"].timestamp(), 1), (job["endedAt"].timestamp(), -1)]
+    running = most = 0
+    for _, change in sorted(events):
+        running += change
+        most = max(most, running)
+    return most

@@ -14,8 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from tasks.discover import SourceFile
-from tasks.ledger import RunLedger, engine_for, metadata
+from tasks.ledger import RunLedger, engine_for
 from tasks.ledger.migrations import alembic_config
+from tasks.ledger.schema import metadata
 
 DATASTORE = "0123456789abcdef0123456789abcdef"
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()

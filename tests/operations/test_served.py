@@ -71,7 +71,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             dicom_import_serve(server, root / "serve-home", root,
                                {**service.env(), **settings}, root / "serve.log") as serve,
         ):
-            wait_until(lambda: len(_deployments(server)) == 3,
+            wait_until(lambda: len(_deployments(server)) == 4,
                        f"dicom-import serve (log: {root / 'serve.log'})", 60, serve)
             yield Stack(server, service, root)
 
@@ -92,7 +92,8 @@ def _custom_params(source: Path, reports: Path) -> dict[str, Any]:
 
 
 def _only_parquet(folder: Path) -> pd.DataFrame:
-    (found,) = folder.rglob("files.parquet")
+    """The one run's per-file report: its parquet dataset, files/part-*.parquet."""
+    (found,) = {part.parent for part in folder.rglob("files/part-*.parquet")}
     return pd.read_parquet(found)
 
 
@@ -110,6 +111,10 @@ def test_served_deployments(stack: Stack) -> None:
     assert all(field.get("description") for field in properties.values())
     assert manual["parameters"]["params"]["datastore"] == "served-store"
     assert "dicom-retry-failed/retry" in deployments
+    migrate = deployments["dicom-migrate/migrate"]
+    fields = migrate["parameter_openapi_schema"]["definitions"]["MigrateParameters"]["properties"]
+    assert all(field.get("description") for field in fields.values())
+    assert migrate["parameters"]["params"]["datastore"] == "served-store"
 
 
 def test_manual_deployment_through_the_api(stack: Stack, tmp_path: Path) -> None:
@@ -154,7 +159,7 @@ def test_prefect_yaml_deploys_to_a_work_pool(stack: Stack) -> None:
     pooled = {name: d for name, d in _deployments(stack.server).items()
               if d["work_pool_name"] == "dicom-import"}
     assert set(pooled) == {"dicom-ingest/scheduled", "dicom-ingest/manual",
-                           "dicom-retry-failed/retry"}
+                           "dicom-retry-failed/retry", "dicom-migrate/migrate"}
     scheduled = pooled["dicom-ingest/scheduled"]
     assert scheduled["parameters"]["params"]["source"] == "s3://landing/ct/"
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
