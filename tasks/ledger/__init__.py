@@ -19,7 +19,7 @@ a killed run started but never read. That is this package, one module per job:
 those parts. Import from here; the modules are the package's own layout.
 """
 
-from tasks.ledger.claims import ClaimResult, claim_files, settle_unchanged
+from tasks.ledger.claims import settle_unchanged
 from tasks.ledger.files import LedgerFile
 from tasks.ledger.handle import RunLedger
 from tasks.ledger.inventory import (
@@ -63,7 +63,6 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_PRESUMED_DEAD_SECONDS",
     "LEDGER_FILE_NAME",
-    "ClaimResult",
     "Clock",
     "Holder",
     "ImportedFiles",
@@ -77,7 +76,6 @@ __all__ = [
     "RunLedger",
     "SystemClock",
     "Window",
-    "claim_files",
     "claim_window",
     "dispose_engine",
     "engine_for",

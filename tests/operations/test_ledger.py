@@ -21,11 +21,12 @@ from tasks.ledger import (
     engine_for,
     files_table,
     ledger_url,
-    metadata,
     runs_table,
 )
+from tasks.ledger.schema import metadata
 from tasks.statuses import FileValidity
 from tasks.validate import ValidationRecord
+from tests.operations.claiming import claim
 
 FILES = [SourceFile(f"/landing/f{i:04d}.dcm", 100 + i, f"v{i}", f"f{i:04d}.dcm")
          for i in range(300)]
@@ -52,7 +53,7 @@ def _claim_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -
     # Small slices so the processes' transactions interleave.
     won: list[str] = []
     for start in range(0, len(FILES), 7):
-        won += [f.uri for f in ledger.claim("/landing", FILES[start:start + 7], True).files]
+        won += [f.uri for f in claim(ledger, FILES[start:start + 7], True).files]
     return won
 
 
@@ -89,16 +90,15 @@ def test_a_live_claim_blocks_and_an_expired_or_released_one_does_not(tmp_path: P
     url = ledger_url(None, str(tmp_path / "reports"))
     files = FILES[:5]
     holder = RunLedger(url, "holder", DATASTORE)
-    assert len(holder.claim("/landing", files, True).files) == 5
+    assert len(claim(holder, files, True).files) == 5
 
-    blocked = RunLedger(url, "second", DATASTORE).claim("/landing", files, True)
+    blocked = claim(RunLedger(url, "second", DATASTORE), files, True)
     assert blocked.files == [] and blocked.claimed_by_other_runs == 5
 
     holder.release()
-    assert len(RunLedger(url, "third", DATASTORE, lease_seconds=0).claim(
-        "/landing", files, True).files) == 5
+    assert len(claim(RunLedger(url, "third", DATASTORE, lease_seconds=0), files, True).files) == 5
     # "third" died holding them with a lease already run out: nobody waits for it.
-    assert len(RunLedger(url, "fourth", DATASTORE).claim("/landing", files, True).files) == 5
+    assert len(claim(RunLedger(url, "fourth", DATASTORE), files, True).files) == 5
 
 
 def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
@@ -116,17 +116,17 @@ def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
         return ledger
 
     killed = run("killed")
-    assert len(killed.claim("/landing", files, True).files) == 5
-    early = run("early").claim("/landing", files, True)
+    assert len(claim(killed, files, True).files) == 5
+    early = claim(run("early"), files, True)
     clock.advance(301)  # the killed run has missed its beats
     live = run("live")
-    taken_over = live.claim("/landing", files, True)
+    taken_over = claim(live, files, True)
     for _ in range(10):  # over two presumed-dead periods, beating all along
         clock.advance(60)
         live.beat()
-    blocked = run("late").claim("/landing", files, True)
+    blocked = claim(run("late"), files, True)
     live.release()
-    after = run("after").claim("/landing", files, True)
+    after = claim(run("after"), files, True)
 
     assert early.files == [] and early.claimed_by_other_runs == 5
     assert len(taken_over.files) == 5
@@ -149,15 +149,15 @@ def test_holding_claims_beats_in_the_background_and_releases_at_the_end(
                                 .where(runs_table.c.run_id == "live")).scalar_one()
 
     with live.holding_claims():
-        assert len(live.claim("/landing", FILES[:5], True).files) == 5
+        assert len(claim(live, FILES[:5], True).files) == 5
         clock.advance(3600)
         deadline = time.monotonic() + 60
         while last_beat() != clock.now():
             assert time.monotonic() < deadline, "the run never beat"
             threading.Event().wait(0.01)
-        blocked = RunLedger(url, "other", DATASTORE, presumed_dead_seconds=0.05,
-                            clock=clock).claim("/landing", FILES[:5], True)
-    after = RunLedger(url, "after", DATASTORE, clock=clock).claim("/landing", FILES[:5], True)
+        blocked = claim(RunLedger(url, "other", DATASTORE, presumed_dead_seconds=0.05,
+                            clock=clock), FILES[:5], True)
+    after = claim(RunLedger(url, "after", DATASTORE, clock=clock), FILES[:5], True)
 
     assert blocked.claimed_by_other_runs == 5
     assert len(after.files) == 5  # released when the block ended
@@ -192,7 +192,7 @@ def test_attempts_count_jobs_with_and_without_a_checksum(url: str) -> None:
     source = [SourceFile(f"/landing/{run_id}/{name}.dcm", 10, "v1", f"{name}.dcm")
               for name in ("s3", "local")]
     ledger = RunLedger(url, run_id, DATASTORE)
-    ledger.claim("/landing", source, False)
+    claim(ledger, source, False)
 
     def start(job_id: str, local_sha256: str) -> dict[str, int]:
         records = tuple(

@@ -17,6 +17,7 @@ from tasks.discover import SourceFile
 from tasks.ledger import RunLedger, engine_for
 from tasks.ledger.migrations import alembic_config
 from tasks.ledger.schema import metadata
+from tests.operations.claiming import claim
 
 DATASTORE = "0123456789abcdef0123456789abcdef"
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -59,9 +60,8 @@ def test_a_ledger_from_before_migrations_is_adopted_with_its_rows(tmp_path: Path
 
     ledger = RunLedger(url, "after-upgrade", DATASTORE)
     ledger.start_run("dicom-ingest", "/landing")
-    claimed = ledger.claim("/landing", [SourceFile("/landing/a.dcm", 10, "v1", "a.dcm"),
-                                        SourceFile("/landing/b.dcm", 20, "v1", "b.dcm")],
-                           only_new=True)
+    claimed = claim(ledger, [SourceFile("/landing/a.dcm", 10, "v1", "a.dcm"),
+                             SourceFile("/landing/b.dcm", 20, "v1", "b.dcm")], only_new=True)
 
     assert [f.uri for f in claimed.files] == ["/landing/b.dcm"]  # a.dcm: imported, unchanged
     assert claimed.skipped_unchanged == 1
