@@ -107,7 +107,7 @@ def test_cluster_run_writes_the_local_report(
         "imported": SERIES * SLICES, "invalid": len(BROKEN_MAKERS), "duplicate": 1,
     }
     assert cluster_report["image_set_id"].notna().sum() == SERIES * SLICES
-    stages = {"discover", "validate", "stage", "import", "report"}
+    stages = {"discover", "validate", "stage", "import", "verify", "report"}
     assert set(on_cluster.result().timings) == stages == set(local.result().timings)
 
     tasks = _task_names(on_cluster.state_details.flow_run_id)
