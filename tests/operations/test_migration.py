@@ -42,7 +42,9 @@ from tests.operations.conftest import (
 )
 from tests.operations.served import PrefectServer, prefect_server, quiet_env
 
-pytestmark = pytest.mark.slow
+# A migration waits up to 25 minutes for its runs (the communicate timeout
+# below); the suite's 10-minute default would cut it short on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "migration"
