@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from import_rules.codes import WarningCode, warning_label
 from tasks.backoff import error_code
@@ -44,6 +44,29 @@ def image_set_documents(
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         return dict(zip(ids, pool.map(lambda i: _document(client, datastore_id, i), ids),
                         strict=True))
+
+
+def readable_documents(
+    client: Any, datastore_id: str, image_set_ids: Iterable[str]
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, str]]:
+    """The documents that could be read (None: the set is gone), and why the
+    others could not: the service failing verification's reads (past
+    botocore's retries) leaves their files not checked, never costs the run."""
+    ids = sorted(set(image_set_ids))
+    documents: dict[str, dict[str, Any] | None] = {}
+    unreadable: dict[str, str] = {}
+
+    def read(image_set_id: str) -> None:
+        try:
+            documents[image_set_id] = _document(client, datastore_id, image_set_id)
+        except ClientError as error:
+            unreadable[image_set_id] = f"{error_code(error)} from GetImageSetMetadata"
+        except BotoCoreError as error:
+            unreadable[image_set_id] = f"GetImageSetMetadata failed: {error}"
+
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        list(pool.map(read, ids))
+    return documents, unreadable
 
 
 def _document(client: Any, datastore_id: str, image_set_id: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ ingestion's in-memory results (``files_to_verify``) or from the ledger
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,10 +22,14 @@ from tasks.poll import JobOutcome
 from tasks.stage import StagedFile
 from tasks.statuses import Verification, VerifyMode
 from tasks.validate import ValidationRecord
-from tasks.verify.metadata import check_metadata, image_set_documents, instance_entry
+from tasks.verify.metadata import check_metadata, instance_entry, readable_documents
 from tasks.verify.pixels import check_pixels
 from tasks.verify.results import FileToVerify, FileVerification
 from tasks.verify.source import SourceFacts, read_sources
+
+# Plain logging: verify_files runs outside a flow run too (the verify bench,
+# its tests); the unchecked files are in the report's verification column.
+_log = logging.getLogger(__name__)
 
 # (URIs, whether to decode pixels) -> facts in the same order: a process pool
 # here (read_sources) or a Dask cluster (flows.cluster).
@@ -42,10 +47,20 @@ def verify_files(
     if mode is VerifyMode.OFF or not files:
         return []
     client = client or medical_imaging_client()
-    documents = image_set_documents(client, datastore_id, (f.image_set_id for f in files))
+    documents, unreadable = readable_documents(client, datastore_id,
+                                               (f.image_set_id for f in files))
+    if unreadable:
+        _log.warning("Verification could not read %d image sets (%s): their "
+                                 "files are not checked.", len(unreadable),
+                                 next(iter(unreadable.values())))
     results: dict[str, FileVerification] = {}
     present: list[tuple[FileToVerify, dict[str, Any]]] = []
     for item in files:
+        if item.image_set_id in unreadable:
+            results[item.source_uri] = FileVerification(
+                item.source_uri, Verification.NOT_CHECKED,
+                f"metadata not read: {unreadable[item.image_set_id]}")
+            continue
         entry, absent = instance_entry(documents[item.image_set_id], item)
         if absent is not None:
             results[item.source_uri] = absent

@@ -113,6 +113,9 @@ def test_report_is_written_when_the_conflicts_cannot_be_read(
     after = _files(second.report_files_parquet)
     assert len(after) == 3 and not after["is_primary"].any()
     assert after["conflict_attributes"].isna().all()
+    # Verification reads the same metadata: its files are not checked, the run goes on.
+    assert set(after["verification"]) == {"not_checked"}
+    assert after["verification_detail"].str.contains("InternalServerException").all()
     artifact, _ = _run_artifact_and_logs(str(second.flow_run_id),
                                          until="Non-primary image sets not explained")
     assert "Not explained: InternalServerException from GetImageSetMetadata" in artifact
