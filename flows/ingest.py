@@ -1,13 +1,15 @@
 """The ``dicom-ingest`` flow: from a folder or S3 prefix to image sets, with a
 report that accounts for every file.
 
-Orchestration only; each stage lives in ``tasks``. Lists of files, records
-and batches go to tasks wrapped in ``quote``: Prefect would otherwise walk
-every element of every argument looking for futures, which at tens of
-thousands of files costs seconds and memory per task. Reruns are safe: batches,
-the staging prefix and job client tokens are all derived from the inputs, so a
-rerun after a kill skips files already staged and gets the jobs it already
-started back from HealthImaging instead of starting them twice.
+Orchestration only; each stage lives in ``tasks``. The source is listed into
+the ledger (its inventory) and worked through in windows of ``window_files``
+files: memory follows the window, not the source, and a migration's runs
+share one inventory (tasks.ledger.inventory). Lists of files, records and
+batches go to tasks wrapped in ``quote``: Prefect would otherwise walk every
+element of every argument looking for futures. Reruns are safe: windows are
+claimed in URI order, and batches, the staging prefix and job client tokens
+are derived from the inputs, so a rerun after a kill gets the jobs it
+already started back from HealthImaging instead of starting them twice.
 """
 
 from __future__ import annotations
