@@ -14,6 +14,7 @@ from botocore.config import Config
 from emulator.samples import series_spec, write_ct_series
 from tasks.batch import Batch, make_batches
 from tasks.import_jobs import JobRecorder, import_batch, resolve_datastore
+from tasks.job_slots import ensure_job_slots
 from tasks.ledger import RunLedger
 from tasks.poll import JobOutcome
 from tasks.statuses import FileValidity, JobStatus
@@ -64,6 +65,8 @@ def staged(local_aws: Any, tmp_path: Path) -> tuple[str, str, str, Batch]:
 
 def _import(staged: tuple[str, str, str, Batch], recorder: JobRecorder) -> JobOutcome:
     datastore_id, input_uri, output_uri, batch = staged
+    # As the flows do once per run: a job holds a slot of the data store's limit.
+    ensure_job_slots(datastore_id)
     return import_batch.fn(datastore_id, batch, input_uri, output_uri, ROLE,
                            poll_interval=0.05, poll_timeout=60, ledger=recorder)
 
