@@ -8,7 +8,9 @@ two concurrent runs exactly one decides at a time; PostgreSQL gets row locks
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -297,12 +299,16 @@ def dispose_engine(url: str) -> None:
         engine.dispose()
 
 
+# How long a ledger transaction waits for another process's on SQLite.
+_SQLITE_WAIT_SECONDS = 60.0
+
+
 def _create_engine(url: str) -> Engine:
     dialect = sa.engine.make_url(url).get_backend_name()
     if dialect == "sqlite":
-        # Waits up to a minute for another run's write transaction instead of
-        # failing with "database is locked".
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        # Waits for another run's write transaction instead of failing with
+        # "database is locked".
+        engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_WAIT_SECONDS})
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
@@ -316,8 +322,27 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # the first write, and two readers then deadlock on upgrading); turn it
     # off and begin every transaction IMMEDIATE instead.
     dbapi_connection.isolation_level = None
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    _in_wal_mode(dbapi_connection)
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _in_wal_mode(dbapi_connection: Any) -> None:
+    """Switching a new ledger to WAL needs an exclusive lock, and SQLite
+    refuses it at once, without waiting, while another process opening the
+    same new ledger holds one ("database is locked"): ask again until the
+    other is done, for as long as a transaction would wait. Once a ledger is
+    in WAL mode it stays so, and asking takes no lock."""
+    deadline = time.monotonic() + _SQLITE_WAIT_SECONDS
+    while True:
+        try:
+            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_begin(connection: Connection) -> None:
