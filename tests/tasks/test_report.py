@@ -14,6 +14,7 @@ from tasks.poll import JobOutcome
 from tasks.report import (
     FILE_COLUMNS,
     PHI_COLUMNS,
+    ReportWriter,
     build_file_report,
     build_job_summary,
     status_counts,
@@ -175,6 +176,30 @@ def test_writes_parquet_and_csv(scenario, tmp_path: Path) -> None:
     assert len(pd.read_csv(paths.files_csv)) == len(files)
     assert len(pd.read_parquet(paths.jobs_parquet)) == len(jobs)
     assert Path(paths.jobs_csv).exists()
+
+
+def test_a_run_past_the_csv_limit_keeps_every_row_in_parquet_only(
+    scenario, tmp_path: Path
+) -> None:
+    """Windows add parts; once the run has more rows than a spreadsheet takes,
+    no CSV is written (README: the CSV is for runs small enough to open)."""
+    _, batches, _, outcomes, outputs = scenario
+    files = build_file_report(*scenario)
+    jobs = build_job_summary(batches, outcomes, outputs, files)
+    small, large = ReportWriter(str(tmp_path / "small"), csv_rows=len(files)), \
+        ReportWriter(str(tmp_path / "large"), csv_rows=len(files) * 2 - 1)
+    for writer in (small, large):
+        writer.add_files(files)
+    large.add_files(files)
+
+    kept, dropped = small.close(jobs, {}), large.close(jobs, {})
+
+    assert kept.files_csv is not None and len(pd.read_csv(kept.files_csv)) == len(files)
+    assert dropped.files_csv is None
+    assert not (tmp_path / "large" / "files.csv").exists()
+    assert len(list((tmp_path / "large" / "files").glob("part-*.parquet"))) == 2
+    assert len(pd.read_parquet(dropped.files_parquet)) == 2 * len(files)
+    assert large.counts == {k: 2 * v for k, v in status_counts(files).items()}
 
 
 def test_writes_to_s3(scenario, s3_bucket: str) -> None:
