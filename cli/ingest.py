@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from cli.exit_status import ExitStatus
-from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
+from cli.options import add_model_options, add_verbose_option, parameters_or_complain
 from cli.run_console import run_flow_command
 from cli.story import print_ingest_story
 from flows.ingest import IngestResult, dicom_ingest
@@ -41,12 +41,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        params = parameters_from(args, IngestParameters)
-    except OptionsError as error:
-        print(f"dicom-import ingest: {error}", file=sys.stderr)
+    params = parameters_or_complain("ingest", args, IngestParameters)
+    if params is None:
         return ExitStatus.ERROR
-    assert isinstance(params, IngestParameters)
     return run_ingest(params, args.verbose)
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from cli.exit_status import ExitStatus
-from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
+from cli.options import add_model_options, add_verbose_option, parameters_or_complain
 from cli.run_console import run_flow_command
 from cli.story import datastore_label
 from flows.migrate import UNFINISHED, MigrateResult, dicom_migrate
@@ -45,12 +45,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
-    try:
-        params = parameters_from(args, MigrateParameters)
-    except OptionsError as error:
-        print(f"dicom-import migrate: {error}", file=sys.stderr)
+    params = parameters_or_complain("migrate", args, MigrateParameters)
+    if params is None:
         return ExitStatus.ERROR
-    assert isinstance(params, MigrateParameters)
     if not PREFECT_API_URL.value():
         print("dicom-import migrate: PREFECT_API_URL is not set: a migration runs the ingest "
               "deployment on a work pool, whose workers poll a Prefect server; export "

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any, get_args
+import sys
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def flag(name: str) -> str:
@@ -82,12 +85,12 @@ def add_verbose_option(parser: argparse.ArgumentParser) -> None:
                         "go to the Prefect API and its UI).")
 
 
-def parameters_from(args: argparse.Namespace, model: type[BaseModel]) -> BaseModel:
-    """The model from the options given; fields left out take their defaults.
-
-    Raises:
-        OptionsError: a value is refused, with the message naming the option.
-    """
+def parameters_or_complain(
+    command: str, args: argparse.Namespace, model: type[Model]
+) -> Model | None:
+    """The model from the options given (fields left out take their defaults),
+    or None once the refusal is on stderr as one line naming the command and
+    the option as typed: every command ends a mistyped option the same way."""
     given = {
         name: value for name, value in vars(args).items()
         if name in model.model_fields and value is not None
@@ -95,11 +98,8 @@ def parameters_from(args: argparse.Namespace, model: type[BaseModel]) -> BaseMod
     try:
         return model(**given)
     except ValidationError as error:
-        raise OptionsError(_describe(error, model)) from error
-
-
-class OptionsError(ValueError):
-    """Options that the parameter model refuses; the message is for the operator."""
+        print(f"dicom-import {command}: {_describe(error, model)}", file=sys.stderr)
+        return None
 
 
 def _describe(error: ValidationError, model: type[BaseModel]) -> str:

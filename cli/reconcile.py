@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from cli.exit_status import ExitStatus
-from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
+from cli.options import add_model_options, add_verbose_option, parameters_or_complain
 from cli.run_console import run_flow_command
 from flows.parameters import ReconcileParameters
 from flows.reconcile import ReconcileResult, dicom_reconcile
@@ -35,12 +35,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        params = parameters_from(args, ReconcileParameters)
-    except OptionsError as error:
-        print(f"dicom-import reconcile: {error}", file=sys.stderr)
+    params = parameters_or_complain("reconcile", args, ReconcileParameters)
+    if params is None:
         return ExitStatus.ERROR
-    assert isinstance(params, ReconcileParameters)
     title = "Reconciling" if params.apply else "Checking decisions"
     return run_flow_command("reconcile", f"{title} in {params.datastore}", args.verbose,
                             lambda: dicom_reconcile(params, return_state=True), tell)

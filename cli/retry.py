@@ -9,11 +9,10 @@ are from its model.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from cli.exit_status import ExitStatus
-from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
+from cli.options import add_model_options, add_verbose_option, parameters_or_complain
 from cli.run_console import run_flow_command
 from cli.story import datastore_label, print_failures, print_jobs, read_table
 from flows.parameters import RetryParameters
@@ -37,12 +36,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        params = parameters_from(args, RetryParameters)
-    except OptionsError as error:
-        print(f"dicom-import retry: {error}", file=sys.stderr)
+    params = parameters_or_complain("retry", args, RetryParameters)
+    if params is None:
         return ExitStatus.ERROR
-    assert isinstance(params, RetryParameters)
 
     def tell(result: RetryResult) -> ExitStatus:
         print_retry_story(result, params)

@@ -11,11 +11,10 @@ not be checked), 2 when the verification itself could not run.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from cli.exit_status import ExitStatus
-from cli.options import OptionsError, add_model_options, add_verbose_option, parameters_from
+from cli.options import add_model_options, add_verbose_option, parameters_or_complain
 from cli.run_console import run_flow_command
 from flows.parameters import VerifyParameters
 from flows.verify import VerifyResult, dicom_verify
@@ -40,12 +39,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        params = parameters_from(args, VerifyParameters)
-    except OptionsError as error:
-        print(f"dicom-import verify: {error}", file=sys.stderr)
+    params = parameters_or_complain("verify", args, VerifyParameters)
+    if params is None:
         return ExitStatus.ERROR
-    assert isinstance(params, VerifyParameters)
 
     def tell(result: VerifyResult) -> ExitStatus:
         print_verify_story(result)

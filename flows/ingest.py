@@ -285,9 +285,8 @@ def _submit_window(
 ) -> _Window:
     with timer.stage("validate"):
         records = validate_sources(params, files)
-    records = with_earlier_instances(
-        records, inventory.kept_instances(r.sop_instance_uid for r in records
-                                          if r.sop_instance_uid))
+    records = with_earlier_instances(records, inventory.keep_instances(
+        {r.sop_instance_uid: r.uri for r in records if r.is_valid and r.sop_instance_uid}))
     records, same_bytes = settle_unchanged(ledger, quote(records), params.only_new)
     tally.same_bytes += same_bytes
     batches = batch(quote(records), params.max_files_per_job, params.max_bytes_per_job)

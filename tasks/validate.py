@@ -325,8 +325,8 @@ def with_earlier_instances(
     records: Iterable[ValidationRecord], kept: Mapping[str, str]
 ) -> list[ValidationRecord]:
     """Records of one window, where ``kept`` maps SOP Instance UIDs to the file
-    an earlier window kept for each: later files of those instances are its
-    duplicates, exactly as if both had been validated together."""
+    another window kept for each (tasks.ledger.inventory): this window's files
+    of those instances are its duplicates, as if validated together."""
     return [_with_kept(record, kept) for record in records]
 
 

@@ -54,7 +54,7 @@ class Claims(Runs):
         finally:
             self.release()
 
-    def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
+    def claimable(self, now: datetime) -> sa.ColumnElement[bool]:
         """Unclaimed, ours, past its lease, or held by a run presumed dead."""
         table = files_table
         runs = runs_table
@@ -70,7 +70,7 @@ class Claims(Runs):
     def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> list[SourceFile]:
         """Claim files the ledger already has (a retry), as they are now on
         storage; returns those won."""
-        now = self._now()
+        now = self.now()
         expires = now + timedelta(seconds=self.lease_seconds)
         won: list[SourceFile] = []
         for chunk in chunks(sorted(items, key=lambda pair: pair[0].uri)):
@@ -79,7 +79,7 @@ class Claims(Runs):
                     count = conn.execute(
                         sa.update(files_table)
                         .where(files_table.c.datastore_id == self.datastore_id,
-                               files_table.c.uri == item.uri, self._claimable(now))
+                               files_table.c.uri == item.uri, self.claimable(now))
                         .values(claim_owner=self.run_id, claim_expires_at=expires,
                                 claim_size=item.size, claim_version=item.version,
                                 claim_change=change.value, updated_at=now)
@@ -119,7 +119,7 @@ class Claims(Runs):
                 if by_uri[row.uri].size == row.size
             ]
         same = [uri for uri, sha256 in recorded if sha256_of_file(uri) == sha256]
-        now = self._now()
+        now = self.now()
         with self.engine.begin() as conn:
             for chunk in chunks(same):
                 conn.execute(
@@ -145,7 +145,7 @@ class Claims(Runs):
             conn.execute(
                 sa.update(files_table)
                 .where(files_table.c.claim_owner == self.run_id)
-                .values(claim_expires_at=self._now() + timedelta(seconds=self.lease_seconds))
+                .values(claim_expires_at=self.now() + timedelta(seconds=self.lease_seconds))
             )
 
     def release(self) -> int:

@@ -21,7 +21,7 @@ never taken again from an older listing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,14 +32,17 @@ from prefect.cache_policies import NO_CACHE
 from tasks.discover import SourceFile, iter_source
 from tasks.ledger.claims import Claims, compare
 from tasks.ledger.runs import Holder
-from tasks.ledger.schema import chunks, files_table, insert_for, inventory_table
+from tasks.ledger.schema import (
+    chunks,
+    files_table,
+    insert_for,
+    inventory_instances_table,
+    inventory_table,
+)
 from tasks.retry_policy import skip_when_unchanged
-from tasks.statuses import Change, FileStatus, ListingState, Skip
+from tasks.statuses import Change, ListingState, Skip
 
 DEFAULT_WINDOW_FILES = 10_000
-# Latest outcomes that make a file the one kept of its SOP instance: any
-# outcome but a refusal of the file itself.
-_NOT_KEPT = (FileStatus.INVALID.value, FileStatus.DUPLICATE.value)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class Inventory:
                     max_attempts: int) -> Counter[str]:
         files, inventory = files_table, inventory_table
         ledger = self.ledger
-        now = ledger._now()
+        now = ledger.now()
         counts = Counter[str](files=len(chunk))
         with ledger.engine.begin() as conn:
             known = {
@@ -149,7 +152,7 @@ class Inventory:
         ledger = self.ledger
         ledger.release_dead_runs()
         files, inventory = files_table, inventory_table
-        now = ledger._now()
+        now = ledger.now()
         expires = now + timedelta(seconds=ledger.lease_seconds)
         with ledger.engine.begin() as conn:
             query = (
@@ -157,7 +160,7 @@ class Inventory:
                           inventory.c.version, inventory.c.change)
                 .join(files, self._same_file())
                 .where(self._mine(), inventory.c.done.is_(False), inventory.c.skip.is_(None),
-                       ledger._claimable(now),
+                       ledger.claimable(now),
                        # Never twice to one run: not the window it is still
                        # reporting, nor a file it gave back unrecorded.
                        inventory.c.taken_by.is_distinct_from(ledger.run_id))
@@ -192,24 +195,34 @@ class Inventory:
             changes={row.uri: Change(row.change) for row in rows},
         )
 
-    def kept_instances(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
-        """SOP Instance UID -> the file of an earlier window that is the one kept
-        for it: a later file with the same UID is a duplicate, as it would be
-        had both been in one window."""
-        files, inventory = files_table, inventory_table
+    def keep_instances(self, candidates: Mapping[str, str]) -> dict[str, str]:
+        """Keep each SOP instance of ``candidates`` (UID -> the window's file of
+        it) unless a window of this inventory kept another file of it first;
+        returns those others (UID -> the file kept), whose instance this
+        window's file duplicates, as it would had both been in one window.
+
+        A window names its instances before it stages anything, whether or
+        not the window before it is still importing or a sibling run's window
+        is, and the first to name one keeps it: a key, not a lookup, decides.
+        The kept file naming its instance again (its window taken over after a
+        kill) keeps it still.
+        """
+        instances = inventory_instances_table
         ledger = self.ledger
-        kept: dict[str, str] = {}
+        kept_elsewhere: dict[str, str] = {}
         with ledger.engine.begin() as conn:
-            for chunk in chunks(sorted(set(sop_instance_uids))):
-                for row in conn.execute(
-                    sa.select(files.c.sop_instance_uid, files.c.uri)
-                    .join(inventory, self._same_file())
-                    .where(self._mine(), files.c.sop_instance_uid.in_(chunk),
-                           files.c.status.not_in(_NOT_KEPT), inventory.c.done.is_(True))
-                    .order_by(files.c.uri.desc())
-                ):
-                    kept[row.sop_instance_uid] = row.uri  # the first in URI order wins
-        return kept
+            for chunk in chunks(sorted(candidates.items())):
+                conn.execute(insert_for(conn)(instances).on_conflict_do_nothing(), [
+                    {"inventory_id": self.inventory_id, "datastore_id": ledger.datastore_id,
+                     "sop_instance_uid": sop, "uri": uri} for sop, uri in chunk])
+                for sop, uri in conn.execute(
+                    sa.select(instances.c.sop_instance_uid, instances.c.uri)
+                    .where(instances.c.inventory_id == self.inventory_id,
+                           instances.c.datastore_id == ledger.datastore_id,
+                           instances.c.sop_instance_uid.in_([sop for sop, _ in chunk]))):
+                    if uri != candidates[sop]:
+                        kept_elsewhere[sop] = uri
+        return kept_elsewhere
 
     def leftover(self) -> Leftover:
         """Counted once no window is left: what was skipped, and who holds the rest."""
@@ -244,7 +257,7 @@ class Inventory:
                 lease_ends[owner] = expires
         return Leftover(
             claimed_by_other_runs=sum(held.values()) + int(recorded_elsewhere),
-            holders=ledger._holders(held, lease_ends),
+            holders=ledger.holders(held, lease_ends),
             skipped_unchanged=int(skipped.get(Skip.SETTLED.value, 0)),
             given_up=int(skipped.get(Skip.GIVEN_UP.value, 0)),
             jobs_of_skipped={job: int(count) for job, count in jobs.items()},
@@ -300,6 +313,9 @@ class Inventory:
         inventory; a migration keeps its own until the migration ends)."""
         with self.ledger.engine.begin() as conn:
             conn.execute(sa.delete(inventory_table).where(self._mine()))
+            conn.execute(sa.delete(inventory_instances_table).where(
+                inventory_instances_table.c.inventory_id == self.inventory_id,
+                inventory_instances_table.c.datastore_id == self.ledger.datastore_id))
 
 
 

@@ -48,7 +48,7 @@ class Jobs(LedgerPart):
         retry with the same client token) is not a new attempt, and changed
         bytes start counting from one again.
         """
-        now = self._now()
+        now = self.now()
         table = files_table
         with self.engine.begin() as conn:
             conn.execute(

@@ -102,7 +102,7 @@ class Outcomes(Jobs):
         read by an earlier run, gone since) leaves that outcome in place, in
         doubt (``output_missing_run_id``); it is still this run's history row.
         """
-        now = self._now()
+        now = self.now()
         table = files_table
         rows = report.astype(object).where(report.notna(), None).to_dict("records")
         changes: dict[str, str | None] = {}
@@ -216,7 +216,7 @@ class Outcomes(Jobs):
 
     def record_given_up(self, items: Sequence[LedgerFile], max_attempts: int) -> pd.DataFrame:
         """Mark retryable files past the attempt limit; returns their report rows."""
-        now = self._now()
+        now = self.now()
         reasons = {
             item.uri: f"Gave up after {item.attempts} attempts (limit {max_attempts}); "
                       f"last outcome {item.status}: {item.reason or item.error_type}"

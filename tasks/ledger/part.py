@@ -53,5 +53,5 @@ class LedgerPart:
     def engine(self) -> Engine:
         return engine_for(self.url)
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
         return self.clock.now()

@@ -55,7 +55,7 @@ class Runs(LedgerPart):
     def start_run(self, flow: str, source: str | None) -> None:
         """A run started again (its flow run retried) keeps its first row and
         beats."""
-        now = self._now()
+        now = self.now()
         process = ProcessIdentity.current()
         holder = {"heartbeat_at": now, "host": process.host, "pid": process.pid,
                   "process_started_at": process.started_at}
@@ -73,7 +73,7 @@ class Runs(LedgerPart):
             conn.execute(
                 sa.update(runs_table)
                 .where(runs_table.c.run_id == self.run_id)
-                .values(heartbeat_at=self._now())
+                .values(heartbeat_at=self.now())
             )
 
     @contextmanager
@@ -105,7 +105,7 @@ class Runs(LedgerPart):
             conn.execute(
                 sa.update(runs_table)
                 .where(runs_table.c.run_id == self.run_id)
-                .values(finished_at=self._now(), counts=json.dumps(dict(counts), sort_keys=True))
+                .values(finished_at=self.now(), counts=json.dumps(dict(counts), sort_keys=True))
             )
 
     def release_dead_runs(self) -> list[str]:
@@ -129,7 +129,7 @@ class Runs(LedgerPart):
             log.info("Run %s of this host is gone: its claims are free.", run_id)
         return dead
 
-    def _holders(
+    def holders(
         self, held: Mapping[str, int], lease_ends_by_run: Mapping[str, datetime]
     ) -> tuple[Holder, ...]:
         """The runs holding files this run wanted (files held, by run), busiest
@@ -142,7 +142,7 @@ class Runs(LedgerPart):
         holders = []
         for run_id, count in sorted(held.items(), key=lambda item: -item[1]):
             run = runs.get(run_id)
-            lease_ends = lease_ends_by_run.get(run_id) or self._now()
+            lease_ends = lease_ends_by_run.get(run_id) or self.now()
             beat = run.heartbeat_at if run is not None else None
             free_at = (min(lease_ends, beat + timedelta(seconds=self.presumed_dead_seconds))
                        if beat is not None else lease_ends)

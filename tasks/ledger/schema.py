@@ -205,6 +205,20 @@ sa.Index("ix_ledger_inventory_todo", inventory_table.c.inventory_id,
          sqlite_where=inventory_table.c.done.is_(False),
          postgresql_where=inventory_table.c.done.is_(False))
 
+# The file each inventory keeps of each SOP instance: the first window to
+# name one (valid, first of its window) inserts it, and a later file of that
+# instance, in any window of any run of the inventory, is its duplicate. The
+# key makes "first" atomic between concurrent windows of a migration, even
+# before either is recorded.
+inventory_instances_table = sa.Table(
+    "ledger_inventory_instances",
+    metadata,
+    sa.Column("inventory_id", sa.String(64), primary_key=True),
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("sop_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), nullable=False),
+)
+
 # Every image set write dicom-reconcile made or tried (tasks.reconcile_record).
 reconcile_changes_table = sa.Table(
     "reconcile_changes",

@@ -37,6 +37,9 @@ def source(local_aws: Any, tmp_path: Path) -> Path:
     write_duplicate_of(root / "a" / "slice_0000.dcm", root / "z-copies" / "again.dcm")
     write_duplicate_of(root / "a" / "slice_0001.dcm", root / "z-copies" / "twice-1.dcm")
     write_duplicate_of(root / "a" / "slice_0001.dcm", root / "z-copies" / "twice-2.dcm")
+    # A copy in the second window, which is validated and staged while the
+    # first window's jobs still run: nothing of the first is recorded yet.
+    write_duplicate_of(root / "a" / "slice_0002.dcm", root / "d" / "copy-of-a2.dcm")
     return root
 
 
@@ -89,7 +92,10 @@ def test_windows_give_each_file_the_status_one_window_gives(source: Path,
     assert split.counts == whole.counts
     assert _outcomes(split.report_files_parquet, source) == _outcomes(
         whole.report_files_parquet, source)
-    assert _outcomes(split.report_files_parquet, source)["z-copies/twice-2.dcm"][0] == "duplicate"
+    outcomes = _outcomes(split.report_files_parquet, source)
+    assert outcomes["z-copies/twice-2.dcm"][0] == "duplicate"
+    assert outcomes["d/copy-of-a2.dcm"][0] == "duplicate"
+    assert "a/slice_0002.dcm" in outcomes["d/copy-of-a2.dcm"][2]
     # Every valid file landed once, in both data stores.
     assert _instances(split.datastore_id) == _instances(whole.datastore_id) == 12
     assert len(pd.read_csv(split.report_files_csv)) == files

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from tasks.batch import Batch
 from tasks.discover import SourceFile
 from tasks.ledger import (
+    Inventory,
     RunLedger,
     engine_for,
     files_table,
@@ -84,6 +85,48 @@ def test_concurrent_claims_never_give_a_file_twice(url: str) -> None:
     won = _race(url)
     everything = [uri for claimed in won for uri in claimed]
     assert sorted(everything) == sorted(f.uri for f in FILES)  # each exactly once
+
+
+def _keep_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> dict[str, str]:
+    """One run of a shared inventory naming 60 instances, each with a file of
+    its own, as its windows validate them."""
+    ledger = RunLedger(url, run_id, DATASTORE)
+    ledger.engine  # schema and connection ready before the race starts  # noqa: B018
+    inventory = Inventory(ledger, "migration")
+    barrier.wait()
+    kept_elsewhere: dict[str, str] = {}
+    for start in range(0, 60, 5):  # small windows, so the processes interleave
+        kept_elsewhere |= inventory.keep_instances(
+            {f"1.2.{i}": f"/landing/{run_id}/{i}.dcm" for i in range(start, start + 5)})
+    return kept_elsewhere
+
+
+@pytest.mark.slow
+def test_concurrent_windows_keep_one_file_of_each_instance(url: str) -> None:
+    """Windows of sibling runs name the same instances at once, none of it
+    recorded yet: each instance is kept once, and every other run is told
+    which file that is."""
+    if url.startswith("postgresql"):
+        with engine_for(url).begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(3)
+        with context.Pool(3) as pool:
+            told = pool.starmap(_keep_in_process,
+                                [(url, f"run-{i}", barrier) for i in range(3)])
+    kept = {}
+    for i in range(60):
+        sop = f"1.2.{i}"
+        keepers = [run for run in range(3) if sop not in told[run]]
+        assert len(keepers) == 1, (sop, told)
+        kept[sop] = f"/landing/run-{keepers[0]}/{i}.dcm"
+        assert all(told[run][sop] == kept[sop] for run in range(3) if run != keepers[0])
+    # The kept file named again (its window taken over after a kill) stays kept.
+    again = Inventory(RunLedger(url, "run-9", DATASTORE), "migration")
+    assert again.keep_instances({"1.2.0": kept["1.2.0"]}) == {}
+    assert again.keep_instances({"1.2.0": "/landing/run-9/0.dcm"}) == {"1.2.0": kept["1.2.0"]}
 
 
 def test_a_live_claim_blocks_and_an_expired_or_released_one_does_not(tmp_path: Path) -> None:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from tasks.discover import SourceFile
-from tasks.ledger import RunLedger, engine_for
+from tasks.ledger import Inventory, RunLedger, engine_for
 from tasks.ledger.migrations import alembic_config
 from tasks.ledger.schema import metadata
 from tests.operations.claiming import claim
@@ -70,6 +71,36 @@ def test_a_ledger_from_before_migrations_is_adopted_with_its_rows(tmp_path: Path
     assert set(inspector.get_table_names()) >= {t.name for t in metadata.sorted_tables}
     columns = {c["name"] for c in inspector.get_columns("ledger_files")}
     assert {"claim_change", "output_missing_run_id", "sop_instance_uid"} <= columns
+
+
+def test_a_migration_listed_before_instances_were_kept_keeps_what_its_windows_kept(
+    tmp_path: Path,
+) -> None:
+    """An inventory part done at revision 0004: after the upgrade, a later
+    window's copy of an instance an earlier window imported is its duplicate."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    with sa.create_engine(url).begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0004")
+        for uri, status, done in (("/landing/a.dcm", "imported", True),
+                                  ("/landing/b.dcm", "invalid", True),
+                                  ("/landing/c.dcm", "imported", False)):
+            conn.execute(sa.text(
+                "INSERT INTO ledger_files (datastore_id, uri, source, relative_path, status, "
+                "attempts, sop_instance_uid, first_seen_at, updated_at) VALUES (:d, :u, "
+                "'/landing', :u, :s, 1, :sop, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"),
+                {"d": DATASTORE, "u": uri, "s": status,
+                 "sop": "1.2.3" if uri != "/landing/b.dcm" else "1.2.4"})
+            conn.execute(sa.text(
+                "INSERT INTO ledger_inventory (inventory_id, datastore_id, uri, relative_path, "
+                "size, version, change, done) VALUES ('migration', :d, :u, :u, 1, 'v1', 'new', "
+                ":done)"), {"d": DATASTORE, "u": uri, "done": done})
+
+    inventory = Inventory(RunLedger(url, "after-upgrade", DATASTORE), "migration")
+    assert inventory.keep_instances({"1.2.3": "/landing/z.dcm", "1.2.4": "/landing/y.dcm"}) == {
+        "1.2.3": "/landing/a.dcm"}  # b.dcm was refused: y.dcm is kept
+    assert _revision(url) == HEAD
 
 
 def _open(url: str, run_id: str, barrier: multiprocessing.Barrier) -> str | None:
