@@ -12,8 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES
-from emulator.server import LocalService
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,

@@ -21,20 +21,19 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from emulator import importer
-from emulator.auth import LOCAL_CREDENTIALS
-from emulator.config import ServiceConfig
-from emulator.exceptions import (
+from emulator.config import LOCAL_CREDENTIALS, ServiceConfig
+from emulator.faults import FaultInjector
+from emulator.state.exceptions import (
     ConflictException,
     ResourceNotFoundException,
     ServiceQuotaExceededException,
     ValidationException,
 )
-from emulator.faults import FaultInjector
-from emulator.imageset_operations import ImageSetOperations
-from emulator.imagesets import ImageSetRepository, new_id
-from emulator.pagination import paginate
-from emulator.store import Store
+from emulator.state.imageset_operations import ImageSetOperations
+from emulator.state.imagesets import ImageSetRepository, new_id
+from emulator.state.pagination import paginate
+from emulator.state.store import Store
+from emulator.worker import importer
 
 log = logging.getLogger(__name__)
 

@@ -16,21 +16,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from emulator import copies, search
-from emulator.exceptions import (
+from emulator.state import copies, search
+from emulator.state.exceptions import (
     ConflictException,
     ResourceNotFoundException,
     ServiceQuotaExceededException,
     ValidationException,
 )
-from emulator.imagesets import dicom_tags
-from emulator.metadata_updates import apply_dicom_updates, parse_payload, study_level_part
-from emulator.pagination import paginate
-from emulator.storage_tiers import tier_properties
+from emulator.state.imagesets import dicom_tags
+from emulator.state.metadata_updates import apply_dicom_updates, parse_payload, study_level_part
+from emulator.state.pagination import paginate
+from emulator.state.storage_tiers import tier_properties
 
 if TYPE_CHECKING:
     from emulator.config import ServiceConfig
-    from emulator.imagesets import ImageSetRepository
+    from emulator.state.imagesets import ImageSetRepository
 
 NOT_LATEST = "Requested version(s) of ImageSet(s) is not the latest."
 

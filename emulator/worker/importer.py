@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator.dicom_json import instance_attributes
-from emulator.frames import PutFrame, store_pixel_data
-from emulator.grouping import ImageSetsBusy, PreparedInstance, place_instances
-from emulator.import_output import (
+from emulator.worker.dicom_json import instance_attributes
+from emulator.worker.frames import PutFrame, store_pixel_data
+from emulator.worker.grouping import ImageSetsBusy, PreparedInstance, place_instances
+from emulator.worker.import_output import (
     CUSTOMER_ERROR,
     SERVER_ERROR,
     FileOutcome,
@@ -23,12 +23,12 @@ from emulator.import_output import (
     check_output_writable,
     write_job_output,
 )
-from emulator.input_objects import read_input_object
-from emulator.metadata_mappings import LoadedMappings, load_mappings, mappings_of
-from emulator.part10 import InvalidDicomFile, read_instance
+from emulator.worker.input_objects import read_input_object
+from emulator.worker.metadata_mappings import LoadedMappings, load_mappings, mappings_of
+from emulator.worker.part10 import InvalidDicomFile, read_instance
 
 if TYPE_CHECKING:
-    from emulator.models import HealthImagingBackend
+    from emulator.state.models import HealthImagingBackend
 
 log = logging.getLogger(__name__)
 

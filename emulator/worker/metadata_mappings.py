@@ -29,8 +29,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydicom.dataset import Dataset
 
-from emulator.import_output import CUSTOMER_ERROR, FileOutcome
-from emulator.input_objects import read_input_object
+from emulator.worker.import_output import CUSTOMER_ERROR, FileOutcome
+from emulator.worker.input_objects import read_input_object
 
 # The UIDs that place an instance, and what describes its pixels (Pixel Data
 # and the Image Pixel module), which the stored frames must keep matching.

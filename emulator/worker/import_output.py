@@ -11,8 +11,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator.grouping import ImageSetSummary, Placement
-from emulator.import_warnings import ImportWarning
+from emulator.worker.grouping import ImageSetSummary, Placement
+from emulator.worker.import_warnings import ImportWarning
 
 CUSTOMER_ERROR = "ValidationException"
 SERVER_ERROR = "InternalServerException"
