@@ -22,8 +22,8 @@ from cli.ingest import run_ingest
 from cli.story import read_table
 from config.clients import s3_client
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import write_demo_corpus
-from emulator.server import LocalService
 from flows.parameters import IngestParameters
 from tasks.report import FILES_DATASET
 

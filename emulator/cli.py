@@ -11,13 +11,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from emulator.admin import ADMIN_PREFIX
-from emulator.auth import Credentials
-from emulator.config import ServiceConfig
+from emulator.config import Credentials, ServiceConfig
+from emulator.edge.admin import ADMIN_PREFIX
+from emulator.edge.http_server import CannotListen
+from emulator.edge.origins import is_loopback
+from emulator.edge.server import LocalService
 from emulator.faults import FaultConfig, FaultSettingError
-from emulator.http_server import CannotListen
-from emulator.origins import is_loopback
-from emulator.server import LocalService
 
 
 def add_parser(subparsers: Any) -> None:

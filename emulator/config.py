@@ -7,7 +7,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from emulator.auth import Credentials
+
+@dataclass(frozen=True)
+class Credentials:
+    """The one key pair the service accepts under ``--credentials``."""
+
+    access_key: str
+    secret_key: str
+
+    @classmethod
+    def parse(cls, text: str) -> Credentials:
+        access_key, sep, secret_key = text.partition(":")
+        if not sep or not access_key or not secret_key:
+            raise ValueError("credentials must be KEY:SECRET, both non-empty")
+        return cls(access_key, secret_key)
+
+
+# What clients are told to use when any key is accepted.
+LOCAL_CREDENTIALS = Credentials("local", "local")
 
 
 def utc_now() -> datetime:

@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from emulator.exceptions import InternalServerException, ThrottlingException
-from emulator.urls import service_model
+from emulator.edge.urls import service_model
+from emulator.state.exceptions import InternalServerException, ThrottlingException
 
 # (requests per second, burst) as published; settings, not truths.
 PUBLISHED_RATES: dict[str, tuple[float, int]] = {

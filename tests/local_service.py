@@ -14,7 +14,7 @@ def serve_locally(monkeypatch: pytest.MonkeyPatch, **config: Any) -> Iterator[An
     """The local service, with a test's own ServiceConfig fields, and the AWS
     variables pointing at it (see the ``local_aws`` fixture)."""
     from emulator.config import ServiceConfig
-    from emulator.server import LocalService
+    from emulator.edge.server import LocalService
 
     settings = ServiceConfig(**{"datastore_transition_seconds": 0.05, **config})
     with LocalService(config=settings) as svc:

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series, write_not_dicom, write_truncated
-from emulator.server import LocalService
 from flows.parameters import IngestParameters
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -17,8 +17,8 @@ from botocore.config import Config
 
 from cli.main import main
 from config.settings import get_settings
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from flows.parameters import RetryParameters
 from flows.retry import retry_failed
 from tasks.preflight import SetupError

@@ -11,8 +11,8 @@ import pytest
 from botocore.config import Config
 
 from cli.main import main
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 
 from emulator.config import ServiceConfig
-from emulator.server import LocalService
+from emulator.edge.server import LocalService
 
 BUCKET = "dicom-bucket"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from emulator.server import LocalService
+from emulator.edge.server import LocalService
 from tests.emulator.conftest import make_clients
 
 REPO = Path(__file__).resolve().parents[2]

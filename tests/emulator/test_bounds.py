@@ -20,11 +20,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from emulator.auth import Credentials as AuthCredentials
+from emulator.config import Credentials as AuthCredentials
 from emulator.config import ServiceConfig
-from emulator.quoted_values import QUOTED_MAX_CHARS
-from emulator.request_bodies import MAX_JSON_DEPTH, max_body_bytes
-from emulator.server import LocalService
+from emulator.edge.quoted_values import QUOTED_MAX_CHARS
+from emulator.edge.request_bodies import MAX_JSON_DEPTH, max_body_bytes
+from emulator.edge.server import LocalService
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,7 @@ def test_memory_stays_bounded_under_concurrent_oversized_bodies() -> None:
     script = textwrap.dedent(
         """
         import json, resource, threading
-        from emulator.server import LocalService
+        from emulator.edge.server import LocalService
         from tests.emulator.test_bounds import send
 
         with LocalService() as svc:

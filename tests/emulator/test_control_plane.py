@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -12,8 +13,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES
-from emulator.server import LocalService
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,
@@ -103,6 +104,19 @@ class TestDatastores:
         assert error_code(e) == "ResourceNotFoundException"
         assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
         assert e.value.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+
+    def test_every_data_store_is_active_once_its_transition_time_passed(self) -> None:
+        """However many data stores change at once: a fifth one used to wait
+        for one of four timer threads before its own time began to run."""
+        with LocalService(config=ServiceConfig(datastore_transition_seconds=2.0)) as svc:
+            mi, _ = make_clients(svc)
+            ids = [mi.create_datastore()["datastoreId"] for _ in range(8)]
+            time.sleep(2.5)
+            statuses = [
+                mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"]
+                for ds in ids
+            ]
+            assert statuses == ["ACTIVE"] * 8
 
     def test_quota_of_data_stores(self) -> None:
         with LocalService(config=ServiceConfig(max_datastores=1)) as svc:

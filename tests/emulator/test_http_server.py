@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from emulator.server import LocalService
+from emulator.edge.server import LocalService
 from tests.emulator.conftest import make_clients
 
 

@@ -21,8 +21,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from emulator.imagesets import new_id
-from emulator.server import LocalService
+from emulator.edge.server import LocalService
+from emulator.state.imagesets import new_id
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,

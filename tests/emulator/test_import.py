@@ -28,6 +28,7 @@ from pydicom.pixels import iter_pixels
 from pydicom.uid import RLELossless
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import (
     PYDICOM_TEST_FILES,
     ct_slice,
@@ -38,7 +39,6 @@ from emulator.samples import (
     write_with,
     write_without_transfer_syntax,
 )
-from emulator.server import LocalService
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,
@@ -634,7 +634,7 @@ def test_a_missing_input_object_read_in_process_is_a_client_error(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from emulator.input_objects import read_input_object
+    from emulator.worker.input_objects import read_input_object
 
     with pytest.raises(ClientError) as raised:
         read_input_object(s3, bucket, "gone.dcm", in_process=True)

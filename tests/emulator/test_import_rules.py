@@ -22,6 +22,7 @@ import pytest
 from pydicom.encaps import encapsulate
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import (
     ct_slice,
     series_spec,
@@ -36,7 +37,6 @@ from emulator.samples import (
     write_with_transfer_syntax,
     write_without_transfer_syntax,
 )
-from emulator.server import LocalService
 from import_rules.codes import ReasonCode, WarningCode, warning_label
 from tasks.discover import SourceFile
 from tasks.statuses import FileValidity
@@ -205,7 +205,7 @@ def test_oversized_rle_is_refused_before_decoding(tmp_path: Path) -> None:
         f"""
         import json, resource
         from emulator.config import ServiceConfig
-        from emulator.server import LocalService
+        from emulator.edge.server import LocalService
         from tests.emulator.conftest import BUCKET, make_clients, wait_datastore_active
         from tests.emulator.test_import import run_import
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import botocore.session
 from botocore.model import Shape
 
-from emulator.api_coverage import DELIBERATELY_UNSUPPORTED, HONOURED_NESTED
-from emulator.models import HealthImagingBackend
-from emulator.responses import snake_case
+from emulator.edge.api_coverage import DELIBERATELY_UNSUPPORTED, HONOURED_NESTED
+from emulator.edge.responses import snake_case
+from emulator.state.models import HealthImagingBackend
 
 
 def _nested_paths(shape: Shape, path: str) -> Iterator[str]:

@@ -32,10 +32,9 @@ from botocore.config import Config
 from botocore.credentials import Credentials as BotocoreCredentials
 from botocore.exceptions import ClientError
 
-from emulator.auth import Credentials
-from emulator.config import ServiceConfig
+from emulator.config import Credentials, ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES
-from emulator.server import LocalService
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,

@@ -19,8 +19,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec
-from emulator.server import LocalService
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,

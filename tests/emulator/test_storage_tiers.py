@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from emulator.server import LocalService
+from emulator.edge.server import LocalService
 from tests.emulator.test_image_sets import Seeder, metadata, update, wait_active
 
 FREQUENT = "FREQUENT_ACCESS"

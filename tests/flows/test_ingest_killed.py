@@ -12,8 +12,8 @@ import pytest
 from botocore.config import Config
 
 import flows.ingest
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
 

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from botocore.config import Config
 
-from emulator.server import LocalService
+from emulator.edge.server import LocalService
 from flows.parameters import IngestParameters, RetryParameters
 from tests.operations.served import free_port
 

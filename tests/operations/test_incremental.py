@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec, write, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from tests.operations.conftest import import_jobs, imported_by_service, ingest_params
 

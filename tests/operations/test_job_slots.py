@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from tasks.import_jobs import resolve_datastore
 from tasks.job_slots import HEALTHIMAGING_CONCURRENT_JOBS, ensure_job_limit, job_limit_name
 from tests.operations.conftest import BUCKET, import_jobs, medical_imaging, most_jobs_in_flight

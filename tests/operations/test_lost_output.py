@@ -12,8 +12,8 @@ import boto3
 import pandas as pd
 import pytest
 
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from flows.retry import retry_failed
 from tasks.ledger import RunLedger, ledger_url

@@ -31,8 +31,8 @@ import pytest
 import sqlalchemy as sa
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from tasks.ledger import engine_for, files_table, runs_table
 from tests.operations.conftest import (
     import_jobs,

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from cli.main import main
+from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec, uid, write, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from tasks.conflicts import CONFLICTS_ARTIFACT_KEY
 from tasks.ledger.schema import reconcile_changes_table as changes_table

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from emulator.edge.server import LocalService
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series, write_with
-from emulator.server import LocalService
 from flows.ingest import dicom_ingest
 from tests.operations.conftest import ingest_params
 

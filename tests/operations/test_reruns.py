@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import dicom_ingest
 from tasks.ledger import RunLedger, ledger_url
 from tests.operations.conftest import (

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from emulator.edge.server import LocalService
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import IngestResult, dicom_ingest
 from flows.retry import retry_failed
 from tests.operations.conftest import (

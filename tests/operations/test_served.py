@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from emulator.config import ServiceConfig
+from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
-from emulator.server import LocalService
 from tests.operations.served import (
     PrefectServer,
     dicom_import_serve,

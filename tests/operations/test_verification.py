@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec, write, write_ct_series
-from emulator.server import LocalService
 from flows.ingest import dicom_ingest
 from flows.retry import retry_failed
 from tasks.ledger import RunLedger, ledger_url

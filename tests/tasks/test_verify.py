@@ -19,8 +19,8 @@ import pytest
 from botocore.config import Config
 from pydicom.encaps import encapsulate
 
+from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
-from emulator.server import LocalService
 from tasks.manifest import read_job_output
 from tasks.statuses import Verification, VerifyMode
 from tasks.verify.results import FileToVerify, FileVerification, with_verification

@@ -35,8 +35,9 @@ from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials as BotocoreCredentials
 from werkzeug.wrappers import Request
 
-from emulator.quoted_values import quoted
-from emulator.request_bodies import BUFFERED_BODY
+from emulator.config import Credentials
+from emulator.edge.quoted_values import quoted
+from emulator.edge.request_bodies import BUFFERED_BODY
 
 _V4 = "AWS4-HMAC-SHA256"
 _V4_HEADER = re.compile(
@@ -46,25 +47,6 @@ _V4_HEADER = re.compile(
 _V2_HEADER = re.compile(r"^AWS (?P<key>[^:\s]+):(?P<signature>\S+)$")
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """The one key pair the service accepts under ``--credentials``."""
-
-    access_key: str
-    secret_key: str
-
-    @classmethod
-    def parse(cls, text: str) -> Credentials:
-        access_key, sep, secret_key = text.partition(":")
-        if not sep or not access_key or not secret_key:
-            raise ValueError("credentials must be KEY:SECRET, both non-empty")
-        return cls(access_key, secret_key)
-
-
-# What clients are told to use when any key is accepted.
-LOCAL_CREDENTIALS = Credentials("local", "local")
 
 
 class AuthError(Exception):

@@ -1,10 +1,10 @@
 """One local endpoint for S3 and HealthImaging.
 
-Every request passes the door first (emulator.origins: the ``Host`` it names
-and the CORS headers it gets; emulator.auth: its signature), then is
+Every request passes the door first (emulator.edge.origins: the ``Host`` it names
+and the CORS headers it gets; emulator.edge.auth: its signature), then is
 dispatched by the service name in its SigV4 credential scope:
 ``medical-imaging`` goes to our app, everything else to moto's server (S3).
-``/_emulator/...`` is the admin route (emulator.admin).
+``/_emulator/...`` is the admin route (emulator.edge.admin).
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ import pydicom
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.wrappers import Request
 
-from emulator.admin import ADMIN_PREFIX, AdminRoute
-from emulator.auth import LOCAL_CREDENTIALS, AuthError, Credentials, find_signature, verify
-from emulator.config import ServiceConfig
+from emulator.config import LOCAL_CREDENTIALS, Credentials, ServiceConfig
+from emulator.edge.admin import ADMIN_PREFIX, AdminRoute
+from emulator.edge.auth import AuthError, find_signature, verify
+from emulator.edge.http_server import KeepAliveServer
+from emulator.edge.origins import OriginPolicy
+from emulator.edge.quoted_values import quoted
+from emulator.edge.refusals import refusal, service_asked
+from emulator.edge.request_bodies import RequestTooLarge, buffer_body
+from emulator.edge.responses import HealthImagingApp, render_error
+from emulator.edge.urls import SERVICE_NAME
 from emulator.faults import FaultConfig, FaultInjector
-from emulator.http_server import KeepAliveServer
-from emulator.models import HealthImagingBackend
-from emulator.origins import OriginPolicy
-from emulator.quoted_values import quoted
-from emulator.refusals import refusal, service_asked
-from emulator.request_bodies import RequestTooLarge, buffer_body
-from emulator.responses import HealthImagingApp, render_error
-from emulator.store import Store
-from emulator.urls import SERVICE_NAME
+from emulator.state.models import HealthImagingBackend
+from emulator.state.store import Store
 
 # S3 Control shares S3's signing name; moto serves it from another app.
 _S3_CONTROL_PATH = "/v20180820/"

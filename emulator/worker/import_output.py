@@ -11,8 +11,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator.grouping import ImageSetSummary, Placement
-from emulator.import_warnings import ImportWarning
+from emulator.state.records import ImportJob
+from emulator.worker.grouping import ImageSetSummary, Placement
+from emulator.worker.import_warnings import ImportWarning
 
 CUSTOMER_ERROR = "ValidationException"
 SERVER_ERROR = "InternalServerException"
@@ -42,13 +43,13 @@ def _ndjson(lines: list[str]) -> bytes:
 
 def write_job_output(
     s3: Any,
-    job: dict[str, Any],
+    job: ImportJob,
     outcomes: list[FileOutcome],
     placements: dict[str, Placement],
     summaries: list[ImageSetSummary],
 ) -> None:
     """Write the manifest and the SUCCESS, FAILURE and WARNING files."""
-    output_uri: str = job["outputS3Uri"]
+    output_uri = job.output_s3_uri
     success, failure, warning = [], [], []
     for outcome in outcomes:
         if outcome.exception_type is not None:
@@ -80,9 +81,9 @@ def write_job_output(
     failed = [o for o in outcomes if o.exception_type is not None]
     manifest = {
         "jobSummary": {
-            "jobId": job["jobId"],
-            "datastoreId": job["datastoreId"],
-            "inputS3Uri": job["inputS3Uri"],
+            "jobId": job.job_id,
+            "datastoreId": job.datastore_id,
+            "inputS3Uri": job.input_s3_uri,
             "outputS3Uri": output_uri,
             "successOutputS3Uri": f"{output_uri}SUCCESS/",
             "failureOutputS3Uri": f"{output_uri}FAILURE/",

@@ -21,15 +21,15 @@ from urllib.parse import parse_qs
 from botocore.model import OperationModel, Shape
 from werkzeug.wrappers import Request, Response
 
-from emulator.exceptions import (
+from emulator.edge.quoted_values import quoted
+from emulator.edge.request_bodies import parse_json, read_body
+from emulator.edge.urls import match
+from emulator.edge.validation import validate
+from emulator.state.exceptions import (
     HealthImagingError,
     InternalServerException,
     ValidationException,
 )
-from emulator.quoted_values import quoted
-from emulator.request_bodies import parse_json, read_body
-from emulator.urls import match
-from emulator.validation import validate
 
 log = logging.getLogger(__name__)
 

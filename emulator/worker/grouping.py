@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from emulator.dicom_json import InstanceAttributes
-from emulator.imagesets import ImageSetRepository
+from emulator.state.imagesets import ImageSetRepository
+from emulator.worker.dicom_json import InstanceAttributes
 
 # (document level, keyword) of the elements compared with the primary set.
 COMPARED_ELEMENTS = (

@@ -14,8 +14,8 @@ from typing import Any
 
 from botocore.model import Shape
 
-from emulator.exceptions import ValidationException
-from emulator.quoted_values import quoted
+from emulator.edge.quoted_values import quoted
+from emulator.state.exceptions import ValidationException
 
 # The model's patterns are Java regular expressions; translate the few
 # constructs Python's ``re`` spells differently.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from emulator.exceptions import ValidationException
+from emulator.state.exceptions import ValidationException
 
 # Filter attribute -> key of the record's DICOMTags summary.
 TAG_ATTRIBUTES = {

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator.dicom_json import instance_attributes
-from emulator.frames import PutFrame, store_pixel_data
-from emulator.grouping import ImageSetsBusy, PreparedInstance, place_instances
-from emulator.import_output import (
+from emulator.worker.dicom_json import instance_attributes
+from emulator.worker.frames import PutFrame, store_pixel_data
+from emulator.worker.grouping import ImageSetsBusy, PreparedInstance, place_instances
+from emulator.worker.import_output import (
     CUSTOMER_ERROR,
     SERVER_ERROR,
     FileOutcome,
@@ -23,12 +23,13 @@ from emulator.import_output import (
     check_output_writable,
     write_job_output,
 )
-from emulator.input_objects import read_input_object
-from emulator.metadata_mappings import LoadedMappings, load_mappings, mappings_of
-from emulator.part10 import InvalidDicomFile, read_instance
+from emulator.worker.input_objects import read_input_object
+from emulator.worker.metadata_mappings import LoadedMappings, load_mappings, mappings_of
+from emulator.worker.part10 import InvalidDicomFile, read_instance
 
 if TYPE_CHECKING:
-    from emulator.models import HealthImagingBackend
+    from emulator.state.models import HealthImagingBackend
+    from emulator.state.records import ImportJob
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def list_input(s3: Any, input_s3_uri: str) -> list[InputObject]:
     return found
 
 
-def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
+def run_import(job: ImportJob, backend: HealthImagingBackend) -> None:
     """Import every object under the job's input prefix.
 
     Files are read, checked and their frames stored in parallel; placing the
@@ -93,16 +94,16 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
     """
     s3 = backend.s3_client()
     try:
-        check_output_writable(s3, job["outputS3Uri"])
+        check_output_writable(s3, job.output_s3_uri)
     except OutputNotWritable as error:
         raise ImportJobFailed(str(error)) from error
-    bucket, prefix = split_s3_uri(job["inputS3Uri"])
+    bucket, prefix = split_s3_uri(job.input_s3_uri)
     mappings = load_mappings(s3, bucket, mappings_of(job, prefix), backend.s3_in_process)
     objects = sorted(
-        (o for o in list_input(s3, job["inputS3Uri"]) if o.key not in mappings.keys),
+        (o for o in list_input(s3, job.input_s3_uri) if o.key not in mappings.keys),
         key=lambda o: o.key,
     )
-    lossless_format = backend.datastores[job["datastoreId"]]["losslessStorageFormat"]
+    lossless_format = backend.datastores[job.datastore_id].lossless_storage_format
     stored: list[str] = []
 
     def put_frame(frame_id: str, data: bytes, transfer_syntax_uid: str) -> None:
@@ -126,7 +127,7 @@ def run_import(job: dict[str, Any], backend: HealthImagingBackend) -> None:
     outcomes = [outcome for outcome, _ in results]
     outcomes += mappings.failures + mappings.unmatched(imported)
     try:
-        placed = place_instances(backend.image_sets, job["datastoreId"], prepared)
+        placed = place_instances(backend.image_sets, job.datastore_id, prepared)
     except ImageSetsBusy as error:
         raise ImportJobFailed(str(error)) from error
     try:

@@ -29,8 +29,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydicom.dataset import Dataset
 
-from emulator.import_output import CUSTOMER_ERROR, FileOutcome
-from emulator.input_objects import read_input_object
+from emulator.state.records import ImportJob
+from emulator.worker.import_output import CUSTOMER_ERROR, FileOutcome
+from emulator.worker.input_objects import read_input_object
 
 # The UIDs that place an instance, and what describes its pixels (Pixel Data
 # and the Image Pixel module), which the stored frames must keep matching.
@@ -94,8 +95,8 @@ class LoadedMappings:
         ]
 
 
-def mappings_of(job: dict[str, Any], prefix: str) -> list[MetadataMapping]:
-    configuration = (job.get("importConfiguration") or {}).get(
+def mappings_of(job: ImportJob, prefix: str) -> list[MetadataMapping]:
+    configuration = (job.import_configuration or {}).get(
         "dicomJsonMetadataImportConfiguration"
     ) or {}
     base = prefix if not prefix or prefix.endswith("/") else f"{prefix}/"

@@ -11,8 +11,10 @@ from xml.sax.saxutils import escape
 
 from werkzeug.wrappers import Response
 
-from emulator.auth import Signature
-from emulator.exceptions import (
+from emulator.edge.auth import Signature
+from emulator.edge.responses import render_error
+from emulator.edge.urls import SERVICE_NAME, match
+from emulator.state.exceptions import (
     AccessDeniedException,
     HealthImagingError,
     IncompleteSignatureException,
@@ -20,8 +22,6 @@ from emulator.exceptions import (
     MissingAuthenticationTokenException,
     UnrecognizedClientException,
 )
-from emulator.responses import render_error
-from emulator.urls import SERVICE_NAME, match
 
 # Why a request was refused -> (S3 code, HTTP status) and the medical-imaging error.
 _S3: dict[str, tuple[str, int]] = {

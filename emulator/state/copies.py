@@ -17,7 +17,7 @@ import copy
 import json
 from typing import Any
 
-from emulator.exceptions import ConflictException, ValidationException
+from emulator.state.exceptions import ConflictException, ValidationException
 
 
 def _parse(copiable: str) -> dict[str, dict[str, Any]]:

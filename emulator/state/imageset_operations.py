@@ -16,21 +16,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from emulator import copies, search
-from emulator.exceptions import (
+from emulator.state import copies, search
+from emulator.state.exceptions import (
     ConflictException,
     ResourceNotFoundException,
     ServiceQuotaExceededException,
     ValidationException,
 )
-from emulator.imagesets import dicom_tags
-from emulator.metadata_updates import apply_dicom_updates, parse_payload, study_level_part
-from emulator.pagination import paginate
-from emulator.storage_tiers import tier_properties
+from emulator.state.imagesets import dicom_tags
+from emulator.state.metadata_updates import apply_dicom_updates, parse_payload, study_level_part
+from emulator.state.pagination import paginate
+from emulator.state.storage_tiers import tier_properties
 
 if TYPE_CHECKING:
     from emulator.config import ServiceConfig
-    from emulator.imagesets import ImageSetRepository
+    from emulator.state.imagesets import ImageSetRepository
+    from emulator.state.records import Datastore
 
 NOT_LATEST = "Requested version(s) of ImageSet(s) is not the latest."
 
@@ -79,8 +80,8 @@ class ImageSetOperations:
         image_sets: ImageSetRepository
         lock: threading.RLock
 
-        def _datastore(self, datastore_id: str) -> dict[str, Any]: ...
-        def active_datastore(self, datastore_id: str) -> dict[str, Any]: ...
+        def _datastore(self, datastore_id: str) -> Datastore: ...
+        def active_datastore(self, datastore_id: str) -> Datastore: ...
         def image_set_arn(self, datastore_id: str, image_set_id: str) -> str: ...
         def _later(self, delay: float, action: Any, *args: Any) -> None: ...
 

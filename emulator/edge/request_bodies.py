@@ -19,12 +19,12 @@ from typing import Any
 
 from werkzeug.wrappers import Request
 
-from emulator.exceptions import ValidationException
-from emulator.urls import service_model
+from emulator.edge.urls import service_model
+from emulator.state.exceptions import ValidationException
 
 # Room for the JSON members around the blobs (keys, quotes, braces).
 _ENVELOPE_BYTES = 16 * 1024
-# The environ key of a body read ahead (emulator.auth reads it from there).
+# The environ key of a body read ahead (emulator.edge.auth reads it from there).
 BUFFERED_BODY = "emulator.body"
 # Deeper than any operation's input shape (search filters are the deepest, ~6).
 MAX_JSON_DEPTH = 32

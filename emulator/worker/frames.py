@@ -69,9 +69,9 @@ from pydicom.uid import (
     MPEGTransferSyntaxes,
 )
 
-from emulator.imagesets import new_id
-from emulator.import_warnings import ImportWarning
-from emulator.part10 import native_frame_bits
+from emulator.state.imagesets import new_id
+from emulator.worker.import_warnings import ImportWarning
+from emulator.worker.part10 import native_frame_bits
 from import_rules.codes import WarningCode
 from import_rules.rules import SUPPORTED_TRANSFER_SYNTAXES
 

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from emulator.exceptions import ResourceNotFoundException
-from emulator.store import Store
+from emulator.state.exceptions import ResourceNotFoundException
+from emulator.state.store import Store
 
 SET_KIND = "imageset"
 VERSION_KIND = "imageset_version"

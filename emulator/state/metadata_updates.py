@@ -22,7 +22,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
-from emulator.exceptions import ValidationException
+from emulator.state.exceptions import ValidationException
 
 SCHEMA_VERSION = "1.1"
 # Written by HealthImaging at import; never changeable, not even with force.

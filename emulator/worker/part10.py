@@ -28,7 +28,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from emulator.import_warnings import ImportWarning
+from emulator.worker.import_warnings import ImportWarning
 from import_rules.rules import (
     IMAGE_ATTRIBUTES,
     LENGTH_LIMITS,

@@ -11,7 +11,7 @@ import base64
 import hashlib
 from typing import Any, TypeVar
 
-from emulator.exceptions import ValidationException
+from emulator.state.exceptions import ValidationException
 
 T = TypeVar("T")
 MAX_PAGE = 50

@@ -3,7 +3,9 @@
 Backend methods are named after the boto3 operations in snake_case and take
 the request members as keyword arguments (moto's convention); the HTTP layer
 in ``responses`` does the wire format. Image set operations live in
-``imageset_operations`` (a mixin), the import itself in ``importer``.
+``imageset_operations`` (a mixin), data store and import job records and
+their status changes in ``records``, the import itself in the worker's
+``importer``.
 
 Deviations from AWS are written on the method that deviates.
 """
@@ -21,20 +23,20 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from emulator import importer
-from emulator.auth import LOCAL_CREDENTIALS
-from emulator.config import ServiceConfig
-from emulator.exceptions import (
+from emulator.config import LOCAL_CREDENTIALS, ServiceConfig
+from emulator.faults import FaultInjector
+from emulator.state.exceptions import (
     ConflictException,
     ResourceNotFoundException,
     ServiceQuotaExceededException,
     ValidationException,
 )
-from emulator.faults import FaultInjector
-from emulator.imageset_operations import ImageSetOperations
-from emulator.imagesets import ImageSetRepository, new_id
-from emulator.pagination import paginate
-from emulator.store import Store
+from emulator.state.imageset_operations import ImageSetOperations
+from emulator.state.imagesets import ImageSetRepository, new_id
+from emulator.state.pagination import paginate
+from emulator.state.records import DATASTORE_TIMED, Datastore, ImportJob
+from emulator.state.store import Store
+from emulator.worker import importer
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,6 @@ JOB_KIND = "job"
 TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
 
-RUNNING_JOB_STATES = ("SUBMITTED", "IN_PROGRESS")
-# ListDICOMImportJobs summaries carry no S3 URIs; GetDICOMImportJob does.
-JOB_SUMMARY_KEYS = ("jobId", "jobName", "jobStatus", "datastoreId", "dataAccessRoleArn",
-                    "endedAt", "submittedAt", "message")
-JOB_PROPERTY_KEYS = (*JOB_SUMMARY_KEYS, "inputS3Uri", "outputS3Uri", "importConfiguration")
 _FINISHED_WRITES = {
     "UPDATING": ("ACTIVE", "UPDATED"),
     "COPYING": ("ACTIVE", "COPIED"),
@@ -63,12 +60,13 @@ class HealthImagingBackend(ImageSetOperations):
         self.store = store
         self.faults = faults
         self.lock = threading.RLock()
-        self.datastores: dict[str, dict[str, Any]] = dict(store.load(DATASTORE_KIND))
-        self.jobs: dict[str, dict[str, Any]] = dict(store.load(JOB_KIND))
+        self.datastores = {k: Datastore.from_record(v) for k, v in store.load(DATASTORE_KIND)}
+        self.jobs = {k: ImportJob.from_record(v) for k, v in store.load(JOB_KIND)}
         self.tags: dict[str, dict[str, str]] = {k: v["tags"] for k, v in store.load(TAGS_KIND)}
         self.client_tokens: dict[str, dict[str, Any]] = dict(store.load(TOKEN_KIND))
         self.image_sets = ImageSetRepository(store, lambda: config.clock().timestamp())
         self._import_pool = ThreadPoolExecutor(config.import_workers, "import-job")
+        # Image set writes (LOCKED -> ACTIVE); data stores settle when read.
         self._timer_pool = ThreadPoolExecutor(4, "transition")
         self._stopped = threading.Event()
         # Set once a stopping service's grace period is over: running imports
@@ -86,7 +84,7 @@ class HealthImagingBackend(ImageSetOperations):
     # -- plumbing -----------------------------------------------------------
     def _later(self, delay: float, action: Any, *args: Any) -> None:
         """Run ``action`` after ``delay`` seconds, as the real service's
-        asynchronous transitions do (CREATING -> ACTIVE, LOCKED -> ACTIVE)."""
+        asynchronous image set writes end (LOCKED -> ACTIVE)."""
 
         def run() -> None:
             time.sleep(delay)
@@ -101,6 +99,12 @@ class HealthImagingBackend(ImageSetOperations):
 
     def _save(self, kind: str, record_id: str, record: dict[str, Any]) -> None:
         self.store.put(kind, record_id, record)
+
+    def _save_datastore(self, ds: Datastore) -> None:
+        self._save(DATASTORE_KIND, ds.datastore_id, ds.to_record())
+
+    def _save_job(self, job: ImportJob) -> None:
+        self._save(JOB_KIND, job.job_id, job.to_record())
 
     def datastore_arn(self, datastore_id: str) -> str:
         return (
@@ -155,9 +159,9 @@ class HealthImagingBackend(ImageSetOperations):
         for job in self._unfinished_jobs():  # queued, never started
             self._end_job(job, "FAILED", str(importer.ImportStopped()))
 
-    def _unfinished_jobs(self) -> list[dict[str, Any]]:
+    def _unfinished_jobs(self) -> list[ImportJob]:
         with self.lock:
-            return [j for j in self.jobs.values() if j["jobStatus"] in RUNNING_JOB_STATES]
+            return [j for j in self.jobs.values() if j.running]
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -165,16 +169,13 @@ class HealthImagingBackend(ImageSetOperations):
         self._timer_pool.shutdown(wait=False, cancel_futures=True)
 
     def _recover(self) -> None:
-        """After a restart: finish data store transitions, resume jobs that
-        never started, and fail the ones that were cut off mid-import (their
-        partial output cannot be trusted) with a message saying so."""
-        for ds in self.datastores.values():
-            if ds["datastoreStatus"] == "CREATING" or ds["datastoreStatus"] == "DELETING":
-                self._later(0, self._finish_datastore_transition, ds["datastoreId"])
+        """After a restart: resume jobs that never started, and fail the
+        ones that were cut off mid-import (their partial output cannot be
+        trusted) with a message saying so. Data stores settle when read."""
         for job in self.jobs.values():
-            if job["jobStatus"] == "SUBMITTED":
-                self._import_pool.submit(self._run_job, job["jobId"])
-            elif job["jobStatus"] == "IN_PROGRESS":
+            if job.status == "SUBMITTED":
+                self._import_pool.submit(self._run_job, job.job_id)
+            elif job.status == "IN_PROGRESS":
                 self._end_job(
                     job,
                     "FAILED",
@@ -189,18 +190,28 @@ class HealthImagingBackend(ImageSetOperations):
                 self._finish_write([record["imageSetId"]], *finished)
 
     # -- data stores --------------------------------------------------------
-    def _datastore(self, datastore_id: str) -> dict[str, Any]:
+    def _settled(self, ds: Datastore) -> Datastore:
+        """``ds`` with its due change applied (and stored). The lock is
+        taken only when a change is pending: most reads find none."""
+        if ds.status in DATASTORE_TIMED:
+            with self.lock:
+                if ds.settle(time.time()):
+                    self._save_datastore(ds)
+        return ds
+
+    def _settled_datastores(self) -> list[Datastore]:
+        return [self._settled(ds) for ds in list(self.datastores.values())]
+
+    def _datastore(self, datastore_id: str) -> Datastore:
         ds = self.datastores.get(datastore_id)
-        if ds is None or ds["datastoreStatus"] == "DELETED":
+        if ds is None or self._settled(ds).status == "DELETED":
             raise ResourceNotFoundException(f"Datastore {datastore_id} does not exist")
         return ds
 
-    def active_datastore(self, datastore_id: str) -> dict[str, Any]:
+    def active_datastore(self, datastore_id: str) -> Datastore:
         ds = self._datastore(datastore_id)
-        if ds["datastoreStatus"] != "ACTIVE":
-            raise ConflictException(
-                f"Datastore {datastore_id} is {ds['datastoreStatus']}, not ACTIVE"
-            )
+        if ds.status != "ACTIVE":
+            raise ConflictException(f"Datastore {datastore_id} is {ds.status}, not ACTIVE")
         return ds
 
     def create_datastore(
@@ -218,52 +229,40 @@ class HealthImagingBackend(ImageSetOperations):
             token_key = f"datastore/{clientToken}"
             previous = self.client_tokens.get(token_key)
             if previous:
-                ds = self.datastores[previous["id"]]
-                return {"datastoreId": ds["datastoreId"], "datastoreStatus": ds["datastoreStatus"]}
-            live = [d for d in self.datastores.values() if d["datastoreStatus"] != "DELETED"]
+                ds = self._settled(self.datastores[previous["id"]])
+                return {"datastoreId": ds.datastore_id, "datastoreStatus": ds.status}
+            live = [d for d in self._settled_datastores() if d.status != "DELETED"]
             if len(live) >= self.config.max_datastores:
                 raise ServiceQuotaExceededException(
                     f"At most {self.config.max_datastores} data stores per region"
                 )
             datastore_id = new_id()
             now = time.time()
-            ds = {
-                "datastoreId": datastore_id,
-                "datastoreName": datastoreName,
-                "datastoreStatus": "CREATING",
-                "datastoreArn": self.datastore_arn(datastore_id),
-                "kmsKeyArn": kmsKeyArn or self._default_kms_key(),
-                "lambdaAuthorizerArn": lambdaAuthorizerArn,
-                "losslessStorageFormat": losslessStorageFormat or "HTJ2K",
-                "createdAt": now,
-                "updatedAt": now,
-            }
+            ds = Datastore(
+                datastore_id=datastore_id,
+                name=datastoreName,
+                status="CREATING",
+                arn=self.datastore_arn(datastore_id),
+                kms_key_arn=kmsKeyArn or self._default_kms_key(),
+                lambda_authorizer_arn=lambdaAuthorizerArn,
+                lossless_storage_format=losslessStorageFormat or "HTJ2K",
+                created_at=now,
+                updated_at=now,
+                due_at=now + self.config.datastore_transition_seconds,
+            )
             self.datastores[datastore_id] = ds
-            self._save(DATASTORE_KIND, datastore_id, ds)
+            self._save_datastore(ds)
             self.client_tokens[token_key] = {"id": datastore_id}
             self._save(TOKEN_KIND, token_key, {"id": datastore_id})
             if tags:
-                self._set_tags(ds["datastoreArn"], tags)
-        self._later(
-            self.config.datastore_transition_seconds,
-            self._finish_datastore_transition,
-            datastore_id,
-        )
+                self._set_tags(ds.arn, tags)
         return {"datastoreId": datastore_id, "datastoreStatus": "CREATING"}
-
-    def _finish_datastore_transition(self, datastore_id: str) -> None:
-        with self.lock:
-            ds = self.datastores[datastore_id]
-            nxt = {"CREATING": "ACTIVE", "DELETING": "DELETED"}.get(ds["datastoreStatus"])
-            if nxt:
-                ds.update(datastoreStatus=nxt, updatedAt=time.time())
-                self._save(DATASTORE_KIND, datastore_id, ds)
 
     def get_datastore(self, datastoreId: str) -> dict[str, Any]:
         ds = self.datastores.get(datastoreId)
         if ds is None:
             raise ResourceNotFoundException(f"Datastore {datastoreId} does not exist")
-        return {"datastoreProperties": dict(ds)}
+        return {"datastoreProperties": self._settled(ds).to_wire()}
 
     def list_datastores(
         self,
@@ -271,42 +270,25 @@ class HealthImagingBackend(ImageSetOperations):
         nextToken: str | None = None,
         maxResults: int | None = None,
     ) -> dict[str, Any]:
-        items = sorted(self.datastores.values(), key=lambda d: d["createdAt"])
+        items = sorted(self._settled_datastores(), key=lambda d: d.created_at)
         if datastoreStatus:
-            items = [d for d in items if d["datastoreStatus"] == datastoreStatus]
+            items = [d for d in items if d.status == datastoreStatus]
         page, token = paginate(items, maxResults, nextToken, datastoreStatus)
-        keys = (
-            "datastoreId",
-            "datastoreName",
-            "datastoreStatus",
-            "datastoreArn",
-            "createdAt",
-            "updatedAt",
-        )
-        return {
-            "datastoreSummaries": [{k: d.get(k) for k in keys} for d in page],
-            "nextToken": token,
-        }
+        return {"datastoreSummaries": [d.to_summary() for d in page], "nextToken": token}
 
     def delete_datastore(self, datastoreId: str) -> dict[str, Any]:
         with self.lock:
             ds = self._datastore(datastoreId)
-            if ds["datastoreStatus"] in ("CREATING", "DELETING"):
-                raise ConflictException(f"Datastore {datastoreId} is {ds['datastoreStatus']}")
+            if ds.status in ("CREATING", "DELETING"):
+                raise ConflictException(f"Datastore {datastoreId} is {ds.status}")
             if self.image_sets.in_datastore(datastoreId):
                 raise ConflictException(
                     f"Datastore {datastoreId} still holds image sets; delete them first"
                 )
-            if any(
-                j["datastoreId"] == datastoreId and j["jobStatus"] in RUNNING_JOB_STATES
-                for j in self.jobs.values()
-            ):
+            if any(j.datastore_id == datastoreId and j.running for j in self.jobs.values()):
                 raise ConflictException(f"Datastore {datastoreId} has import jobs running")
-            ds.update(datastoreStatus="DELETING", updatedAt=time.time())
-            self._save(DATASTORE_KIND, datastoreId, ds)
-        self._later(
-            self.config.datastore_transition_seconds, self._finish_datastore_transition, datastoreId
-        )
+            ds.advance("DELETING", time.time(), self.config.datastore_transition_seconds)
+            self._save_datastore(ds)
         return {"datastoreId": datastoreId, "datastoreStatus": "DELETING"}
 
     # -- import jobs --------------------------------------------------------
@@ -350,12 +332,15 @@ class HealthImagingBackend(ImageSetOperations):
                         f"clientToken {clientToken} was already used with other parameters"
                     )
                 job = self.jobs[previous["id"]]
-                return {k: job[k] for k in ("datastoreId", "jobId", "jobStatus", "submittedAt")}
+                return {
+                    "datastoreId": job.datastore_id,
+                    "jobId": job.job_id,
+                    "jobStatus": job.status,
+                    "submittedAt": job.submitted_at,
+                }
             self.active_datastore(datastoreId)
             running = sum(
-                1
-                for j in self.jobs.values()
-                if j["datastoreId"] == datastoreId and j["jobStatus"] in RUNNING_JOB_STATES
+                1 for j in self.jobs.values() if j.datastore_id == datastoreId and j.running
             )
             if running >= self.config.max_concurrent_jobs:
                 raise ServiceQuotaExceededException(
@@ -369,16 +354,21 @@ class HealthImagingBackend(ImageSetOperations):
                     "The local service is stopping; it starts no new import job"
                 )
             job_id = new_id()
-            job = {
-                **request,
-                "jobId": job_id,
-                "jobStatus": "SUBMITTED",
-                "submittedAt": time.time(),
-                "requestedOutputS3Uri": outputS3Uri,
-                "outputS3Uri": importer.job_output_uri(outputS3Uri, datastoreId, job_id),
-            }
+            job = ImportJob(
+                job_id=job_id,
+                job_name=jobName,
+                status="SUBMITTED",
+                datastore_id=datastoreId,
+                data_access_role_arn=dataAccessRoleArn,
+                input_s3_uri=inputS3Uri,
+                output_s3_uri=importer.job_output_uri(outputS3Uri, datastoreId, job_id),
+                requested_output_s3_uri=outputS3Uri,
+                input_owner_account_id=inputOwnerAccountId,
+                import_configuration=importConfiguration,
+                submitted_at=time.time(),
+            )
             self.jobs[job_id] = job
-            self._save(JOB_KIND, job_id, job)
+            self._save_job(job)
             self.client_tokens[token_key] = {"id": job_id, "fingerprint": fingerprint}
             self._save(TOKEN_KIND, token_key, self.client_tokens[token_key])
             # Under the lock: stop_imports cannot shut the pool in between.
@@ -387,7 +377,7 @@ class HealthImagingBackend(ImageSetOperations):
             "datastoreId": datastoreId,
             "jobId": job_id,
             "jobStatus": "SUBMITTED",
-            "submittedAt": job["submittedAt"],
+            "submittedAt": job.submitted_at,
         }
 
     def _check_input_quota(self, input_s3_uri: str) -> None:
@@ -408,10 +398,10 @@ class HealthImagingBackend(ImageSetOperations):
                 f"{self.config.max_bytes_per_job}"
             )
 
-    def _end_job(self, job: dict[str, Any], status: str, message: str | None) -> None:
+    def _end_job(self, job: ImportJob, status: str, message: str | None) -> None:
         with self.lock:
-            job.update(jobStatus=status, endedAt=time.time(), message=message)
-            self._save(JOB_KIND, job["jobId"], job)
+            job.end(status, time.time(), message)
+            self._save_job(job)
 
     def _run_job(self, job_id: str) -> None:
         job = self.jobs[job_id]
@@ -419,8 +409,8 @@ class HealthImagingBackend(ImageSetOperations):
             return  # stop_imports ends it
         started = time.monotonic()
         with self.lock:
-            job["jobStatus"] = "IN_PROGRESS"
-            self._save(JOB_KIND, job_id, job)
+            job.advance("IN_PROGRESS")
+            self._save_job(job)
         status, message = "COMPLETED", None
         try:
             if self.faults.take_job_failure():
@@ -437,9 +427,9 @@ class HealthImagingBackend(ImageSetOperations):
             status, message = "FAILED", str(importer.ImportStopped())
         self._end_job(job, status, message)
 
-    def _job(self, datastore_id: str, job_id: str) -> dict[str, Any]:
+    def _job(self, datastore_id: str, job_id: str) -> ImportJob:
         job = self.jobs.get(job_id)
-        if job is None or job["datastoreId"] != datastore_id:
+        if job is None or job.datastore_id != datastore_id:
             raise ResourceNotFoundException(
                 f"Import job {job_id} does not exist in data store {datastore_id}"
             )
@@ -447,7 +437,7 @@ class HealthImagingBackend(ImageSetOperations):
 
     def get_dicom_import_job(self, datastoreId: str, jobId: str) -> dict[str, Any]:
         job = self._job(datastoreId, jobId)
-        return {"jobProperties": {k: job.get(k) for k in JOB_PROPERTY_KEYS}}
+        return {"jobProperties": job.to_wire()}
 
     def list_dicom_import_jobs(
         self,
@@ -459,17 +449,14 @@ class HealthImagingBackend(ImageSetOperations):
         """Newest first. Summaries carry no S3 URIs, as on AWS."""
         self._datastore(datastoreId)
         items = sorted(
-            (j for j in self.jobs.values() if j["datastoreId"] == datastoreId),
-            key=lambda j: j["submittedAt"],
+            (j for j in self.jobs.values() if j.datastore_id == datastoreId),
+            key=lambda j: j.submitted_at,
             reverse=True,
         )
         if jobStatus:
-            items = [j for j in items if j["jobStatus"] == jobStatus]
+            items = [j for j in items if j.status == jobStatus]
         page, token = paginate(items, maxResults, nextToken, (datastoreId, jobStatus))
-        return {
-            "jobSummaries": [{k: j.get(k) for k in JOB_SUMMARY_KEYS} for j in page],
-            "nextToken": token,
-        }
+        return {"jobSummaries": [j.to_summary() for j in page], "nextToken": token}
 
     # -- tags ---------------------------------------------------------------
     def _check_tag_target(self, arn: str) -> None:
