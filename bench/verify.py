@@ -133,7 +133,7 @@ def bench(datastore_id: str, files: list[FileToVerify], repeats: int) -> None:
     for processes in PROCESSES:
         for label, method in (("naive (GetImageFrame per frame)", naive),
                               ("ours (pixels: CRC-32 vs metadata)", ours)):
-            # Untimed: the first pool starts the fork server (tasks.validate
+            # Untimed: the first pool starts the fork server (tasks.worker_processes
             # explains it), once per process, as in a flow's first stage.
             method(datastore_id, files[:40], processes)
             times = []

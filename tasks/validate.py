@@ -15,15 +15,13 @@ valid, its expected warnings recorded.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import re
-import signal
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sized
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -67,6 +65,7 @@ from tasks.dicom_header import (
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
 from tasks.statuses import FileValidity
+from tasks.worker_processes import worker_pool
 
 _IMAGE_KEYWORDS = (*IMAGE_ATTRIBUTES, "NumberOfFrames", "SamplesPerPixel",
                    "PhotometricInterpretation")
@@ -215,7 +214,7 @@ def validate_files(
             records.extend(map(duplicates.mark, reader.validate(pending, include_phi)))
             return records
         size = max(chunk_size, min(_MAX_CHUNK, round(_CHUNK_SECONDS / max(per_file, 1e-6))))
-        with _worker_pool(workers) as pool:
+        with worker_pool(workers) as pool:
             in_flight: deque[tuple[list[SourceFile], Future[list[tuple[Any, ...]]]]] = deque()
             for chunk in _chunked(pending, size):
                 uris, sizes = [source.uri for source in chunk], [source.size for source in chunk]
@@ -269,32 +268,6 @@ class _Validator:
         if self.fs is None and is_s3(uri):
             self.fs = s3_filesystem()
         return _findings(uri, size, include_phi, self.fs)
-
-
-def _worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Workers forked from multiprocessing's fork server, which imports this
-    module once per process: starting two workers then takes ~20 ms instead of
-    the seconds a spawned interpreter spends importing Prefect. Not forked from
-    this process, whose threads (Prefect's, s3fs's event loop) a fork would copy
-    mid-state."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_prepare_worker,
-        initargs=(dict(os.environ),),
-    )
-
-
-def _prepare_worker(environment: dict[str, str]) -> None:
-    """A forked worker starts with the environment the fork server started
-    with; the caller's (AWS endpoint and credentials) may have changed since.
-    Ctrl-C reaches the whole process group: the caller decides what a stop
-    means (tasks.interruption), so a worker must not die of it mid-chunk."""
-    os.environ.clear()
-    os.environ.update(environment)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def mark_duplicates(records: Iterable[ValidationRecord]) -> list[ValidationRecord]:

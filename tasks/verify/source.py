@@ -10,13 +10,10 @@ machine, or the Dask cluster (``flows/cluster.py``).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from typing import IO, Any
@@ -33,6 +30,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from config.clients import s3_filesystem
 from import_rules.rules import VIDEO_TRANSFER_SYNTAXES, stored_frame_count
 from tasks.locations import S3Uri, is_s3
+from tasks.worker_processes import worker_pool
 
 # The attributes compared, by level of the metadata document: those
 # HealthImaging indexes an image set by (SearchImageSets' DICOMTags).
@@ -111,25 +109,9 @@ def read_sources(uris: Sequence[str], pixels: bool, workers: int | None) -> list
     if workers == 1 or len(uris) <= _CHUNK:
         return read_part(list(uris), pixels)
     chunks = [list(uris[i:i + _CHUNK]) for i in range(0, len(uris), _CHUNK)]
-    with _pool(workers) as pool:
+    with worker_pool(workers) as pool:
         return [facts for part in pool.map(read_part, chunks, [pixels] * len(chunks))
                 for facts in part]
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """As validation's pool (tasks.validate): processes from a fork server
-    that imported this module once, with the caller's environment (the AWS
-    endpoint and credentials may have changed since the server started)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=_prepare_worker, initargs=(dict(os.environ),))
-
-
-def _prepare_worker(environment: dict[str, str]) -> None:
-    os.environ.clear()
-    os.environ.update(environment)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def read_part(uris: list[str], pixels: bool) -> list[SourceFacts]:
