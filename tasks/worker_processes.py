@@ -9,6 +9,12 @@ mid-state. A process has one fork server for its lifetime, preloaded with
 what the first pool named, so every pool names every stage's module: the
 second stage's workers would otherwise import it each time a pool starts,
 once per window.
+
+A worker also runs the parent's main module again, as ``__mp_main__``
+(multiprocessing's rule for every start method but fork). Preloaded under
+its import name, what that module imports is loaded once, in the fork
+server: not in every worker of every pool (0.7 s a worker under
+``python -m bench.verify``, most of a run's start).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 WORKER_MODULES = ("tasks.validate", "tasks.verify.source")
@@ -23,9 +30,18 @@ WORKER_MODULES = ("tasks.validate", "tasks.verify.source")
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))
+    context.set_forkserver_preload([*_main_module(), *WORKER_MODULES])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_prepare_worker, initargs=(dict(os.environ),))
+
+
+def _main_module() -> list[str]:
+    """The main module's import name when it was run as one (``python -m``);
+    a package's ``__main__`` is not run again in a worker, nor a script by path
+    (whose imports, as ``dicom-import``'s, are light)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    name = getattr(spec, "name", None)
+    return [name] if name and not name.endswith("__main__") else []
 
 
 def _prepare_worker(environment: dict[str, str]) -> None:

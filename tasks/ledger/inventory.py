@@ -205,7 +205,9 @@ class Inventory:
         not the window before it is still importing or a sibling run's window
         is, and the first to name one keeps it: a key, not a lookup, decides.
         The kept file naming its instance again (its window taken over after a
-        kill) keeps it still.
+        kill) keeps it still. Rows go in sorted by UID so that two PostgreSQL
+        transactions of sibling runs take their row locks in one order and
+        cannot deadlock.
         """
         instances = inventory_instances_table
         ledger = self.ledger
