@@ -129,21 +129,24 @@ def _codestream(jph: bytes) -> bytes:
 
 
 def bench(datastore_id: str, files: list[FileToVerify], repeats: int) -> None:
-    seconds: dict[tuple[str, int], float] = {}
-    for processes in PROCESSES:
-        for label, method in (("naive (GetImageFrame per frame)", naive),
-                              ("ours (pixels: CRC-32 vs metadata)", ours)):
-            # Untimed: the first pool starts the fork server (tasks.worker_processes
-            # explains it), once per process, as in a flow's first stage.
-            method(datastore_id, files[:40], processes)
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                checked = method(datastore_id, files, processes)
-                times.append(time.perf_counter() - started)
-                if checked != len(files):
-                    raise RuntimeError(f"{label}: {checked} of {len(files)} files matched")
-            seconds[(label, processes)] = median(times)
+    methods = (("naive (GetImageFrame per frame)", naive),
+               ("ours (pixels: CRC-32 vs metadata)", ours))
+    runs = [(label, method, processes) for processes in PROCESSES for label, method in methods]
+    for _, method, processes in runs:
+        # Untimed: the first pool starts the fork server (tasks.worker_processes
+        # explains it), once per process, as in a flow's first stage.
+        method(datastore_id, files[:40], processes)
+    times: dict[tuple[str, int], list[float]] = {}
+    # Repeats take turns, so that a change in the machine's load falls on
+    # every row alike, not on the rows measured last.
+    for _ in range(repeats):
+        for label, method, processes in runs:
+            started = time.perf_counter()
+            checked = method(datastore_id, files, processes)
+            times.setdefault((label, processes), []).append(time.perf_counter() - started)
+            if checked != len(files):
+                raise RuntimeError(f"{label}: {checked} of {len(files)} files matched")
+    seconds = {key: median(values) for key, values in times.items()}
     naive_label = "naive (GetImageFrame per frame)"
     rows = []
     for (label, processes), median_s in seconds.items():

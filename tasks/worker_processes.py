@@ -11,10 +11,11 @@ second stage's workers would otherwise import it each time a pool starts,
 once per window.
 
 A worker also runs the parent's main module again, as ``__mp_main__``
-(multiprocessing's rule for every start method but fork). Preloaded under
-its import name, what that module imports is loaded once, in the fork
-server: not in every worker of every pool (0.7 s a worker under
-``python -m bench.verify``, most of a run's start).
+(multiprocessing's rule for every start method but fork). The modules that
+module's top level took its names from are preloaded too, so running it
+again costs a worker next to nothing: they load once, in the fork server,
+not in every worker of every pool (0.7 s a worker under ``python -m
+bench.verify``, most of a run's start).
 """
 
 from __future__ import annotations
@@ -24,24 +25,32 @@ import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from types import ModuleType
 
 WORKER_MODULES = ("tasks.validate", "tasks.verify.source")
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([*_main_module(), *WORKER_MODULES])
+    context.set_forkserver_preload([*_main_imports(), *WORKER_MODULES])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_prepare_worker, initargs=(dict(os.environ),))
 
 
-def _main_module() -> list[str]:
-    """The main module's import name when it was run as one (``python -m``);
-    a package's ``__main__`` is not run again in a worker, nor a script by path
-    (whose imports, as ``dicom-import``'s, are light)."""
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    name = getattr(spec, "name", None)
-    return [name] if name and not name.endswith("__main__") else []
+def _main_imports() -> list[str]:
+    """Where the main module's top-level names come from. Not the module
+    itself: runpy warns when the module it runs is imported already. None
+    for a package's ``__main__`` (a worker does not run it again) or a main
+    with no file (``python -c``)."""
+    main = sys.modules["__main__"]
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if name.endswith("__main__") or not (name or getattr(main, "__file__", None)):
+        return []
+    sources = {value.__name__ if isinstance(value, ModuleType)
+               else getattr(value, "__module__", None)
+               for key, value in vars(main).items() if not key.startswith("__")}
+    return sorted(m for m in sources if isinstance(m, str) and m in sys.modules
+                  and m not in ("__main__", "__mp_main__", name))
 
 
 def _prepare_worker(environment: dict[str, str]) -> None:

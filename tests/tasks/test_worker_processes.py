@@ -1,0 +1,72 @@
+"""Worker pools start without importing the caller's program again in every worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A program's main module: its top level takes a function from ``heavy``, which
+# records the process importing it; then it starts two pools, as a run does
+# one a window.
+PROGRAM = textwrap.dedent(
+    """
+    import os
+    import sys
+
+    from heavy import weigh
+    from tasks.worker_processes import worker_pool
+
+    if __name__ == "__main__":
+        workers = set()
+        for _ in range(2):
+            with worker_pool(2) as pool:
+                workers.update(pool.submit(os.getpid).result() for _ in range(4))
+        print(" ".join(map(str, sorted(workers))))
+    """
+)
+HEAVY = textwrap.dedent(
+    """
+    import os
+
+    with open(os.environ["IMPORTED_BY"], "a") as record:
+        record.write(f"{os.getpid()}\\n")
+
+
+    def weigh() -> int:
+        return 1
+    """
+)
+
+
+@pytest.mark.parametrize("run_as", ["module", "script"])
+def test_workers_do_not_import_the_main_modules_imports_again(
+    tmp_path: Path, run_as: str
+) -> None:
+    """multiprocessing runs the main module again in each worker (as
+    ``__mp_main__``); what it imports must load once, in the fork server, or
+    every worker of every pool pays for it (0.7 s a worker for a bench)."""
+    (tmp_path / "program.py").write_text(PROGRAM)
+    (tmp_path / "heavy.py").write_text(HEAVY)
+    record = tmp_path / "imported-by"
+    command = [sys.executable, "-m", "program"] if run_as == "module" else [
+        sys.executable, str(tmp_path / "program.py")]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+             "IMPORTED_BY": str(record)},
+    )
+
+    assert done.returncode == 0, done.stderr
+    workers = {int(pid) for pid in done.stdout.split()}
+    importers = {int(pid) for pid in record.read_text().split()}
+    assert workers, "the pools ran no work"
+    assert not workers & importers, "a worker imported the main module's imports again"
+    assert len(importers) == 2  # the program and its fork server
+    assert "RuntimeWarning" not in done.stderr
