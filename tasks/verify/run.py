@@ -9,7 +9,7 @@ ingestion's in-memory results (``files_to_verify``) or from the ledger
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -33,7 +33,11 @@ _log = logging.getLogger(__name__)
 
 # (URIs, whether to decode pixels) -> facts in the same order: a process pool
 # here (read_sources) or a Dask cluster (flows.cluster).
-SourceReader = Callable[[Sequence[str], bool], list[SourceFacts]]
+SourceReader = Callable[[Sequence[str], bool], Iterable[SourceFacts]]
+# Files whose image sets' metadata is held at once: whole image sets are taken
+# until a batch has this many files (a larger set is a batch of its own). The
+# documents of a migration's data store do not fit in memory together.
+BATCH_FILES = 5_000
 
 
 def verify_files(
@@ -42,17 +46,45 @@ def verify_files(
     mode: VerifyMode,
     read: SourceReader,
     client: Any | None = None,
+    batch_files: int = BATCH_FILES,
 ) -> list[FileVerification]:
     """One result per file, in input order (none at all with ``off``)."""
     if mode is VerifyMode.OFF or not files:
         return []
     client = client or medical_imaging_client()
+    results: dict[str, FileVerification] = {}
+    for batch in _by_image_sets(files, batch_files):
+        results.update(_verify_batch(client, datastore_id, batch, mode, read))
+    return [results[f.source_uri] for f in files]
+
+
+def _by_image_sets(
+    files: Sequence[FileToVerify], batch_files: int
+) -> Iterator[list[FileToVerify]]:
+    """Whole image sets, together until a batch holds ``batch_files`` files."""
+    by_set: dict[str, list[FileToVerify]] = {}
+    for item in files:
+        by_set.setdefault(item.image_set_id, []).append(item)
+    batch: list[FileToVerify] = []
+    for members in by_set.values():
+        if batch and len(batch) + len(members) > batch_files:
+            yield batch
+            batch = []
+        batch.extend(members)
+    if batch:
+        yield batch
+
+
+def _verify_batch(
+    client: Any, datastore_id: str, files: list[FileToVerify], mode: VerifyMode,
+    read: SourceReader,
+) -> dict[str, FileVerification]:
     documents, unreadable = readable_documents(client, datastore_id,
                                                (f.image_set_id for f in files))
     if unreadable:
         _log.warning("Verification could not read %d image sets (%s): their "
-                                 "files are not checked.", len(unreadable),
-                                 next(iter(unreadable.values())))
+                     "files are not checked.", len(unreadable),
+                     next(iter(unreadable.values())))
     results: dict[str, FileVerification] = {}
     present: list[tuple[FileToVerify, dict[str, Any]]] = []
     for item in files:
@@ -71,9 +103,8 @@ def verify_files(
     for (item, entry), source in zip(present, facts, strict=True):
         document = documents[item.image_set_id]
         assert document is not None, "an image set with an instance entry has a document"
-        results[item.source_uri] = _verdict(document, entry, item, source,
-                                            pixels)
-    return [results[f.source_uri] for f in files]
+        results[item.source_uri] = _verdict(document, entry, item, source, pixels)
+    return results
 
 
 def _verdict(

@@ -102,16 +102,19 @@ def frame_checksums(ds: Dataset) -> Iterator[int]:
         yield zlib.crc32(little.data)
 
 
-def read_sources(uris: Sequence[str], pixels: bool, workers: int | None) -> list[SourceFacts]:
-    """In input order; on ``workers`` processes (default one per core), or
-    in this process for one worker or a handful of files."""
+def read_sources(uris: Sequence[str], pixels: bool, workers: int | None) -> Iterator[SourceFacts]:
+    """In input order, each part as soon as it is read, so that the caller's
+    verdicts overlap the reading of the rest; on ``workers`` processes
+    (default one per core), or in this process for one worker or a handful
+    of files."""
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(uris) <= _CHUNK:
-        return read_part(list(uris), pixels)
+        yield from read_part(list(uris), pixels)
+        return
     chunks = [list(uris[i:i + _CHUNK]) for i in range(0, len(uris), _CHUNK)]
     with worker_pool(workers) as pool:
-        return [facts for part in pool.map(read_part, chunks, [pixels] * len(chunks))
-                for facts in part]
+        for part in pool.map(read_part, chunks, [pixels] * len(chunks)):
+            yield from part
 
 
 def read_part(uris: list[str], pixels: bool) -> list[SourceFacts]:

@@ -226,3 +226,42 @@ def test_report_rows_take_the_verification_and_a_discrepancy_fails_the_file() ->
     assert rows["verification"].tolist() == ["verified", "mismatch", "missing", "not_checked"]
     assert rows["verification_detail"].tolist() == [None, "PatientID differs",
                                                     "image set x not found", None]
+
+
+def test_batches_of_image_sets_give_the_results_of_one_batch(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    """A data store's documents do not fit in memory together, so they are read
+    a batch of whole image sets at a time; each set's still once, and on two
+    processes the sources are read in parts whose results stream back."""
+    made = {f"series{n}-{i}.dcm": ct_slice(series_spec(f"verify-batch-{n}"), i, rows=8, columns=8)
+            for n in range(3) for i in range(14)}
+    datastore_id, files = import_files(tmp_path / "source", [], made=made)
+    sets = sorted({item.image_set_id for item in files})
+    assert len(sets) == 3
+    mi, _ = clients()
+    gone = next(item for item in files if item.source_uri.endswith("series0-0.dcm")).image_set_id
+    mi.delete_image_set(datastoreId=datastore_id, imageSetId=gone)
+    wait_until(lambda: mi.get_image_set(datastoreId=datastore_id, imageSetId=gone)[
+        "imageSetState"] == "DELETED")
+    altered = tmp_path / "source" / "series1-3.dcm"
+    ds = pydicom.dcmread(altered)
+    ds.PatientID = "SECRET-4711"
+    ds.save_as(altered)
+    reads: list[str] = []
+    mi.meta.events.register("before-parameter-build.medical-imaging.GetImageSetMetadata",
+                            lambda params, **_: reads.append(params["imageSetId"]))
+
+    whole = verify_files(datastore_id, files, VerifyMode.PIXELS, local_reader(1), client=mi)
+    reads.clear()
+    batched = verify_files(datastore_id, files, VerifyMode.PIXELS, local_reader(2), client=mi,
+                           batch_files=14)
+
+    assert batched == whole
+    assert sorted(reads) == sets
+    outcome = {Path(r.source_uri).name: r.verification for r in batched}
+    assert sorted(name for name, v in outcome.items() if v is Verification.MISSING) == sorted(
+        f"series0-{i}.dcm" for i in range(14))
+    assert [name for name, v in outcome.items() if v is Verification.MISMATCH] == [
+        "series1-3.dcm"]
+    assert sum(v is Verification.VERIFIED for v in outcome.values()) == 27
