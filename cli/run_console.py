@@ -8,6 +8,7 @@ report is written. A second Ctrl-C stops at once.
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -33,8 +34,32 @@ class FlowRun:
     abandoned: bool = False
 
 
+@dataclass(frozen=True)
+class StopWording:
+    """What a stop means for a command, told at each of its three moments."""
+
+    # The first Ctrl-C.
+    stopping: str
+    # The run ended stopped, its report written.
+    stopped: str
+    # The second Ctrl-C.
+    at_once: str
+
+
+IMPORT_STOP = StopWording(
+    stopping="Stopping: no new import job starts, jobs already started go on in "
+    "HealthImaging; writing the report (Ctrl-C again to stop at once).",
+    stopped="stopped. Jobs already started go on in HealthImaging and are in the ledger: "
+    "run the same command again (or dicom-import retry) to pick them up.",
+    at_once="Stopped at once. Jobs already started are in the ledger: run the same "
+    "command again (or dicom-import retry) to pick them up.",
+)
+
+
 @contextmanager
-def running_flow(title: str, verbose: bool = False) -> Iterator[FlowRun]:
+def running_flow(
+    title: str, verbose: bool = False, wording: StopWording = IMPORT_STOP
+) -> Iterator[FlowRun]:
     ran = FlowRun()
 
     def on_interrupt(_signal: int, _frame: FrameType | None) -> None:
@@ -42,31 +67,38 @@ def running_flow(title: str, verbose: bool = False) -> Iterator[FlowRun]:
             raise KeyboardInterrupt
         ran.interrupted = True
         interruption.request_stop()
-        print("\nStopping: no new import job starts, jobs already started go on in "
-              "HealthImaging; writing the report (Ctrl-C again to stop at once).",
-              file=sys.stderr, flush=True)
+        print(f"\n{wording.stopping}", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         with ProgressDisplay(title, verbose):
             start_temporary_server_if_needed()
+            # Registered (once) after the temporary server's own stop, so run before it.
+            atexit.unregister(_ignore_interrupts)
+            atexit.register(_ignore_interrupts)
             yield ran
     except KeyboardInterrupt:
         ran.abandoned = True
-        print("\nStopped at once. Jobs already started are in the ledger: run the same "
-              "command again (or dicom-import retry) to pick them up.", file=sys.stderr)
+        print(f"\n{wording.at_once}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, previous)
         interruption.clear()
 
 
+def _ignore_interrupts() -> None:
+    """At exit the command has ended and Prefect stops its temporary server
+    (a few seconds at most): a Ctrl-C then would only print a traceback from
+    inside that stop, and leave the server running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_flow_command(
     command: str, title: str, verbose: bool, start: Callable[[], Any],
-    tell: Callable[[Any], ExitStatus],
+    tell: Callable[[Any], ExitStatus], wording: StopWording = IMPORT_STOP,
 ) -> int:
     """Run a flow (``start`` returns its final state), then ``tell`` what its
     result means and which exit status it earns; a stop overrides that status."""
-    with running_flow(title, verbose) as ran:
+    with running_flow(title, verbose, wording) as ran:
         ran.state = start()
     if ran.abandoned:
         return ExitStatus.INTERRUPTED
@@ -76,9 +108,7 @@ def run_flow_command(
         return ExitStatus.ERROR
     status = tell(ran.state.result())
     if ran.interrupted:
-        print(f"dicom-import {command}: stopped. Jobs already started go on in HealthImaging "
-              "and are in the ledger: run the same command again (or dicom-import retry) to "
-              "pick them up.", file=sys.stderr)
+        print(f"dicom-import {command}: {wording.stopped}", file=sys.stderr)
         return ExitStatus.INTERRUPTED
     return status
 

@@ -15,10 +15,18 @@ from typing import Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import run_flow_command
+from cli.run_console import StopWording, run_flow_command
 from flows.parameters import VerifyParameters
 from flows.verify import VerifyResult, dicom_verify
 from tasks.statuses import Verification
+
+STOP = StopWording(
+    stopping="Stopping: no more source files are read; the rest are reported as not "
+    "checked (Ctrl-C again to stop at once).",
+    stopped="stopped before every file was checked: run the same command again to check "
+    "them all.",
+    at_once="Stopped at once, with no report: run the same command again.",
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return ExitStatus.FILES_FAILED if unverified else ExitStatus.OK
 
     return run_flow_command("verify", "Verifying imported files", args.verbose,
-                            lambda: dicom_verify(params, return_state=True), tell)
+                            lambda: dicom_verify(params, return_state=True), tell, STOP)
 
 
 def print_verify_story(result: VerifyResult) -> None:

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from types import ModuleType
 
 WORKER_MODULES = ("tasks.validate", "tasks.verify.source")
+# Preloaded first: see the module.
+_FORK_SERVER_SIGNALS = "tasks.fork_server_signals"
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([*_main_imports(), *WORKER_MODULES])
+    context.set_forkserver_preload([_FORK_SERVER_SIGNALS, *_main_imports(), *WORKER_MODULES])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_prepare_worker, initargs=(dict(os.environ),))
 
@@ -56,8 +57,6 @@ def _main_imports() -> list[str]:
 def _prepare_worker(environment: dict[str, str]) -> None:
     """A forked worker starts with the environment the fork server started
     with; the caller's (AWS endpoint and credentials) may have changed since.
-    Ctrl-C reaches the whole process group: the caller decides what a stop
-    means (tasks.interruption), so a worker must not die of it mid-chunk."""
+    (It ignores Ctrl-C from the start: tasks.fork_server_signals.)"""
     os.environ.clear()
     os.environ.update(environment)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -4,12 +4,15 @@ the pixel check, in that order (a missing instance is never read).
 Plain functions; ``verify`` is the Prefect task on top. Files come from an
 ingestion's in-memory results (``files_to_verify``) or from the ledger
 (``tasks.ledger.imported_files``).
+
+A stop (Ctrl-C, tasks.interruption) ends the reading: the files not read by
+then are ``not_checked``, saying so, and the run still reports.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -17,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.clients import medical_imaging_client
+from tasks.interruption import stop_requested
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome
 from tasks.stage import StagedFile
@@ -38,6 +42,7 @@ SourceReader = Callable[[Sequence[str], bool], Iterable[SourceFacts]]
 # until a batch has this many files (a larger set is a batch of its own). The
 # documents of a migration's data store do not fit in memory together.
 BATCH_FILES = 5_000
+STOPPED = "verification stopped before this file was checked"
 
 
 def verify_files(
@@ -54,8 +59,11 @@ def verify_files(
     client = client or medical_imaging_client()
     results: dict[str, FileVerification] = {}
     for batch in _by_image_sets(files, batch_files):
+        if stop_requested():
+            break
         results.update(_verify_batch(client, datastore_id, batch, mode, read))
-    return [results[f.source_uri] for f in files]
+    return [results.get(f.source_uri) or FileVerification(
+        f.source_uri, Verification.NOT_CHECKED, STOPPED) for f in files]
 
 
 def _by_image_sets(
@@ -99,11 +107,17 @@ def _verify_batch(
         elif entry is not None:
             present.append((item, entry))
     pixels = mode is VerifyMode.PIXELS
-    facts = read([item.source_uri for item, _ in present], pixels)
-    for (item, entry), source in zip(present, facts, strict=True):
-        document = documents[item.image_set_id]
-        assert document is not None, "an image set with an instance entry has a document"
-        results[item.source_uri] = _verdict(document, entry, item, source, pixels)
+    facts = iter(read([item.source_uri for item, _ in present], pixels))
+    try:
+        for item, entry in present:
+            if stop_requested():
+                break
+            document = documents[item.image_set_id]
+            assert document is not None, "an image set with an instance entry has a document"
+            results[item.source_uri] = _verdict(document, entry, item, next(facts), pixels)
+    finally:
+        if isinstance(facts, Generator):
+            facts.close()  # a stop: the parts not read yet are dropped
     return results
 
 

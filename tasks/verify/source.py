@@ -109,18 +109,26 @@ def read_sources(uris: Sequence[str], pixels: bool, workers: int | None) -> Iter
     of files."""
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(uris) <= _CHUNK:
-        yield from read_part(list(uris), pixels)
+        yield from _read_each(uris, pixels)
         return
     chunks = [list(uris[i:i + _CHUNK]) for i in range(0, len(uris), _CHUNK)]
-    with worker_pool(workers) as pool:
+    pool = worker_pool(workers)
+    try:
         for part in pool.map(read_part, chunks, [pixels] * len(chunks)):
             yield from part
+    finally:
+        # Closed early (a stop): the parts no worker has begun are dropped.
+        pool.shutdown(cancel_futures=True)
 
 
 def read_part(uris: list[str], pixels: bool) -> list[SourceFacts]:
     """One unit of work: a pool process's or a cluster worker's share."""
+    return list(_read_each(uris, pixels))
+
+
+def _read_each(uris: Sequence[str], pixels: bool) -> Iterator[SourceFacts]:
     fs = s3_filesystem() if any(is_s3(u) for u in uris) else None
-    return [read_source(uri, pixels, fs) for uri in uris]
+    return (read_source(uri, pixels, fs) for uri in uris)
 
 
 # Reading is idempotent: a part lost with its worker is read again.

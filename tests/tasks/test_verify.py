@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from pydicom.encaps import encapsulate
 
 from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
+from tasks import interruption
 from tasks.manifest import read_job_output
 from tasks.statuses import Verification, VerifyMode
 from tasks.verify.results import FileToVerify, FileVerification, with_verification
 from tasks.verify.run import local_reader, verify_files
+from tasks.verify.source import SourceFacts
 
 BUCKET = "verify"
 ROLE = "arn:aws:iam::123456789012:role/ImportRole"
@@ -265,3 +268,31 @@ def test_batches_of_image_sets_give_the_results_of_one_batch(
     assert [name for name, v in outcome.items() if v is Verification.MISMATCH] == [
         "series1-3.dcm"]
     assert sum(v is Verification.VERIFIED for v in outcome.values()) == 27
+
+
+def test_a_stop_ends_the_reading_and_leaves_the_rest_not_checked(
+    local_aws: LocalService, tmp_path: Path
+) -> None:
+    made = {f"slice-{i:02d}.dcm": ct_slice(series_spec("verify-stop"), i, rows=8, columns=8)
+            for i in range(40)}
+    datastore_id, files = import_files(tmp_path / "source", [], made=made)
+    handed: list[str] = []
+
+    def read_then_stop(uris: Sequence[str], pixels: bool) -> Iterator[SourceFacts]:
+        """Ctrl-C arrives once five files are read (on two processes)."""
+        for number, facts in enumerate(local_reader(2)(uris, pixels), 1):
+            handed.append(facts.source_uri)
+            if number == 5:
+                interruption.request_stop()
+            yield facts
+
+    try:
+        results = verify_files(datastore_id, files, VerifyMode.PIXELS, read_then_stop)
+    finally:
+        interruption.clear()
+
+    verdicts = {r.source_uri: (r.verification, r.detail) for r in results}
+    assert [uri for uri, (v, _) in verdicts.items() if v is Verification.VERIFIED] == handed[:5]
+    assert len(handed) == 5
+    assert {verdict for uri, verdict in verdicts.items() if uri not in handed} == {
+        (Verification.NOT_CHECKED, "verification stopped before this file was checked")}

@@ -70,3 +70,52 @@ def test_workers_do_not_import_the_main_modules_imports_again(
     assert not workers & importers, "a worker imported the main module's imports again"
     assert len(importers) == 2  # the program and its fork server
     assert "RuntimeWarning" not in done.stderr
+
+
+STOPPED_WHILE_STARTING = textwrap.dedent(
+    """
+    import os
+    import signal
+    import threading
+    import time
+
+    from tasks.worker_processes import worker_pool
+
+
+    def press_ctrl_c() -> None:
+        \"\"\"A terminal's Ctrl-C, to the whole process group, again and again
+        from 1 s on, while the fork server imports what it preloads (seconds:
+        Prefect among it) and workers start.\"\"\"
+        time.sleep(1.0)
+        for _ in range(40):
+            os.killpg(0, signal.SIGINT)
+            time.sleep(0.05)
+
+
+    if __name__ == "__main__":
+        stops = []
+        signal.signal(signal.SIGINT, lambda *_: stops.append(1))  # the CLI's first Ctrl-C
+        threading.Thread(target=press_ctrl_c).start()
+        workers = set()
+        for _ in range(2):
+            with worker_pool(2) as pool:
+                workers.update(pool.submit(os.getpid).result() for _ in range(4))
+        print(len(workers), len(stops))
+    """
+)
+
+
+def test_ctrl_c_while_workers_start_leaves_them_working(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group; the run decides what it
+    means, so neither the fork server, still importing what it preloads, nor
+    a starting worker may die of it."""
+    (tmp_path / "program.py").write_text(STOPPED_WHILE_STARTING)
+    done = subprocess.run(
+        [sys.executable, "program.py"], capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    workers, stops = map(int, done.stdout.split())
+    assert workers >= 2 and stops > 0
