@@ -11,7 +11,6 @@ Every version stays readable; frames are shared by versions and copies.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -83,7 +82,6 @@ class ImageSetOperations:
         def _datastore(self, datastore_id: str) -> Datastore: ...
         def active_datastore(self, datastore_id: str) -> Datastore: ...
         def image_set_arn(self, datastore_id: str, image_set_id: str) -> str: ...
-        def _later(self, delay: float, action: Any, *args: Any) -> None: ...
 
     # -- lookups and guards -------------------------------------------------
     def _image_set(self, datastore_id: str, image_set_id: str) -> dict[str, Any]:
@@ -130,14 +128,6 @@ class ImageSetOperations:
         checks and its own version (the importer takes only that one)."""
         with self.lock, self.image_sets.lock:
             yield
-
-    def _finish_write(self, image_set_ids: list[str], state: str, workflow_status: str) -> None:
-        with self._write_lock():
-            extra: dict[str, Any] = {"deletedAt": time.time()} if state == "DELETED" else {}
-            for image_set_id in image_set_ids:
-                self.image_sets.set_state(
-                    image_set_id, state=state, workflow_status=workflow_status, **extra
-                )
 
     def _version_properties(
         self, record: dict[str, Any], version: dict[str, Any]
@@ -311,17 +301,14 @@ class ImageSetOperations:
             overrides = {"forced": True} if force else None
             for target_id, doc in targets:
                 self.image_sets.add_version(
-                    target_id, doc, workflow_status="UPDATING", state="LOCKED", overrides=overrides
+                    target_id,
+                    doc,
+                    workflow_status="UPDATING",
+                    lock_seconds=self.config.write_seconds,
+                    overrides=overrides,
                 )
                 self.image_sets.touch(target_id)
             result = self.image_sets.get(datastoreId, imageSetId)
-        self._later(
-            self.config.write_seconds,
-            self._finish_write,
-            [target_id for target_id, _ in targets],
-            "ACTIVE",
-            "UPDATED",
-        )
         return {
             "datastoreId": datastoreId,
             "imageSetId": imageSetId,
@@ -446,7 +433,7 @@ class ImageSetOperations:
                     copied,
                     is_primary=bool(promoteToPrimary),
                     workflow_status="COPYING",
-                    state="LOCKED",
+                    lock_seconds=self.config.write_seconds,
                 )
             else:
                 merged = copies.merge(
@@ -456,22 +443,17 @@ class ImageSetOperations:
                     destination["imageSetId"],
                     merged,
                     workflow_status="COPYING",
-                    state="LOCKED",
+                    lock_seconds=self.config.write_seconds,
                     is_primary=True if promoteToPrimary else None,
                     overrides={"forced": True} if force else None,
                 )
             self.image_sets.touch(destination["imageSetId"])
-            source = self.image_sets.set_state(
-                sourceImageSetId, state="LOCKED", workflow_status="COPYING_WITH_READ_ONLY_ACCESS"
+            source = self.image_sets.lock_for_write(
+                sourceImageSetId,
+                workflow_status="COPYING_WITH_READ_ONLY_ACCESS",
+                lock_seconds=self.config.write_seconds,
             )
             properties = [self._copy_properties(r) for r in (source, destination)]
-        self._later(
-            self.config.write_seconds,
-            self._finish_write,
-            [sourceImageSetId, destination["imageSetId"]],
-            "ACTIVE",
-            "COPIED",
-        )
         return {
             "datastoreId": datastoreId,
             "sourceImageSetProperties": properties[0],
@@ -524,12 +506,9 @@ class ImageSetOperations:
         copies may share them; tags stay readable."""
         with self._write_lock():
             self._writable(datastoreId, imageSetId)
-            record = self.image_sets.set_state(
-                imageSetId, state="LOCKED", workflow_status="DELETING"
+            record = self.image_sets.lock_for_write(
+                imageSetId, workflow_status="DELETING", lock_seconds=self.config.write_seconds
             )
-        self._later(
-            self.config.write_seconds, self._finish_write, [imageSetId], "DELETED", "DELETED"
-        )
         return {
             "datastoreId": datastoreId,
             "imageSetId": imageSetId,

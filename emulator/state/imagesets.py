@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emulator.state.exceptions import ResourceNotFoundException
+from emulator.state.records import IMAGE_SET_WRITE_ENDS, checked_image_set_change
 from emulator.state.store import Store
 
 SET_KIND = "imageset"
@@ -89,7 +90,8 @@ class ImageSetRepository:
         self.now = clock
         self._persisted_access: dict[str, float] = {}
         self.lock = threading.RLock()
-        self.sets: dict[str, dict[str, Any]] = dict(store.load(SET_KIND))
+        # Read through ``get`` and ``in_datastore``, which end due writes first.
+        self._sets: dict[str, dict[str, Any]] = dict(store.load(SET_KIND))
         self.versions: dict[str, list[dict[str, Any]]] = {}
         for _, record in store.load(VERSION_KIND):
             self.versions.setdefault(record["imageSetId"], []).append(record)
@@ -121,13 +123,71 @@ class ImageSetRepository:
         return self._store.get_blob(f"frames/{frame_id}"), record["transferSyntaxUID"]
 
     # -- sets and versions --------------------------------------------------
+    def _settled(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with its write ended (and stored) once the write is due:
+        no timer ends a write, so however many run at once each set is
+        ACTIVE as soon as its time has passed, and a write cut off by a
+        restart ends on the first read after it. A LOCKED record stored
+        without a due time (by an earlier version of the service) is due at
+        once. The lock is taken only while a write is pending."""
+        if record["imageSetState"] != "LOCKED":
+            return record
+        with self.lock:
+            if record["imageSetState"] != "LOCKED":
+                return record
+            due = record.get("writeDueAt")
+            late = 0.0 if due is None else time.time() - due
+            if late < 0:
+                return record
+            state, workflow_status = IMAGE_SET_WRITE_ENDS[
+                (record["imageSetState"], record["imageSetWorkflowStatus"])
+            ]
+            # The service clock's reading when the write was due (that clock
+            # can be moved, so it is not the due time itself).
+            ended_at = self.now() - late
+            extra = {"deletedAt": ended_at} if state == "DELETED" else {}
+            self._restate(record, state, workflow_status, ended_at, **extra)
+        return record
+
+    @staticmethod
+    def _change(
+        record: dict[str, Any],
+        state: str,
+        workflow_status: str,
+        now: float,
+        *,
+        lock_seconds: float | None = None,
+        message: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Every state change of a set goes through here, checked against
+        ``IMAGE_SET_TRANSITIONS`` (which allows LOCKED only as the start of a
+        write); a write says how long it locks the set (``lock_seconds``),
+        which becomes its due time."""
+        current = (
+            (record["imageSetState"], record["imageSetWorkflowStatus"])
+            if "imageSetState" in record
+            else None
+        )
+        checked_image_set_change(current, (state, workflow_status))
+        record.update(
+            imageSetState=state,
+            imageSetWorkflowStatus=workflow_status,
+            updatedAt=now,
+            message=message,
+            **fields,
+        )
+        record.pop("writeDueAt", None)
+        if lock_seconds is not None:
+            record["writeDueAt"] = time.time() + lock_seconds
+
     def get(self, datastore_id: str, image_set_id: str) -> dict[str, Any]:
-        record = self.sets.get(image_set_id)
+        record = self._sets.get(image_set_id)
         if record is None or record["datastoreId"] != datastore_id:
             raise ResourceNotFoundException(
                 f"Image set {image_set_id} does not exist in data store {datastore_id}"
             )
-        return record
+        return self._settled(record)
 
     def version(self, image_set_id: str, version_id: str | int | None = None) -> dict[str, Any]:
         records = self.versions.get(image_set_id, [])
@@ -158,28 +218,27 @@ class ImageSetRepository:
         *,
         is_primary: bool,
         workflow_status: str,
-        state: str = "ACTIVE",
-        image_set_id: str | None = None,
+        lock_seconds: float | None = None,
     ) -> dict[str, Any]:
         """A new image set at version 1. The caller fills ``doc`` in full; the
         repository stamps DatastoreID and ImageSetID into it."""
-        image_set_id = image_set_id or new_id()
+        image_set_id = new_id()
         now = self.now()
-        record = {
-            "datastoreId": datastore_id,
-            "imageSetId": image_set_id,
-            "versionId": "0",
-            "imageSetState": state,
-            "imageSetWorkflowStatus": workflow_status,
-            "createdAt": now,
-            "updatedAt": now,
-            "lastAccessedAt": now,
-            "isPrimary": is_primary,
-        }
         with self.lock:
-            self.sets[image_set_id] = record
-            self.add_version(image_set_id, doc, workflow_status=workflow_status, state=state)
-        return record
+            self._sets[image_set_id] = {
+                "datastoreId": datastore_id,
+                "imageSetId": image_set_id,
+                "versionId": "0",
+                "createdAt": now,
+                "lastAccessedAt": now,
+                "isPrimary": is_primary,
+            }
+            return self.add_version(
+                image_set_id,
+                doc,
+                workflow_status=workflow_status,
+                lock_seconds=lock_seconds,
+            )
 
     def add_version(
         self,
@@ -187,16 +246,18 @@ class ImageSetRepository:
         doc: dict[str, Any],
         *,
         workflow_status: str,
-        state: str = "ACTIVE",
+        lock_seconds: float | None = None,
         message: str | None = None,
         is_primary: bool | None = None,
         overrides: dict[str, bool] | None = None,
     ) -> dict[str, Any]:
-        """Append a version with ``doc`` and make it current. ``overrides``
-        records that the version was written with force (GetImageSet and
-        ListImageSetVersions report it)."""
+        """Append a version with ``doc`` and make it current: ACTIVE, or for
+        a write LOCKED for ``lock_seconds``. ``overrides`` records that the
+        version was written with force (GetImageSet and ListImageSetVersions
+        report it)."""
+        state = "ACTIVE" if lock_seconds is None else "LOCKED"
         with self.lock:
-            record = self.sets[image_set_id]
+            record = self._sets[image_set_id]
             number = int(record["versionId"]) + 1
             doc["DatastoreID"] = record["datastoreId"]
             doc["ImageSetID"] = image_set_id
@@ -206,12 +267,14 @@ class ImageSetRepository:
             now = self.now()
             if is_primary is not None:
                 record["isPrimary"] = is_primary
-            record.update(
-                versionId=str(number),
-                imageSetState=state,
-                imageSetWorkflowStatus=workflow_status,
-                updatedAt=now,
+            self._change(
+                record,
+                state,
+                workflow_status,
+                now,
+                lock_seconds=lock_seconds,
                 message=message,
+                versionId=str(number),
                 dicomTags=dicom_tags(doc),
                 # Search matches any series of a set (a copy can merge several).
                 seriesInstanceUIDs=list(doc.get("Study", {}).get("Series", {})),
@@ -236,50 +299,50 @@ class ImageSetRepository:
     def touch(self, image_set_id: str) -> None:
         """Record an access (see ``storage_tiers`` for which calls are one)."""
         with self.lock:
-            record = self.sets[image_set_id]
+            record = self._sets[image_set_id]
             now = self.now()
             record["lastAccessedAt"] = now
             if now - self._persisted_access.get(image_set_id, 0.0) >= _PERSIST_ACCESS_EVERY:
                 self._persisted_access[image_set_id] = now
                 self._store.put(SET_KIND, image_set_id, record)
 
-    def set_state(
+    def lock_for_write(
+        self, image_set_id: str, *, workflow_status: str, lock_seconds: float
+    ) -> dict[str, Any]:
+        """Lock the set for a write that adds no version: the source of a
+        copy, a delete."""
+        with self.lock:
+            record = self._sets[image_set_id]
+            self._restate(
+                record, "LOCKED", workflow_status, self.now(), lock_seconds=lock_seconds
+            )
+            return record
+
+    def _restate(
         self,
-        image_set_id: str,
-        *,
+        record: dict[str, Any],
         state: str,
         workflow_status: str,
-        message: str | None = None,
+        now: float,
+        *,
+        lock_seconds: float | None = None,
         **fields: Any,
-    ) -> dict[str, Any]:
-        """Change the state of the current record (and of its current version)."""
-        with self.lock:
-            record = self.sets[image_set_id]
-            now = self.now()
-            record.update(
-                imageSetState=state,
-                imageSetWorkflowStatus=workflow_status,
-                updatedAt=now,
-                message=message,
-                **fields,
-            )
-            current = self.versions[image_set_id][-1]
-            current.update(
-                imageSetState=state, ImageSetWorkflowStatus=workflow_status, updatedAt=now
-            )
-            if "deletedAt" in fields:
-                current["deletedAt"] = fields["deletedAt"]
-            self._store.put(SET_KIND, image_set_id, record)
-            self._store.put(VERSION_KIND, f"{image_set_id}/{current['versionId']}", current)
-            return record
+    ) -> None:
+        """Change the state of the set and of its current version, which
+        GetImageSet and ListImageSetVersions describe."""
+        self._change(record, state, workflow_status, now, lock_seconds=lock_seconds, **fields)
+        current = self.versions[record["imageSetId"]][-1]
+        current.update(
+            imageSetState=state, ImageSetWorkflowStatus=workflow_status, updatedAt=now, **fields
+        )
+        self._store.put(SET_KIND, record["imageSetId"], record)
+        self._store.put(VERSION_KIND, f"{record['imageSetId']}/{current['versionId']}", current)
 
     def in_datastore(
         self, datastore_id: str, *, include_deleted: bool = False
     ) -> list[dict[str, Any]]:
         with self.lock:
-            return [
-                r
-                for r in self.sets.values()
-                if r["datastoreId"] == datastore_id
-                and (include_deleted or r["imageSetState"] != "DELETED")
+            records = [
+                self._settled(r) for r in self._sets.values() if r["datastoreId"] == datastore_id
             ]
+        return [r for r in records if include_deleted or r["imageSetState"] != "DELETED"]

@@ -171,17 +171,27 @@ def _children(
     return found
 
 
-def _remove(doc: dict[str, Any], payload: dict[str, Any], rules: _Constraints) -> None:
-    _check_members(payload, {"Patient", "Study", "SchemaVersion"}, "removableAttributes")
+def _patient_and_study(
+    doc: dict[str, Any], payload: dict[str, Any], name: str, rules: _Constraints, *, removing: bool
+) -> dict[str, Any]:
+    """Apply the payload's Patient and Study attributes, which removal and
+    update treat alike, and return its Study part: series and instances
+    differ (an empty one is removed whole; an update can rename one)."""
+    _check_members(payload, {"Patient", "Study", "SchemaVersion"}, name)
     if "Patient" in payload:
         patient = _object(payload["Patient"], "Patient")
         _check_members(patient, {"DICOM"}, "Patient")
         if "DICOM" in patient:
-            _update_dicom(doc["Patient"], patient["DICOM"], "Patient", rules, removing=True)
+            _update_dicom(doc["Patient"], patient["DICOM"], "Patient", rules, removing=removing)
     study = _object(payload.get("Study", {}), "Study")
     _check_members(study, {"DICOM", "Series"}, "Study")
     if "DICOM" in study:
-        _update_dicom(doc["Study"], study["DICOM"], "Study", rules, removing=True)
+        _update_dicom(doc["Study"], study["DICOM"], "Study", rules, removing=removing)
+    return study
+
+
+def _remove(doc: dict[str, Any], payload: dict[str, Any], rules: _Constraints) -> None:
+    study = _patient_and_study(doc, payload, "removableAttributes", rules, removing=True)
     for series_uid, series, change in _children(
         doc["Study"], "Series", study.get("Series", {}), "Study"
     ):
@@ -214,16 +224,7 @@ def _rename(container: dict[str, Any], old: str, new: str, where: str) -> None:
 
 
 def _update(doc: dict[str, Any], payload: dict[str, Any], rules: _Constraints) -> None:
-    _check_members(payload, {"Patient", "Study", "SchemaVersion"}, "updatableAttributes")
-    if "Patient" in payload:
-        patient = _object(payload["Patient"], "Patient")
-        _check_members(patient, {"DICOM"}, "Patient")
-        if "DICOM" in patient:
-            _update_dicom(doc["Patient"], patient["DICOM"], "Patient", rules, removing=False)
-    study = _object(payload.get("Study", {}), "Study")
-    _check_members(study, {"DICOM", "Series"}, "Study")
-    if "DICOM" in study:
-        _update_dicom(doc["Study"], study["DICOM"], "Study", rules, removing=False)
+    study = _patient_and_study(doc, payload, "updatableAttributes", rules, removing=False)
     series_map = doc["Study"].get("Series", {})
     for series_uid, series, change in _children(
         doc["Study"], "Series", study.get("Series", {}), "Study"

@@ -45,14 +45,6 @@ JOB_KIND = "job"
 TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
 
-_FINISHED_WRITES = {
-    "UPDATING": ("ACTIVE", "UPDATED"),
-    "COPYING": ("ACTIVE", "COPIED"),
-    "COPYING_WITH_READ_ONLY_ACCESS": ("ACTIVE", "COPIED"),
-    "DELETING": ("DELETED", "DELETED"),
-    "IMPORTING": ("ACTIVE", "IMPORTED"),
-}
-
 
 class HealthImagingBackend(ImageSetOperations):
     def __init__(self, config: ServiceConfig, store: Store, faults: FaultInjector) -> None:
@@ -66,9 +58,6 @@ class HealthImagingBackend(ImageSetOperations):
         self.client_tokens: dict[str, dict[str, Any]] = dict(store.load(TOKEN_KIND))
         self.image_sets = ImageSetRepository(store, lambda: config.clock().timestamp())
         self._import_pool = ThreadPoolExecutor(config.import_workers, "import-job")
-        # Image set writes (LOCKED -> ACTIVE); data stores settle when read.
-        self._timer_pool = ThreadPoolExecutor(4, "transition")
-        self._stopped = threading.Event()
         # Set once a stopping service's grace period is over: running imports
         # end at their next frame (importer.ImportStopped).
         self.imports_cancelled = threading.Event()
@@ -82,21 +71,6 @@ class HealthImagingBackend(ImageSetOperations):
         self._recover()
 
     # -- plumbing -----------------------------------------------------------
-    def _later(self, delay: float, action: Any, *args: Any) -> None:
-        """Run ``action`` after ``delay`` seconds, as the real service's
-        asynchronous image set writes end (LOCKED -> ACTIVE)."""
-
-        def run() -> None:
-            time.sleep(delay)
-            if self._stopped.is_set():
-                return
-            try:
-                action(*args)
-            except Exception:
-                log.exception("background transition failed")
-
-        self._timer_pool.submit(run)
-
     def _save(self, kind: str, record_id: str, record: dict[str, Any]) -> None:
         self.store.put(kind, record_id, record)
 
@@ -164,14 +138,13 @@ class HealthImagingBackend(ImageSetOperations):
             return [j for j in self.jobs.values() if j.running]
 
     def shutdown(self) -> None:
-        self._stopped.set()
         self._import_pool.shutdown(wait=False, cancel_futures=True)
-        self._timer_pool.shutdown(wait=False, cancel_futures=True)
 
     def _recover(self) -> None:
         """After a restart: resume jobs that never started, and fail the
         ones that were cut off mid-import (their partial output cannot be
-        trusted) with a message saying so. Data stores settle when read."""
+        trusted) with a message saying so. Data stores, and image sets a
+        write left LOCKED, settle when read."""
         for job in self.jobs.values():
             if job.status == "SUBMITTED":
                 self._import_pool.submit(self._run_job, job.job_id)
@@ -182,12 +155,6 @@ class HealthImagingBackend(ImageSetOperations):
                     "The local HealthImaging service stopped while this job was running; "
                     "start a new import job for the same input.",
                 )
-        for record in list(self.image_sets.sets.values()):
-            if record["imageSetState"] == "LOCKED":
-                # A write stores its new version before it locks the set, so
-                # what is left after a restart is only the end of the transition.
-                finished = _FINISHED_WRITES[record["imageSetWorkflowStatus"]]
-                self._finish_write([record["imageSetId"]], *finished)
 
     # -- data stores --------------------------------------------------------
     def _settled(self, ds: Datastore) -> Datastore:

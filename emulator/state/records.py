@@ -1,4 +1,5 @@
-"""Data store and import job records, and the status changes each may make.
+"""Data store and import job records, and the status changes each may make
+(image sets' too: their records are the repository's dicts).
 
 Every status change goes through ``advance``, checked against one table per
 kind (moto's ``ManagedState`` keeps its transitions the same way), so a
@@ -14,8 +15,12 @@ so a data directory written before these classes reads back unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class IllegalTransition(RuntimeError):
@@ -38,11 +43,46 @@ JOB_TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 RUNNING_JOB_STATES = ("SUBMITTED", "IN_PROGRESS")
 
+# An image set's (imageSetState, imageSetWorkflowStatus).
+ImageSetStatus = tuple[str, str]
+_WRITES_ON_AN_ACTIVE_SET: tuple[ImageSetStatus, ...] = (
+    ("ACTIVE", "IMPORTED"),  # an import adding instances
+    ("LOCKED", "UPDATING"),
+    ("LOCKED", "COPYING"),  # the destination of a copy
+    ("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS"),  # the source of a copy
+    ("LOCKED", "DELETING"),
+)
+# None is a set not written yet: an import creates it, or a copy.
+IMAGE_SET_TRANSITIONS: dict[ImageSetStatus | None, tuple[ImageSetStatus, ...]] = {
+    None: (("ACTIVE", "IMPORTED"), ("LOCKED", "COPYING")),
+    **dict.fromkeys(
+        [("ACTIVE", "IMPORTED"), ("ACTIVE", "UPDATED"), ("ACTIVE", "COPIED")],
+        _WRITES_ON_AN_ACTIVE_SET,
+    ),
+    ("LOCKED", "UPDATING"): (("ACTIVE", "UPDATED"),),
+    ("LOCKED", "COPYING"): (("ACTIVE", "COPIED"),),
+    ("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS"): (("ACTIVE", "COPIED"),),
+    ("LOCKED", "DELETING"): (("DELETED", "DELETED"),),
+}
+# A write leaves its sets LOCKED; each ends by itself, after
+# ``ServiceConfig.write_seconds``, as the one change its LOCKED status allows.
+IMAGE_SET_WRITE_ENDS: dict[ImageSetStatus, ImageSetStatus] = {
+    status: changes[0]
+    for status, changes in IMAGE_SET_TRANSITIONS.items()
+    if status is not None and status[0] == "LOCKED"
+}
 
-def _checked(kind: str, table: dict[str, tuple[str, ...]], current: str, new: str) -> str:
+
+def _checked(kind: str, table: Mapping[K, tuple[V, ...]], current: K, new: V) -> V:
     if new not in table.get(current, ()):
         raise IllegalTransition(f"{kind} cannot go from {current} to {new}")
     return new
+
+
+def checked_image_set_change(current: ImageSetStatus | None, new: ImageSetStatus) -> None:
+    """Refuse an image set change the table does not allow (``current``
+    None: the set is being created)."""
+    _checked("An image set", IMAGE_SET_TRANSITIONS, current, new)
 
 
 @dataclass

@@ -236,10 +236,9 @@ def _commit(
         for target in targets:
             if target.image_set_id is None:
                 continue
-            record = repository.sets.get(target.image_set_id)
+            record = repository.get(datastore_id, target.image_set_id)
             if (
-                record is None
-                or record["versionId"] != target.base_version
+                record["versionId"] != target.base_version
                 or record["imageSetState"] != "ACTIVE"
             ):
                 return None

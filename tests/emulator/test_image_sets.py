@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,11 +22,14 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
 from emulator.state.imagesets import new_id
+from emulator.state.store import Store
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,
+    make_clients,
     wait_datastore_active,
     wait_for,
     wait_job_done,
@@ -1189,6 +1193,110 @@ class TestLockedImageSets:
             )
         assert e.value.response["Error"]["Code"] == "ServiceQuotaExceededException"
         wait_active(mi, datastore_id, first["id"])
+
+
+NEW_DESCRIPTION = {"Study": {"DICOM": {"StudyDescription": "new"}}}
+
+
+class TestWritesEndWhenDue:
+    """A write's sets are ACTIVE once its time has passed, however many
+    writes run at once, and a write a restart cut off ends on time too."""
+
+    WRITE_SECONDS = 1.0
+
+    @pytest.fixture(autouse=True)
+    def slow_writes(self, service: LocalService) -> None:
+        service.config.write_seconds = self.WRITE_SECONDS
+
+    def test_six_writes_at_once_all_end_after_one_write_time(
+        self, mi: Any, datastore_id: str, seed: Seeder
+    ) -> None:
+        image_sets = [seed.image_set() for _ in range(6)]
+        for image_set in image_sets:
+            update(mi, datastore_id, image_set["id"], "1", NEW_DESCRIPTION)
+        time.sleep(self.WRITE_SECONDS + 0.3)
+        states = [
+            mi.get_image_set(datastoreId=datastore_id, imageSetId=s["id"])["imageSetState"]
+            for s in image_sets
+        ]
+        assert states == ["ACTIVE"] * 6
+
+    def test_locked_until_due_then_active_with_the_new_version(
+        self, mi: Any, datastore_id: str, seed: Seeder
+    ) -> None:
+        image_set = seed.image_set()
+        started = time.monotonic()
+        update(mi, datastore_id, image_set["id"], "1", NEW_DESCRIPTION)
+        props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set["id"])
+        assert (props["imageSetState"], props["imageSetWorkflowStatus"]) == ("LOCKED", "UPDATING")
+        found = mi.search_image_sets(datastoreId=datastore_id)["imageSetsMetadataSummaries"]
+        assert [s["version"] for s in found if s["imageSetId"] == image_set["id"]] == [2]
+        with pytest.raises(ClientError) as e:
+            mi.delete_image_set(datastoreId=datastore_id, imageSetId=image_set["id"])
+        assert e.value.response["Error"]["Code"] == "ConflictException"
+        assert time.monotonic() - started < self.WRITE_SECONDS, "too slow to see the lock"
+        time.sleep(max(0.0, started + self.WRITE_SECONDS + 0.1 - time.monotonic()))
+        props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set["id"])
+        assert (props["imageSetState"], props["imageSetWorkflowStatus"], props["versionId"]) == (
+            "ACTIVE",
+            "UPDATED",
+            "2",
+        )
+        versions = mi.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set["id"])
+        listed = versions["imageSetPropertiesList"]
+        assert [(v["versionId"], v["imageSetState"]) for v in listed] == [
+            ("2", "ACTIVE"),
+            ("1", "ACTIVE"),
+        ]
+        document = metadata(mi, datastore_id, image_set["id"])
+        assert document["Study"]["DICOM"]["StudyDescription"] == "new"
+
+
+def _locked_by_an_update(data_dir: Path, config: ServiceConfig) -> tuple[str, str]:
+    """(data store, image set) left LOCKED by an update when the service stops."""
+    with LocalService(data_dir=data_dir, config=config) as svc:
+        mi, _ = make_clients(svc)
+        datastore_id = mi.create_datastore()["datastoreId"]
+        wait_datastore_active(mi, datastore_id)
+        image_set = Seeder(svc, datastore_id).image_set()
+        update(mi, datastore_id, image_set["id"], "1", NEW_DESCRIPTION)
+    return datastore_id, image_set["id"]
+
+
+def test_a_write_cut_off_by_a_restart_ends_when_due(tmp_path: Path) -> None:
+    write_seconds = 3.0
+    config = ServiceConfig(datastore_transition_seconds=0, write_seconds=write_seconds)
+    started = time.monotonic()
+    datastore_id, image_set_id = _locked_by_an_update(tmp_path, config)
+    with LocalService(data_dir=tmp_path, config=config) as svc:
+        mi, _ = make_clients(svc)
+        props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+        assert time.monotonic() - started < write_seconds, "too slow to see the lock"
+        assert (props["imageSetState"], props["imageSetWorkflowStatus"]) == ("LOCKED", "UPDATING")
+        time.sleep(max(0.0, started + write_seconds + 0.1 - time.monotonic()))
+        props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+        assert (props["imageSetState"], props["imageSetWorkflowStatus"], props["versionId"]) == (
+            "ACTIVE",
+            "UPDATED",
+            "2",
+        )
+
+
+def test_a_locked_set_stored_without_a_due_time_ends_at_once(tmp_path: Path) -> None:
+    """A data directory from before writes kept their due time."""
+    config = ServiceConfig(datastore_transition_seconds=0, write_seconds=600)
+    datastore_id, image_set_id = _locked_by_an_update(tmp_path, config)
+    store = Store(tmp_path)
+    record = dict(store.load("imageset"))[image_set_id]
+    del record["writeDueAt"]
+    store.put("imageset", image_set_id, record)
+    store.close()
+    with LocalService(data_dir=tmp_path, config=config) as svc:
+        mi, _ = make_clients(svc)
+        found = mi.search_image_sets(datastoreId=datastore_id)["imageSetsMetadataSummaries"]
+        assert [s["version"] for s in found] == [2]
+        props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+        assert (props["imageSetState"], props["imageSetWorkflowStatus"]) == ("ACTIVE", "UPDATED")
 
 
 def test_writes_need_an_active_data_store(service: LocalService, mi: Any) -> None:
