@@ -9,10 +9,20 @@ from typing import Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import run_flow_command
+from cli.run_console import StopWording, run_flow_command
 from flows.parameters import ReconcileParameters
 from flows.reconcile import ReconcileResult, dicom_reconcile
 from tasks.statuses import DecisionOutcome
+
+STOP = StopWording(
+    stopping="Stopping after the decision under way (it waits on HealthImaging's writes); "
+    "the rest are not started (Ctrl-C again to stop at once).",
+    stopped="stopped before every decision was carried out: give the ones listed as not "
+    "started a decisions file of their own (the ones carried out would now be refused: "
+    "their image sets are deleted).",
+    at_once="Stopped at once: every change made is in the ledger, with the versions before "
+    "and after.",
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         return ExitStatus.ERROR
     title = "Reconciling" if params.apply else "Checking decisions"
     return run_flow_command("reconcile", f"{title} in {params.datastore}", args.verbose,
-                            lambda: dicom_reconcile(params, return_state=True), tell)
+                            lambda: dicom_reconcile(params, return_state=True), tell, STOP)
 
 
 def tell(result: ReconcileResult) -> ExitStatus:
@@ -51,8 +61,11 @@ def tell(result: ReconcileResult) -> ExitStatus:
             print(f"dicom-import reconcile: {what} failed: {decision.detail}", file=sys.stderr)
         elif decision.outcome is DecisionOutcome.PLANNED:
             print(f"{what} would: {decision.detail}")
+        elif decision.outcome is DecisionOutcome.NOT_STARTED:
+            print(f"{what}: {decision.detail}")
         else:
             print(f"image set {decision.image_set_id}: {decision.detail}")
     if not result.applied:
         print("Dry run: nothing changed. Run again with --apply to carry these out.")
-    return ExitStatus.FILES_FAILED if result.failed() else ExitStatus.OK
+    not_started = any(d.outcome is DecisionOutcome.NOT_STARTED for d in result.decisions)
+    return ExitStatus.FILES_FAILED if result.failed() or not_started else ExitStatus.OK

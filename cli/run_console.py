@@ -88,7 +88,7 @@ def running_flow(
 def _ignore_interrupts() -> None:
     """At exit the command has ended and Prefect stops its temporary server
     (a few seconds at most): a Ctrl-C then would only print a traceback from
-    inside that stop, and leave the server running."""
+    inside that stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

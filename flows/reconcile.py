@@ -18,8 +18,9 @@ from config.settings import get_settings
 from flows.parameters import ReconcileParameters
 from flows.run_identity import datastore_tags, tag_current_run
 from tasks.import_jobs import resolve
+from tasks.interruption import stop_requested
 from tasks.ledger import ledger_url
-from tasks.reconcile import DecisionResult, read_decisions, reconcile_image_set
+from tasks.reconcile import DecisionResult, not_started, read_decisions, reconcile_image_set
 from tasks.reconcile_record import ReconcileRecord
 from tasks.statuses import DecisionOutcome
 
@@ -50,8 +51,9 @@ def dicom_reconcile(params: ReconcileParameters) -> ReconcileResult:
         url = ledger_url(get_settings().ledger_url, params.report_location)
         record = ReconcileRecord(url, flow_run.id or uuid.uuid4().hex, datastore_id)
     results = [
-        reconcile_image_set(datastore_id, image_set_id, decision, record,
-                            params.write_timeout_seconds)
+        not_started(image_set_id, decision) if stop_requested()
+        else reconcile_image_set(datastore_id, image_set_id, decision, record,
+                                 params.write_timeout_seconds)
         for image_set_id, decision in decisions.items()
     ]
     result = ReconcileResult(datastore_id=datastore_id, datastore_name=datastore.name,

@@ -426,6 +426,14 @@ def reconcile(
                   f"{done} primary image set {primary}; {image_set_id} deleted", primary)
 
 
+def not_started(image_set_id: str, decision: Decision) -> DecisionResult:
+    """A decision the run was stopped before: a decision under way finishes
+    (its steps wait on HealthImaging's writes), the next one is not begun."""
+    return DecisionResult(image_set_id=image_set_id, action=decision.action,
+                          outcome=DecisionOutcome.NOT_STARTED,
+                          detail="not started: the run was stopped")
+
+
 @task(name="reconcile-image-set", cache_policy=NO_CACHE)
 def reconcile_image_set(
     datastore_id: str, image_set_id: str, decision: Decision, record: ReconcileRecord | None,

@@ -127,6 +127,8 @@ class DecisionOutcome(StrEnum):
     PLANNED = "planned"
     APPLIED = "applied"
     FAILED = "failed"
+    # The run was stopped (Ctrl-C) before it: nothing of it was done.
+    NOT_STARTED = "not_started"
 
 
 class DecisionAction(StrEnum):

@@ -18,6 +18,7 @@ from cli.main import main
 from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec, uid, write, write_ct_series
 from flows.ingest import IngestResult, dicom_ingest
+from tasks import interruption
 from tasks.conflicts import CONFLICTS_ARTIFACT_KEY
 from tasks.ledger.schema import reconcile_changes_table as changes_table
 from tests.operations.conftest import DATASTORE, ingest_params, medical_imaging
@@ -320,3 +321,33 @@ def test_a_service_error_while_checking_fails_that_decision_only(
     assert code == 1 and len(lines) == 1
     assert f"image set {decided}: promote failed: GetImageSet refused: InternalServerException" \
         in lines[0]
+
+
+def test_a_stop_lets_the_decision_under_way_finish_and_starts_no_other(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+    copy = service.backend.copy_image_set
+
+    def copy_then_ctrl_c(**params: Any) -> Any:
+        """The operator presses Ctrl-C while the first decision's copy runs."""
+        interruption.request_stop()
+        return copy(**params)
+
+    monkeypatch.setattr(service.backend, "copy_image_set", copy_then_ctrl_c)
+    decisions = {non_primary: {"action": "merge", "corrections": {"PatientID": FIRST_PATIENT}},
+                 # Refused, were it started: no such image set.
+                 "0" * 32: {"action": "promote"}}
+
+    code, out, err = _reconcile(tmp_path, decisions, capsys, "--apply")
+
+    assert code != 0
+    assert f"image set {non_primary}: merged into primary image set {primary}" in out
+    assert f"image set {'0' * 32}: promote: not started: the run was stopped" in out
+    assert "dicom-import reconcile:" not in err  # no decision failed
+    assert _image_set(datastore_id, non_primary)["imageSetState"] == "DELETED"
+    assert [r["operation"] for r in _recorded(tmp_path)] == [
+        "UpdateImageSetMetadata", "CopyImageSet", "DeleteImageSet"]
