@@ -36,6 +36,8 @@ from emulator.state.store import Store
 
 # S3 Control shares S3's signing name; moto serves it from another app.
 _S3_CONTROL_PATH = "/v20180820/"
+# How often the serving loop looks for a stop request.
+_SHUTDOWN_POLL_SECONDS = 0.02
 
 
 class LocalApplication:
@@ -155,8 +157,11 @@ class LocalService:
         }
 
     def start(self) -> LocalService:
+        # serve_forever checks for shutdown every poll_interval (0.5 s by
+        # default): every stop waited that long, which tests and `demo` pay.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, daemon=True, name="local-healthimaging"
+            target=self._server.serve_forever, kwargs={"poll_interval": _SHUTDOWN_POLL_SECONDS},
+            daemon=True, name="local-healthimaging",
         )
         self._thread.start()
         return self
