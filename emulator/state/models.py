@@ -44,6 +44,8 @@ DATASTORE_KIND = "datastore"
 JOB_KIND = "job"
 TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
+# How often a job held for an injected duration reads that duration again.
+_JOB_DURATION_RECHECK_SECONDS = 0.05
 
 
 class HealthImagingBackend(ImageSetOperations):
@@ -388,11 +390,22 @@ class HealthImagingBackend(ImageSetOperations):
         except Exception as error:  # the job, not the service, fails
             log.exception("import job %s failed", job_id)
             status, message = "FAILED", f"Internal error while importing: {error}"
-        remaining = self.faults.config.job_duration_seconds - (time.monotonic() - started)
-        if remaining > 0 and self.imports_cancelled.wait(remaining):
+        if self._stopped_within_job_duration(started):
             # Still running for its client when the service stopped.
             status, message = "FAILED", str(importer.ImportStopped())
         self._end_job(job, status, message)
+
+    def _stopped_within_job_duration(self, started: float) -> bool:
+        """Hold an import until the injected job duration has passed since
+        ``started``; True when the service stopped meanwhile. The duration is
+        read again as the job waits, so that shortening it (a test, or the
+        admin route) releases jobs already waiting instead of leaving them to
+        the length they started with."""
+        while (remaining := self.faults.config.job_duration_seconds
+               - (time.monotonic() - started)) > 0:
+            if self.imports_cancelled.wait(min(remaining, _JOB_DURATION_RECHECK_SECONDS)):
+                return True
+        return False
 
     def _job(self, datastore_id: str, job_id: str) -> ImportJob:
         job = self.jobs.get(job_id)
