@@ -145,6 +145,8 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, BothS
         yield {name: BothSides(records[name], run, f"rules/{name}.dcm") for name in CASES}
 
 
+# On one worker: every case shares one validation and one import job (judged).
+@pytest.mark.xdist_group("import-rules")
 @pytest.mark.parametrize("name", list(CASES))
 def test_validation_and_the_import_agree(judged: dict[str, BothSides], name: str) -> None:
     case, both = CASES[name], judged[name]

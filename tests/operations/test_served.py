@@ -29,7 +29,8 @@ from tests.operations.served import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# One worker for the module: its tests share one Prefect server and `dicom-import serve`.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("served")]
 
 BUCKET = "served"
 REPO = Path(__file__).resolve().parents[2]
