@@ -36,8 +36,6 @@ from tests.operations.claiming import claim
 DATASTORE = "0123456789abcdef0123456789abcdef"
 # ledger_outcomes columns that are the ledger's own, not the report's.
 HISTORY_BOOKKEEPING = {"run_id", "datastore_id", "report_row", "recorded_at"}
-
-
 LEDGER_COLUMNS = [
     *(pytest.param(files_table, c, c.latest, id=f"ledger_files.{c.latest}")
       for c in FILE_ROW if c.latest),
