@@ -12,7 +12,6 @@ from tasks.statuses import FileStatus, Verification
 
 # Results that say the data store does not hold the source as it is.
 DISCREPANCIES = frozenset({Verification.MISMATCH, Verification.MISSING})
-VERIFICATION_COLUMNS = ["verification", "verification_detail"]
 
 
 @dataclass(frozen=True)
