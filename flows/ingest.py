@@ -4,7 +4,9 @@ report that accounts for every file.
 Orchestration only; each stage lives in ``tasks``. The source is listed into
 the ledger (its inventory) and worked through in windows of ``window_files``
 files: memory follows the window, not the source, and a migration's runs
-share one inventory (tasks.ledger.inventory). Lists of files, records and
+share one inventory (tasks.ledger.inventory). A window is validated,
+batched, staged, submitted and waited for by the window runner that
+retry_failed uses too (flows.window_runner). Lists of files, records and
 batches go to tasks wrapped in ``quote``: Prefect would otherwise walk every
 element of every argument looking for futures. Reruns are safe: windows are
 claimed in URI order, and batches, the staging prefix and job client tokens
