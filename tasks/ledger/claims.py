@@ -157,7 +157,7 @@ class Claims(Runs):
                 .values(claim_owner=None, claim_expires_at=None)
             ).rowcount
 
-def compare(row: Any, item: SourceFile) -> Change:
+def compare(row: sa.Row[*tuple[Any, ...]], item: SourceFile) -> Change:
     if row.size is None:
         # Claimed by a run that died before submitting or reporting it.
         return Change.NEW

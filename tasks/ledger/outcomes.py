@@ -8,10 +8,10 @@ recorded is enough to write its report again (:func:`recorded_run`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -120,7 +120,8 @@ class Outcomes(Jobs):
                                table.c.uri.in_(uris))
                     )
                 }
-                mine, in_doubt = [], []
+                mine: list[dict[Hashable, Any]] = []
+                in_doubt: list[dict[Hashable, Any]] = []
                 for row in chunk:
                     previous = known.get(row["source_uri"])
                     if previous is None:
@@ -188,7 +189,7 @@ class Outcomes(Jobs):
         )
 
     def _history_row(
-        self, row: Mapping[str, Any], change: str | None, attempts: int, position: int,
+        self, row: Mapping[Hashable, Any], change: str | None, attempts: int, position: int,
         now: datetime,
     ) -> dict[str, Any]:
         return {"run_id": self.run_id, "datastore_id": self.datastore_id,
@@ -200,8 +201,9 @@ class Outcomes(Jobs):
         """Where this run's report goes and its job rows, before it is written:
         a run killed while writing it leaves what ``dicom-import report``
         needs to write it again."""
-        rows = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
-        rows = rows.where(rows.notna(), None).to_dict("records")
+        frame = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
+        # Keyed by _RUN_JOB_COLUMNS, strings; pandas types any column label as Hashable.
+        rows = cast(list[dict[str, Any]], frame.where(frame.notna(), None).to_dict("records"))
         with self.engine.begin() as conn:
             conn.execute(sa.update(runs_table).where(runs_table.c.run_id == self.run_id)
                          .values(report_folder=folder))
@@ -222,6 +224,7 @@ class Outcomes(Jobs):
                       f"last outcome {item.status}: {item.reason or item.error_type}"
             for item in items
         }
+        rows: list[dict[Hashable, Any]]
         rows = [{"source_uri": item.uri, "size": item.size,
                  "sop_instance_uid": item.sop_instance_uid,
                  "study_instance_uid": item.study_instance_uid,
