@@ -20,11 +20,12 @@ import pytest
 from botocore.config import Config
 from pydicom.encaps import encapsulate
 
+from config.settings import VerifyMode
 from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
 from tasks import interruption
 from tasks.manifest import read_job_output
-from tasks.statuses import Verification, VerifyMode
+from tasks.statuses import Verification
 from tasks.verify.results import FileToVerify, FileVerification, with_verification
 from tasks.verify.run import local_reader, verify_files
 from tasks.verify.source import SourceFacts
