@@ -48,7 +48,7 @@ class FakeClock:
         self._now += timedelta(seconds=seconds)
 
 
-def _claim_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> list[str]:
+def _claim_in_process(url: str, run_id: str, barrier: threading.Barrier) -> list[str]:
     ledger = RunLedger(url, run_id, DATASTORE)
     ledger.engine  # schema and connection ready before the race starts  # noqa: B018
     barrier.wait()
@@ -88,7 +88,7 @@ def test_concurrent_claims_never_give_a_file_twice(url: str) -> None:
     assert sorted(everything) == sorted(f.uri for f in FILES)  # each exactly once
 
 
-def _keep_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> dict[str, str]:
+def _keep_in_process(url: str, run_id: str, barrier: threading.Barrier) -> dict[str, str]:
     """One run of a shared inventory naming 60 instances, each with a file of
     its own, as its windows validate them."""
     ledger = RunLedger(url, run_id, DATASTORE)
