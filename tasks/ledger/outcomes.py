@@ -201,8 +201,9 @@ class Outcomes(Jobs):
         """Where this run's report goes and its job rows, before it is written:
         a run killed while writing it leaves what ``dicom-import report``
         needs to write it again."""
-        rows = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
-        rows = rows.where(rows.notna(), None).to_dict("records")
+        frame = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
+        # Keyed by _RUN_JOB_COLUMNS, strings; pandas types any column label as Hashable.
+        rows = cast(list[dict[str, Any]], frame.where(frame.notna(), None).to_dict("records"))
         with self.engine.begin() as conn:
             conn.execute(sa.update(runs_table).where(runs_table.c.run_id == self.run_id)
                          .values(report_folder=folder))
@@ -223,7 +224,7 @@ class Outcomes(Jobs):
                       f"last outcome {item.status}: {item.reason or item.error_type}"
             for item in items
         }
-        rows = [{"source_uri": item.uri, "size": item.size,
+        rows: list[_Row] = [{"source_uri": item.uri, "size": item.size,
                  "sop_instance_uid": item.sop_instance_uid,
                  "study_instance_uid": item.study_instance_uid,
                  "series_instance_uid": item.series_instance_uid,

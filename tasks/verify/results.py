@@ -1,5 +1,5 @@
 """What verification found for each file, and how it joins a per-file report
-(its vocabulary, ``Verification`` and ``VerifyMode``, is in tasks.statuses)."""
+(its vocabulary: ``Verification`` in tasks.statuses, ``VerifyMode`` in config.settings)."""
 
 from __future__ import annotations
 
