@@ -29,9 +29,9 @@ from emulator.edge.quoted_values import quoted
 from emulator.edge.refusals import refusal, service_asked
 from emulator.edge.request_bodies import RequestTooLarge, buffer_body
 from emulator.edge.responses import HealthImagingApp, render_error
-from emulator.edge.urls import SERVICE_NAME
 from emulator.faults import FaultConfig, FaultInjector
 from emulator.state.models import HealthImagingBackend
+from emulator.state.service_model import SERVICE_NAME
 from emulator.state.store import Store
 
 # S3 Control shares S3's signing name; moto serves it from another app.

@@ -1043,7 +1043,7 @@ class TestCopyImageSet:
         with pytest.raises(ClientError) as e:
             copy(mi, datastore_id, source)
         assert e.value.response["Error"]["Code"] == "ServiceQuotaExceededException"
-        one_instance = {
+        one_instance: dict[str, Any] = {
             "Study": {"Series": {source["series"]: {"Instances": {source["sops"][0]: {}}}}}
         }
         assert copy(mi, datastore_id, source, copiable=one_instance)[

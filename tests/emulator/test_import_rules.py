@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
 from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
@@ -56,7 +57,7 @@ def _video(path: Path, transfer_syntax: str) -> Path:
     """One frame of 'video' in a fragmentable H.264 syntax: a bitstream is
     stored as it came, never decoded."""
     ds = ct_slice(series_spec(str(path)), 0, rows=8, columns=8)
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = encapsulate([b"\x00\x00\x00\x01\x09\xf0" * 10])
     ds["PixelData"].VR = "OB"

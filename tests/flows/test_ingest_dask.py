@@ -133,7 +133,7 @@ def test_retry_validates_and_stages_on_the_cluster(
 
     source = tmp_path / "retry-source"
     write_ct_series(source, 20, spec=series_spec("dask-retry"), rows=8, columns=8)
-    locations = {
+    locations: dict[str, Any] = {
         "datastore": "retry-store",
         "staging_prefix": f"s3://{BUCKET}/staging",
         "output_prefix": f"s3://{BUCKET}/output",

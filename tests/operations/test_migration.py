@@ -135,6 +135,7 @@ def _kill_tree(pid: int) -> list[int]:
     except psutil.NoSuchProcess:
         return []
     for group in {_group(pid), *(_group(p.pid) for p in below)} - {None, os.getpgid(0)}:
+        assert group is not None  # taken out of the set
         with suppress(ProcessLookupError):  # a group of zombies only
             os.killpg(group, signal.SIGKILL)
     return [p.pid for p in below]
