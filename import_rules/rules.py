@@ -98,8 +98,9 @@ MAX_SEQUENCE_DEPTH = 64
 _INTEGER_STRING = re.compile(r" *[+-]?[0-9]+ *")
 _FILE_META_START = 132  # 128-byte preamble + "DICM"
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
-# A quoted string or bytes of three characters or more, escapes included.
-_QUOTED = re.compile(r"""b?(['"])(?:\\.|(?!\1).){3,}?\1""")
+# A quoted string or bytes of three characters or more, escapes included,
+# its opening quote where one opens (not right after a word or a quote).
+_QUOTED = re.compile(r"""(?<![\w'"])b?(['"])(?!\s)(?:\\.|(?!\1).){3,}?\1""")
 
 
 class Refusal(Exception):

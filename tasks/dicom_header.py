@@ -24,10 +24,11 @@ import struct
 import zlib
 from collections.abc import Callable, Collection, MutableSequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
-from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
@@ -53,9 +54,12 @@ _SEQUENCE_END = 0xFFFEE0DD
 _PREAMBLE = 132  # 128-byte preamble + "DICM"
 _KNOWN_VRS = frozenset(vr.value.encode() for vr in VR)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
-_META_VRS = {tag: entry[0] for tag, entry in DicomDictionary.items() if tag >> 16 == 2}
 _UNSIGNED = {2: "H", 4: "L"}
+# The fewest bytes a level of nesting takes: a sequence's and an item's
+# element headers. A top-level value shorter than this many levels' worth
+# cannot nest too deep.
 _LEVEL_BYTES = 16
+_TOO_DEEP_BYTES = _LEVEL_BYTES * MAX_SEQUENCE_DEPTH
 
 
 class UnusualEncoding(Exception):
@@ -103,6 +107,10 @@ class Header:
     # Wanted elements as written: (VR or None for implicit VR, value bytes).
     elements: dict[int, tuple[str | None, bytes]]
     pixel: PixelElement | None
+    # The wanted elements written with another VR than the DICOM dictionary
+    # gives them: their bytes do not mean what every reader takes them to
+    # mean, and pydicom reads them as their VR says.
+    odd_vrs: frozenset[int] = frozenset()
 
     def raw(self, tag: int) -> bytes | None:
         element = self.elements.get(tag)
@@ -122,13 +130,6 @@ class Header:
         if raw is None:
             return None
         return raw.decode("latin-1").strip("\x00 ") or None
-
-    def has_dictionary_vr(self, tag: int) -> bool:
-        """Whether the element is written implicitly or with the VR the DICOM
-        dictionary gives it: then its bytes mean what every reader takes them
-        to mean. With another VR, pydicom reads it as that VR says."""
-        element = self.elements.get(tag)
-        return element is None or element[0] is None or element[0] == dictionary_VR(tag)
 
     def unsigned(self, tag: int) -> int | None:
         """A US/UL value; None when absent.
@@ -203,7 +204,7 @@ def read_header(data: bytes, complete: bool, wanted: frozenset[int]) -> Header:
                              pixel.value_start, pixel.length, len(reader.data),
                              reader.explicit, little_endian)
         pixel = replace(pixel, start=None)
-    return Header(syntax, little_endian, reader.explicit, elements, pixel)
+    return Header(syntax, little_endian, reader.explicit, elements, pixel, _odd_vrs(elements))
 
 
 class _Reader:
@@ -259,7 +260,7 @@ class _Reader:
             tag, vr, length, header = self._element(pos)
             if length == UNDEFINED_LENGTH or vr is None:
                 raise UnusualEncoding("undefined length in the file meta")
-            if vr != _META_VRS.get(tag, vr):  # pydicom reads such a file meta its own way
+            if vr != (_dictionary_vr(tag) or vr):  # pydicom reads such a file meta its own way
                 raise UnusualEncoding(f"({tag:08X}) in the file meta has VR {vr}")
             pos = self._keep(pos + header, length, tag, vr, elements, wanted)
 
@@ -281,7 +282,7 @@ class _Reader:
                 if vr not in (None, "SQ"):
                     raise UnusualEncoding(f"{vr} of undefined length")
                 pos = self._past_sequence(pos + header, None)
-            elif _may_nest_too_deep(0, length) and self._is_sequence(tag, vr):
+            elif length >= _TOO_DEEP_BYTES and self._is_sequence(tag, vr):
                 pos = self._past_sequence(pos + header, self._value_end(pos + header, length, tag))
             else:
                 pos = self._keep(pos + header, length, tag, vr, elements, wanted)
@@ -388,10 +389,17 @@ class _Reader:
         return pos
 
 
+@cache
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
 def _may_nest_too_deep(depth: int, length: int) -> bool:
     """Whether a value of ``length`` bytes inside ``depth`` levels of sequences
-    could hold sequences nested past the limit: each level takes at least a
-    sequence's and an item's element header."""
+    could hold sequences nested past the limit."""
     return depth + length // _LEVEL_BYTES >= MAX_SEQUENCE_DEPTH
 
 
@@ -437,7 +445,13 @@ def read_header_with_pydicom(
         deflated = syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
         found = PixelElement(pixel["tag"], pixel["vr"] in EXPLICIT_VR_LENGTH_32,
                              pixel["length"], None if deflated else start)
-    return Header(syntax, little_endian, not ds.original_encoding[0], elements, found)
+    return Header(syntax, little_endian, not ds.original_encoding[0], elements, found,
+                  _odd_vrs(elements))
+
+
+def _odd_vrs(elements: dict[int, tuple[str | None, bytes]]) -> frozenset[int]:
+    return frozenset(tag for tag, (vr, _) in elements.items()
+                     if vr is not None and vr != _dictionary_vr(tag))
 
 
 

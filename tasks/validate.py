@@ -380,8 +380,8 @@ def _validate_stream(listed_size: int, fileobj: BinaryIO, include_phi: bool) -> 
     except Refusal as refusal:
         return Findings(size, FileValidity.INVALID, refusal.reason, refusal.message, **fields)
     except Exception as exc:  # what pydicom raises on the elements after Pixel Data
-        refusal = unreadable(exc)
-        return Findings(size, FileValidity.INVALID, refusal.reason, refusal.message, **fields)
+        cannot = unreadable(exc)
+        return Findings(size, FileValidity.INVALID, cannot.reason, cannot.message, **fields)
     labels = ";".join(warning.label for warning in expected) if expected else None
     return Findings(size, FileValidity.VALID, expected_warnings=labels, **fields)
 
@@ -459,7 +459,7 @@ def _check(header: Header, size: int, read_at: ReadAt) -> list[ExpectedWarning]:
             expected.append(warning)
     for keyword, (tag, longest_unchecked) in _LIMIT_TAGS.items():
         raw = header.raw(tag)
-        if raw is None or (len(raw) <= longest_unchecked and header.has_dictionary_vr(tag)):
+        if raw is None or (len(raw) <= longest_unchecked and tag not in header.odd_vrs):
             continue
         value = _converted_text(header, keyword)
         if value is not None and (warning := check_length(keyword, value)) is not None:
@@ -480,7 +480,7 @@ def _check(header: Header, size: int, read_at: ReadAt) -> list[ExpectedWarning]:
 def _number(header: Header, keyword: str) -> int | None:
     """A US value as the import reads it; None when absent or not one number."""
     tag = _TAGS[keyword]
-    if header.has_dictionary_vr(tag):
+    if tag not in header.odd_vrs:
         raw = header.raw(tag)
         return header.unsigned(tag) if raw is not None and len(raw) == 2 else None
     try:
@@ -494,7 +494,7 @@ def _text_value(header: Header, keyword: str) -> str | None:
     """A text value as the import reads it. Its bytes say it when it is
     written with its own VR; with another, pydicom converts it as that VR."""
     tag = _TAGS[keyword]
-    return header.text(tag) if header.has_dictionary_vr(tag) else _converted_text(header, keyword)
+    return _converted_text(header, keyword) if tag in header.odd_vrs else header.text(tag)
 
 
 def _converted_text(header: Header, keyword: str) -> str | None:
@@ -516,7 +516,7 @@ def _series_number(header: Header) -> str | None:
     reads it: a value pydicom cannot convert is no series number."""
     tag = _TAGS["SeriesNumber"]
     text = header.text(tag)
-    if text is None or (_PLAIN_INTEGER.fullmatch(text) and header.has_dictionary_vr(tag)):
+    if text is None or (_PLAIN_INTEGER.fullmatch(text) and tag not in header.odd_vrs):
         return text
     try:
         with _quiet_pydicom():

@@ -24,27 +24,27 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from emulator.samples import ct_slice, series_spec
+from emulator.samples import ct_slice, nested_sequences, series_spec
+from import_rules.rules import MAX_SEQUENCE_DEPTH
 
 # pydicom's bundled files, one per encoding the readers take apart differently:
-# explicit and implicit VR, big endian, deflated, encapsulated, and nested
-# sequences (structured report, RT structure set and plan).
+# explicit and implicit VR, big endian, deflated, encapsulated (RLE, and JPEG
+# 2000 kept as it came), elements after Pixel Data (CT_small's padding), and
+# nested sequences (structured report, RT dose and plan).
 PYDICOM_BASES = (
     "CT_small.dcm",
     "MR_small_implicit.dcm",
     "MR_small_bigendian.dcm",
     "image_dfl.dcm",
     "SC_rgb_rle.dcm",
+    "JPEG2000.dcm",
     "test-SR.dcm",
-    "rtstruct.dcm",
+    "rtdose.dcm",
     "rtplan.dcm",
 )
 _PREAMBLE = 132
-_ITEM = b"\xfe\xff\x00\xe0"
 _ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-_UNDEFINED = b"\xff\xff\xff\xff"
-_CONTENT_SEQUENCE = b"\x40\x00\x30\xa7SQ\x00\x00"
 _PIXEL_DATA = b"\xe0\x7f\x10\x00"
 _SHORT_VRS = sorted(vr.value for vr in VR if vr not in EXPLICIT_VR_LENGTH_32)
 _LONG_VRS = sorted(vr for vr in EXPLICIT_VR_LENGTH_32)
@@ -52,7 +52,7 @@ _KNOWN_VRS = frozenset(vr.value.encode() for vr in VR)
 
 
 @dataclass(frozen=True)
-class Element:
+class _Element:
     """A top-level element of an explicit VR little endian dataset, as written."""
 
     start: int
@@ -64,18 +64,6 @@ class Element:
 def good_slice(seed: str) -> bytes:
     """A small valid CT slice whose UIDs come from ``seed``."""
     return _encoded(ct_slice(series_spec(seed), 0, rows=8, columns=8))
-
-
-def write_good_files(folder: Path, count: int, seed: str = "good") -> list[Path]:
-    """``count`` valid slices of one series, each its own SOP instance."""
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = series_spec(seed)
-    paths = []
-    for index in range(count):
-        path = folder / f"good-{index:03d}.dcm"
-        path.write_bytes(_encoded(ct_slice(spec, index, rows=8, columns=8)))
-        paths.append(path)
-    return paths
 
 
 def write_mutants(folder: Path, count: int, seed: int) -> list[Path]:
@@ -123,7 +111,7 @@ def _header_end(data: bytes) -> int:
     return len(data) if found < 0 else min(len(data), found + 12)
 
 
-def elements(data: bytes, start: int, end: int) -> list[Element]:
+def _elements(data: bytes, start: int, end: int) -> list[_Element]:
     """The explicit VR little endian elements from ``start``, as far as they parse."""
     found = []
     pos = start
@@ -135,21 +123,21 @@ def elements(data: bytes, start: int, end: int) -> list[Element]:
             length, value_start = struct.unpack_from("<L", data, pos + 8)[0], pos + 12
         else:
             length, value_start = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
-        found.append(Element(pos, vr, value_start, length))
+        found.append(_Element(pos, vr, value_start, length))
         if length == 0xFFFFFFFF:
             break
         pos = value_start + length
     return found
 
 
-def _explicit_le_elements(data: bytes) -> list[Element]:
+def _explicit_le_elements(data: bytes) -> list[_Element]:
     """Meta and dataset elements, when the dataset is explicit VR little endian."""
-    meta = elements(data, _PREAMBLE, _meta_end(data))
+    meta = _elements(data, _PREAMBLE, _meta_end(data))
     syntax = next((data[e.value_start : e.value_start + e.length] for e in meta
                    if data[e.start : e.start + 4] == b"\x02\x00\x10\x00"), b"")
     if syntax.rstrip(b"\x00 ") not in (b"1.2.840.10008.1.2.1", b"1.2.840.10008.1.2.5"):
         return meta
-    return meta + elements(data, _meta_end(data), _header_end(data))
+    return meta + _elements(data, _meta_end(data), _header_end(data))
 
 
 def _flip(rng: random.Random, data: bytes, start: int, end: int, flips: int) -> bytes:
@@ -228,24 +216,16 @@ def huge_image(rng: random.Random, data: bytes) -> bytes:
 
 
 def deep_sequence(rng: random.Random, data: bytes) -> bytes:
-    """A ContentSequence nested some hundreds of levels deep, of defined or
+    """A ContentSequence nested up to thousands of levels deep, of defined or
     undefined length, just before Pixel Data (or at the end)."""
-    depth = rng.choice([5, 40, 120, 500, 3000])
-    undefined = rng.random() < 0.5
-    body = b"\x08\x00\x00\x01SH\x02\x00x "  # CodeValue
-    for _ in range(depth):
-        if undefined:
-            item = _ITEM + _UNDEFINED + body + _ITEM_END
-            body = _CONTENT_SEQUENCE + _UNDEFINED + item + _SEQUENCE_END
-        else:
-            item = _ITEM + struct.pack("<L", len(body)) + body
-            body = _CONTENT_SEQUENCE + struct.pack("<L", len(item)) + item
+    depth = rng.choice([5, 40, MAX_SEQUENCE_DEPTH, MAX_SEQUENCE_DEPTH + 1, 500, 3000])
+    nested = nested_sequences(depth, defined_length=rng.random() < 0.5)
     ds = _read(data)
     if ds is None or ds.file_meta.get("TransferSyntaxUID") != "1.2.840.10008.1.2.1":
         data = good_slice(f"deep-{rng.random()}")
     at = data.rfind(_PIXEL_DATA)
     at = len(data) if at < 0 else at
-    return data[:at] + body + data[at:]
+    return data[:at] + nested + data[at:]
 
 
 def undefined_length_sequences(rng: random.Random, data: bytes) -> bytes:

@@ -90,8 +90,9 @@ def _checked(data: bytes) -> CheckedInstance:
     check_nesting(ds)
     transfer_syntax = attribute_text(ds.file_meta, "TransferSyntaxUID")
     found: list[ExpectedWarning | None] = [check_transfer_syntax(transfer_syntax)]
-    # As the rules read it, whatever VR it was written with: frames are decoded by it.
-    syntax = UID(transfer_syntax)
+    # As the rules read it (None refused), whatever VR it was written with:
+    # the frames are decoded by it.
+    syntax = UID(transfer_syntax or "")
     ds.file_meta.add_new("TransferSyntaxUID", "UI", syntax)
     check_values_complete(ds)
     uids = [attribute_text(ds, keyword) for keyword in REQUIRED_UIDS]
