@@ -204,9 +204,15 @@ def write_with_text(path: Path, keyword: str, text: str) -> Path:
 
 
 def write_with_vr(path: Path, keyword: str, vr: bytes) -> Path:
-    """A small valid slice with one element's VR written as ``vr``, which may
-    be no VR at all (b"ZZ"): pydicom writes only the VRs it knows."""
+    """A small valid slice with one element's VR written as ``vr``."""
     write(_small_slice(str(path)), path)
+    return replace_vr(path, keyword, vr)
+
+
+def replace_vr(path: Path, keyword: str, vr: bytes) -> Path:
+    """The file at ``path`` (explicit VR little endian) with one element's VR
+    written as ``vr``, which may be no VR at all (b"ZZ"): pydicom writes only
+    the VRs it knows."""
     number = tag_for_keyword(keyword)
     if number is None:
         raise ValueError(f"{keyword} is not a DICOM keyword")
@@ -233,13 +239,13 @@ def nested_sequences(depth: int, defined_length: bool = False) -> bytes:
     return body
 
 
-def write_nested(path: Path, depth: int) -> Path:
-    """A small valid slice with sequences nested ``depth`` levels deep, just
-    before Pixel Data."""
+def write_nested(path: Path, depth: int, defined_length: bool = False) -> Path:
+    """A small valid slice with sequences nested ``depth`` levels deep
+    (``nested_sequences``), just before Pixel Data."""
     write(_small_slice(str(path)), path)
     data = path.read_bytes()
     at = data.index(_PIXEL_DATA)
-    path.write_bytes(data[:at] + nested_sequences(depth) + data[at:])
+    path.write_bytes(data[:at] + nested_sequences(depth, defined_length) + data[at:])
     return path
 
 
