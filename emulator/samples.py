@@ -23,8 +23,6 @@ from pydicom.filewriter import dcmwrite
 from pydicom.tag import Tag
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from import_rules.rules import MAX_SEQUENCE_DEPTH
-
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 # A fixed root keeps generated UIDs valid (digits and dots, <= 64 characters).
@@ -299,7 +297,6 @@ BROKEN_MAKERS: dict[str, Callable[[Path], Path]] = {
     "image_too_large": write_oversized_rle,
     "pixel_data_size_mismatch": write_pixel_mismatch,
     "truncated": write_truncated,
-    "sequence_too_deep": lambda p: write_nested(p, MAX_SEQUENCE_DEPTH + 1),
 }
 """One maker per refusal a file's content earns, keyed by its reason code's
 value (``import_rules.codes.ReasonCode``)."""
