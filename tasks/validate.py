@@ -36,6 +36,7 @@ from import_rules.codes import ReasonCode
 from import_rules.rules import (
     IMAGE_ATTRIBUTES,
     LENGTH_LIMITS,
+    MAX_UID_LENGTH,
     NATIVE_TRANSFER_SYNTAXES,
     REQUIRED_UIDS,
     ExpectedWarning,
@@ -511,6 +512,13 @@ def _converted_text(header: Header, keyword: str) -> str | None:
         raise invalid_value(keyword, error) from None
 
 
+def _uid(header: Header, keyword: str) -> str | None:
+    """None for a UID longer than the import takes: the file is refused for
+    it, and the value (kilobytes, in a damaged file) identifies nothing."""
+    uid = _text_value(header, keyword)
+    return uid if uid is None or len(uid) <= MAX_UID_LENGTH else None
+
+
 def _series_number(header: Header) -> str | None:
     """An IS value; through pydicom unless it is a plain integer. No rule
     reads it: a value pydicom cannot convert is no series number."""
@@ -528,9 +536,9 @@ def _series_number(header: Header) -> str | None:
 def _identity(header: Header, include_phi: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "transfer_syntax": header.transfer_syntax,
-        "sop_instance_uid": _text_value(header, "SOPInstanceUID"),
-        "study_instance_uid": _text_value(header, "StudyInstanceUID"),
-        "series_instance_uid": _text_value(header, "SeriesInstanceUID"),
+        "sop_instance_uid": _uid(header, "SOPInstanceUID"),
+        "study_instance_uid": _uid(header, "StudyInstanceUID"),
+        "series_instance_uid": _uid(header, "SeriesInstanceUID"),
         "series_number": _series_number(header),
     }
     if include_phi:
