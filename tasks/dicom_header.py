@@ -9,13 +9,19 @@ times cheaper per file.
 It reads the plain cases only: explicit or implicit VR little endian, explicit
 VR big endian, deflated, and the encapsulated syntaxes. Anything else (a
 missing or unknown transfer syntax, a dataset encoded other than its transfer
-syntax says, an unknown VR, an element header cut short) raises
-:class:`UnusualEncoding`, and the caller reads the file with pydicom
-(:func:`read_header_with_pydicom`), whose leniency in those cases is
-documented. So the fast path never judges a file differently from pydicom; it
-only judges the common file sooner. The one exception: a value that goes past
-the end of the file raises :class:`Truncated`, since the import refuses such a
-file (``import_rules``) where pydicom would keep what is there.
+syntax says, an unknown VR, a file meta element with another VR than its
+own, an element header cut short) raises :class:`UnusualEncoding`, and the
+caller reads the file with pydicom (:func:`read_header_with_pydicom`), whose
+leniency in those cases is documented. So the fast path never judges a file
+differently from pydicom; it only judges the common file sooner. The one
+exception: a value that goes past the end of the file raises
+:class:`Truncated`, since the import refuses such a file (``import_rules``)
+where pydicom would keep what is there.
+
+Neither path recurses per level of nesting: the fast path walks into a
+sequence one element at a time, keeping a stack, and only as far as it must
+to count levels (a sequence too short to nest past the limit is passed
+whole); pydicom's recursion is cut short and counted as nesting too deep.
 """
 
 from __future__ import annotations
@@ -54,7 +60,6 @@ _SEQUENCE_END = 0xFFFEE0DD
 _PREAMBLE = 132  # 128-byte preamble + "DICM"
 _KNOWN_VRS = frozenset(vr.value.encode() for vr in VR)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
-_UNSIGNED = {2: "H", 4: "L"}
 # The fewest bytes a level of nesting takes: a sequence's and an item's
 # element headers. A top-level value shorter than this many levels' worth
 # cannot nest too deep.
@@ -132,18 +137,11 @@ class Header:
         return raw.decode("latin-1").strip("\x00 ") or None
 
     def unsigned(self, tag: int) -> int | None:
-        """A US/UL value; None when absent.
-
-        Raises:
-            ValueError: the value is not one 16- or 32-bit number.
-        """
+        """A US value as written; None when absent or not one 16-bit number."""
         raw = self.raw(tag)
-        if raw is None:
+        if raw is None or len(raw) != 2:
             return None
-        code = _UNSIGNED.get(len(raw))
-        if code is None:
-            raise ValueError(f"a {len(raw)}-byte value where one number was expected")
-        return int(struct.unpack(("<" if self.little_endian else ">") + code, raw)[0])
+        return int(struct.unpack("<H" if self.little_endian else ">H", raw)[0])
 
     def decoded(self, tag: int) -> Any:
         """The value as pydicom converts it, in the dataset's character set."""
@@ -174,6 +172,8 @@ def read_header(data: bytes, complete: bool, wanted: frozenset[int]) -> Header:
         NeedMoreData: ``data`` ends inside the header and ``complete`` is False.
         Truncated: ``complete``, and a value goes past the end of ``data``.
         UnusualEncoding: not a plain case (see the module docstring).
+        Refusal: sequences nest too deep; or, deflated, the inflated dataset
+            ends inside Pixel Data or an element after it.
     """
     reader = _Reader(data, complete)
     elements: dict[int, tuple[str | None, bytes]] = {}
@@ -331,10 +331,7 @@ class _Reader:
         for pydicom to read."""
         if vr not in (None, "UN"):
             return vr == "SQ"
-        try:
-            sequence = dictionary_VR(tag) == "SQ"
-        except KeyError:
-            return False
+        sequence = _dictionary_vr(tag) == "SQ"
         if sequence and vr == "UN":
             raise UnusualEncoding(f"({tag:08X}) is a sequence written as UN")
         return sequence
@@ -452,7 +449,6 @@ def read_header_with_pydicom(
 def _odd_vrs(elements: dict[int, tuple[str | None, bytes]]) -> frozenset[int]:
     return frozenset(tag for tag, (vr, _) in elements.items()
                      if vr is not None and vr != _dictionary_vr(tag))
-
 
 
 def _as_written(value: Any) -> bytes:

@@ -482,8 +482,7 @@ def _number(header: Header, keyword: str) -> int | None:
     """A US value as the import reads it; None when absent or not one number."""
     tag = _TAGS[keyword]
     if tag not in header.odd_vrs:
-        raw = header.raw(tag)
-        return header.unsigned(tag) if raw is not None and len(raw) == 2 else None
+        return header.unsigned(tag)
     try:
         with _quiet_pydicom():
             return as_number(header.decoded(tag))
@@ -513,9 +512,13 @@ def _converted_text(header: Header, keyword: str) -> str | None:
 
 
 def _uid(header: Header, keyword: str) -> str | None:
-    """None for a UID longer than the import takes: the file is refused for
-    it, and the value (kilobytes, in a damaged file) identifies nothing."""
-    uid = _text_value(header, keyword)
+    """None for a UID that cannot be read or is longer than the import takes:
+    the rules refuse the file for it, in their order, and the value
+    (kilobytes, in a damaged file) identifies nothing."""
+    try:
+        uid = _text_value(header, keyword)
+    except Refusal:
+        return None
     return uid if uid is None or len(uid) <= MAX_UID_LENGTH else None
 
 
