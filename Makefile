@@ -22,8 +22,12 @@ install: .venv/.installed .awscli/bin/aws
 demo: install
 	.venv/bin/dicom-import demo
 
+# Four workers on two cores: most of the suite's time is waiting (servers,
+# import jobs, subprocesses). loadgroup hands tests out one at a time in the
+# order tests/conftest.py sets (heaviest first), and keeps an xdist_group on
+# one worker.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadgroup --no-loadscope-reorder --durations=25
 
 typecheck: .venv/.installed
 	$(PY) -m mypy

@@ -39,8 +39,9 @@ from bench.common import (
     print_table,
     service_env,
 )
+from config.settings import VerifyMode
 from emulator.samples import series_spec, write_ct_series
-from tasks.statuses import Verification, VerifyMode
+from tasks.statuses import Verification
 from tasks.verify.metadata import image_set_documents
 from tasks.verify.results import FileToVerify
 from tasks.verify.run import local_reader, verify_files

@@ -19,13 +19,8 @@ from typing import Any
 
 from cli.exit_status import ExitStatus
 from cli.ingest import run_ingest
-from cli.story import read_table
-from config.clients import s3_client
 from emulator.config import ServiceConfig
-from emulator.edge.server import LocalService
-from emulator.samples import write_demo_corpus
 from flows.parameters import IngestParameters
-from tasks.report import FILES_DATASET
 
 BUCKET = "dicom-import-demo"
 # Only the endpoint variables the service sets may steer the clients.
@@ -53,6 +48,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
+    from config.clients import s3_client
+    from emulator.edge.server import LocalService
+    from emulator.samples import write_demo_corpus
+
     folder: Path = args.folder.resolve()
     refused = prepare(folder)
     if refused:
@@ -101,6 +101,9 @@ def prepare(folder: Path) -> str | None:
 
 def print_file_report(reports: Path, source: Path) -> None:
     """Every file with its status: the point of the tool, shown on the demo set."""
+    from cli.story import read_table
+    from tasks.report import FILES_DATASET
+
     parts = reports.rglob(f"{FILES_DATASET}/part-*.parquet")
     latest = max(parts, key=lambda p: p.stat().st_mtime, default=None)
     if latest is None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import run_flow_command
-from cli.story import print_ingest_story
-from flows.ingest import IngestResult, dicom_ingest
 from flows.parameters import IngestParameters
-from tasks.report import FAILURES
+
+if TYPE_CHECKING:
+    from flows.ingest import IngestResult
 
 # Required to import, not in a dry run.
 _NEEDED_TO_IMPORT = ("datastore", "staging_prefix", "output_prefix")
@@ -49,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_ingest(params: IngestParameters, verbose: bool = False) -> int:
     """Run the flow with a progress line, then tell what happened."""
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_console import run_flow_command
+    from cli.story import print_ingest_story
+    from flows.ingest import dicom_ingest
+    from tasks.report import FAILURES
 
     def tell(result: IngestResult) -> ExitStatus:
         print_ingest_story(result, params.source)

@@ -1,4 +1,10 @@
-"""The ``dicom-import`` command."""
+"""The ``dicom-import`` command.
+
+Building the parser imports only what the options need (the parameter models,
+the settings): each command imports Prefect, pandas, moto and the flows when it
+runs. Prefect alone takes seconds to import, which ``--help`` and a mistyped
+option would otherwise pay before answering.
+"""
 
 from __future__ import annotations
 

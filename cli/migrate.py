@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import run_flow_command
-from cli.story import datastore_label
-from flows.migrate import UNFINISHED, MigrateResult, dicom_migrate
 from flows.parameters import MigrateParameters
-from tasks.report import FAILURES
+
+if TYPE_CHECKING:
+    from flows.migrate import MigrateResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,7 +42,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
     from prefect.settings import PREFECT_API_URL
+
+    from cli.run_console import run_flow_command
+    from flows.migrate import UNFINISHED, dicom_migrate
+    from tasks.report import FAILURES
 
     params = parameters_or_complain("migrate", args, MigrateParameters)
     if params is None:
@@ -66,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_migration_story(result: MigrateResult, source: str) -> None:
+    from cli.story import datastore_label
+    from flows.migrate import UNFINISHED
+
     label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nMigration of {source} into {label}: {result.files} files in inventory "
           f"{result.inventory_id}, {len(result.reports)} ingest runs")

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import StopWording, run_flow_command
+from cli.stop_wording import StopWording
 from flows.parameters import ReconcileParameters
-from flows.reconcile import ReconcileResult, dicom_reconcile
 from tasks.statuses import DecisionOutcome
+
+if TYPE_CHECKING:
+    from flows.reconcile import ReconcileResult
 
 STOP = StopWording(
     stopping="Stopping after the decision under way (it waits on HealthImaging's writes); "
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     params = parameters_or_complain("reconcile", args, ReconcileParameters)
     if params is None:
         return ExitStatus.ERROR
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_console import run_flow_command
+    from flows.reconcile import dicom_reconcile
+
     title = "Reconciling" if params.apply else "Checking decisions"
     return run_flow_command("reconcile", f"{title} in {params.datastore}", args.verbose,
                             lambda: dicom_reconcile(params, return_state=True), tell, STOP)

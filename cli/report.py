@@ -13,11 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-import sqlalchemy as sa
-
 from config.settings import get_settings
-from tasks.ledger import LedgerError, ledger_url, recorded_run, require_existing
-from tasks.report import rebuilt_report, write_report
 
 EXIT_ERROR = 2
 
@@ -43,6 +39,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
+    import sqlalchemy as sa
+
+    from tasks.ledger import LedgerError, ledger_url, recorded_run, require_existing
+    from tasks.report import rebuilt_report, write_report
+
     settings = get_settings()
     try:
         url = ledger_url(settings.ledger_url,

@@ -9,15 +9,14 @@ are from its model.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import run_flow_command
-from cli.story import datastore_label, print_failures, print_jobs, read_table
 from flows.parameters import RetryParameters
-from flows.retry import RetryResult, retry_failed
-from tasks.report import FAILURES
+
+if TYPE_CHECKING:
+    from flows.retry import RetryResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     params = parameters_or_complain("retry", args, RetryParameters)
     if params is None:
         return ExitStatus.ERROR
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_console import run_flow_command
+    from flows.retry import retry_failed
+    from tasks.report import FAILURES
 
     def tell(result: RetryResult) -> ExitStatus:
         print_retry_story(result, params)
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
+    from cli.story import datastore_label, print_failures, print_jobs, read_table
+
     label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nData store {label}: {result.resumed_jobs} unread jobs resumed, "
           f"{result.retried_files} files retried in {result.jobs} new import jobs")

@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cli.exit_status import ExitStatus
 from cli.prefect_api import start_temporary_server_if_needed
 from cli.progress import ProgressDisplay
+from cli.stop_wording import IMPORT_STOP, StopWording
 from tasks import interruption
 
 
@@ -32,28 +33,6 @@ class FlowRun:
     interrupted: bool = False
     # A second Ctrl-C: stopped at once, without a result.
     abandoned: bool = False
-
-
-@dataclass(frozen=True)
-class StopWording:
-    """What a stop means for a command, told at each of its three moments."""
-
-    # The first Ctrl-C.
-    stopping: str
-    # The run ended stopped, its report written.
-    stopped: str
-    # The second Ctrl-C.
-    at_once: str
-
-
-IMPORT_STOP = StopWording(
-    stopping="Stopping: no new import job starts, jobs already started go on in "
-    "HealthImaging; writing the report (Ctrl-C again to stop at once).",
-    stopped="stopped. Jobs already started go on in HealthImaging and are in the ledger: "
-    "run the same command again (or dicom-import retry) to pick them up.",
-    at_once="Stopped at once. Jobs already started are in the ledger: run the same "
-    "command again (or dicom-import retry) to pick them up.",
-)
 
 
 @contextmanager

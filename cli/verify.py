@@ -11,14 +11,16 @@ not be checked), 2 when the verification itself could not run.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.exit_status import ExitStatus
 from cli.options import add_model_options, add_verbose_option, parameters_or_complain
-from cli.run_console import StopWording, run_flow_command
+from cli.stop_wording import StopWording
 from flows.parameters import VerifyParameters
-from flows.verify import VerifyResult, dicom_verify
 from tasks.statuses import Verification
+
+if TYPE_CHECKING:
+    from flows.verify import VerifyResult
 
 STOP = StopWording(
     stopping="Stopping: no more source files are read; the rest are reported as not "
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     params = parameters_or_complain("verify", args, VerifyParameters)
     if params is None:
         return ExitStatus.ERROR
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_console import run_flow_command
+    from flows.verify import dicom_verify
 
     def tell(result: VerifyResult) -> ExitStatus:
         print_verify_story(result)

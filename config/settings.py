@@ -10,6 +10,7 @@ environment drives boto3, s3fs and the AWS CLI alike.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from tasks.statuses import VerifyMode
+
+class VerifyMode(StrEnum):
+    """How much a run proves of what it imported."""
+
+    # One GetImageSetMetadata per image set: instance present, attributes, frames.
+    METADATA = "metadata"
+    # Also every source frame decoded and its CRC-32 compared with HealthImaging's.
+    PIXELS = "pixels"
+    OFF = "off"
 
 
 def _toml_path() -> Path:

@@ -12,10 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from emulator.config import Credentials, ServiceConfig
-from emulator.edge.admin import ADMIN_PREFIX
-from emulator.edge.http_server import CannotListen
-from emulator.edge.origins import is_loopback
-from emulator.edge.server import LocalService
 from emulator.faults import FaultConfig, FaultSettingError
 
 
@@ -124,6 +120,13 @@ def _error_rates(items: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs: moto and werkzeug take a second to import,
+    # and --help must answer at once.
+    from emulator.edge.admin import ADMIN_PREFIX
+    from emulator.edge.http_server import CannotListen
+    from emulator.edge.origins import is_loopback
+    from emulator.edge.server import LocalService
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = ServiceConfig(
         region=args.region,

@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from emulator.edge.urls import service_model
 from emulator.state.exceptions import InternalServerException, ThrottlingException
+from emulator.state.service_model import service_model
 
 # (requests per second, burst) as published; settings, not truths.
 PUBLISHED_RATES: dict[str, tuple[float, int]] = {

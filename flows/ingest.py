@@ -4,7 +4,9 @@ report that accounts for every file.
 Orchestration only; each stage lives in ``tasks``. The source is listed into
 the ledger (its inventory) and worked through in windows of ``window_files``
 files: memory follows the window, not the source, and a migration's runs
-share one inventory (tasks.ledger.inventory). Lists of files, records and
+share one inventory (tasks.ledger.inventory). A window is validated,
+batched, staged, submitted and waited for by the window runner that
+retry_failed uses too (flows.window_runner). Lists of files, records and
 batches go to tasks wrapped in ``quote``: Prefect would otherwise walk every
 element of every argument looking for futures. Reruns are safe: windows are
 claimed in URI order, and batches, the staging prefix and job client tokens
@@ -14,23 +16,18 @@ already started back from HealthImaging instead of starting them twice.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.cluster import source_reader, stage_on_cluster, validate_on_cluster
-from flows.parameters import ImportOptions, IngestParameters
+from flows.cluster import source_reader
+from flows.parameters import IngestParameters
 from flows.run_identity import (
     datastore_tags,
     ingest_run_name,
@@ -39,15 +36,15 @@ from flows.run_identity import (
     tag_current_run,
 )
 from flows.task_arguments import quote
-from tasks.batch import Batch, batch
+from flows.window_runner import StageTimer, Window, WindowRunner
 from tasks.conflicts import SeriesConflict, explain_conflicts, publish_conflicts
 from tasks.discover import SourceFile
-from tasks.import_jobs import Datastore, import_batch, resolve
+from tasks.import_jobs import Datastore, resolve
 from tasks.interruption import stop_requested
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
 from tasks.ledger import Inventory, RunLedger, claim_window, list_source, settle_unchanged
-from tasks.manifest import job_outputs
+from tasks.manifest import JobOutput, job_outputs
 from tasks.poll import JobOutcome
 from tasks.preflight import preflight
 from tasks.report import (
@@ -58,16 +55,10 @@ from tasks.report import (
     job_rows,
     not_taken_rows,
 )
-from tasks.stage import (
-    StagedFile,
-    batch_input_uri,
-    stage,
-    staging_run_id,
-    with_checksums,
-)
-from tasks.statuses import JobStatus, Skip, StageAction
-from tasks.validate import ValidationRecord, validate, with_earlier_instances
-from tasks.verify.results import verification_counts, with_verification
+from tasks.stage import staging_run_id
+from tasks.statuses import Skip
+from tasks.validate import with_earlier_instances
+from tasks.verify.results import FileVerification, verification_counts, with_verification
 from tasks.verify.run import files_to_verify, verify
 
 JOBS_ARTIFACT_KEY = "dicom-ingest-jobs"
@@ -105,24 +96,6 @@ class IngestResult(BaseModel):
     timings: dict[str, float] = {}
     # Imported files by verification result (tasks.verify); empty in a dry run.
     verification: dict[str, int] = {}
-
-
-class StageTimer:
-    """Wall time per pipeline stage of one run."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-    def summary(self) -> str:
-        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
@@ -175,22 +148,9 @@ def _ingest(
 
 
 @dataclass
-class _Window:
-    """One window between being submitted and being reported."""
-
-    number: int
-    records: list[ValidationRecord]
-    batches: list[Batch]
-    staged: list[StagedFile]
-    jobs: list[tuple[Batch, PrefectFuture[JobOutcome] | None]]
-
-
-@dataclass
 class _RunTally:
     """What the windows of a run add up to (jobs and counts, never files)."""
 
-    # Import job slots: the run's, shared by its windows.
-    slots: threading.BoundedSemaphore
     same_bytes: int = 0
     job_tables: list[pd.DataFrame] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
@@ -200,6 +160,82 @@ class _RunTally:
     unexplained: str | None = None
     # Files by what verification found, over every window.
     verified: dict[str, int] = field(default_factory=dict)
+
+    def add_jobs(self, outcomes: list[JobOutcome]) -> None:
+        self.job_ids += [o.job_id for o in outcomes if o.job_id]
+        self.jobs_from_earlier_runs += [o.job_id for o in outcomes
+                                        if o.job_id and o.from_earlier_run]
+
+
+@dataclass
+class _Windows:
+    """The windows of one run and what they share, so that each step takes
+    only its window."""
+
+    params: IngestParameters
+    runner: WindowRunner
+    inventory: Inventory
+    # Per source and data store: a rerun stages to the same folder, and so
+    # gets back the jobs it already started.
+    staging_id: str
+    writer: ReportWriter
+    tally: _RunTally = field(default_factory=_RunTally)
+
+    def submit(self, files: list[SourceFile], number: int) -> Window:
+        """Validate, batch, stage and submit a window; its jobs run while the
+        window before it is reported."""
+        runner = self.runner
+        records = runner.validate(files)
+        records = with_earlier_instances(records, self.inventory.keep_instances(
+            {r.sop_instance_uid: r.uri for r in records if r.is_valid and r.sop_instance_uid}))
+        records, same_bytes = settle_unchanged(runner.ledger, quote(records), self.params.only_new)
+        self.tally.same_bytes += same_bytes
+        window = runner.batch(records)
+        get_run_logger().info("Window %d: %d files, %d valid, in %d batches", number, len(records),
+                              sum(r.is_valid for r in records), len(window.batches))
+        return runner.start(window, self.staging_id)
+
+    def report(self, window: Window) -> None:
+        """Wait for the window's jobs, then record and write its rows: from here
+        on the window's files are done, and released."""
+        runner, tally, timer = self.runner, self.tally, self.runner.timer
+        datastore_id = runner.datastore_id
+        outcomes = runner.outcomes(window)
+        with timer.stage("report"):
+            outputs = confirm_lost_outputs(datastore_id, quote(window.batches),
+                                           quote(window.staged), outcomes,
+                                           quote(job_outputs(outcomes)))
+        verification = self._verify(window, outcomes, outputs)
+        with timer.stage("report"):
+            files = build_report(quote(window.records), quote(window.batches),
+                                 quote(window.staged), outcomes, quote(outputs),
+                                 self.params.include_phi)
+            if verification is not None:
+                files = with_verification(files, verification)
+                for result, count in verification_counts(verification).items():
+                    tally.verified[result] = tally.verified.get(result, 0) + count
+            if datastore_id is not None:
+                explained = explain_conflicts(quote(files), datastore_id)
+                files = explained.files
+                tally.conflicts += explained.conflicts
+                tally.unexplained = tally.unexplained or explained.unexplained
+            files = runner.ledger.record_outcomes(files, outcomes)
+            self.writer.add_files(files)
+            tally.job_tables.append(build_job_summary(window.batches, outcomes, outputs, files))
+        tally.add_jobs(outcomes)
+
+    def _verify(
+        self, window: Window, outcomes: list[JobOutcome], outputs: dict[str, JobOutput | str]
+    ) -> list[FileVerification] | None:
+        """None in a dry run: nothing was imported to read back."""
+        datastore_id, params = self.runner.datastore_id, self.params
+        if datastore_id is None:
+            return None
+        with self.runner.timer.stage("verify"):
+            return verify(
+                datastore_id,
+                quote(files_to_verify(window.records, window.staged, outputs, outcomes)),
+                params.verify, source_reader(params.dask_address, params.validation_workers))
 
 
 def _work_through(
@@ -215,27 +251,33 @@ def _work_through(
     folder = f"{params.report_location.rstrip('/')}/{run_id}/" \
              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}"
     ledger.record_report(folder, pd.DataFrame(columns=JOB_COLUMNS))
-    writer = ReportWriter(folder)
-    tally = _RunTally(threading.BoundedSemaphore(params.max_concurrent_jobs))
-    submitted: _Window | None = None
+    windows = _Windows(params, WindowRunner(params, datastore_id, ledger, timer), inventory,
+                       run_id, ReportWriter(folder))
+    submitted: Window | None = None
     number = 0
     while not stop_requested():
-        window = claim_window(inventory, params.window_files)
-        if not window.files:
+        claimed = claim_window(inventory, params.window_files)
+        if not claimed.files:
             break
         number += 1
-        started = _submit_window(params, datastore_id, run_id, ledger, inventory, window.files,
-                                 number, tally, timer)
+        started = windows.submit(claimed.files, number)
         if submitted is not None:
-            _report_window(params, datastore_id, ledger, submitted, writer, tally, timer)
+            windows.report(submitted)
         submitted = started
     if submitted is not None:
-        _report_window(params, datastore_id, ledger, submitted, writer, tally, timer)
+        windows.report(submitted)
     if stop_requested() and params.inventory is None:
         for files in inventory.untaken(params.window_files):
-            writer.add_files(ledger.record_outcomes(not_taken_rows(files)))
+            windows.writer.add_files(ledger.record_outcomes(not_taken_rows(files)))
+    return _finish(windows, datastore, folder)
 
-    leftover = inventory.leftover()
+
+def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> IngestResult:
+    """Write the run's report and artifacts, counting the files this run left
+    alone, and end the run in the ledger."""
+    params, writer, tally = windows.params, windows.writer, windows.tally
+    ledger, timer = windows.runner.ledger, windows.runner.timer
+    leftover = windows.inventory.leftover()
     own_listing = params.inventory is None
     skipped = {
         "skipped_unchanged": tally.same_bytes + (leftover.skipped_unchanged if own_listing else 0),
@@ -257,8 +299,8 @@ def _work_through(
     get_run_logger().info("Time by stage: %s", timer.summary())
     ledger.finish_run({**writer.counts, **skipped})
     return IngestResult(
-        run_id=run_id,
-        datastore_id=datastore_id,
+        run_id=windows.staging_id,
+        datastore_id=windows.runner.datastore_id,
         datastore_name=datastore.name if datastore else None,
         files=writer.rows,
         jobs=len(tally.job_ids),
@@ -276,166 +318,6 @@ def _work_through(
         verification=tally.verified,
         **skipped,
     )
-
-
-def _submit_window(
-    params: IngestParameters, datastore_id: str | None, run_id: str, ledger: RunLedger,
-    inventory: Inventory, files: list[SourceFile], number: int, tally: _RunTally,
-    timer: StageTimer,
-) -> _Window:
-    with timer.stage("validate"):
-        records = validate_sources(params, files)
-    records = with_earlier_instances(records, inventory.keep_instances(
-        {r.sop_instance_uid: r.uri for r in records if r.is_valid and r.sop_instance_uid}))
-    records, same_bytes = settle_unchanged(ledger, quote(records), params.only_new)
-    tally.same_bytes += same_bytes
-    batches = batch(quote(records), params.max_files_per_job, params.max_bytes_per_job)
-    get_run_logger().info("Window %d: %d files, %d valid, in %d batches", number, len(records),
-                          sum(r.is_valid for r in records), len(batches))
-    if datastore_id is None:
-        return _Window(number, records, batches, [], [])
-    with timer.stage("stage"):
-        staged = _stage(params, run_id, batches)
-    ledger.renew()  # staging a large window can take a good part of a lease
-    with timer.stage("import"):
-        jobs = _submit_jobs(params, datastore_id, run_id, with_checksums(batches, staged),
-                            staged, ledger, tally.slots)
-    return _Window(number, records, batches, staged, jobs)
-
-
-def _report_window(
-    params: IngestParameters, datastore_id: str | None, ledger: RunLedger, window: _Window,
-    writer: ReportWriter, tally: _RunTally, timer: StageTimer,
-) -> None:
-    """Wait for the window's jobs, then record and write its rows: from here
-    on the window's files are done, and released."""
-    with timer.stage("import"):
-        outcomes = [_outcome(item, future, datastore_id or "") for item, future in window.jobs]
-    with timer.stage("report"):
-        outputs = confirm_lost_outputs(datastore_id, quote(window.batches), quote(window.staged),
-                                       outcomes, quote(job_outputs(outcomes)))
-    verification = None
-    if datastore_id is not None:
-        with timer.stage("verify"):
-            verification = verify(
-                datastore_id,
-                quote(files_to_verify(window.records, window.staged, outputs, outcomes)),
-                params.verify, source_reader(params.dask_address, params.validation_workers))
-    with timer.stage("report"):
-        files = build_report(quote(window.records), quote(window.batches), quote(window.staged),
-                             outcomes, quote(outputs), params.include_phi)
-        if verification is not None:
-            files = with_verification(files, verification)
-            for result, count in verification_counts(verification).items():
-                tally.verified[result] = tally.verified.get(result, 0) + count
-        if datastore_id is not None:
-            explained = explain_conflicts(quote(files), datastore_id)
-            files = explained.files
-            tally.conflicts += explained.conflicts
-            tally.unexplained = tally.unexplained or explained.unexplained
-        files = ledger.record_outcomes(files, outcomes)
-        writer.add_files(files)
-        tally.job_tables.append(build_job_summary(window.batches, outcomes, outputs, files))
-    tally.job_ids += [o.job_id for o in outcomes if o.job_id]
-    tally.jobs_from_earlier_runs += [o.job_id for o in outcomes
-                                     if o.job_id and o.from_earlier_run]
-
-
-def import_batches(
-    params: ImportOptions,
-    datastore_id: str,
-    run_id: str,
-    batches: list[Batch],
-    ledger: RunLedger | None,
-    timer: StageTimer | None = None,
-) -> tuple[list[StagedFile], list[JobOutcome]]:
-    """Stage, then import and wait: retry_failed's (ingestion overlaps windows)."""
-    timer = timer or StageTimer()
-    with timer.stage("stage"):
-        staged = _stage(params, run_id, batches)
-    if ledger is not None:
-        ledger.renew()  # staging a large backfill can take a good part of a lease
-    with timer.stage("import"):
-        jobs = _submit_jobs(params, datastore_id, run_id, with_checksums(batches, staged),
-                            staged, ledger, threading.BoundedSemaphore(params.max_concurrent_jobs))
-        outcomes = [_outcome(item, future, datastore_id) for item, future in jobs]
-    return staged, outcomes
-
-
-def validate_sources(params: ImportOptions, files: list[SourceFile]) -> list[ValidationRecord]:
-    """On the Dask cluster when one is configured, else on a local process pool:
-    shared by ingestion and retry_failed."""
-    if params.dask_address:
-        return validate_on_cluster(params.dask_address, files, params.include_phi)
-    return validate(quote(files), params.validation_workers, params.include_phi)
-
-
-def _stage(params: ImportOptions, run_id: str, batches: list[Batch]) -> list[StagedFile]:
-    prefix = params.staging_prefix or ""
-    if params.dask_address:
-        return stage_on_cluster(params.dask_address, batches, prefix, run_id,
-                                params.stage_concurrency)
-    return stage(quote(batches), prefix, run_id, params.stage_concurrency)
-
-
-def _submit_jobs(
-    params: ImportOptions,
-    datastore_id: str,
-    run_id: str,
-    batches: list[Batch],
-    staged: list[StagedFile],
-    ledger: RunLedger | None,
-    slots: threading.BoundedSemaphore,
-) -> list[tuple[Batch, PrefectFuture[JobOutcome] | None]]:
-    """One task run per batch, at most ``max_concurrent_jobs`` of this run at a
-    time: a slot is taken before submitting and given back when the task ends.
-    The slots are the run's, shared by its windows: a window's jobs start as
-    the previous window's end."""
-    unusable = {StageAction.FAILED, StageAction.INTERRUPTED}
-    usable = {s.batch_id for s in staged if s.action not in unusable}
-    futures: list[tuple[Batch, PrefectFuture[JobOutcome] | None]] = []
-    for item in batches:
-        if item.batch_id not in usable:
-            futures.append((item, None))
-            continue
-        slots.acquire()
-        if stop_requested():
-            slots.release()
-            futures.append((item, None))
-            continue
-        future = import_batch.submit(
-            datastore_id,
-            quote(item),
-            f"{batch_input_uri(params.staging_prefix or '', run_id, item.batch_id)}/",
-            params.output_prefix or "",
-            params.import_role_arn,
-            params.poll_interval_seconds,
-            params.poll_timeout_seconds,
-            ledger,
-        )
-        future.add_done_callback(lambda _: slots.release())
-        futures.append((item, future))
-    return futures
-
-
-def _outcome(
-    item: Batch, future: PrefectFuture[JobOutcome] | None, datastore_id: str
-) -> JobOutcome:
-    if future is None and stop_requested():
-        return JobOutcome(item.batch_id, datastore_id, None, JobStatus.INTERRUPTED,
-                          "The run was stopped before this batch's job started.")
-    if future is None:
-        return JobOutcome(item.batch_id, datastore_id, None, JobStatus.NOT_STARTED,
-                          "No file of this batch could be staged.")
-    future.wait()
-    state = future.state
-    if state.is_completed():
-        return future.result()
-    # The task crashed after its retries: the job may exist, but nothing is
-    # known about its files, so they are reported as not imported.
-    error = future.result(raise_on_failure=False)
-    return JobOutcome(item.batch_id, datastore_id, None, JobStatus.FAILED,
-                      f"Import task ended {state.name}: {error}")
 
 
 def publish(

@@ -13,7 +13,6 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from config.settings import get_settings
 from flows.parameters import ImportOptions, MigrateParameters
 from flows.run_identity import datastore_tags, migrate_run_name, run_ledger, tag_current_run
 from tasks.child_runs import ChildRun, supervise
@@ -75,9 +74,8 @@ def dicom_migrate(params: MigrateParameters) -> MigrateResult:
     if listing.to_process:
         children = supervise(
             params.ingest_deployment, child_parameters(params, datastore_id, inventory),
-            inventory.inventory_id, ledger.url, params.workers, params.replacements,
-            get_settings().run_presumed_dead_seconds, params.start_timeout_seconds,
-            params.check_interval_seconds, unfinished, logger)
+            inventory.inventory_id, ledger, params.workers, params.replacements,
+            params.start_timeout_seconds, params.check_interval_seconds, unfinished, logger)
     counts = inventory.file_statuses()
     skipped = {"skipped_unchanged": listing.skipped_unchanged,
                Skip.GIVEN_UP.value: listing.given_up}

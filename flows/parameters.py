@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from config.settings import get_settings
+from config.settings import VerifyMode, get_settings
 from tasks.locations import canonical_source, is_s3
-from tasks.statuses import VerifyMode
 
 
 def _setting(name: str) -> Any:

@@ -4,23 +4,26 @@ unfinished, from the ledger's record of them.
 First the jobs that some run started but never read (it died, or stopped
 waiting): they are waited for and their output read, so nothing is imported
 twice. Then the failed files, chosen by the kind of failure (tasks.retry),
-go through the same stage-and-import path as an ingestion.
+go through the window runner an ingestion's windows go through
+(flows.window_runner), a window per source.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.ingest import import_batches, publish, validate_sources
+from flows.ingest import publish
 from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
-from tasks.batch import Batch, batch
+from flows.window_runner import Window, WindowRunner
+from tasks.batch import Batch
 from tasks.import_jobs import resolve
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
@@ -29,12 +32,14 @@ from tasks.manifest import job_outputs
 from tasks.poll import JobOutcome
 from tasks.preflight import preflight
 from tasks.report import (
+    ReportPaths,
     build_job_summary,
     job_rows,
     status_counts,
     write_report,
 )
 from tasks.retry import (
+    RetryPlan,
     look_up_lost_outputs,
     plan,
     resume_job,
@@ -88,36 +93,39 @@ def retry_failed(params: RetryParameters) -> RetryResult:
     return result.model_copy(update={"datastore_name": datastore.name})
 
 
-def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> RetryResult:
-    logger = get_run_logger()
-    records: list[ValidationRecord] = []
-    batches: list[Batch] = []
-    staged: list[StagedFile] = []
-    outcomes: list[JobOutcome] = []
+@dataclass
+class _JobFiles:
+    """Files with the job that imported them, as the retry's report takes them."""
 
+    records: list[ValidationRecord] = field(default_factory=list)
+    batches: list[Batch] = field(default_factory=list)
+    staged: list[StagedFile] = field(default_factory=list)
+    outcomes: list[JobOutcome] = field(default_factory=list)
+
+    def add(self, window: Window, outcomes: list[JobOutcome]) -> None:
+        self.records += window.records
+        self.batches += window.batches
+        self.staged += window.staged
+        self.outcomes += outcomes
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """Files the retry settled without a job of its own; recorded already."""
+
+    found_in_datastore: pd.DataFrame
+    given_up: pd.DataFrame
+    # Refused for their content, unchanged since, and not forced.
+    not_retried: int
+
+
+def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> RetryResult:
     unfinished = [
         job for job in ledger.unfinished_jobs(params.run_id, params.job_id)
         if all(under_source(f.uri, params.source) for f in job.files)
     ]
     jobs = _claim_jobs(ledger, unfinished)
-    futures = [resume_job.submit(job, params.poll_interval_seconds,
-                                 params.poll_timeout_seconds) for job in jobs]
-    requeued: list[LedgerFile] = []
-    failed_jobs: list[JobOutcome] = []
-    for job, future in zip(jobs, futures, strict=True):
-        outcome = future.result()
-        if outcome.status is JobStatus.FAILED:
-            # Its files are imported again below, and reported with their new job.
-            failed_jobs.append(outcome)
-            requeued += [replace(f, status=FileStatus.JOB_FAILED.value) for f in job.files]
-            continue
-        records += [f.as_validation_record() for f in job.files]
-        batches.append(job.batch)
-        staged += [StagedFile(f.uri, job.batch.batch_id, job.staged_key(f), StageAction.SKIPPED)
-                   for f in job.files]
-        outcomes.append(outcome)
-    ledger.record_jobs_ended(failed_jobs)
-
+    done, requeued = _resume(params, ledger, jobs)
     # Files of a job still unread (by this run, or by another retry that holds
     # them) are never imported again here: that could import them twice.
     in_jobs = {f.uri for job in unfinished for f in job.files}
@@ -128,42 +136,14 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
     # Files whose job output was lost: those the data store holds are done.
     confirmed, candidates = look_up_lost_outputs(ledger, candidates)
     decided = plan(candidates, params.force, params.max_attempts)
-    given_up = ledger.record_given_up(decided.give_up, params.max_attempts)
-    retried = new_jobs = 0
-    for source, items in decided.by_source.items():
-        files = ledger.claim_known([(item.file, item.change) for item in items])
-        won = {f.uri for f in files}
-        items = [item for item in items if item.file.uri in won]
-        retried += len(items)
-        group = validate_sources(params, files)
-        group_batches = batch(group, params.max_files_per_job, params.max_bytes_per_job)
-        group_staged, group_outcomes = import_batches(
-            params, datastore_id, retry_staging_id(source, datastore_id, items),
-            group_batches, ledger,
-        )
-        records += group
-        batches += group_batches
-        staged += group_staged
-        outcomes += group_outcomes
-        new_jobs += sum(o.job_id is not None for o in group_outcomes)
-    logger.info("%d jobs resumed, %d files found in the data store, %d files retried, "
-                "%d given up, %d unchanged not retried", len(jobs), len(confirmed), retried,
-                len(given_up), decided.not_retried)
-
-    outputs = confirm_lost_outputs(datastore_id, batches, staged, outcomes,
-                                   job_outputs(outcomes))
-    folder = (f"{params.report_location.rstrip('/')}/retries/"
-              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
-    rows = retry_report(records, batches, staged, outcomes, outputs, params.include_phi)
-    rows = with_recorded(ledger.record_outcomes(rows, outcomes), confirmed, given_up)
-    job_table = build_job_summary(batches, outcomes, outputs, rows)
-    ledger.record_report(folder, job_table)
-    paths = write_report(rows, job_table, folder)
-    counts = {**status_counts(rows), FileStatus.GIVEN_UP.value: len(given_up)}
-    skipped = {"not_retried_unchanged": decided.not_retried}
-    publish(job_rows(job_table), counts, skipped, paths.files_parquet, title="DICOM retry",
-            keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY))
-    ledger.finish_run({**counts, **skipped})
+    settled = _Settled(confirmed, ledger.record_given_up(decided.give_up, params.max_attempts),
+                       decided.not_retried)
+    retried, new_jobs = _import_again(params, datastore_id, ledger, decided, done)
+    get_run_logger().info(
+        "%d jobs resumed, %d files found in the data store, %d files retried, "
+        "%d given up, %d unchanged not retried", len(jobs), len(confirmed), retried,
+        len(settled.given_up), decided.not_retried)
+    counts, paths = _report(params, datastore_id, ledger, done, settled)
     return RetryResult(
         datastore_id=datastore_id,
         resumed_jobs=len(jobs),
@@ -174,6 +154,77 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
         report_files_parquet=paths.files_parquet,
         report_jobs_parquet=paths.jobs_parquet,
     )
+
+
+def _resume(
+    params: RetryParameters, ledger: RunLedger, jobs: list[LedgerJob]
+) -> tuple[_JobFiles, list[LedgerFile]]:
+    """Wait for each job and read it: its files are reported with it, unless it
+    FAILED; then they are imported again (the list returned), and reported
+    with their new job."""
+    futures = [resume_job.submit(job, params.poll_interval_seconds,
+                                 params.poll_timeout_seconds) for job in jobs]
+    done = _JobFiles()
+    requeued: list[LedgerFile] = []
+    failed_jobs: list[JobOutcome] = []
+    for job, future in zip(jobs, futures, strict=True):
+        outcome = future.result()
+        if outcome.status is JobStatus.FAILED:
+            failed_jobs.append(outcome)
+            requeued += [replace(f, status=FileStatus.JOB_FAILED.value) for f in job.files]
+            continue
+        staged = [StagedFile(f.uri, job.batch.batch_id, job.staged_key(f), StageAction.SKIPPED)
+                  for f in job.files]
+        done.add(Window([f.as_validation_record() for f in job.files], [job.batch], staged),
+                 [outcome])
+    ledger.record_jobs_ended(failed_jobs)
+    return done, requeued
+
+
+def _import_again(
+    params: RetryParameters, datastore_id: str, ledger: RunLedger, decided: RetryPlan,
+    done: _JobFiles,
+) -> tuple[int, int]:
+    """A window per source, each waited for before the next: the files this
+    run wins a claim on, staged under a folder of their own (retry_staging_id).
+    Returns how many files were retried, and with how many new jobs."""
+    runner = WindowRunner(params, datastore_id, ledger)
+    retried = new_jobs = 0
+    for source, items in decided.by_source.items():
+        files = ledger.claim_known([(item.file, item.change) for item in items])
+        won = {f.uri for f in files}
+        items = [item for item in items if item.file.uri in won]
+        retried += len(items)
+        window = runner.start(runner.batch(runner.validate(files)),
+                              retry_staging_id(source, datastore_id, items))
+        outcomes = runner.outcomes(window)
+        done.add(window, outcomes)
+        new_jobs += sum(o.job_id is not None for o in outcomes)
+    return retried, new_jobs
+
+
+def _report(
+    params: RetryParameters, datastore_id: str, ledger: RunLedger, done: _JobFiles,
+    settled: _Settled,
+) -> tuple[dict[str, int], ReportPaths]:
+    """Record the outcomes, write the report and the artifacts, and end the run."""
+    outputs = confirm_lost_outputs(datastore_id, done.batches, done.staged, done.outcomes,
+                                   job_outputs(done.outcomes))
+    folder = (f"{params.report_location.rstrip('/')}/retries/"
+              f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
+    rows = retry_report(done.records, done.batches, done.staged, done.outcomes, outputs,
+                        params.include_phi)
+    rows = with_recorded(ledger.record_outcomes(rows, done.outcomes),
+                         settled.found_in_datastore, settled.given_up)
+    job_table = build_job_summary(done.batches, done.outcomes, outputs, rows)
+    ledger.record_report(folder, job_table)
+    paths = write_report(rows, job_table, folder)
+    counts = {**status_counts(rows), FileStatus.GIVEN_UP.value: len(settled.given_up)}
+    skipped = {"not_retried_unchanged": settled.not_retried}
+    publish(job_rows(job_table), counts, skipped, paths.files_parquet, title="DICOM retry",
+            keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY))
+    ledger.finish_run({**counts, **skipped})
+    return counts, paths
 
 
 def _claim_jobs(ledger: RunLedger, jobs: list[LedgerJob]) -> list[LedgerJob]:

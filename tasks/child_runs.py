@@ -2,11 +2,11 @@
 
 Prefect alone cannot tell that a child is dead: a worker killed with its flow
 run leaves the run RUNNING for ever. The ledger can: every ingest run records
-its host, PID and process start time and beats while it holds files, so a
-child is judged as the ledger judges a claim holder (README, "The ledger"):
-on this host, its process is gone; anywhere, it has not beaten for the
-presumed-dead period. Its windows then go back to the queue for the others,
-and the migration starts a replacement when no child is left alive.
+its host, PID and process start time and beats while it holds files, so the
+ledger judges a child, by the rule and the clock it judges a claim holder by
+(tasks.ledger.runs): on this host, its process is gone; anywhere, it has not
+beaten for the presumed-dead period. Its windows then go back to the queue for
+the others, and the migration starts a replacement when no child is left alive.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import sqlalchemy as sa
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
@@ -27,8 +25,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
 from tasks.interruption import sleep_unless_stopped
-from tasks.ledger import engine_for, runs_table
-from tasks.process_identity import ProcessIdentity
+from tasks.ledger import LedgerRun, RunLedger
 from tasks.statuses import Liveness
 
 
@@ -67,21 +64,19 @@ def start_child(
     return str(run.id)
 
 
-def watch(
-    flow_run_ids: Sequence[str], ledger_url: str, presumed_dead_seconds: float
-) -> list[ChildRun]:
-    """Each child as Prefect and the ledger see it. A child the ledger finds
-    dead while Prefect still has it running is marked Crashed in Prefect, so
-    the UI says what happened to it."""
+def watch(flow_run_ids: Sequence[str], ledger: RunLedger) -> list[ChildRun]:
+    """Each child as Prefect and the ledger (the migration's handle) see it. A
+    child the ledger finds dead while Prefect still has it running is marked
+    Crashed in Prefect, so the UI says what happened to it."""
     with get_client(sync_client=True) as client:
         runs = {str(run.id): run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[uuid.UUID(i) for i in flow_run_ids])))}
-        recorded = _recorded(ledger_url, flow_run_ids)
+        recorded = ledger.recorded_runs(flow_run_ids)
         children = []
         for run_id in flow_run_ids:
             run = runs[run_id]
             state = (run.state.name if run.state else None) or "Unknown"
-            liveness = _liveness(recorded.get(run_id), presumed_dead_seconds)
+            liveness = liveness_of(recorded.get(run_id))
             if liveness is Liveness.DEAD and run.state and not run.state.is_final():
                 client.set_flow_run_state(
                     run.id, Crashed(message="Its process is gone or stopped beating in the "
@@ -91,34 +86,20 @@ def watch(
             if liveness is Liveness.WAITING and run.state and run.state.is_final():
                 # Ended without ever recording itself: nothing of it to wait for.
                 liveness = Liveness.FINISHED
-            row = recorded.get(run_id)
+            recorded_run = recorded.get(run_id)
             children.append(ChildRun(run_id, run.name or run_id, state, liveness,
-                                     row.report_folder if row is not None else None))
+                                     recorded_run.report_folder if recorded_run else None))
     return children
 
 
-def _recorded(ledger_url: str, run_ids: Sequence[str]) -> dict[str, Any]:
-    runs = runs_table.c
-    with engine_for(ledger_url).begin() as conn:
-        rows = conn.execute(
-            sa.select(runs.run_id, runs.finished_at, runs.heartbeat_at, runs.host, runs.pid,
-                      runs.process_started_at, runs.report_folder)
-            .where(runs.run_id.in_(list(run_ids)))
-        ).all()
-    return {row.run_id: row for row in rows}
-
-
-def _liveness(row: Any, presumed_dead_seconds: float) -> Liveness:
-    if row is None:
+def liveness_of(run: LedgerRun | None) -> Liveness:
+    """A child as the ledger judged its run; None: the ledger has no row of
+    it (the run has not started on a worker yet)."""
+    if run is None:
         return Liveness.WAITING
-    if row.finished_at is not None:
+    if run.finished:
         return Liveness.FINISHED
-    if row.pid is not None and row.process_started_at is not None and ProcessIdentity(
-        row.host, row.pid, row.process_started_at
-    ).is_gone():
-        return Liveness.DEAD
-    stale = datetime.now(UTC) - timedelta(seconds=presumed_dead_seconds)
-    if row.heartbeat_at is not None and row.heartbeat_at <= stale:
+    if run.presumed_dead:
         return Liveness.DEAD
     return Liveness.LIVE
 
@@ -127,10 +108,9 @@ def supervise(
     deployment: str,
     parameters: dict[str, Any],
     migration_run_id: str,
-    ledger_url: str,
+    ledger: RunLedger,
     workers: int,
     replacements: int,
-    presumed_dead_seconds: float,
     start_timeout_seconds: float,
     check_interval_seconds: float,
     unfinished: Callable[[], int],
@@ -159,7 +139,7 @@ def supervise(
     replaced = 0
     while True:
         stopped = sleep(check_interval_seconds)
-        children = watch(list(asked), ledger_url, presumed_dead_seconds)
+        children = watch(list(asked), ledger)
         if stopped:
             return children
         now = time.monotonic()

@@ -40,7 +40,6 @@ COMPARED_ELEMENTS = (
     ("Series", "SeriesInstanceUID"),
     ("Series", "SeriesNumber"),
 )
-CONFLICT_COLUMN = "conflict_attributes"
 CONFLICTS_ARTIFACT_KEY = "dicom-ingest-conflicts"
 # Within one report cell, as expected_warnings lists its labels.
 SEPARATOR = ";"
@@ -171,7 +170,7 @@ def add_conflict_attributes(
     }
     non_primary = files["is_primary"].eq(False).fillna(False).astype(bool)
     column = files["image_set_id"].map(by_set) if by_set else pd.Series(None, index=files.index)
-    return files.assign(**{CONFLICT_COLUMN: column.where(non_primary, None).astype(object)})
+    return files.assign(conflict_attributes=column.where(non_primary, None).astype(object))
 
 
 def conflicts_markdown(conflicts: list[SeriesConflict]) -> str:

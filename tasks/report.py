@@ -3,7 +3,8 @@
 Every discovered file gets exactly one final status, whichever stage stopped
 it. HealthImaging reports files by staged S3 key, so manifest rows are mapped
 back to the source through the staging results. Patient identifiers appear only
-when the operator opts in (``include_phi``).
+when the operator opts in (``include_phi``). The row's columns are declared
+in :mod:`tasks.report_row`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from tasks.discover import SourceFile
 from tasks.locations import filesystem_for, is_s3, uri_for
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome
+from tasks.report_row import FILE_COLUMNS as FILE_COLUMNS
+from tasks.report_row import PHI_COLUMNS as PHI_COLUMNS
+from tasks.report_row import file_rows, parquet_schema, report_columns
 from tasks.stage import StagedFile
 from tasks.statuses import FileStatus, FileValidity, JobStatus, StageAction
 from tasks.validate import ValidationRecord
@@ -43,28 +47,6 @@ FAILURES = frozenset({
     FileStatus.VERIFY_MISMATCH,
 })
 
-FILE_COLUMNS = [
-    "source_uri", "size", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
-    "series_number", "transfer_syntax", "sha256", "batch_id", "staged_key", "job_id",
-    "status", "image_set_id", "is_primary", "image_set_version", "error_type",
-    "error_message", "warning_codes", "reason_code",
-    # What validation expected the import to warn about (import_rules), for
-    # every valid file: a dry run's foresight, a real run's cross-check.
-    "expected_warnings",
-    # What verification found (tasks.verify): verified|mismatch|missing|
-    # not_checked, and which attribute or frame differed (never a value).
-    "verification", "verification_detail",
-    # Filled from the ingestion ledger (tasks.ledger): new|changed|unchanged
-    # against what earlier runs recorded, and import jobs the file was in.
-    "change", "attempts",
-    # For a file in a non-primary image set: the elements that differ from
-    # the primary set of its series (tasks.conflicts), names only.
-    "conflict_attributes",
-]
-# Report columns that are not text (parquet types; pandas keeps its own dtypes
-# in the file's metadata).
-_COLUMN_TYPES = {"size": pa.int64(), "is_primary": pa.bool_(), "image_set_version": pa.int64(),
-                 "attempts": pa.int64()}
 FILES_DATASET = "files"
 # Rows up to which the per-file report is also one CSV (a spreadsheet's limit
 # is 1,048,576 rows).
@@ -72,7 +54,6 @@ CSV_ROW_LIMIT = 1_000_000
 # The error_message of a file reported imported because the data store holds
 # it, its job's output being unreadable (followed by why).
 CONFIRMED_IN_DATASTORE = "Confirmed in the data store (the job output could not be read: "
-PHI_COLUMNS = ["patient_name", "patient_id", "patient_birth_date"]
 JOB_COLUMNS = [
     "batch_id", "job_id", "job_status", "message", "files", "bytes", "input_s3_uri",
     "output_s3_uri", "scanned_files", "imported_files", "generated_image_sets",
@@ -242,7 +223,7 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
             status == FileStatus.IMPORTED_WITH_WARNINGS.value
         ).astype(object),
     )
-    return report.reindex(columns=FILE_COLUMNS + (PHI_COLUMNS if include_phi else []))
+    return report.reindex(columns=report_columns(include_phi))
 
 
 def build_job_summary(
@@ -298,10 +279,7 @@ def rebuilt_report(files: pd.DataFrame, jobs: pd.DataFrame) -> tuple[pd.DataFram
     """A run's report from the rows its ledger recorded (``tasks.ledger.recorded_run``):
     the columns and types of the report it wrote, without PHI columns (PHI is
     never in the ledger), and job rows counted again from the files."""
-    files = files.reindex(columns=FILE_COLUMNS).astype(object)
-    files = files.where(files.notna(), None).astype(
-        {"size": "Int64", "is_primary": "boolean", "image_set_version": "Int64",
-         "attempts": "Int64"})
+    files = file_rows(files)
     jobs = jobs.astype(object).where(jobs.notna(), None).astype(
         {"files": "int64", "bytes": "int64"})
     return files, _with_status_counts(jobs, files)
@@ -360,7 +338,7 @@ class ReportWriter:
     def close(self, jobs: pd.DataFrame, summary: Mapping[str, object]) -> ReportPaths:
         """The job table, the summary, and the CSV if the run stayed small."""
         if self.parts == 0:
-            self.add_files(pd.DataFrame(columns=FILE_COLUMNS))
+            self.add_files(file_rows(pd.DataFrame()))
         files_csv = None
         if self._csv is not None:
             kept = self._csv
@@ -386,8 +364,7 @@ class ReportWriter:
         """One schema for every part, whatever a window's columns happen to
         hold (all empty, for instance): the parts must read as one dataset."""
         if self._schema is None:
-            self._schema = pa.schema(
-                [pa.field(name, _COLUMN_TYPES.get(name, pa.string())) for name in files.columns])
+            self._schema = parquet_schema(list(files.columns))
         return self._schema
 
 
@@ -463,12 +440,12 @@ def build_report(
 
 def not_taken_rows(files: Sequence[SourceFile]) -> pd.DataFrame:
     """Report rows of files a stopped run never took from its listing."""
-    return pd.DataFrame({
+    return file_rows(pd.DataFrame({
         "source_uri": [f.uri for f in files],
         "size": pd.array([f.size for f in files], dtype="Int64"),
         "status": FileStatus.INTERRUPTED.value,
         "error_message": "The run was stopped before this file was read.",
-    }).reindex(columns=FILE_COLUMNS)
+    }))
 
 
 def job_rows(jobs: pd.DataFrame) -> list[dict[str, object]]:

@@ -29,11 +29,8 @@ from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, wait_for_job
-from tasks.report import (
-    CONFIRMED_IN_DATASTORE,
-    FILE_COLUMNS,
-    build_file_report,
-)
+from tasks.report import CONFIRMED_IN_DATASTORE, build_file_report
+from tasks.report_row import file_rows
 from tasks.retry_policy import retry_class
 from tasks.stage import StagedFile, staging_run_id
 from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
@@ -136,13 +133,13 @@ def settle_lost_outputs(
     retried. Only files this run wins a claim on are recorded."""
     doubtful = [c for c in candidates if _output_lost(c) and _instance(c)]
     if not doubtful:
-        return pd.DataFrame(columns=FILE_COLUMNS), list(candidates)
+        return file_rows(pd.DataFrame()), list(candidates)
     won = {f.uri for f in ledger.claim_known(
         [(c.as_source_file(), Change.UNCHANGED) for c in doubtful])}
     doubtful = [c for c in doubtful if c.uri in won]
     landed = find_landed(ledger.datastore_id, [i for c in doubtful if (i := _instance(c))])
     found = {c.uri: (c, landed[i]) for c in doubtful if (i := _instance(c)) in landed}
-    rows = pd.DataFrame(
+    rows = file_rows(pd.DataFrame(
         [{"source_uri": item.uri, "size": item.size, "sha256": item.sha256,
           "sop_instance_uid": item.sop_instance_uid,
           "study_instance_uid": item.study_instance_uid,
@@ -152,9 +149,7 @@ def settle_lost_outputs(
           "is_primary": where.is_primary, "image_set_version": where.version,
           "error_message": f"{CONFIRMED_IN_DATASTORE}"
                            f"{item.reason or 'an earlier run found it missing'})"}
-         for item, where in found.values()],
-        columns=FILE_COLUMNS,
-    )
+         for item, where in found.values()]))
     if found:
         rows = ledger.record_outcomes(rows)
     return rows, [c for c in candidates if c.uri not in found]

@@ -5,7 +5,9 @@ drifts apart unnoticed; defined here once, each word is spelled in exactly one
 line. The codes that say *why* a file was refused or warned about
 (``ReasonCode``, ``WarningCode``) stay in ``import_rules.codes``: the local
 HealthImaging service (``emulator/``) applies the same rules and shares them,
-and it depends on no pipeline module.
+and it depends on no pipeline module. The choices of a setting (``VerifyMode``)
+are ``config.settings``': the settings sit below the pipeline and import
+nothing of it.
 """
 
 from __future__ import annotations
@@ -144,16 +146,6 @@ class ImageSetState(StrEnum):
     ACTIVE = "ACTIVE"
     LOCKED = "LOCKED"
     DELETED = "DELETED"
-
-
-class VerifyMode(StrEnum):
-    """How much a run proves of what it imported."""
-
-    # One GetImageSetMetadata per image set: instance present, attributes, frames.
-    METADATA = "metadata"
-    # Also every source frame decoded and its CRC-32 compared with HealthImaging's.
-    PIXELS = "pixels"
-    OFF = "off"
 
 
 class Verification(StrEnum):

@@ -27,6 +27,20 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 prefect_api.set_defaults()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heavy tests first, the heaviest first, then slow ones, then the rest,
+    otherwise in collection order: make test hands tests to its workers in this
+    order (--dist loadgroup), and a test of minutes handed out last would keep
+    the whole suite waiting on it alone."""
+    def order(item: pytest.Item) -> tuple[int, float]:
+        heavy = item.get_closest_marker("heavy")
+        if heavy is not None:
+            return 0, -float(heavy.kwargs["minutes"])
+        return (1 if item.get_closest_marker("slow") else 2), 0.0
+
+    items.sort(key=order)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """A throwaway Prefect API for flow tests; ~10 s to start (minutes on a busy

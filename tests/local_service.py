@@ -16,7 +16,10 @@ def serve_locally(monkeypatch: pytest.MonkeyPatch, **config: Any) -> Iterator[An
     from emulator.config import ServiceConfig
     from emulator.edge.server import LocalService
 
-    settings = ServiceConfig(**{"datastore_transition_seconds": 0.05, **config})
+    # No stop grace: a test is over when the service stops, and a job it left
+    # running would hold the teardown for the default 3 s.
+    settings = ServiceConfig(**{"datastore_transition_seconds": 0.05, "stop_grace_seconds": 0,
+                                **config})
     with LocalService(config=settings) as svc:
         for name, value in svc.env().items():
             monkeypatch.setenv(name, value)

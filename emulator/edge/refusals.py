@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 
 from emulator.edge.auth import Signature
 from emulator.edge.responses import render_error
-from emulator.edge.urls import SERVICE_NAME, match
+from emulator.edge.urls import match
 from emulator.state.exceptions import (
     AccessDeniedException,
     HealthImagingError,
@@ -22,6 +22,7 @@ from emulator.state.exceptions import (
     MissingAuthenticationTokenException,
     UnrecognizedClientException,
 )
+from emulator.state.service_model import SERVICE_NAME
 
 # Why a request was refused -> (S3 code, HTTP status) and the medical-imaging error.
 _S3: dict[str, tuple[str, int]] = {

@@ -19,8 +19,8 @@ from typing import Any
 
 from werkzeug.wrappers import Request
 
-from emulator.edge.urls import service_model
 from emulator.state.exceptions import ValidationException
+from emulator.state.service_model import service_model
 
 # Room for the JSON members around the blobs (keys, quotes, braces).
 _ENVELOPE_BYTES = 16 * 1024

@@ -29,13 +29,15 @@ from emulator.edge.quoted_values import quoted
 from emulator.edge.refusals import refusal, service_asked
 from emulator.edge.request_bodies import RequestTooLarge, buffer_body
 from emulator.edge.responses import HealthImagingApp, render_error
-from emulator.edge.urls import SERVICE_NAME
 from emulator.faults import FaultConfig, FaultInjector
 from emulator.state.models import HealthImagingBackend
+from emulator.state.service_model import SERVICE_NAME
 from emulator.state.store import Store
 
 # S3 Control shares S3's signing name; moto serves it from another app.
 _S3_CONTROL_PATH = "/v20180820/"
+# How often the serving loop looks for a stop request.
+_SHUTDOWN_POLL_SECONDS = 0.02
 
 
 class LocalApplication:
@@ -155,8 +157,11 @@ class LocalService:
         }
 
     def start(self) -> LocalService:
+        # serve_forever checks for shutdown every poll_interval (0.5 s by
+        # default): every stop waited that long, which tests and `demo` pay.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, daemon=True, name="local-healthimaging"
+            target=self._server.serve_forever, kwargs={"poll_interval": _SHUTDOWN_POLL_SECONDS},
+            daemon=True, name="local-healthimaging",
         )
         self._thread.start()
         return self

@@ -8,15 +8,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote
 
-import botocore.session
-from botocore.model import OperationModel, ServiceModel
+from botocore.model import OperationModel
 
-SERVICE_NAME = "medical-imaging"
-
-
-@lru_cache(maxsize=1)
-def service_model() -> ServiceModel:
-    return botocore.session.get_session().get_service_model(SERVICE_NAME)
+from emulator.state.service_model import service_model
 
 
 @dataclass(frozen=True)

@@ -409,44 +409,16 @@ class ImageSetOperations:
         with self._write_lock():
             source = self._writable(datastoreId, sourceImageSetId)
             self._check_latest(source, source_info["latestVersionId"])
-            destination = None
-            if destination_info:
-                if destination_info["imageSetId"] == sourceImageSetId:
-                    raise ValidationException("An image set cannot be copied into itself")
-                destination = self._writable(datastoreId, destination_info["imageSetId"])
-                self._check_latest(destination, destination_info["latestVersionId"])
+            destination = self._copy_destination(datastoreId, sourceImageSetId, destination_info)
             self._check_write_quota(datastoreId)
-            copied = copies.select(self.image_sets.metadata(sourceImageSetId), copiable)
-            frames = copies.frame_count(copied)
-            if frames > self.config.max_copy_frames:
-                raise ServiceQuotaExceededException(
-                    f"The copy holds {frames} frames; CopyImageSet takes at most "
-                    f"{self.config.max_copy_frames}"
-                )
+            copied = self._copied_part(sourceImageSetId, copiable)
             if promoteToPrimary:
                 self._check_single_primary(
                     datastoreId, copied, destination, exempt={sourceImageSetId}
                 )
-            if destination is None:
-                destination = self.image_sets.create(
-                    datastoreId,
-                    copied,
-                    is_primary=bool(promoteToPrimary),
-                    workflow_status="COPYING",
-                    lock_seconds=self.config.write_seconds,
-                )
-            else:
-                merged = copies.merge(
-                    self.image_sets.metadata(destination["imageSetId"]), copied, force=bool(force)
-                )
-                destination = self.image_sets.add_version(
-                    destination["imageSetId"],
-                    merged,
-                    workflow_status="COPYING",
-                    lock_seconds=self.config.write_seconds,
-                    is_primary=True if promoteToPrimary else None,
-                    overrides={"forced": True} if force else None,
-                )
+            destination = self._write_copy(
+                datastoreId, copied, destination, bool(force), bool(promoteToPrimary)
+            )
             self.image_sets.touch(destination["imageSetId"])
             source = self.image_sets.lock_for_write(
                 sourceImageSetId,
@@ -459,6 +431,62 @@ class ImageSetOperations:
             "sourceImageSetProperties": properties[0],
             "destinationImageSetProperties": properties[1],
         }
+
+    def _copy_destination(
+        self, datastore_id: str, source_id: str, destination_info: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Checked as strictly as the source (ACTIVE, latest version): a copy
+        must not merge into a set that changed since the caller read it.
+        None when the copy makes a new image set."""
+        if not destination_info:
+            return None
+        if destination_info["imageSetId"] == source_id:
+            raise ValidationException("An image set cannot be copied into itself")
+        destination = self._writable(datastore_id, destination_info["imageSetId"])
+        self._check_latest(destination, destination_info["latestVersionId"])
+        return destination
+
+    def _copied_part(self, source_id: str, copiable: str | None) -> dict[str, Any]:
+        """Selected and counted before anything is written, so a copy refused
+        for its content or its size leaves both image sets as they were."""
+        copied = copies.select(self.image_sets.metadata(source_id), copiable)
+        frames = copies.frame_count(copied)
+        if frames > self.config.max_copy_frames:
+            raise ServiceQuotaExceededException(
+                f"The copy holds {frames} frames; CopyImageSet takes at most "
+                f"{self.config.max_copy_frames}"
+            )
+        return copied
+
+    def _write_copy(
+        self,
+        datastore_id: str,
+        copied: dict[str, Any],
+        destination: dict[str, Any] | None,
+        force: bool,
+        promote: bool,
+    ) -> dict[str, Any]:
+        """A new image set, or a new version of ``destination``: LOCKED
+        COPYING either way, as the real service's asynchronous copy is."""
+        if destination is None:
+            return self.image_sets.create(
+                datastore_id,
+                copied,
+                is_primary=promote,
+                workflow_status="COPYING",
+                lock_seconds=self.config.write_seconds,
+            )
+        merged = copies.merge(
+            self.image_sets.metadata(destination["imageSetId"]), copied, force=force
+        )
+        return self.image_sets.add_version(
+            destination["imageSetId"],
+            merged,
+            workflow_status="COPYING",
+            lock_seconds=self.config.write_seconds,
+            is_primary=True if promote else None,
+            overrides={"forced": True} if force else None,
+        )
 
     def _check_single_primary(
         self,

@@ -44,6 +44,8 @@ DATASTORE_KIND = "datastore"
 JOB_KIND = "job"
 TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
+# How often a job held for an injected duration reads that duration again.
+_JOB_DURATION_RECHECK_SECONDS = 0.05
 
 
 class HealthImagingBackend(ImageSetOperations):
@@ -292,60 +294,72 @@ class HealthImagingBackend(ImageSetOperations):
         token_key = f"job/{datastoreId}/{clientToken}"
         with self.lock:
             self._datastore(datastoreId)
-            previous = self.client_tokens.get(token_key)
-            if previous:
-                if previous["fingerprint"] != fingerprint:
-                    raise ConflictException(
-                        f"clientToken {clientToken} was already used with other parameters"
-                    )
-                job = self.jobs[previous["id"]]
-                return {
-                    "datastoreId": job.datastore_id,
-                    "jobId": job.job_id,
-                    "jobStatus": job.status,
-                    "submittedAt": job.submitted_at,
-                }
+            earlier = self._job_of_token(token_key, clientToken, fingerprint)
+            if earlier is not None:
+                return earlier.to_start_response()
             self.active_datastore(datastoreId)
-            running = sum(
-                1 for j in self.jobs.values() if j.datastore_id == datastoreId and j.running
-            )
-            if running >= self.config.max_concurrent_jobs:
-                raise ServiceQuotaExceededException(
-                    f"Data store {datastoreId} already has {running} import jobs running; "
-                    f"the limit is {self.config.max_concurrent_jobs}"
-                )
+            self._check_job_quota(datastoreId)
         self._check_input_quota(inputS3Uri)
         with self.lock:
             if not self._accepting_imports:
                 raise ConflictException(
                     "The local service is stopping; it starts no new import job"
                 )
-            job_id = new_id()
-            job = ImportJob(
-                job_id=job_id,
-                job_name=jobName,
-                status="SUBMITTED",
-                datastore_id=datastoreId,
-                data_access_role_arn=dataAccessRoleArn,
-                input_s3_uri=inputS3Uri,
-                output_s3_uri=importer.job_output_uri(outputS3Uri, datastoreId, job_id),
-                requested_output_s3_uri=outputS3Uri,
-                input_owner_account_id=inputOwnerAccountId,
-                import_configuration=importConfiguration,
-                submitted_at=time.time(),
+            job = self._record_new_job(request, token_key, fingerprint)
+            # Under the lock: stop_imports cannot shut the pool in between,
+            # and the job cannot leave SUBMITTED before it is answered.
+            self._import_pool.submit(self._run_job, job.job_id)
+            return job.to_start_response()
+
+    def _job_of_token(
+        self, token_key: str, client_token: str, fingerprint: str
+    ) -> ImportJob | None:
+        """The job an earlier start with this client token made, if any."""
+        previous = self.client_tokens.get(token_key)
+        if not previous:
+            return None
+        if previous["fingerprint"] != fingerprint:
+            raise ConflictException(
+                f"clientToken {client_token} was already used with other parameters"
             )
-            self.jobs[job_id] = job
-            self._save_job(job)
-            self.client_tokens[token_key] = {"id": job_id, "fingerprint": fingerprint}
-            self._save(TOKEN_KIND, token_key, self.client_tokens[token_key])
-            # Under the lock: stop_imports cannot shut the pool in between.
-            self._import_pool.submit(self._run_job, job_id)
-        return {
-            "datastoreId": datastoreId,
-            "jobId": job_id,
-            "jobStatus": "SUBMITTED",
-            "submittedAt": job.submitted_at,
-        }
+        return self.jobs[previous["id"]]
+
+    def _check_job_quota(self, datastore_id: str) -> None:
+        running = sum(
+            1 for j in self.jobs.values() if j.datastore_id == datastore_id and j.running
+        )
+        if running >= self.config.max_concurrent_jobs:
+            raise ServiceQuotaExceededException(
+                f"Data store {datastore_id} already has {running} import jobs running; "
+                f"the limit is {self.config.max_concurrent_jobs}"
+            )
+
+    def _record_new_job(
+        self, request: dict[str, Any], token_key: str, fingerprint: str
+    ) -> ImportJob:
+        """Store a SUBMITTED job and its client token: the fingerprint tells a
+        repeated start from a token reused with other parameters."""
+        job_id = new_id()
+        job = ImportJob(
+            job_id=job_id,
+            job_name=request["jobName"],
+            status="SUBMITTED",
+            datastore_id=request["datastoreId"],
+            data_access_role_arn=request["dataAccessRoleArn"],
+            input_s3_uri=request["inputS3Uri"],
+            output_s3_uri=importer.job_output_uri(
+                request["outputS3Uri"], request["datastoreId"], job_id
+            ),
+            requested_output_s3_uri=request["outputS3Uri"],
+            input_owner_account_id=request["inputOwnerAccountId"],
+            import_configuration=request["importConfiguration"],
+            submitted_at=time.time(),
+        )
+        self.jobs[job_id] = job
+        self._save_job(job)
+        self.client_tokens[token_key] = {"id": job_id, "fingerprint": fingerprint}
+        self._save(TOKEN_KIND, token_key, self.client_tokens[token_key])
+        return job
 
     def _check_input_quota(self, input_s3_uri: str) -> None:
         try:
@@ -388,11 +402,22 @@ class HealthImagingBackend(ImageSetOperations):
         except Exception as error:  # the job, not the service, fails
             log.exception("import job %s failed", job_id)
             status, message = "FAILED", f"Internal error while importing: {error}"
-        remaining = self.faults.config.job_duration_seconds - (time.monotonic() - started)
-        if remaining > 0 and self.imports_cancelled.wait(remaining):
+        if self._stopped_within_job_duration(started):
             # Still running for its client when the service stopped.
             status, message = "FAILED", str(importer.ImportStopped())
         self._end_job(job, status, message)
+
+    def _stopped_within_job_duration(self, started: float) -> bool:
+        """Hold an import until the injected job duration has passed since
+        ``started``; True when the service stopped meanwhile. The duration is
+        read again as the job waits, so that shortening it (a test, or the
+        admin route) releases jobs already waiting instead of leaving them to
+        the length they started with."""
+        while (remaining := self.faults.config.job_duration_seconds
+               - (time.monotonic() - started)) > 0:
+            if self.imports_cancelled.wait(min(remaining, _JOB_DURATION_RECHECK_SECONDS)):
+                return True
+        return False
 
     def _job(self, datastore_id: str, job_id: str) -> ImportJob:
         job = self.jobs.get(job_id)

@@ -184,6 +184,16 @@ class ImportJob:
         self.ended_at = now
         self.message = message
 
+    def to_start_response(self) -> dict[str, Any]:
+        """StartDICOMImportJob's response; a repeated start gets the status
+        the job has now."""
+        return {
+            "datastoreId": self.datastore_id,
+            "jobId": self.job_id,
+            "jobStatus": self.status,
+            "submittedAt": self.submitted_at,
+        }
+
     def to_summary(self) -> dict[str, Any]:
         """ListDICOMImportJobs' summary: no S3 URIs, as on AWS."""
         return {

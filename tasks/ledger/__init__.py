@@ -38,7 +38,7 @@ from tasks.ledger.part import (
     Clock,
     SystemClock,
 )
-from tasks.ledger.runs import Holder
+from tasks.ledger.runs import Holder, LedgerRun
 from tasks.ledger.schema import (
     LEDGER_FILE_NAME,
     LedgerError,
@@ -70,6 +70,7 @@ __all__ = [
     "LedgerError",
     "LedgerFile",
     "LedgerJob",
+    "LedgerRun",
     "Leftover",
     "Listing",
     "RecordedRun",

@@ -55,16 +55,14 @@ class Claims(Runs):
             self.release()
 
     def claimable(self, now: datetime) -> sa.ColumnElement[bool]:
-        """Unclaimed, ours, past its lease, or held by a run presumed dead."""
+        """Unclaimed, ours, past its lease, or held by a run that stopped beating."""
         table = files_table
-        runs = runs_table
-        last_beat_before = now - timedelta(seconds=self.presumed_dead_seconds)
         return sa.or_(
             table.c.claim_owner.is_(None),
             table.c.claim_owner == self.run_id,
             table.c.claim_expires_at <= now,
-            sa.exists().where(runs.c.run_id == table.c.claim_owner,
-                              runs.c.heartbeat_at <= last_beat_before),
+            sa.exists().where(runs_table.c.run_id == table.c.claim_owner,
+                              self.stopped_beating(now)),
         )
 
     def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> list[SourceFile]:
@@ -157,7 +155,7 @@ class Claims(Runs):
                 .values(claim_owner=None, claim_expires_at=None)
             ).rowcount
 
-def compare(row: Any, item: SourceFile) -> Change:
+def compare(row: sa.Row[*tuple[Any, ...]], item: SourceFile) -> Change:
     if row.size is None:
         # Claimed by a run that died before submitting or reporting it.
         return Change.NEW

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from tasks.discover import SourceFile
 from tasks.statuses import FileStatus, FileValidity
 from tasks.validate import ValidationRecord
@@ -48,8 +50,9 @@ class LedgerFile:
         )
 
 
-def ledger_file(row: Any) -> LedgerFile:
-    """A files_table row as a LedgerFile."""
+def ledger_file(row: sa.Row[*tuple[Any, ...]]) -> LedgerFile:
+    """A files_table row as a LedgerFile (SQLAlchemy Core types a table's
+    columns, so a row's fields, as Any: the types are checked here, once)."""
     return LedgerFile(
         uri=row.uri, source=row.source, relative_path=row.relative_path, size=row.size,
         version=row.version, sha256=row.sha256, sop_instance_uid=row.sop_instance_uid,

@@ -64,7 +64,7 @@ class Jobs(LedgerPart):
                     jobs_table.c.datastore_id == self.datastore_id,
                     jobs_table.c.job_id == job_id)
             ).scalar_one()
-            sha256 = sa.bindparam("file_sha256")
+            sha256: sa.BindParameter[str] = sa.bindparam("file_sha256")
             # The same job returned again (its client token): its outcome is
             # already known, and the rerun only reads its output once more.
             # (No IN: executemany cannot expand it.)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from tasks.ledger.files import IMPORTED, LedgerFile, ledger_file
 from tasks.ledger.jobs import Jobs
@@ -30,27 +31,13 @@ from tasks.ledger.schema import (
     runs_table,
 )
 from tasks.poll import JobOutcome
+from tasks.report_row import HISTORY_COLUMNS, LATEST_COLUMNS, file_rows
 from tasks.retry_policy import RETRYABLE
 from tasks.statuses import Change, FileStatus
 
-# Report column -> files_table column, for the outcome a file is left with.
-_OUTCOME_COLUMNS = {
-    "status": "status", "error_type": "error_type", "error_message": "reason",
-    "job_id": "job_id", "batch_id": "batch_id", "image_set_id": "image_set_id",
-    "size": "size", "sha256": "sha256", "sop_instance_uid": "sop_instance_uid",
-    "study_instance_uid": "study_instance_uid", "series_instance_uid": "series_instance_uid",
-}
-
-# Report column -> ledger_outcomes column, for a run's history row.
-_HISTORY_COLUMNS = {
-    "source_uri": "uri", "status": "status", "job_id": "job_id",
-    "image_set_id": "image_set_id", "error_type": "error_type", "error_message": "reason",
-    **{c: c for c in ("size", "sha256", "sop_instance_uid", "study_instance_uid",
-                      "series_instance_uid", "series_number", "transfer_syntax", "batch_id",
-                      "staged_key", "is_primary", "image_set_version", "warning_codes",
-                      "reason_code", "expected_warnings", "verification",
-                      "verification_detail")},
-}
+# One report row as the ledger reads and writes it: column -> value, None
+# when empty.
+_Row = dict[str, Any]
 _RUN_JOB_COLUMNS = [c.name for c in run_jobs_table.columns
                     if c.name not in ("run_id", "datastore_id", "report_row")]
 
@@ -103,105 +90,120 @@ class Outcomes(Jobs):
         doubt (``output_missing_run_id``); it is still this run's history row.
         """
         now = self.now()
-        table = files_table
-        rows = report.astype(object).where(report.notna(), None).to_dict("records")
-        changes: dict[str, str | None] = {}
-        attempts: dict[str, int] = {}
-        start = 0
+        # pandas types records as dict[Hashable, Any]; the report's labels are all str.
+        rows = cast(list[_Row], report.astype(object).where(report.notna(), None)
+                    .to_dict("records"))
+        recorded: dict[str, _Row] = {}
         with self.engine.begin() as conn:
-            for chunk in chunks(rows):
-                uris = [r["source_uri"] for r in chunk]
-                known = {
-                    row.uri: row
-                    for row in conn.execute(
-                        sa.select(table.c.uri, table.c.claim_change, table.c.attempts,
-                                  table.c.status, table.c.job_id)
-                        .where(table.c.datastore_id == self.datastore_id,
-                               table.c.uri.in_(uris))
-                    )
-                }
-                mine, in_doubt = [], []
-                for row in chunk:
-                    previous = known.get(row["source_uri"])
-                    if previous is None:
-                        continue
-                    changes[row["source_uri"]] = previous.claim_change
-                    attempts[row["source_uri"]] = int(previous.attempts)
-                    kept = (row["status"] == FileStatus.OUTPUT_MISSING
-                            and previous.status in IMPORTED
-                            and previous.job_id == row["job_id"])
-                    (in_doubt if kept else mine).append(row)
-                if in_doubt:
-                    conn.execute(
-                        sa.update(table)
-                        .where(table.c.datastore_id == self.datastore_id,
-                               table.c.uri == sa.bindparam("file_uri"))
-                        .values(output_missing_run_id=self.run_id, claim_owner=None,
-                                claim_expires_at=None, updated_at=now),
-                        [{"file_uri": row["source_uri"]} for row in in_doubt],
-                    )
-                if mine:
-                    conn.execute(
-                        sa.update(table)
-                        .where(table.c.datastore_id == self.datastore_id,
-                               table.c.uri == sa.bindparam("file_uri"))
-                        .values(
-                            **{column: sa.bindparam(f"file_{column}")
-                               for column in _OUTCOME_COLUMNS.values()},
-                            change=table.c.claim_change, run_id=self.run_id,
-                            output_missing_run_id=None,
-                            version=sa.func.coalesce(table.c.claim_version, table.c.version),
-                            claim_owner=None, claim_expires_at=None, updated_at=now,
-                        ),
-                        [{"file_uri": row["source_uri"],
-                          **{f"file_{column}": row[field]
-                             for field, column in _OUTCOME_COLUMNS.items()}}
-                         for row in mine],
-                    )
-                history = [
-                    self._history_row(r, changes[r["source_uri"]], attempts[r["source_uri"]],
-                                      position, now)
-                    for position, r in enumerate(chunk, start=start)
-                    if r["source_uri"] in changes
-                ]
-                start += len(chunk)
-                # In every inventory that lists the file: whoever listed it
-                # must not take it again (tasks.ledger.inventory).
-                conn.execute(
-                    sa.update(inventory_table)
-                    .where(inventory_table.c.datastore_id == self.datastore_id,
-                           inventory_table.c.uri.in_([uri for uri in uris if uri in changes]),
-                           inventory_table.c.done.is_(False))
-                    .values(done=True, done_by=self.run_id)
-                )
-                if history:
-                    stmt = insert_for(conn)(outcomes_table)
-                    conn.execute(stmt.on_conflict_do_update(
-                        index_elements=["run_id", "datastore_id", "uri"],
-                        set_={c: stmt.excluded[c] for c in history[0]
-                              if c not in ("run_id", "datastore_id", "uri")},
-                    ), history)
+            # Positions over the whole report: its history rows keep its order.
+            for chunk in chunks(enumerate(rows)):
+                known = self._known(conn, [row["source_uri"] for _, row in chunk])
+                mine = [(position, _as_recorded(row, known[row["source_uri"]]))
+                        for position, row in chunk if row["source_uri"] in known]
+                self._record_chunk(conn, mine, known, now)
+                recorded.update((row["source_uri"], row) for _, row in mine)
             self._record_jobs_ended(conn, outcomes)
+        uris = report["source_uri"]
         return report.assign(
-            change=report["source_uri"].map(changes),
-            attempts=report["source_uri"].map(attempts).astype("Int64"),
+            change=uris.map({uri: row["change"] for uri, row in recorded.items()}),
+            attempts=uris.map({uri: row["attempts"] for uri, row in recorded.items()})
+            .astype("Int64"),
         )
 
-    def _history_row(
-        self, row: Mapping[str, Any], change: str | None, attempts: int, position: int,
-        now: datetime,
-    ) -> dict[str, Any]:
+    def _known(self, conn: Connection, uris: list[str]) -> dict[str, _Known]:
+        """What the ledger holds of those of these files it knows (a row of a
+        file it does not know is not recorded)."""
+        table = files_table
+        return {row.uri: _Known(row.claim_change, int(row.attempts), row.status, row.job_id)
+                for row in conn.execute(
+            sa.select(table.c.uri, table.c.claim_change, table.c.attempts, table.c.status,
+                      table.c.job_id)
+            .where(table.c.datastore_id == self.datastore_id, table.c.uri.in_(uris))
+        )}
+
+    def _record_chunk(
+        self, conn: Connection, rows: Sequence[tuple[int, _Row]],
+        known: Mapping[str, _Known], now: datetime,
+    ) -> None:
+        """Rows (with their positions in the report) of files the ledger knows."""
+        latest: list[_Row] = []
+        in_doubt: list[_Row] = []
+        for _, row in rows:
+            (in_doubt if _stays_imported(row, known[row["source_uri"]]) else latest).append(row)
+        self._leave_in_doubt(conn, in_doubt, now)
+        self._record_latest(conn, latest, now)
+        self._mark_listed_done(conn, [row["source_uri"] for _, row in rows])
+        self._record_history(conn, [self._history_row(row, position, now)
+                                    for position, row in rows])
+
+    def _leave_in_doubt(self, conn: Connection, rows: Sequence[_Row], now: datetime) -> None:
+        if not rows:
+            return
+        conn.execute(
+            sa.update(files_table)
+            .where(files_table.c.datastore_id == self.datastore_id,
+                   files_table.c.uri == sa.bindparam("file_uri"))
+            .values(output_missing_run_id=self.run_id, claim_owner=None,
+                    claim_expires_at=None, updated_at=now),
+            [{"file_uri": row["source_uri"]} for row in rows],
+        )
+
+    def _record_latest(self, conn: Connection, rows: Sequence[_Row], now: datetime) -> None:
+        """Each file's latest outcome, its content identity as the claim saw
+        it, and its claim released."""
+        if not rows:
+            return
+        table = files_table
+        conn.execute(
+            sa.update(table)
+            .where(table.c.datastore_id == self.datastore_id,
+                   table.c.uri == sa.bindparam("file_uri"))
+            .values(
+                **{column: sa.bindparam(f"file_{column}") for column in LATEST_COLUMNS.values()},
+                change=table.c.claim_change, run_id=self.run_id, output_missing_run_id=None,
+                version=sa.func.coalesce(table.c.claim_version, table.c.version),
+                claim_owner=None, claim_expires_at=None, updated_at=now,
+            ),
+            [{"file_uri": row["source_uri"],
+              **{f"file_{column}": row[name] for name, column in LATEST_COLUMNS.items()}}
+             for row in rows],
+        )
+
+    def _mark_listed_done(self, conn: Connection, uris: Sequence[str]) -> None:
+        """In every inventory that lists the files: whoever listed them must
+        not take them again (tasks.ledger.inventory)."""
+        conn.execute(
+            sa.update(inventory_table)
+            .where(inventory_table.c.datastore_id == self.datastore_id,
+                   inventory_table.c.uri.in_(uris),
+                   inventory_table.c.done.is_(False))
+            .values(done=True, done_by=self.run_id)
+        )
+
+    def _record_history(self, conn: Connection, history: Sequence[_Row]) -> None:
+        """The run's history rows; a row recorded again (the same run
+        reporting a file twice) replaces the first."""
+        if not history:
+            return
+        stmt = insert_for(conn)(outcomes_table)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["run_id", "datastore_id", "uri"],
+            set_={c: stmt.excluded[c] for c in history[0]
+                  if c not in ("run_id", "datastore_id", "uri")},
+        ), history)
+
+    def _history_row(self, row: Mapping[str, Any], position: int, now: datetime) -> _Row:
         return {"run_id": self.run_id, "datastore_id": self.datastore_id,
-                **{column: row.get(field) for field, column in _HISTORY_COLUMNS.items()},
-                "change": change, "attempts": attempts, "report_row": position,
-                "recorded_at": now}
+                **{column: row.get(name) for name, column in HISTORY_COLUMNS.items()},
+                "report_row": position, "recorded_at": now}
 
     def record_report(self, folder: str, jobs: pd.DataFrame) -> None:
         """Where this run's report goes and its job rows, before it is written:
         a run killed while writing it leaves what ``dicom-import report``
         needs to write it again."""
-        rows = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
-        rows = rows.where(rows.notna(), None).to_dict("records")
+        frame = jobs.reindex(columns=_RUN_JOB_COLUMNS).astype(object)
+        # Keyed by _RUN_JOB_COLUMNS, strings; pandas types any column label as Hashable.
+        rows = cast(list[dict[str, Any]], frame.where(frame.notna(), None).to_dict("records"))
         with self.engine.begin() as conn:
             conn.execute(sa.update(runs_table).where(runs_table.c.run_id == self.run_id)
                          .values(report_folder=folder))
@@ -222,7 +224,7 @@ class Outcomes(Jobs):
                       f"last outcome {item.status}: {item.reason or item.error_type}"
             for item in items
         }
-        rows = [{"source_uri": item.uri, "size": item.size,
+        rows: list[_Row] = [{"source_uri": item.uri, "size": item.size,
                  "sop_instance_uid": item.sop_instance_uid,
                  "study_instance_uid": item.study_instance_uid,
                  "series_instance_uid": item.series_instance_uid,
@@ -244,10 +246,34 @@ class Outcomes(Jobs):
             if rows:
                 conn.execute(
                     insert_for(conn)(outcomes_table).on_conflict_do_nothing(),
-                    [self._history_row(row, row["change"], row["attempts"], position, now)
-                     for position, row in enumerate(rows)],
+                    [self._history_row(row, position, now) for position, row in enumerate(rows)],
                 )
-        return pd.DataFrame(rows)
+        return file_rows(pd.DataFrame(rows))
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What the ledger holds of a file whose outcome is being recorded."""
+
+    # Against earlier runs, as the run's claim found it.
+    change: str | None
+    attempts: int
+    # The latest outcome so far.
+    status: str | None
+    job_id: str | None
+
+
+def _as_recorded(row: Mapping[str, Any], known: _Known) -> _Row:
+    """The row with what the ledger says of its file: its change against
+    earlier runs, and the import jobs it has been in."""
+    return {**row, "change": known.change, "attempts": known.attempts}
+
+
+def _stays_imported(row: Mapping[str, Any], known: _Known) -> bool:
+    """An ``output_missing`` row of a file the same job imported: its
+    imported outcome stands, in doubt."""
+    return (row["status"] == FileStatus.OUTPUT_MISSING
+            and known.status in IMPORTED and known.job_id == row["job_id"])
 
 
 @dataclass(frozen=True)
@@ -269,7 +295,7 @@ def recorded_run(url: str, run_id: str) -> RecordedRun:
     Raises:
         LedgerError: the ledger has no such run.
     """
-    history = {column: report for report, column in _HISTORY_COLUMNS.items()}
+    history = {column: report for report, column in HISTORY_COLUMNS.items()}
     with engine_for(url).begin() as conn:
         run = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first()
         if run is None:
@@ -279,12 +305,12 @@ def recorded_run(url: str, run_id: str) -> RecordedRun:
         outcomes = outcomes_table.c
         files = pd.DataFrame(
             [row._asdict() for row in conn.execute(
-                sa.select(*(outcomes[c] for c in (*history, "change", "attempts")))
+                sa.select(*(outcomes[c] for c in history))
                 .where(outcomes.run_id == run_id, outcomes.datastore_id == run.datastore_id)
                 # Calls to record_outcomes in order, each call's rows in its order.
                 .order_by(outcomes.recorded_at, outcomes.report_row, outcomes.uri)
             )],
-            columns=[*history, "change", "attempts"],
+            columns=list(history),
         ).rename(columns=history)
         jobs = pd.DataFrame(
             [row._asdict() for row in conn.execute(

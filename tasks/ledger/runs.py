@@ -4,6 +4,9 @@ A run beats (its row's ``heartbeat_at``) while it holds claims, so a run
 killed outright is presumed dead once it has missed a few beats, and its
 claims go to the next run within minutes rather than when the lease ends. On
 its own host a run whose process is gone is dead at once.
+
+That rule is written here only, on the ledger's clock: claims go by it, and
+so does a migration watching its ingest runs (tasks.child_runs).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -47,6 +51,18 @@ class Holder:
         beat = f"last beat {self.last_beat:%Y-%m-%d %H:%M:%SZ}" if self.last_beat else "no beat"
         return (f"{self.files} files are held by run {self.run_id} {where}, {beat}; "
                 f"they free at {self.free_at:%Y-%m-%d %H:%M:%SZ} if it stops")
+
+
+@dataclass(frozen=True)
+class LedgerRun:
+    """A run as the ledger judges it now: ended, presumed dead, or neither
+    (alive, as far as anyone can tell)."""
+
+    run_id: str
+    finished: bool
+    presumed_dead: bool
+    # Where it writes its report, once it knows.
+    report_folder: str | None
 
 
 class Runs(LedgerPart):
@@ -108,20 +124,45 @@ class Runs(LedgerPart):
                 .values(finished_at=self.now(), counts=json.dumps(dict(counts), sort_keys=True))
             )
 
+    def stopped_beating(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Runs (rows of runs_table) presumed dead at ``now`` by their beats:
+        the last one is a presumed-dead period old. A run that never beat
+        (from before heartbeats) never matches."""
+        return runs_table.c.heartbeat_at <= now - timedelta(seconds=self.presumed_dead_seconds)
+
+    def recorded_runs(self, run_ids: Sequence[str]) -> dict[str, LedgerRun]:
+        """The runs of ``run_ids`` the ledger has a row for, judged now: a run
+        is presumed dead when it stopped beating, or, on this host, when its
+        process is gone."""
+        runs = runs_table.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(runs.run_id, runs.finished_at, runs.host, runs.pid,
+                          runs.process_started_at, runs.report_folder,
+                          self.stopped_beating(self.now()).label("stopped_beating"))
+                .where(runs.run_id.in_(list(run_ids)))
+            ).all()
+        judged = {}
+        for row in rows:
+            finished = row.finished_at is not None
+            # A NULL heartbeat compares to NULL: no beat, no verdict from beats.
+            dead = not finished and (bool(row.stopped_beating) or _process_gone(row))
+            judged[row.run_id] = LedgerRun(row.run_id, finished, dead, row.report_folder)
+        return judged
+
     def release_dead_runs(self) -> list[str]:
         """Free the claims of unfinished runs of this host whose process is gone;
         returns their IDs."""
         host = ProcessIdentity.current().host
         with self.engine.begin() as conn:
             suspects = conn.execute(
-                sa.select(runs_table.c.run_id, runs_table.c.pid,
+                sa.select(runs_table.c.run_id, runs_table.c.host, runs_table.c.pid,
                           runs_table.c.process_started_at)
                 .where(runs_table.c.host == host, runs_table.c.finished_at.is_(None),
                        runs_table.c.run_id != self.run_id, runs_table.c.pid.is_not(None),
                        sa.exists().where(files_table.c.claim_owner == runs_table.c.run_id))
             ).all()
-            dead = [row.run_id for row in suspects
-                    if ProcessIdentity(host, row.pid, row.process_started_at).is_gone()]
+            dead = [row.run_id for row in suspects if _process_gone(row)]
             if dead:
                 conn.execute(sa.update(files_table).where(files_table.c.claim_owner.in_(dead))
                              .values(claim_owner=None, claim_expires_at=None))
@@ -150,3 +191,9 @@ class Runs(LedgerPart):
                                   run.pid if run is not None else None, beat, free_at))
         return tuple(holders)
 
+
+def _process_gone(row: sa.Row[*tuple[Any, ...]]) -> bool:
+    """Its run's process is known gone: it was on this host, and no process
+    with its PID and start time is (elsewhere, nobody here can tell)."""
+    return (row.pid is not None and row.process_started_at is not None
+            and ProcessIdentity(row.host, row.pid, row.process_started_at).is_gone())

@@ -11,13 +11,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from import_rules.rules import MAX_UID_LENGTH
 from tasks.ledger.migrations import upgrade
@@ -39,13 +41,15 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -333,7 +337,9 @@ def _create_engine(url: str) -> Engine:
     raise LedgerError(f"Ledger URL {url!r}: only SQLite and PostgreSQL URLs are supported.")
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(
+    dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry
+) -> None:
     # pysqlite's own implicit BEGIN is deferred (takes the write lock only at
     # the first write, and two readers then deadlock on upgrading); turn it
     # off and begin every transaction IMMEDIATE instead.
@@ -342,7 +348,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
-def _in_wal_mode(dbapi_connection: Any) -> None:
+def _in_wal_mode(dbapi_connection: sqlite3.Connection) -> None:
     """Switching a new ledger to WAL needs an exclusive lock, and SQLite
     refuses it at once, without waiting, while another process opening the
     same new ledger holds one ("database is locked"): ask again until the
@@ -365,19 +371,20 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def insert_for(conn: Connection) -> Any:
+def insert_for(conn: Connection) -> Callable[[sa.Table], sqlite.Insert | postgresql.Insert]:
     """The dialect's INSERT, for ON CONFLICT clauses (SQLite's and PostgreSQL's)."""
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+        return postgresql.insert
+    return sqlite.insert
 
 
-def chunks(items: Iterable[Any], size: int = CLAIM_CHUNK) -> Iterator[list[Any]]:
+_Item = TypeVar("_Item")
+
+
+def chunks(items: Iterable[_Item], size: int = CLAIM_CHUNK) -> Iterator[list[_Item]]:
     """Lists of ``size`` items: statements per chunk, so that one transaction
     never holds the lock for long nor binds more parameters than allowed."""
-    chunk: list[Any] = []
+    chunk: list[_Item] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:

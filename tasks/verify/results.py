@@ -1,5 +1,5 @@
 """What verification found for each file, and how it joins a per-file report
-(its vocabulary, ``Verification`` and ``VerifyMode``, is in tasks.statuses)."""
+(its vocabulary: ``Verification`` in tasks.statuses, ``VerifyMode`` in config.settings)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from tasks.statuses import FileStatus, Verification
 
 # Results that say the data store does not hold the source as it is.
 DISCREPANCIES = frozenset({Verification.MISMATCH, Verification.MISSING})
-VERIFICATION_COLUMNS = ["verification", "verification_detail"]
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.clients import medical_imaging_client
+from config.settings import VerifyMode
 from tasks.interruption import stop_requested
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome
 from tasks.stage import StagedFile
-from tasks.statuses import Verification, VerifyMode
+from tasks.statuses import Verification
 from tasks.validate import ValidationRecord
 from tasks.verify.metadata import check_metadata, instance_entry, readable_documents
 from tasks.verify.pixels import check_pixels

@@ -52,6 +52,7 @@ def expected_statuses(folder: Path, slices: int) -> dict[Path, str]:
     return {Path(p).relative_to(folder): s for p, s in expected.items()}
 
 
+@pytest.mark.heavy(minutes=3)
 def test_demo_accounts_for_every_sample_file_and_runs_again(tmp_path: Path) -> None:
     done = demo(tmp_path)
     assert "3 import jobs" in done.stdout

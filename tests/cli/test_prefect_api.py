@@ -65,6 +65,7 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.heavy(minutes=1)
 def test_slow_temporary_server_is_waited_for(tmp_path: Path) -> None:
     # Prefect's own default gives its temporary server 20 s.
     done = dicom_import(tmp_path, *ingest_empty_folder(tmp_path), server_start_delay=30)
@@ -83,7 +84,8 @@ def test_api_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
 
 def test_temporary_server_that_does_not_start_in_time_is_one_line(tmp_path: Path) -> None:
     """The operator's own startup timeout wins over the command's default."""
-    done = dicom_import(tmp_path, *ingest_empty_folder(tmp_path), server_start_delay=30,
+    # Longer than the 1 s given, short of what the command itself would wait.
+    done = dicom_import(tmp_path, *ingest_empty_folder(tmp_path), server_start_delay=5,
                         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
     assert done.returncode == 2
     [line] = error_lines(done)

@@ -20,7 +20,9 @@ BUCKET = "dicom-bucket"
 @pytest.fixture
 def service() -> Iterator[LocalService]:
     with LocalService(
-        config=ServiceConfig(datastore_transition_seconds=0.05, write_seconds=0.05)
+        # No stop grace: a job a test leaves running would hold its teardown 3 s.
+        config=ServiceConfig(datastore_transition_seconds=0.05, write_seconds=0.05,
+                             stop_grace_seconds=0)
     ) as svc:
         yield svc
 

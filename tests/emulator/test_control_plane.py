@@ -302,6 +302,24 @@ class TestFaults:
         assert "Injected failure" in failed["message"]
         assert service.faults.fail_jobs == 0
 
+    def test_shortened_job_duration_releases_a_running_job(
+        self, service: LocalService, mi: Any, s3: Any, datastore_id: str
+    ) -> None:
+        s3.put_object(Bucket=BUCKET, Key="in/0.dcm", Body=b"x")
+        service.faults.job_duration_seconds = 600
+        job_id = start_job(mi, datastore_id, "long")["jobId"]
+        wait_for(lambda: mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)[
+            "jobProperties"]["jobStatus"] == "IN_PROGRESS")
+        request = urllib.request.Request(
+            f"{service.endpoint}/_emulator/faults", method="POST",
+            data=json.dumps({"job_duration_seconds": 0}).encode(),
+            headers={"Authorization": f"Bearer {service.admin_token}",
+                     "Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request).close()
+        # The job started with 600 s to go; it ends once the duration is read again.
+        assert wait_job_done(mi, datastore_id, job_id, timeout=20)["jobStatus"] == "COMPLETED"
+
 
 class TestRestart:
     def test_state_survives_and_running_job_is_failed(self, tmp_path: Any) -> None:

@@ -15,6 +15,7 @@ from tests.emulator.conftest import make_clients
 
 def _connect(svc: LocalService) -> http.client.HTTPConnection:
     endpoint = urlparse(svc.endpoint)
+    assert endpoint.hostname is not None
     return http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=10)
 
 

@@ -1043,7 +1043,7 @@ class TestCopyImageSet:
         with pytest.raises(ClientError) as e:
             copy(mi, datastore_id, source)
         assert e.value.response["Error"]["Code"] == "ServiceQuotaExceededException"
-        one_instance = {
+        one_instance: dict[str, Any] = {
             "Study": {"Series": {source["series"]: {"Instances": {source["sops"][0]: {}}}}}
         }
         assert copy(mi, datastore_id, source, copiable=one_instance)[
@@ -1268,12 +1268,15 @@ def test_a_write_cut_off_by_a_restart_ends_when_due(tmp_path: Path) -> None:
     config = ServiceConfig(datastore_transition_seconds=0, write_seconds=write_seconds)
     started = time.monotonic()
     datastore_id, image_set_id = _locked_by_an_update(tmp_path, config)
+    # The update was asked for between these two moments: it is due by then
+    # plus its write time (on a busy machine, well after started plus it).
+    updated = time.monotonic()
     with LocalService(data_dir=tmp_path, config=config) as svc:
         mi, _ = make_clients(svc)
         props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
         assert time.monotonic() - started < write_seconds, "too slow to see the lock"
         assert (props["imageSetState"], props["imageSetWorkflowStatus"]) == ("LOCKED", "UPDATING")
-        time.sleep(max(0.0, started + write_seconds + 0.1 - time.monotonic()))
+        time.sleep(max(0.0, updated + write_seconds + 0.1 - time.monotonic()))
         props = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
         assert (props["imageSetState"], props["imageSetWorkflowStatus"], props["versionId"]) == (
             "ACTIVE",

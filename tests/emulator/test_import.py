@@ -25,7 +25,7 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import iter_pixels
-from pydicom.uid import RLELossless
+from pydicom.uid import UID, RLELossless
 
 from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
@@ -648,7 +648,7 @@ def test_a_video_is_one_frame_whose_checksum_is_the_whole_stream(
     from pydicom.encaps import encapsulate
 
     ds = ct_slice(series_spec("video"), 0, rows=8, columns=8)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102.1"  # H.264, fragmentable
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.102.1")  # H.264, fragmentable
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     fragments = [b"\x00\x00\x00\x01\x09\xf0" * 10, b"\x00\x00\x00\x01\x65\x88" * 7]
     ds.PixelData = encapsulate(fragments)

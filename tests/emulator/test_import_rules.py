@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
 from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
@@ -64,7 +65,7 @@ def _video(path: Path, transfer_syntax: str) -> Path:
     """One frame of 'video' in a fragmentable H.264 syntax: a bitstream is
     stored as it came, never decoded."""
     ds = ct_slice(series_spec(str(path)), 0, rows=8, columns=8)
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = encapsulate([b"\x00\x00\x00\x01\x09\xf0" * 10])
     ds["PixelData"].VR = "OB"
@@ -171,6 +172,8 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, BothS
         yield {name: BothSides(records[name], run, f"rules/{name}.dcm") for name in CASES}
 
 
+# On one worker: every case shares one validation and one import job (judged).
+@pytest.mark.xdist_group("import-rules")
 @pytest.mark.parametrize("name", list(CASES))
 def test_validation_and_the_import_agree(judged: dict[str, BothSides], name: str) -> None:
     case, both = CASES[name], judged[name]

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Iterator
 
 import botocore.session
-from botocore.model import Shape
+from botocore.model import ServiceModel, Shape
 
 from emulator.edge.api_coverage import DELIBERATELY_UNSUPPORTED, HONOURED_NESTED
 from emulator.edge.responses import snake_case
@@ -24,7 +24,7 @@ def _nested_paths(shape: Shape, path: str) -> Iterator[str]:
             yield from _nested_paths(member, f"{path}.{name}")
 
 
-def _model() -> object:
+def _model() -> ServiceModel:
     return botocore.session.get_session().get_service_model("medical-imaging")
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from botocore.exceptions import ClientError
@@ -133,7 +133,9 @@ def test_sigterm_during_an_import_stops_in_one_line(tmp_path: Path, series: list
         assert process.stdout is not None
         while "Ctrl-C stops it." not in process.stdout.readline():
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        mi, s3 = make_clients(SimpleNamespace(endpoint=f"http://127.0.0.1:{port}"))
+        # The service of another process: its endpoint is all make_clients reads.
+        mi, s3 = make_clients(cast(LocalService,
+                                   SimpleNamespace(endpoint=f"http://127.0.0.1:{port}")))
         datastore_id, job_id = start_import(mi, s3, series)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)

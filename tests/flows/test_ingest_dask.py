@@ -21,7 +21,10 @@ from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
 from tests.local_service import serve_locally
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(minutes=3),
+              pytest.mark.usefixtures("prefect_harness"),
+              # One cluster for the module (see the cluster fixture).
+              pytest.mark.xdist_group("dask-cluster")]
 
 distributed = pytest.importorskip("distributed")
 
@@ -33,16 +36,21 @@ SLICES = 120
 RUN_SPECIFIC = ["job_id", "image_set_id", "staged_key"]
 
 
-@pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def service() -> Iterator[Any]:
     # Frames as they came: HTJ2K encoding is not what this test is about.
-    with serve_locally(monkeypatch, transcode_htj2k=False) as svc:
+    # Each test has data stores of its own.
+    with pytest.MonkeyPatch.context() as patch, \
+            serve_locally(patch, transcode_htj2k=False) as svc:
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield svc
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(service: Any) -> Iterator[Any]:
+    """One for the module: a cluster takes a minute to start on a busy
+    machine, and its workers take the service's address from the environment
+    they start in, so the service lives as long."""
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
     ) as local_cluster:
@@ -125,7 +133,7 @@ def test_retry_validates_and_stages_on_the_cluster(
 
     source = tmp_path / "retry-source"
     write_ct_series(source, 20, spec=series_spec("dask-retry"), rows=8, columns=8)
-    locations = {
+    locations: dict[str, Any] = {
         "datastore": "retry-store",
         "staging_prefix": f"s3://{BUCKET}/staging",
         "output_prefix": f"s3://{BUCKET}/output",

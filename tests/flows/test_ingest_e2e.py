@@ -88,6 +88,7 @@ def test_every_file_gets_its_status(service: Any, corpus: dict[str, str],
     assert imported["image_set_id"].nunique() == len(SERIES)
     assert imported["job_id"].nunique() == 3
     assert result.jobs == 3
+    assert result.datastore_id is not None
     assert len(_jobs(result.datastore_id)) == 3
     jobs = pd.read_parquet(result.report_jobs_parquet)
     assert (jobs["files"] <= 4).all() and jobs["job_status"].eq("COMPLETED").all()
@@ -99,6 +100,7 @@ def test_rerun_starts_no_second_job(service: Any, corpus: dict[str, str],
     second = dicom_ingest(_params(tmp_path))
 
     assert second.run_id == first.run_id
+    assert second.datastore_id is not None
     assert len(_jobs(second.datastore_id)) == 3
     report = pd.read_parquet(second.report_files_parquet)
     assert dict(zip(report["source_uri"], report["status"], strict=True)) == corpus
@@ -128,6 +130,7 @@ def test_artifacts_are_published(service: Any, corpus: dict[str, str],
     )
 
     state = dicom_ingest(_params(tmp_path), return_state=True)
+    assert state.state_details.flow_run_id is not None
     this_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
 
     with get_client(sync_client=True) as client:
@@ -138,7 +141,7 @@ def test_artifacts_are_published(service: Any, corpus: dict[str, str],
             )
             for key in (JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY)
         }
-    markdown = found[SUMMARY_ARTIFACT_KEY][0].data
+    markdown = str(found[SUMMARY_ARTIFACT_KEY][0].data)
     assert "| imported | 9 |" in markdown
     assert "| invalid | 8 |" in markdown
     table = str(found[JOBS_ARTIFACT_KEY][0].data)

@@ -16,6 +16,7 @@ from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
 from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
+from tasks.manifest import job_outputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -46,7 +47,7 @@ def test_rerun_after_a_crash_imports_nothing_twice(
         poll_interval_seconds=0.2,
         validation_workers=1,
     )
-    read_outputs = flows.ingest.job_outputs
+    read_outputs = job_outputs
 
     def crash(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the worker died after the jobs completed")

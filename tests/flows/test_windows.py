@@ -17,6 +17,7 @@ from botocore.config import Config
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series, write_duplicate_of
 from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
+from tasks.manifest import job_outputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -57,11 +58,11 @@ def _ingest(source: Path, tmp_path: Path, datastore: str, window_files: int) -> 
     return dicom_ingest(_params(source, tmp_path, datastore, window_files))
 
 
-def _outcomes(report: str, source: Path) -> dict[str, tuple[str, str]]:
+def _outcomes(report: str, source: Path) -> dict[str, tuple[str, str, str]]:
     files = pd.read_parquet(report)
     return {
-        str(Path(row.source_uri).relative_to(source)): (
-            row.status, str(row.reason_code or row.error_type or ""),
+        str(Path(str(row.source_uri)).relative_to(source)): (
+            str(row.status), str(row.reason_code or row.error_type or ""),
             str(row.error_message or "").replace(str(source), ""))
         for row in files.itertuples()
     }
@@ -113,7 +114,7 @@ def test_a_run_that_dies_between_windows_is_picked_up_where_it_stopped(
     for name in ("a", "b", "c"):
         write_ct_series(root / name, 3, spec=series_spec(f"windows-killed-{name}"),
                         rows=32, columns=32)
-    read_outputs = flows.ingest.job_outputs
+    read_outputs = job_outputs
     calls = []
 
     def die_on_the_second_window(outcomes: Any) -> Any:
@@ -123,7 +124,7 @@ def test_a_run_that_dies_between_windows_is_picked_up_where_it_stopped(
         return read_outputs(outcomes)
 
     monkeypatch.setattr(flows.ingest, "job_outputs", die_on_the_second_window)
-    params = {"source": root, "tmp_path": tmp_path, "datastore": "killed-windows",
+    params: dict[str, Any] = {"source": root, "tmp_path": tmp_path, "datastore": "killed-windows",
               "window_files": 3}
     state = dicom_ingest(_params(**params), return_state=True)
     assert state.is_failed()

@@ -45,6 +45,7 @@ def test_growing_folder_imports_each_file_once(service: LocalService, tmp_path: 
     assert third.files == 0 and third.skipped_unchanged == 7 and third.jobs == 0
     assert _rows(third).empty
     # The service itself saw every file imported exactly once.
+    assert second.datastore_id is not None
     imported = Counter(imported_by_service(second.datastore_id))
     expected = _relative(tmp_path, map(str, first_files + second_files))
     assert sorted(imported) == expected and set(imported.values()) == {1}
@@ -71,6 +72,7 @@ def test_modified_file_is_imported_again(service: LocalService, tmp_path: Path) 
     assert (row["status"], row["change"], row["attempts"]) == ("imported", "changed", 1)
     # Same bytes under a new mtime: checked by SHA-256, not imported again.
     assert again.skipped_unchanged == 2
+    assert again.datastore_id is not None
     imported = Counter(imported_by_service(again.datastore_id))
     assert imported == {"s/slice_0000.dcm": 1, "s/slice_0001.dcm": 2, "s/slice_0002.dcm": 1}
 
@@ -102,6 +104,7 @@ def test_runs_started_together_never_import_a_file_twice(
     assert sorted(reported) == sorted(map(str, files))
     assert all(_rows(r)["status"].eq("imported").all() for r in results)
     assert sum(r.claimed_by_other_runs + r.skipped_unchanged for r in results) == len(files)
+    assert results[0].datastore_id is not None
     imported = Counter(imported_by_service(results[0].datastore_id))
     assert sorted(imported) == _relative(tmp_path, map(str, files))
     assert set(imported.values()) == {1}

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.batch import Batch
+from tasks.child_runs import liveness_of
 from tasks.discover import SourceFile
 from tasks.ledger import (
     Inventory,
@@ -25,7 +26,7 @@ from tasks.ledger import (
     runs_table,
 )
 from tasks.ledger.schema import metadata
-from tasks.statuses import FileValidity
+from tasks.statuses import FileValidity, Liveness
 from tasks.validate import ValidationRecord
 from tests.operations.claiming import claim
 
@@ -47,7 +48,7 @@ class FakeClock:
         self._now += timedelta(seconds=seconds)
 
 
-def _claim_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> list[str]:
+def _claim_in_process(url: str, run_id: str, barrier: threading.Barrier) -> list[str]:
     ledger = RunLedger(url, run_id, DATASTORE)
     ledger.engine  # schema and connection ready before the race starts  # noqa: B018
     barrier.wait()
@@ -87,7 +88,7 @@ def test_concurrent_claims_never_give_a_file_twice(url: str) -> None:
     assert sorted(everything) == sorted(f.uri for f in FILES)  # each exactly once
 
 
-def _keep_in_process(url: str, run_id: str, barrier: multiprocessing.Barrier) -> dict[str, str]:
+def _keep_in_process(url: str, run_id: str, barrier: threading.Barrier) -> dict[str, str]:
     """One run of a shared inventory naming 60 instances, each with a file of
     its own, as its windows validate them."""
     ledger = RunLedger(url, run_id, DATASTORE)
@@ -175,6 +176,32 @@ def test_a_run_that_stops_beating_loses_its_claims_and_a_beating_one_keeps_them(
     assert len(taken_over.files) == 5
     assert blocked.files == [] and blocked.claimed_by_other_runs == 5
     assert len(after.files) == 5
+
+
+def test_a_migration_finds_its_runs_dead_by_the_ledgers_clock(url: str) -> None:
+    """A migration judges its ingest runs as claims judge their holders, by
+    the ledger's clock: a child is dead once that clock is a presumed-dead
+    period past its last beat. (By the machine's clock, well past the fake
+    one, the child was dead from the start.)"""
+    prefix = f"child-{os.getpid()}-{time.monotonic_ns()}"
+    children = [f"{prefix}-running", f"{prefix}-finished", f"{prefix}-not-started"]
+    clock = FakeClock()
+    for run_id in children[:2]:
+        # Started in this process, which is alive: only the beats can tell.
+        RunLedger(url, run_id, DATASTORE, clock=clock).start_run("dicom-ingest", "/landing")
+    RunLedger(url, children[1], DATASTORE, clock=clock).finish_run({})
+    migration = RunLedger(url, f"{prefix}-migration", DATASTORE, presumed_dead_seconds=300,
+                          clock=clock)
+
+    def seen() -> list[Liveness]:
+        recorded = migration.recorded_runs(children)
+        return [liveness_of(recorded.get(run_id)) for run_id in children]
+
+    before = seen()
+    clock.advance(301)  # the running child has missed its beats
+
+    assert before == [Liveness.LIVE, Liveness.FINISHED, Liveness.WAITING]
+    assert seen() == [Liveness.DEAD, Liveness.FINISHED, Liveness.WAITING]
 
 
 def test_holding_claims_beats_in_the_background_and_releases_at_the_end(

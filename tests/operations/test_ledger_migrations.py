@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_a_migration_listed_before_instances_were_kept_keeps_what_its_windows_ke
     assert _revision(url) == HEAD
 
 
-def _open(url: str, run_id: str, barrier: multiprocessing.Barrier) -> str | None:
+def _open(url: str, run_id: str, barrier: threading.Barrier) -> str | None:
     barrier.wait()
     RunLedger(url, run_id, DATASTORE).start_run("dicom-ingest", "/landing")
     with engine_for(url).connect() as conn:

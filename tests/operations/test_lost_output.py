@@ -68,6 +68,7 @@ def test_lost_output_of_files_the_datastore_holds_imports_nothing_again(
 ) -> None:
     first, kept, dropped = _import(tmp_path)
     datastore_id = first.datastore_id
+    assert datastore_id is not None
     jobs_before = {j["jobId"] for j in import_jobs(datastore_id)}
     sets_before = _image_sets(datastore_id)
     _lose_job_outputs()
@@ -107,6 +108,7 @@ def test_lost_output_of_a_deleted_image_set_is_output_missing_and_retried(
 ) -> None:
     first, kept, dropped = _import(tmp_path)
     datastore_id = first.datastore_id
+    assert datastore_id is not None
     sets_before = _image_sets(datastore_id)
     kept_series, dropped_series = series_spec("lost-kept"), series_spec("lost-dropped")
     kept_set = sets_before[kept_series.series_instance_uid]

@@ -44,7 +44,7 @@ from tests.operations.served import PrefectServer, prefect_server, quiet_env
 
 # A migration waits up to 25 minutes for its runs (the communicate timeout
 # below); the suite's 10-minute default would cut it short on a busy machine.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(minutes=4), pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "migration"
@@ -135,6 +135,7 @@ def _kill_tree(pid: int) -> list[int]:
     except psutil.NoSuchProcess:
         return []
     for group in {_group(pid), *(_group(p.pid) for p in below)} - {None, os.getpgid(0)}:
+        assert group is not None  # taken out of the set
         with suppress(ProcessLookupError):  # a group of zombies only
             os.killpg(group, signal.SIGKILL)
     return [p.pid for p in below]

@@ -99,6 +99,7 @@ def test_report_names_the_conflicting_attribute_without_its_value(
     artifact, logs = _run_artifact_and_logs(str(second.flow_run_id))
     series = after["series_instance_uid"].iloc[0]
     assert f"| {series} | {primary} | {non_primary} | PatientID | 3 |" in artifact
+    assert second.report_files_csv is not None
     csv = Path(second.report_files_csv).read_text()
     for text in (artifact, logs, csv):
         assert FIRST_PATIENT not in text and SECOND_PATIENT not in text

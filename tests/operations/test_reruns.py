@@ -61,6 +61,7 @@ def test_a_rerun_after_a_failed_job_starts_a_new_one(
 
     report = pd.read_parquet(second.report_files_parquet)
     assert set(report["status"]) == {"imported"}
+    assert first.datastore_id is not None
     assert len(import_jobs(first.datastore_id)) == 3
     imported = Counter(imported_by_service(first.datastore_id))
     assert len(imported) == 6 and set(imported.values()) == {1}

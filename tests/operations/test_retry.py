@@ -77,6 +77,7 @@ def test_retry_selects_by_job_and_gives_up_past_the_limit(
     assert failed["job_id"].nunique() == 2
     chosen_job, other_job = sorted(failed["job_id"].unique())
     chosen = sorted(failed.loc[failed["job_id"] == chosen_job, "source_uri"])
+    assert first.datastore_id is not None
     jobs_before = len(import_jobs(first.datastore_id))
 
     by_job = retry_failed(retry_params(tmp_path, job_id=chosen_job))
@@ -121,6 +122,7 @@ def test_timed_out_job_is_resumed_not_imported_again(
     rows = _rows(result.report_files_parquet)
     assert result.resumed_jobs == 1 and result.jobs == 0
     assert rows["status"].eq("imported").all() and len(rows) == 2
+    assert first.datastore_id is not None
     assert len(import_jobs(first.datastore_id)) == 1
 
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import httpx
@@ -29,7 +29,8 @@ from tests.operations.served import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# One worker for the module: its tests share one Prefect server and `dicom-import serve`.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("served")]
 
 BUCKET = "served"
 REPO = Path(__file__).resolve().parents[2]
@@ -119,6 +120,7 @@ def test_served_deployments(stack: Stack) -> None:
 
 def test_manual_deployment_through_the_api(stack: Stack, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -126,9 +128,10 @@ def test_manual_deployment_through_the_api(stack: Stack, tmp_path: Path) -> None
     write_ct_series(source, 3, series_spec("served-api"), 16, 16)
 
     with temporary_settings({PREFECT_API_URL: stack.server.api_url}):
-        run = run_deployment("dicom-ingest/manual",
-                             parameters=_custom_params(source, tmp_path / "reports"),
-                             timeout=120)
+        # Called from sync code, run_deployment returns the flow run itself.
+        run = cast(FlowRun, run_deployment("dicom-ingest/manual",
+                                           parameters=_custom_params(source, tmp_path / "reports"),
+                                           timeout=120))
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(run.id)
             artifacts = client.read_artifacts()

@@ -66,8 +66,8 @@ def test_ingestion_verifies_what_it_imported_and_fails_what_differs(
                                    "not_checked": 0}
     rows = _rows(result.report_files_parquet)
     assert rows.loc["slice_0000.dcm", "verification"] == "verified"
-    assert rows.loc["slice_0001.dcm", ["status", "verification", "verification_detail"]
-                    ].tolist() == ["verify_mismatch", "mismatch", "StudyDescription differs"]
+    assert list(rows.loc["slice_0001.dcm", ["status", "verification", "verification_detail"]
+                         ]) == ["verify_mismatch", "mismatch", "StudyDescription differs"]
     failed = _ledger(tmp_path, result.datastore_id or "").failed_files()
     assert [(Path(f.uri).name, f.status) for f in failed] == [
         ("slice_0001.dcm", "verify_mismatch")]

@@ -45,9 +45,10 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> bool:
         self.sleeps.append(seconds)
         self.now += seconds
+        return False  # never stopped
 
 
 def _wait(client: Any, clock: FakeClock, **kwargs: Any):

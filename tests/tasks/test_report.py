@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -141,7 +142,7 @@ def test_dry_run_leaves_valid_files_validated(scenario) -> None:
     assert status_counts(report)["invalid"] == 1
 
 
-def test_phi_columns_only_on_opt_in(scenario) -> None:
+def test_phi_columns_only_on_opt_in(scenario: tuple[Any, Any, Any, Any, Any]) -> None:
     without = build_file_report(*scenario)
     with_phi = build_file_report(*scenario, include_phi=True)
 
@@ -173,6 +174,7 @@ def test_writes_parquet_and_csv(scenario, tmp_path: Path) -> None:
     round_trip = pd.read_parquet(paths.files_parquet)
     assert list(round_trip.columns) == FILE_COLUMNS
     assert len(round_trip) == len(files)
+    assert paths.files_csv is not None
     assert len(pd.read_csv(paths.files_csv)) == len(files)
     assert len(pd.read_parquet(paths.jobs_parquet)) == len(jobs)
     assert Path(paths.jobs_csv).exists()

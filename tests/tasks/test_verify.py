@@ -19,12 +19,14 @@ import pydicom
 import pytest
 from botocore.config import Config
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
+from config.settings import VerifyMode
 from emulator.edge.server import LocalService
 from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
 from tasks import interruption
 from tasks.manifest import read_job_output
-from tasks.statuses import Verification, VerifyMode
+from tasks.statuses import Verification
 from tasks.verify.results import FileToVerify, FileVerification, with_verification
 from tasks.verify.run import local_reader, verify_files
 from tasks.verify.source import SourceFacts
@@ -132,7 +134,7 @@ def test_a_video_verifies_by_the_checksum_of_its_stream(
     local_aws: LocalService, tmp_path: Path
 ) -> None:
     video = ct_slice(series_spec("verify-video"), 0, rows=8, columns=8)
-    video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102.1"  # H.264, fragmentable
+    video.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.102.1")  # H.264, fragmentable
     video.BitsAllocated, video.BitsStored, video.HighBit = 8, 8, 7
     video.NumberOfFrames = 30
     video.PixelData = encapsulate([b"\x00\x00\x00\x01\x09\xf0" * 10,
@@ -156,7 +158,7 @@ def test_frame_altered_after_import_is_a_mismatch_naming_the_frame(
         item.sop_instance_uid]
     second = instance["ImageFrames"][1]
     other = np.zeros((100, 100, 3), dtype=np.uint8)
-    local_aws.store.put_blob(f"frames/{second['ID']}", imagecodecs.htj2k_encode(other))
+    local_aws.store.put_blob(f"frames/{second['ID']}", bytes(imagecodecs.htj2k_encode(other)))
     second["PixelDataChecksumFromBaseToFullResolution"][-1]["Checksum"] = (
         __import__("zlib").crc32(other.data))
     local_aws.store.put_blob(key, gzip.compress(json.dumps(document).encode()))
