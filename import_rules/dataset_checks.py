@@ -42,8 +42,10 @@ def check_nesting(ds: Dataset) -> None:
                 raise too_deep()
             element = dataset.get_item(tag)
             try:
-                if isinstance(element, RawDataElement):  # read, not kept: the checks
-                    element = convert_raw_data_element(element)  # after see it as written
+                # Converted here, not in the dataset: the checks after this
+                # one see the element as written.
+                if isinstance(element, RawDataElement):
+                    element = convert_raw_data_element(element)
                 items = element.value
             except RecursionError:
                 raise too_deep() from None
@@ -54,7 +56,7 @@ def check_nesting(ds: Dataset) -> None:
 
 def _is_sequence(dataset: Dataset, tag: int) -> bool:
     vr = dataset.get_item(tag).VR
-    if vr in (None, "UN"):  # implicit VR, or unknown to the writer: pydicom reads the dictionary's
+    if vr in (None, "UN"):  # implicit, or unknown to the writer: pydicom takes the dictionary's
         try:
             vr = dictionary_VR(tag)
         except KeyError:
