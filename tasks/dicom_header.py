@@ -30,7 +30,6 @@ import struct
 import zlib
 from collections.abc import Callable, Collection, MutableSequence
 from dataclasses import dataclass, replace
-from functools import cache
 from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
@@ -65,6 +64,7 @@ _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 # cannot nest too deep.
 _LEVEL_BYTES = 16
 _TOO_DEEP_BYTES = _LEVEL_BYTES * MAX_SEQUENCE_DEPTH
+_NONE: frozenset[int] = frozenset()
 
 
 class UnusualEncoding(Exception):
@@ -260,7 +260,7 @@ class _Reader:
             tag, vr, length, header = self._element(pos)
             if length == UNDEFINED_LENGTH or vr is None:
                 raise UnusualEncoding("undefined length in the file meta")
-            if vr != (_dictionary_vr(tag) or vr):  # pydicom reads such a file meta its own way
+            if vr != (_DICTIONARY_VRS[tag] or vr):  # pydicom reads such a file meta its own way
                 raise UnusualEncoding(f"({tag:08X}) in the file meta has VR {vr}")
             pos = self._keep(pos + header, length, tag, vr, elements, wanted)
 
@@ -269,6 +269,7 @@ class _Reader:
     ) -> PixelElement | None:
         data = self.data
         first = True
+        too_deep_bytes = _TOO_DEEP_BYTES
         while pos < len(data):
             if first:
                 self._check_vr_style(pos)
@@ -278,11 +279,13 @@ class _Reader:
                 return PixelElement(tag, header == 12, length, pos)
             if tag >> 16 == 0xFFFE:
                 raise UnusualEncoding(f"item tag at the top level, offset {pos}")
-            if length == UNDEFINED_LENGTH:
+            if length < too_deep_bytes:  # nearly every value: nothing to walk into
+                pos = self._keep(pos + header, length, tag, vr, elements, wanted)
+            elif length == UNDEFINED_LENGTH:
                 if vr not in (None, "SQ"):
                     raise UnusualEncoding(f"{vr} of undefined length")
                 pos = self._past_sequence(pos + header, None)
-            elif length >= _TOO_DEEP_BYTES and self._is_sequence(tag, vr):
+            elif self._is_sequence(tag, vr):
                 pos = self._past_sequence(pos + header, self._value_end(pos + header, length, tag))
             else:
                 pos = self._keep(pos + header, length, tag, vr, elements, wanted)
@@ -331,7 +334,7 @@ class _Reader:
         for pydicom to read."""
         if vr not in (None, "UN"):
             return vr == "SQ"
-        sequence = _dictionary_vr(tag) == "SQ"
+        sequence = _DICTIONARY_VRS[tag] == "SQ"
         if sequence and vr == "UN":
             raise UnusualEncoding(f"({tag:08X}) is a sequence written as UN")
         return sequence
@@ -386,12 +389,21 @@ class _Reader:
         return pos
 
 
-@cache
-def _dictionary_vr(tag: int) -> str | None:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
+class _DictionaryVRs(dict[int, str | None]):
+    """Each tag's VR in the DICOM dictionary (None for a tag it lacks), looked
+    up once: a plain dict lookup after that, since every element of the file
+    meta and every wanted one is compared with it."""
+
+    def __missing__(self, tag: int) -> str | None:
+        try:
+            vr: str | None = dictionary_VR(tag)
+        except KeyError:
+            vr = None
+        self[tag] = vr
+        return vr
+
+
+_DICTIONARY_VRS = _DictionaryVRs()
 
 
 def _may_nest_too_deep(depth: int, length: int) -> bool:
@@ -447,8 +459,9 @@ def read_header_with_pydicom(
 
 
 def _odd_vrs(elements: dict[int, tuple[str | None, bytes]]) -> frozenset[int]:
-    return frozenset(tag for tag, (vr, _) in elements.items()
-                     if vr is not None and vr != _dictionary_vr(tag))
+    vrs = _DICTIONARY_VRS
+    odd = [tag for tag, (vr, _) in elements.items() if vr is not None and vr != vrs[tag]]
+    return frozenset(odd) if odd else _NONE
 
 
 def _as_written(value: Any) -> bytes:
