@@ -17,7 +17,6 @@ from emulator.samples import (
     write_ct_series,
     write_nested,
     write_with,
-    write_with_vr,
 )
 from import_rules.codes import ReasonCode
 from import_rules.rules import MAX_SEQUENCE_DEPTH
@@ -119,19 +118,3 @@ def test_encapsulated_pixel_data_cut_short_is_truncated(tmp_path: Path) -> None:
         f"The DICOM file is truncated: it ends at byte {path.stat().st_size}, inside Pixel "
         "Data, before the sequence delimiter that ends its fragments"
     )
-
-
-def test_an_element_after_pixel_data_cut_short_is_truncated(tmp_path: Path) -> None:
-    path = write_with(tmp_path / "padded.dcm", DataSetTrailingPadding=b"\x00" * 64)
-    path.write_bytes(path.read_bytes()[:-10])
-    record = _validate(path)
-    assert record.reason_code is ReasonCode.TRUNCATED
-    assert record.reason_message == (
-        "The DICOM file is truncated: element (FFFC,FFFC) declares 64 bytes but only 54 follow"
-    )
-
-
-def test_an_unknown_vr_on_an_image_attribute(tmp_path: Path) -> None:
-    record = _validate(write_with_vr(tmp_path / "rows.dcm", "Rows", b"ZZ"))
-    assert record.reason_code is ReasonCode.INVALID_IMAGE_ATTRIBUTE
-
