@@ -299,15 +299,18 @@ class Inventory:
         """Latest outcome of every file listed (``unfinished``: none recorded
         since the listing), for the summary of a migration."""
         files, inventory = files_table, inventory_table
+        status = sa.case((inventory.c.done.is_(True), files.c.status),
+                         (inventory.c.skip.is_not(None), files.c.status),
+                         else_=sa.literal(ListingState.UNFINISHED.value))
         with self.ledger.engine.begin() as conn:
+            # Grouped by the expression, not a label: PostgreSQL reads a GROUP
+            # BY name as an input column first (ledger_files.status) and then
+            # refuses the CASE; SQLite takes the label.
             rows = conn.execute(
-                sa.select(sa.case((inventory.c.done.is_(True), files.c.status),
-                                  (inventory.c.skip.is_not(None), files.c.status),
-                                  else_=sa.literal(ListingState.UNFINISHED.value)).label("status"),
-                          sa.func.count())
+                sa.select(status, sa.func.count())
                 .join(files, self._same_file())
                 .where(self._mine())
-                .group_by("status")).all()
+                .group_by(status)).all()
         return {str(status): int(count) for status, count in rows}
 
     def forget(self) -> None:

@@ -305,3 +305,12 @@ def test_sqlite_ledger_cannot_live_on_s3() -> None:
 
     with pytest.raises(LedgerError, match="DICOM_IMPORT_LEDGER_URL"):
         ledger_url(None, "s3://bucket/reports")
+
+
+def test_an_inventory_counts_its_listed_files_by_status(empty_ledger_url: str) -> None:
+    """What a migration's summary counts, on both backends: PostgreSQL refused
+    the first version of this query (GROUP BY a label that names a column)."""
+    inventory = Inventory(RunLedger(empty_ledger_url, "run-1", DATASTORE), "migration")
+    inventory.fill("/landing", FILES[:5], only_new=False, max_attempts=3)
+
+    assert inventory.file_statuses() == {"unfinished": 5}
