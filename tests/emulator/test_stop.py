@@ -21,6 +21,8 @@ from botocore.exceptions import ClientError
 from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec
+from emulator.state.imagesets import ImageSetRepository
+from emulator.state.store import Store
 from tests.emulator.conftest import (
     BUCKET,
     ROLE,
@@ -282,3 +284,32 @@ def test_a_job_cut_off_by_a_crash_is_failed_on_restart_without_leftovers(
     assert blobs == []
     with LocalService(data_dir=data_dir) as svc:
         assert versions(make_clients(svc)[0], datastore_id) == {}
+
+
+def test_a_rollback_reads_what_to_undo_from_the_store_alone(tmp_path: Path) -> None:
+    """A job cut off after placing its instances: the restarted service has
+    only the store to tell which sets, versions and frames were the job's."""
+    store = Store(tmp_path)
+    repository = ImageSetRepository(store)
+    earlier = repository.create("ds", {"Study": {"DICOM": {"StudyID": "1"}}},
+                                is_primary=True, workflow_status="IMPORTED")
+    kept = {key: value for key, value in earlier.items() if key != "lastAccessedAt"}
+    earlier_id = earlier["imageSetId"]
+    repository.add_version(earlier_id, {"Study": {"DICOM": {"StudyID": "2"}}},
+                           workflow_status="IMPORTED", import_job_id="cut-off")
+    repository.create("ds", {}, is_primary=True, workflow_status="IMPORTED",
+                      import_job_id="cut-off")
+    repository.put_frame("frame", b"pixels", "1.2.840.10008.1.2.1", import_job_id="cut-off")
+    store.close()
+    store = Store(tmp_path)
+    ImageSetRepository(store).roll_back_import("cut-off")
+    store.close()
+    store = Store(tmp_path)
+    repository = ImageSetRepository(store)
+    (restored,) = repository.in_datastore("ds")
+    assert {key: value for key, value in restored.items() if key != "lastAccessedAt"} == kept
+    assert [v["versionId"] for v in repository.versions[earlier_id]] == ["1"]
+    assert repository.metadata(earlier_id)["Study"] == {"DICOM": {"StudyID": "1"}}
+    assert repository.frames == {}
+    assert blob_files(tmp_path) == [f"metadata/{earlier_id}/1.json.gz"]
+    store.close()
