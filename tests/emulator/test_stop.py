@@ -1,7 +1,8 @@
 """Stopping the local service during an import: no new import starts,
 running ones get the grace period and then end FAILED with a message, no
-frame or metadata file is left behind, no traceback is printed, and the
-process exits promptly."""
+image set, version, frame or metadata file of theirs is left behind (nor
+after a crash, once restarted), no traceback is printed, and the process
+exits promptly."""
 
 from __future__ import annotations
 
