@@ -12,6 +12,8 @@ process holding its pipe is gone: the run, the fork server, the workers.)
 
 The fork server watches its parent from a thread, by ``os.getppid()``: the
 kernel gives an orphan another parent, so a change means the run is gone.
+(Forking beside that thread is safe: it only sleeps and asks for a PID, and
+holds no lock a worker could inherit locked.)
 Not ``PR_SET_PDEATHSIG`` there: that signal comes when the *thread* that
 forked the fork server ends, and the fork server is started by whichever
 thread first submits to a pool (a Prefect task's, which may end long before
