@@ -124,22 +124,31 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_sigterm_during_an_import_stops_in_one_line(tmp_path: Path, series: list[bytes]) -> None:
-    """``dicom-import local`` as an operator runs it, stopped by SIGTERM."""
-    data_dir, port = tmp_path / "state", free_port()
+def serving(data_dir: Path, port: int, *options: str) -> subprocess.Popen[str]:
+    """``dicom-import local`` as an operator runs it, once it serves."""
     process = subprocess.Popen(
         [str(REPO / ".venv" / "bin" / "dicom-import"), "local", "--port", str(port),
-         "--data-dir", str(data_dir), "--stop-grace", "0"],
+         "--data-dir", str(data_dir), *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    assert process.stdout is not None
+    while "Ctrl-C stops it." not in process.stdout.readline():
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+    return process
+
+
+def served_at(port: int) -> LocalService:
+    """The service of another process: its endpoint is all make_clients reads."""
+    return cast(LocalService, SimpleNamespace(endpoint=f"http://127.0.0.1:{port}"))
+
+
+def test_sigterm_during_an_import_stops_in_one_line(tmp_path: Path, series: list[bytes]) -> None:
+    """``dicom-import local`` as an operator runs it, stopped by SIGTERM."""
+    data_dir, port = tmp_path / "state", free_port()
+    process = serving(data_dir, port, "--stop-grace", "0")
     try:
-        assert process.stdout is not None
-        while "Ctrl-C stops it." not in process.stdout.readline():
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        # The service of another process: its endpoint is all make_clients reads.
-        mi, s3 = make_clients(cast(LocalService,
-                                   SimpleNamespace(endpoint=f"http://127.0.0.1:{port}")))
+        mi, s3 = make_clients(served_at(port))
         datastore_id, job_id = start_import(mi, s3, series)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
@@ -262,18 +271,9 @@ def test_a_job_cut_off_by_a_crash_is_failed_on_restart_without_leftovers(
     """SIGKILL, not a clean stop: the restart's recovery removes what the
     job stored."""
     data_dir, port = tmp_path / "state", free_port()
-    process = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "dicom-import"), "local", "--port", str(port),
-         "--data-dir", str(data_dir), "--job-duration", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    process = serving(data_dir, port, "--job-duration", "600")
     try:
-        assert process.stdout is not None
-        while "Ctrl-C stops it." not in process.stdout.readline():
-            assert process.poll() is None
-        remote = cast(LocalService, SimpleNamespace(endpoint=f"http://127.0.0.1:{port}"))
-        datastore_id, job_id = import_slices(remote, series, "crash")
+        datastore_id, job_id = import_slices(served_at(port), series, "crash")
         # Every slice has its one frame on disk: the job is past reading.
         wait_for(lambda: len([b for b in blob_files(data_dir) if b.startswith("frames/")])
                  >= HELD_FILES, timeout=60)

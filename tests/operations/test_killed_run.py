@@ -3,11 +3,6 @@ which would otherwise show the killed flow run RUNNING for ever."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,15 +10,14 @@ from pathlib import Path
 import pytest
 from prefect import get_client
 from prefect.client.schemas.objects import State
-from prefect.settings import PREFECT_API_URL
 
 from config.settings import get_settings
 from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
 from flows.ingest import dicom_ingest
-from tasks.ledger import RunLedger, SystemClock, ledger_url
+from tasks.ledger import SystemClock
 from tests.operations.conftest import ingest_params, medical_imaging
-from tests.operations.served import quiet_env
+from tests.operations.killed_runs import kill_ingest_once_its_job_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -44,28 +38,8 @@ def test_the_run_taking_a_killed_runs_files_marks_it_crashed(
     # The killed run waits on its job, holding its files.
     service.faults.job_duration_seconds = 30.0
     presumed_dead = 1.0
-    monkeypatch.setenv("DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS", str(presumed_dead))
-    get_settings.cache_clear()
-    env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
-           "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS": str(presumed_dead)}
-    params = ingest_params(tmp_path, datastore=datastore_id).model_dump_json()
-    run = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from flows.ingest import dicom_ingest; "
-         "from flows.parameters import IngestParameters; "
-         "dicom_ingest(IngestParameters.model_validate_json(sys.argv[1]))", params],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
-    try:
-        deadline = time.monotonic() + 120
-        while not observer.unfinished_jobs() and run.poll() is None:
-            assert time.monotonic() < deadline, "the run never started its job"
-            time.sleep(0.1)
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
-    (job,) = observer.unfinished_jobs()
+    job = kill_ingest_once_its_job_started(service, tmp_path, datastore_id, presumed_dead,
+                                           monkeypatch)
     killed = job.run_id
     assert flow_run_state(killed).is_running()
     service.faults.job_duration_seconds = 0.0
