@@ -11,7 +11,8 @@ batches go to tasks wrapped in ``quote``: Prefect would otherwise walk every
 element of every argument looking for futures. Reruns are safe: windows are
 claimed in URI order, and batches, the staging prefix and job client tokens
 are derived from the inputs, so a rerun after a kill gets the jobs it
-already started back from HealthImaging instead of starting them twice.
+already started back from HealthImaging instead of starting them twice, and
+marks the killed run Crashed in Prefect once it takes its files over.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from flows.run_identity import (
 from flows.task_arguments import quote
 from flows.window_runner import StageTimer, Window, WindowRunner
 from tasks.conflicts import SeriesConflict, explain_conflicts, publish_conflicts
+from tasks.crashed_runs import crash_dead_runs
 from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, resolve
 from tasks.interruption import stop_requested
@@ -257,6 +259,8 @@ def _work_through(
     number = 0
     while not stop_requested():
         claimed = claim_window(inventory, params.window_files)
+        if claimed.taken_from:
+            crash_dead_runs(ledger, claimed.taken_from)
         if not claimed.files:
             break
         number += 1

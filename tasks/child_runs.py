@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.states import Crashed
 
+from tasks.crashed_runs import mark_crashed, read_flow_runs
 from tasks.interruption import sleep_unless_stopped
 from tasks.ledger import LedgerRun, RunLedger
 from tasks.statuses import Liveness
@@ -67,21 +65,18 @@ def start_child(
 def watch(flow_run_ids: Sequence[str], ledger: RunLedger) -> list[ChildRun]:
     """Each child as Prefect and the ledger (the migration's handle) see it. A
     child the ledger finds dead while Prefect still has it running is marked
-    Crashed in Prefect, so the UI says what happened to it."""
+    Crashed in Prefect (tasks.crashed_runs)."""
     with get_client(sync_client=True) as client:
-        runs = {str(run.id): run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[uuid.UUID(i) for i in flow_run_ids])))}
+        runs = read_flow_runs(client, flow_run_ids)
         recorded = ledger.recorded_runs(flow_run_ids)
         children = []
         for run_id in flow_run_ids:
             run = runs[run_id]
             state = (run.state.name if run.state else None) or "Unknown"
             liveness = liveness_of(recorded.get(run_id))
-            if liveness is Liveness.DEAD and run.state and not run.state.is_final():
-                client.set_flow_run_state(
-                    run.id, Crashed(message="Its process is gone or stopped beating in the "
-                                    "ledger; its files went back to the migration's queue."),
-                    force=True)
+            if liveness is Liveness.DEAD and mark_crashed(
+                    client, run, "Its process is gone or stopped beating in the ledger; "
+                    "its files went back to the migration's queue."):
                 state = "Crashed"
             if liveness is Liveness.WAITING and run.state and run.state.is_final():
                 # Ended without ever recording itself: nothing of it to wait for.

@@ -10,6 +10,9 @@ what the first pool named, so every pool names every stage's module: the
 second stage's workers would otherwise import it each time a pool starts,
 once per window.
 
+The fork server and its workers end with the process that started them
+(tasks.fork_server_parent), so a killed run leaves no process behind.
+
 A worker also runs the parent's main module again, as ``__mp_main__``
 (multiprocessing's rule for every start method but fork). The modules that
 module's top level took its names from are preloaded too, so running it
@@ -27,13 +30,13 @@ from concurrent.futures import ProcessPoolExecutor
 from types import ModuleType
 
 WORKER_MODULES = ("tasks.validate", "tasks.verify.source")
-# Preloaded first: see the module.
-_FORK_SERVER_SIGNALS = "tasks.fork_server_signals"
+# Preloaded first: see the modules.
+_FORK_SERVER_SETUP = ("tasks.fork_server_signals", "tasks.fork_server_parent")
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([_FORK_SERVER_SIGNALS, *_main_imports(), *WORKER_MODULES])
+    context.set_forkserver_preload([*_FORK_SERVER_SETUP, *_main_imports(), *WORKER_MODULES])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_prepare_worker, initargs=(dict(os.environ),))
 

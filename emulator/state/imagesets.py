@@ -6,10 +6,16 @@ delete).
 Every version stays readable: a version is an immutable gzip-compressed
 metadata document plus a small record; frames are immutable blobs shared by
 all versions (and by copies) that reference their IDs.
+
+What an import job writes (frames, new sets, new versions) carries the job's
+ID in its own record, written with it, so that a job that ends FAILED, even
+one cut off by a crash and failed on restart, can be undone from the store
+alone (``roll_back_import``): no separate journal can disagree with it.
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import threading
@@ -100,21 +106,20 @@ class ImageSetRepository:
         self.frames: dict[str, dict[str, Any]] = dict(store.load(FRAME_KIND))
 
     # -- frames -------------------------------------------------------------
-    def put_frame(self, frame_id: str, data: bytes, transfer_syntax_uid: str) -> None:
+    def put_frame(
+        self, frame_id: str, data: bytes, transfer_syntax_uid: str, *, import_job_id: str
+    ) -> None:
+        # The record goes after the blob: a crash in between leaves a blob no
+        # record names, never a record without its blob.
         self._store.put_blob(f"frames/{frame_id}", data)
-        record = {"transferSyntaxUID": transfer_syntax_uid, "size": len(data)}
+        record = {
+            "transferSyntaxUID": transfer_syntax_uid,
+            "size": len(data),
+            "importJobId": import_job_id,
+        }
         with self.lock:
             self.frames[frame_id] = record
             self._store.put(FRAME_KIND, frame_id, record)
-
-    def discard_frames(self, frame_ids: list[str]) -> None:
-        """Remove frames no image set will reference: those of an import
-        stopped before it placed its instances."""
-        for frame_id in frame_ids:
-            self._store.delete_blob(f"frames/{frame_id}")
-            with self.lock:
-                self.frames.pop(frame_id, None)
-                self._store.delete(FRAME_KIND, frame_id)
 
     def frame(self, frame_id: str) -> tuple[bytes, str]:
         record = self.frames.get(frame_id)
@@ -219,6 +224,7 @@ class ImageSetRepository:
         is_primary: bool,
         workflow_status: str,
         lock_seconds: float | None = None,
+        import_job_id: str | None = None,
     ) -> dict[str, Any]:
         """A new image set at version 1. The caller fills ``doc`` in full; the
         repository stamps DatastoreID and ImageSetID into it."""
@@ -238,6 +244,7 @@ class ImageSetRepository:
                 doc,
                 workflow_status=workflow_status,
                 lock_seconds=lock_seconds,
+                import_job_id=import_job_id,
             )
 
     def add_version(
@@ -250,14 +257,22 @@ class ImageSetRepository:
         message: str | None = None,
         is_primary: bool | None = None,
         overrides: dict[str, bool] | None = None,
+        import_job_id: str | None = None,
     ) -> dict[str, Any]:
         """Append a version with ``doc`` and make it current: ACTIVE, or for
         a write LOCKED for ``lock_seconds``. ``overrides`` records that the
         version was written with force (GetImageSet and ListImageSetVersions
-        report it)."""
+        report it). A version an import job writes keeps the set's record as
+        it was before (none for a set the job creates): what
+        ``roll_back_import`` puts back."""
         state = "ACTIVE" if lock_seconds is None else "LOCKED"
         with self.lock:
             record = self._sets[image_set_id]
+            before = (
+                copy.deepcopy(record)
+                if import_job_id is not None and record["versionId"] != "0"
+                else None
+            )
             number = int(record["versionId"]) + 1
             doc["DatastoreID"] = record["datastoreId"]
             doc["ImageSetID"] = image_set_id
@@ -291,10 +306,54 @@ class ImageSetRepository:
                 "metadataKey": key,
                 "overrides": overrides,
             }
+            if import_job_id is not None:
+                version.update(importJobId=import_job_id, setBefore=before)
             self.versions.setdefault(image_set_id, []).append(version)
             self._store.put(VERSION_KIND, f"{image_set_id}/{number}", version)
             self._store.put(SET_KIND, image_set_id, record)
             return record
+
+    def roll_back_import(self, import_job_id: str) -> None:
+        """Remove what import job ``import_job_id`` wrote: the sets it
+        created, the versions it added (each set back at its earlier
+        version) and its frames. Done under the lock, so a reader sees the
+        job's writes whole or not at all. A version of the job that a later
+        write built on is kept: removing it would renumber that write's.
+
+        Safe to repeat after a crash part-way: the set's record is put back
+        before the job's version record goes, so a rerun still finds it."""
+        with self.lock:
+            for image_set_id, versions in list(self.versions.items()):
+                if versions and versions[-1].get("importJobId") == import_job_id:
+                    self._drop_current_version(image_set_id, versions)
+            frame_ids = [
+                frame_id
+                for frame_id, record in self.frames.items()
+                if record.get("importJobId") == import_job_id
+            ]
+            for frame_id in frame_ids:
+                self.frames.pop(frame_id)
+                self._store.delete(FRAME_KIND, frame_id)
+                self._store.delete_blob(f"frames/{frame_id}")
+
+    def _drop_current_version(self, image_set_id: str, versions: list[dict[str, Any]]) -> None:
+        version = versions[-1]
+        before = version["setBefore"]
+        if before is None:
+            self._sets.pop(image_set_id, None)
+            self._store.delete(SET_KIND, image_set_id)
+        else:
+            record = self._sets[image_set_id]
+            # Reads since the import still count for the storage tier.
+            before["lastAccessedAt"] = record["lastAccessedAt"]
+            record.clear()
+            record.update(before)
+            self._store.put(SET_KIND, image_set_id, record)
+        self._store.delete(VERSION_KIND, f"{image_set_id}/{version['versionId']}")
+        self._store.delete_blob(version["metadataKey"])
+        versions.pop()
+        if not versions:
+            del self.versions[image_set_id]
 
     def touch(self, image_set_id: str) -> None:
         """Record an access (see ``storage_tiers`` for which calls are one)."""

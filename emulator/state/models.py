@@ -145,8 +145,8 @@ class HealthImagingBackend(ImageSetOperations):
     def _recover(self) -> None:
         """After a restart: resume jobs that never started, and fail the
         ones that were cut off mid-import (their partial output cannot be
-        trusted) with a message saying so. Data stores, and image sets a
-        write left LOCKED, settle when read."""
+        trusted, so ``_end_job`` removes it) with a message saying so. Data
+        stores, and image sets a write left LOCKED, settle when read."""
         for job in self.jobs.values():
             if job.status == "SUBMITTED":
                 self._import_pool.submit(self._run_job, job.job_id)
@@ -380,7 +380,12 @@ class HealthImagingBackend(ImageSetOperations):
             )
 
     def _end_job(self, job: ImportJob, status: str, message: str | None) -> None:
+        """A job ending FAILED leaves nothing behind: what it wrote is rolled
+        back first, so that a crash during the rollback leaves the job
+        IN_PROGRESS, and the restart's ``_recover`` rolls back again."""
         with self.lock:
+            if status == "FAILED":
+                self.image_sets.roll_back_import(job.job_id)
             job.end(status, time.time(), message)
             self._save_job(job)
 
@@ -396,7 +401,7 @@ class HealthImagingBackend(ImageSetOperations):
         try:
             if self.faults.take_job_failure():
                 raise importer.ImportJobFailed(self.faults.config.fail_job_message)
-            importer.run_import(job, self)
+            importer.run_import(job, self, lambda: self._hold_for_job_duration(started))
         except importer.ImportJobFailed as failure:
             status, message = "FAILED", str(failure)
         except Exception as error:  # the job, not the service, fails
@@ -406,6 +411,10 @@ class HealthImagingBackend(ImageSetOperations):
             # Still running for its client when the service stopped.
             status, message = "FAILED", str(importer.ImportStopped())
         self._end_job(job, status, message)
+
+    def _hold_for_job_duration(self, started: float) -> None:
+        if self._stopped_within_job_duration(started):
+            raise importer.ImportStopped
 
     def _stopped_within_job_duration(self, started: float) -> bool:
         """Hold an import until the injected job duration has passed since

@@ -146,15 +146,19 @@ def _datastore_lock(datastore_id: str) -> threading.Lock:
 
 
 def place_instances(
-    repository: ImageSetRepository, datastore_id: str, instances: list[PreparedInstance]
+    repository: ImageSetRepository,
+    datastore_id: str,
+    instances: list[PreparedInstance],
+    import_job_id: str,
 ) -> PlacementResult:
-    """Put ``instances`` (in the order given) into image sets and commit them."""
+    """Put ``instances`` (in the order given) into image sets and commit them,
+    marked as import ``import_job_id``'s writes (undone if it fails)."""
     deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
     with _datastore_lock(datastore_id):
         while True:
             targets = _plan(repository, datastore_id, instances)
             if targets is not None:
-                result = _commit(repository, datastore_id, targets)
+                result = _commit(repository, datastore_id, targets, import_job_id)
                 if result is not None:
                     return result
             if time.monotonic() > deadline:
@@ -228,7 +232,10 @@ def _plan(
 
 
 def _commit(
-    repository: ImageSetRepository, datastore_id: str, targets: list[_Target]
+    repository: ImageSetRepository,
+    datastore_id: str,
+    targets: list[_Target],
+    import_job_id: str,
 ) -> PlacementResult | None:
     """Write every target, or nothing (None) if another write got there first."""
     result = PlacementResult()
@@ -249,10 +256,14 @@ def _commit(
                     target.doc,
                     is_primary=target.is_primary,
                     workflow_status=WORKFLOW_STATUS,
+                    import_job_id=import_job_id,
                 )
             else:
                 record = repository.add_version(
-                    target.image_set_id, target.doc, workflow_status=WORKFLOW_STATUS
+                    target.image_set_id,
+                    target.doc,
+                    workflow_status=WORKFLOW_STATUS,
+                    import_job_id=import_job_id,
                 )
             placement = Placement(record["imageSetId"], target.is_primary)
             result.placements.update(dict.fromkeys(target.input_files, placement))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ class ImportJobFailed(Exception):
 
 class ImportStopped(ImportJobFailed):
     """The service is stopping and this import's grace period is over: it
-    ends FAILED, and the frames it stored are removed."""
+    ends FAILED, and what it stored is removed."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -85,13 +86,20 @@ def list_input(s3: Any, input_s3_uri: str) -> list[InputObject]:
     return found
 
 
-def run_import(job: ImportJob, backend: HealthImagingBackend) -> None:
+def run_import(
+    job: ImportJob, backend: HealthImagingBackend, before_placing: Callable[[], None]
+) -> None:
     """Import every object under the job's input prefix.
 
     Files are read, checked and their frames stored in parallel; placing the
     instances into image sets then happens once, in input key order, so the
-    result does not depend on which thread finished first. An empty input
-    prefix completes with nothing scanned (AWS does not document this case).
+    result does not depend on which thread finished first. Placing comes
+    last, after ``before_placing`` (which holds the job for an injected
+    duration, and may raise ``ImportStopped``): until then a reader sees
+    nothing of the job but frames no set names. Whatever the job wrote is
+    marked with its ID, and the backend removes it if the job ends FAILED.
+    An empty input prefix completes with nothing scanned (AWS does not
+    document this case).
     """
     s3 = backend.s3_client()
     try:
@@ -105,30 +113,26 @@ def run_import(job: ImportJob, backend: HealthImagingBackend) -> None:
         key=lambda o: o.key,
     )
     lossless_format = backend.datastores[job.datastore_id].lossless_storage_format
-    stored: list[str] = []
 
     def put_frame(frame_id: str, data: bytes, transfer_syntax_uid: str) -> None:
         _stop_if_cancelled(backend)
-        backend.image_sets.put_frame(frame_id, data, transfer_syntax_uid)
-        stored.append(frame_id)
+        backend.image_sets.put_frame(
+            frame_id, data, transfer_syntax_uid, import_job_id=job.job_id
+        )
 
     def import_one(obj: InputObject) -> tuple[FileOutcome, PreparedInstance | None]:
         return _import_file(s3, bucket, obj, backend, put_frame, lossless_format, mappings)
 
-    try:
-        with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
-            results = list(pool.map(import_one, objects))
-        _stop_if_cancelled(backend)
-    except ImportStopped:
-        # Every file worker has ended here (the pool's exit waits for them).
-        backend.image_sets.discard_frames(stored)
-        raise
+    with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
+        results = list(pool.map(import_one, objects))
+    before_placing()
+    _stop_if_cancelled(backend)
     prepared = [instance for _, instance in results if instance is not None]
     imported = {(i.study_instance_uid, i.series_instance_uid) for i in prepared}
     outcomes = [outcome for outcome, _ in results]
     outcomes += mappings.failures + mappings.unmatched(imported)
     try:
-        placed = place_instances(backend.image_sets, job.datastore_id, prepared)
+        placed = place_instances(backend.image_sets, job.datastore_id, prepared, job.job_id)
     except ImageSetsBusy as error:
         raise ImportJobFailed(str(error)) from error
     try:

@@ -61,6 +61,9 @@ class Window:
 
     files: list[SourceFile]
     changes: dict[str, Change]
+    # Other runs whose claims this claim freed or took over: runs presumed
+    # dead, or (lease over) maybe alive; the caller judges which.
+    taken_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,17 +150,19 @@ class Inventory:
         live run holds and nobody has recorded since the listing.
 
         Runs of this host whose process is gone lose their claims first, so
-        a window a killed run was working on is taken again at once.
+        a window a killed run was working on is taken again at once. The
+        window names the runs whose claims it freed or took
+        (``Window.taken_from``).
         """
         ledger = self.ledger
-        ledger.release_dead_runs()
+        freed = ledger.release_dead_runs()
         files, inventory = files_table, inventory_table
         now = ledger.now()
         expires = now + timedelta(seconds=ledger.lease_seconds)
         with ledger.engine.begin() as conn:
             query = (
                 sa.select(inventory.c.uri, inventory.c.relative_path, inventory.c.size,
-                          inventory.c.version, inventory.c.change)
+                          inventory.c.version, inventory.c.change, files.c.claim_owner)
                 .join(files, self._same_file())
                 .where(self._mine(), inventory.c.done.is_(False), inventory.c.skip.is_(None),
                        ledger.claimable(now),
@@ -190,9 +195,11 @@ class Inventory:
                       "file_change": row.change, "file_path": row.relative_path}
                      for row in chunk],
                 )
+        taken = {row.claim_owner for row in rows} - {None, ledger.run_id}
         return Window(
             files=[SourceFile(row.uri, row.size, row.version, row.relative_path) for row in rows],
             changes={row.uri: Change(row.change) for row in rows},
+            taken_from=tuple(sorted(taken | set(freed))),
         )
 
     def keep_instances(self, candidates: Mapping[str, str]) -> dict[str, str]:

@@ -143,7 +143,7 @@ class Seeder:
         for sop_frames in frame_ids.values():
             for frame_id in sop_frames:
                 stored[frame_id] = f"pixels of {frame_id}".encode()
-                self.repo.put_frame(frame_id, stored[frame_id], syntax)
+                self.repo.put_frame(frame_id, stored[frame_id], syntax, import_job_id="seed")
         doc = document(series_uid, sops, frame_ids, **doc_fields)
         record = self.repo.create(
             self.datastore_id, doc, is_primary=is_primary, workflow_status="IMPORTED"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,3 +122,62 @@ def test_ctrl_c_while_workers_start_leaves_them_working(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
     workers, stops = map(int, done.stdout.split())
     assert workers >= 2 and stops > 0
+
+
+KILLED = textwrap.dedent(
+    """
+    import os
+    import threading
+    import time
+
+    from tasks.worker_processes import worker_pool
+
+    if __name__ == "__main__":
+        pool = worker_pool(2)
+        # The fork server is started by a thread that ends at once, as a
+        # Prefect task's thread may: one worker busy, one idle.
+        starter = threading.Thread(target=pool.submit, args=(time.sleep, 600))
+        starter.start()
+        starter.join()
+        pool.submit(os.getpid).result()
+        print("ready", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Not a zombie: a dead orphan may wait a while for its new parent's
+    reaping, which is not this test's business."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_killed_program_leaves_no_process_of_its_pools(tmp_path: Path) -> None:
+    """SIGKILL, so nothing of the program runs to clean up: its fork server,
+    the workers (busy or idle) and the resource tracker end by themselves."""
+    (tmp_path / "program.py").write_text(KILLED)
+    program = subprocess.Popen(
+        [sys.executable, "program.py"], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    descendants: list[psutil.Process] = []
+    try:
+        assert program.stdout is not None
+        assert program.stdout.readline() == "ready\n"
+        descendants = psutil.Process(program.pid).children(recursive=True)
+        # The resource tracker, the fork server and its two workers.
+        assert len(descendants) == 4
+        program.kill()
+        program.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in descendants):
+            assert time.monotonic() < deadline, [p.pid for p in descendants if _alive(p)]
+            time.sleep(0.1)
+    finally:
+        program.kill()
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
