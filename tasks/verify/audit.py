@@ -58,10 +58,12 @@ def sign_off(
         datastore_id=datastore_id, datastore_name=datastore_name, source=source, mode=mode,
         counts=counts, files=sum(counts.values()),
         report={extension: ReportFile(uri, sha256_of(uri)) for extension, uri in report.items()},
-        imports_from=times.min().isoformat() if len(times) else None,
-        imports_to=times.max().isoformat() if len(times) else None,
+        # Every time to the microsecond, in one format: a sign-off cut to the
+        # second could read as earlier than the imports it covers.
+        imports_from=times.min().isoformat(timespec="microseconds") if len(times) else None,
+        imports_to=times.max().isoformat(timespec="microseconds") if len(times) else None,
         tool_version=importlib.metadata.version("dicom-import"),
-        signed_off_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        signed_off_at=datetime.now(UTC).isoformat(timespec="microseconds"),
         signed_off_by=f"{getpass.getuser()}@{socket.gethostname()}",
     )
 

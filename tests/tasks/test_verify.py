@@ -27,6 +27,7 @@ from emulator.samples import PYDICOM_TEST_FILES, ct_slice, series_spec, uid
 from tasks import interruption
 from tasks.manifest import read_job_output
 from tasks.statuses import Verification
+from tasks.verify.audit import sign_off
 from tasks.verify.results import FileToVerify, FileVerification, with_verification
 from tasks.verify.run import local_reader, verify_files
 from tasks.verify.source import SourceFacts
@@ -298,3 +299,17 @@ def test_a_stop_ends_the_reading_and_leaves_the_rest_not_checked(
     assert len(handed) == 5
     assert {verdict for uri, verdict in verdicts.items() if uri not in handed} == {
         (Verification.NOT_CHECKED, "verification stopped before this file was checked")}
+
+
+def test_a_record_is_signed_off_after_the_imports_it_covers(tmp_path: Path) -> None:
+    """Down to the microsecond: signed off within the second of its last
+    import, it read as signed off before it."""
+    report = tmp_path / "verification.csv"
+    report.write_text("uri,verification\n")
+    imported_at = pd.Series([pd.Timestamp.now(tz="UTC")])
+
+    record = sign_off("d" * 32, "store", "/landing", "metadata", {"verified": 1},
+                      {"csv": str(report)}, imported_at)
+
+    assert record.imports_from == record.imports_to
+    assert record.imports_to is not None and record.imports_to <= record.signed_off_at
