@@ -5,7 +5,8 @@ First the jobs that some run started but never read (it died, or stopped
 waiting): they are waited for and their output read, so nothing is imported
 twice. Then the failed files, chosen by the kind of failure (tasks.retry),
 go through the window runner an ingestion's windows go through
-(flows.window_runner), a window per source.
+(flows.window_runner), a window per source; a batch whose job FAILED for its
+content is split until its poison file is alone (tasks.split).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flows.ingest import publish
 from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
 from flows.window_runner import Window, WindowRunner
-from tasks.batch import Batch
+from tasks.batch import Batch, halves
 from tasks.import_jobs import resolve
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
@@ -48,6 +49,7 @@ from tasks.retry import (
     under_source,
     with_recorded,
 )
+from tasks.split import isolated, mark_isolated, split_staging_id, to_split
 from tasks.stage import StagedFile
 from tasks.statuses import Change, FileStatus, JobStatus, StageAction
 from tasks.validate import ValidationRecord
@@ -107,6 +109,15 @@ class _JobFiles:
         self.batches += window.batches
         self.staged += window.staged
         self.outcomes += outcomes
+
+    def drop(self, batches: list[Batch]) -> None:
+        """Batches split since: their files are reported with their parts."""
+        ids = {b.batch_id for b in batches}
+        uris = {f.uri for b in batches for f in b.files}
+        self.records = [r for r in self.records if r.uri not in uris]
+        self.batches = [b for b in self.batches if b.batch_id not in ids]
+        self.staged = [s for s in self.staged if s.batch_id not in ids]
+        self.outcomes = [o for o in self.outcomes if o.batch_id not in ids]
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,31 @@ def _import_again(
         outcomes = runner.outcomes(window)
         done.add(window, outcomes)
         new_jobs += sum(o.job_id is not None for o in outcomes)
+        new_jobs += _split_failed(runner, ledger, done, to_split(window.batches, outcomes))
     return retried, new_jobs
+
+
+def _split_failed(
+    runner: WindowRunner, ledger: RunLedger, done: _JobFiles,
+    failed: list[tuple[Batch, JobOutcome]],
+) -> int:
+    """Round after round, the halves of every batch whose job FAILED for its
+    content run at once, until none is left to split (tasks.split). Returns
+    how many jobs the rounds started."""
+    new_jobs = 0
+    while failed:
+        parts = [runner.start(Window(list(batch.files), halves(batch)),
+                              split_staging_id(outcome.datastore_id, outcome.job_id or ""))
+                 for batch, outcome in failed]
+        ledger.record_jobs_ended([outcome for _, outcome in failed])
+        done.drop([batch for batch, _ in failed])
+        failed = []
+        for part in parts:
+            outcomes = runner.outcomes(part)
+            done.add(part, outcomes)
+            new_jobs += sum(o.job_id is not None for o in outcomes)
+            failed += to_split(part.batches, outcomes)
+    return new_jobs
 
 
 def _report(
@@ -212,8 +247,9 @@ def _report(
                                    job_outputs(done.outcomes))
     folder = (f"{params.report_location.rstrip('/')}/retries/"
               f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
-    rows = retry_report(done.records, done.batches, done.staged, done.outcomes, outputs,
-                        params.include_phi)
+    rows = mark_isolated(retry_report(done.records, done.batches, done.staged, done.outcomes,
+                                      outputs, params.include_phi),
+                         isolated(done.batches, done.outcomes))
     rows = with_recorded(ledger.record_outcomes(rows, done.outcomes),
                          settled.found_in_datastore, settled.given_up)
     job_table = build_job_summary(done.batches, done.outcomes, outputs, rows)

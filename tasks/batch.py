@@ -99,6 +99,16 @@ def _split_into(
         current.add([record], record.size)
 
 
+def halves(batch: Batch) -> list[Batch]:
+    """The batch in two, in its own (URI) order, which keeps a folder's
+    files together: each half is a batch like any, with its own digest and so
+    its own job token. A single file is not split."""
+    if len(batch.files) < 2:
+        return [batch]
+    middle = (len(batch.files) + 1) // 2
+    return [_seal(list(batch.files[:middle])), _seal(list(batch.files[middle:]))]
+
+
 def _seal(files: list[ValidationRecord]) -> Batch:
     ordered = tuple(sorted(files, key=lambda r: r.uri))
     digest = hashlib.sha256()

@@ -29,7 +29,11 @@ from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, wait_for_job
-from tasks.report import CONFIRMED_IN_DATASTORE, build_file_report
+from tasks.report import (
+    CONFIRMED_IN_DATASTORE,
+    CONFIRMED_IN_DATASTORE_AFTER_FAILURE,
+    build_file_report,
+)
 from tasks.report_row import file_rows
 from tasks.retry_policy import retry_class
 from tasks.stage import StagedFile, staging_run_id
@@ -117,6 +121,13 @@ def _output_lost(item: LedgerFile) -> bool:
     )
 
 
+def _job_not_trusted(item: LedgerFile) -> bool:
+    """Its job ended FAILED, or was not waited for to its end: HealthImaging
+    does not say that such a job stored nothing (one stopped half-way may
+    have stored some of its files)."""
+    return item.status in {FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value}
+
+
 def _instance(item: LedgerFile) -> Instance | None:
     if item.study_instance_uid and item.series_instance_uid and item.sop_instance_uid:
         return Instance(item.study_instance_uid, item.series_instance_uid,
@@ -127,11 +138,13 @@ def _instance(item: LedgerFile) -> Instance | None:
 def settle_lost_outputs(
     ledger: RunLedger, candidates: Sequence[LedgerFile]
 ) -> tuple[pd.DataFrame, list[LedgerFile]]:
-    """Files whose job output was lost are looked up in the data store before
-    anything is imported again: those it holds are recorded imported (and
-    returned as report rows), never imported twice; the rest go on to be
-    retried. Only files this run wins a claim on are recorded."""
-    doubtful = [c for c in candidates if _output_lost(c) and _instance(c)]
+    """Files whose job output was lost, or whose job FAILED or was not waited
+    for, are looked up in the data store before anything is imported again:
+    those it holds are recorded imported (and returned as report rows), never
+    imported twice; the rest go on to be retried. Only files this run wins a
+    claim on are recorded."""
+    doubtful = [c for c in candidates
+                if (_output_lost(c) or _job_not_trusted(c)) and _instance(c)]
     if not doubtful:
         return file_rows(pd.DataFrame()), list(candidates)
     won = {f.uri for f in ledger.claim_known(
@@ -147,12 +160,18 @@ def settle_lost_outputs(
           "batch_id": item.batch_id, "job_id": item.job_id,
           "status": FileStatus.IMPORTED.value, "image_set_id": where.image_set_id,
           "is_primary": where.is_primary, "image_set_version": where.version,
-          "error_message": f"{CONFIRMED_IN_DATASTORE}"
-                           f"{item.reason or 'an earlier run found it missing'})"}
+          "error_message": _confirmed(item)}
          for item, where in found.values()]))
     if found:
         rows = ledger.record_outcomes(rows)
     return rows, [c for c in candidates if c.uri not in found]
+
+
+def _confirmed(item: LedgerFile) -> str:
+    if _job_not_trusted(item):
+        return (f"{CONFIRMED_IN_DATASTORE_AFTER_FAILURE}{item.status}: "
+                f"{item.reason or 'no message'})")
+    return f"{CONFIRMED_IN_DATASTORE}{item.reason or 'an earlier run found it missing'})"
 
 
 @task(name="find-lost-outputs-in-datastore", cache_policy=NO_CACHE)
