@@ -49,7 +49,14 @@ from tasks.retry import (
     under_source,
     with_recorded,
 )
-from tasks.split import isolated, mark_isolated, split_staging_id, to_split
+from tasks.split import (
+    failed_for_content,
+    isolated,
+    look_up_stored,
+    mark_isolated,
+    split_staging_id,
+    split_when_resumed,
+)
 from tasks.stage import StagedFile
 from tasks.statuses import Change, FileStatus, JobStatus, StageAction
 from tasks.validate import ValidationRecord
@@ -103,6 +110,10 @@ class _JobFiles:
     batches: list[Batch] = field(default_factory=list)
     staged: list[StagedFile] = field(default_factory=list)
     outcomes: list[JobOutcome] = field(default_factory=list)
+    # Files of FAILED jobs that the data store holds: recorded already.
+    confirmed: list[pd.DataFrame] = field(default_factory=list)
+    # Jobs a killed retry started that FAILED for their content: to split.
+    to_split: list[tuple[Batch, JobOutcome]] = field(default_factory=list)
 
     def add(self, window: Window, outcomes: list[JobOutcome]) -> None:
         self.records += window.records
@@ -110,10 +121,10 @@ class _JobFiles:
         self.staged += window.staged
         self.outcomes += outcomes
 
-    def drop(self, batches: list[Batch]) -> None:
-        """Batches split since: their files are reported with their parts."""
-        ids = {b.batch_id for b in batches}
-        uris = {f.uri for b in batches for f in b.files}
+    def drop(self, batch: Batch) -> None:
+        """A batch split since: its files are reported with its parts."""
+        ids = {batch.batch_id}
+        uris = {f.uri for f in batch.files}
         self.records = [r for r in self.records if r.uri not in uris]
         self.batches = [b for b in self.batches if b.batch_id not in ids]
         self.staged = [s for s in self.staged if s.batch_id not in ids]
@@ -172,7 +183,7 @@ def _resume(
 ) -> tuple[_JobFiles, list[LedgerFile]]:
     """Wait for each job and read it: its files are reported with it, unless it
     FAILED; then they are imported again (the list returned), and reported
-    with their new job."""
+    with their new job, or, when a retry started it, it is split."""
     futures = [resume_job.submit(job, params.poll_interval_seconds,
                                  params.poll_timeout_seconds) for job in jobs]
     done = _JobFiles()
@@ -180,14 +191,18 @@ def _resume(
     failed_jobs: list[JobOutcome] = []
     for job, future in zip(jobs, futures, strict=True):
         outcome = future.result()
+        staged = [StagedFile(f.uri, job.batch.batch_id, job.staged_key(f), StageAction.SKIPPED)
+                  for f in job.files]
+        window = Window([f.as_validation_record() for f in job.files], [job.batch], staged)
+        if split_when_resumed(job.input_s3_uri, outcome):
+            done.add(window, [outcome])
+            done.to_split.append((job.batch, outcome))
+            continue
         if outcome.status is JobStatus.FAILED:
             failed_jobs.append(outcome)
             requeued += [replace(f, status=FileStatus.JOB_FAILED.value) for f in job.files]
             continue
-        staged = [StagedFile(f.uri, job.batch.batch_id, job.staged_key(f), StageAction.SKIPPED)
-                  for f in job.files]
-        done.add(Window([f.as_validation_record() for f in job.files], [job.batch], staged),
-                 [outcome])
+        done.add(window, [outcome])
     ledger.record_jobs_ended(failed_jobs)
     return done, requeued
 
@@ -200,7 +215,8 @@ def _import_again(
     run wins a claim on, staged under a folder of their own (retry_staging_id).
     Returns how many files were retried, and with how many new jobs."""
     runner = WindowRunner(params, datastore_id, ledger)
-    retried = new_jobs = 0
+    retried = 0
+    new_jobs = _split_failed(runner, ledger, done, done.to_split)
     for source, items in decided.by_source.items():
         files = ledger.claim_known([(item.file, item.change) for item in items])
         won = {f.uri for f in files}
@@ -211,7 +227,8 @@ def _import_again(
         outcomes = runner.outcomes(window)
         done.add(window, outcomes)
         new_jobs += sum(o.job_id is not None for o in outcomes)
-        new_jobs += _split_failed(runner, ledger, done, to_split(window.batches, outcomes))
+        new_jobs += _split_failed(runner, ledger, done,
+                                  failed_for_content(window.batches, outcomes))
     return retried, new_jobs
 
 
@@ -220,21 +237,30 @@ def _split_failed(
     failed: list[tuple[Batch, JobOutcome]],
 ) -> int:
     """Round after round, the halves of every batch whose job FAILED for its
-    content run at once, until none is left to split (tasks.split). Returns
-    how many jobs the rounds started."""
+    content run at once, until each part is imported or one file that failed
+    alone (tasks.split); files the data store holds are not imported again.
+    Returns how many jobs the rounds started."""
     new_jobs = 0
     while failed:
-        parts = [runner.start(Window(list(batch.files), halves(batch)),
-                              split_staging_id(outcome.datastore_id, outcome.job_id or ""))
-                 for batch, outcome in failed]
-        ledger.record_jobs_ended([outcome for _, outcome in failed])
-        done.drop([batch for batch, _ in failed])
+        parts = []
+        for batch, outcome in failed:
+            rows, rest = look_up_stored(outcome.datastore_id, batch, outcome)
+            if rest is batch and len(batch.files) == 1:
+                continue  # isolated: reported with the job it failed alone
+            ledger.record_jobs_ended([outcome])
+            done.drop(batch)
+            if not rows.empty:
+                done.confirmed.append(ledger.record_outcomes(rows))
+            if rest is not None:
+                parts.append(runner.start(Window(list(rest.files), halves(rest)),
+                                          split_staging_id(outcome.datastore_id,
+                                                           outcome.job_id or "")))
         failed = []
         for part in parts:
             outcomes = runner.outcomes(part)
             done.add(part, outcomes)
             new_jobs += sum(o.job_id is not None for o in outcomes)
-            failed += to_split(part.batches, outcomes)
+            failed += failed_for_content(part.batches, outcomes)
     return new_jobs
 
 
@@ -251,7 +277,7 @@ def _report(
                                       outputs, params.include_phi),
                          isolated(done.batches, done.outcomes))
     rows = with_recorded(ledger.record_outcomes(rows, done.outcomes),
-                         settled.found_in_datastore, settled.given_up)
+                         settled.found_in_datastore, settled.given_up, *done.confirmed)
     job_table = build_job_summary(done.batches, done.outcomes, outputs, rows)
     ledger.record_report(folder, job_table)
     paths = write_report(rows, job_table, folder)

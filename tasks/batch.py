@@ -68,7 +68,7 @@ def make_batches(
             target.add(members, size)
         else:
             _split_into(bins, members, max_files, max_bytes)
-    return [_seal(b.files) for b in bins]
+    return [seal(b.files) for b in bins]
 
 
 class _Bin:
@@ -106,10 +106,10 @@ def halves(batch: Batch) -> list[Batch]:
     if len(batch.files) < 2:
         return [batch]
     middle = (len(batch.files) + 1) // 2
-    return [_seal(list(batch.files[:middle])), _seal(list(batch.files[middle:]))]
+    return [seal(list(batch.files[:middle])), seal(list(batch.files[middle:]))]
 
 
-def _seal(files: list[ValidationRecord]) -> Batch:
+def seal(files: list[ValidationRecord]) -> Batch:
     ordered = tuple(sorted(files, key=lambda r: r.uri))
     digest = hashlib.sha256()
     for record in ordered:

@@ -29,13 +29,10 @@ from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, wait_for_job
-from tasks.report import (
-    CONFIRMED_IN_DATASTORE,
-    CONFIRMED_IN_DATASTORE_AFTER_FAILURE,
-    build_file_report,
-)
+from tasks.report import CONFIRMED_IN_DATASTORE, build_file_report, confirmed_after
 from tasks.report_row import file_rows
 from tasks.retry_policy import retry_class
+from tasks.split import RETRY_STAGING
 from tasks.stage import StagedFile, staging_run_id
 from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
 from tasks.validate import ValidationRecord
@@ -110,7 +107,7 @@ def retry_staging_id(source: str, datastore_id: str, items: Sequence[RetryItem])
     digest = hashlib.sha256(staging_run_id(source, datastore_id).encode())
     for item in sorted(items, key=lambda i: i.file.uri):
         digest.update(f"|{item.file.uri}:{item.attempts}".encode())
-    return f"{staging_run_id(source, datastore_id)}-retry-{digest.hexdigest()[:12]}"
+    return f"{staging_run_id(source, datastore_id)}{RETRY_STAGING}{digest.hexdigest()[:12]}"
 
 
 def _output_lost(item: LedgerFile) -> bool:
@@ -168,9 +165,10 @@ def settle_lost_outputs(
 
 
 def _confirmed(item: LedgerFile) -> str:
-    if _job_not_trusted(item):
-        return (f"{CONFIRMED_IN_DATASTORE_AFTER_FAILURE}{item.status}: "
-                f"{item.reason or 'no message'})")
+    if item.status == FileStatus.JOB_FAILED.value:
+        return confirmed_after(JobStatus.FAILED, item.reason)
+    if item.status == FileStatus.TIMED_OUT.value:
+        return confirmed_after(JobStatus.TIMED_OUT, item.reason)
     return f"{CONFIRMED_IN_DATASTORE}{item.reason or 'an earlier run found it missing'})"
 
 
