@@ -4,11 +4,18 @@ imports its neighbours, and never imports again what such a job stored."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -24,9 +31,11 @@ from tasks.ledger.schema import jobs_table
 from tasks.poll import JobOutcome
 from tasks.statuses import ISOLATED, JobStatus
 from tests.operations.conftest import (
+    BUCKET,
     import_jobs,
     imported_by_service,
     ingest_params,
+    medical_imaging,
     retry_params,
 )
 
@@ -75,6 +84,86 @@ def test_a_poison_file_is_isolated_and_its_neighbours_imported(
     # The isolated file would break its next job alike: unchanged, it waits.
     again = retry_failed(retry_params(tmp_path, max_files_per_job=10))
     assert again.jobs == 0 and again.not_retried_unchanged == 1
+
+
+def _job_inputs(datastore_id: str) -> list[str]:
+    client = medical_imaging()
+    return [client.get_dicom_import_job(datastoreId=datastore_id, jobId=job["jobId"])
+            ["jobProperties"]["inputS3Uri"] for job in import_jobs(datastore_id)]
+
+
+def _inputs(datastore_id: str) -> Counter[frozenset[str]]:
+    """How many jobs were given each set of files (by name), read from the
+    jobs' input prefixes."""
+    s3 = boto3.client("s3")
+    found: Counter[frozenset[str]] = Counter()
+    for uri in _job_inputs(datastore_id):
+        prefix = uri.removeprefix(f"s3://{BUCKET}/")
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        found[frozenset(item["Key"].rsplit("/", 1)[-1] for page in pages
+                        for item in page.get("Contents", []))] += 1
+    return found
+
+
+def test_a_retry_killed_while_splitting_goes_on_without_a_job_twice(
+    service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from config.settings import get_settings
+    from tasks.ledger import SystemClock
+    from tests.operations.served import quiet_env
+
+    files = write_ct_series(tmp_path / "source" / "s", 10, series_spec("killed-split"), 16, 16)
+    poison = files[7]
+    service.faults.fail_jobs_with_key = rf"/{poison.name}$"
+    first = dicom_ingest(ingest_params(tmp_path, max_files_per_job=10))
+    datastore_id = first.datastore_id
+    assert datastore_id is not None and first.counts["job_failed"] == 10
+    service.faults.job_duration_seconds = 2.0
+    presumed_dead = 1.0
+    monkeypatch.setenv("DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS", str(presumed_dead))
+    get_settings.cache_clear()
+    env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
+           "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS": str(presumed_dead)}
+    params = retry_params(tmp_path, max_files_per_job=10).model_dump_json()
+    run = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from flows.retry import retry_failed; "
+         "from flows.parameters import RetryParameters; "
+         "retry_failed(RetryParameters.model_validate_json(sys.argv[1]))", params],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not any("-split/" in uri for uri in _job_inputs(datastore_id)):
+            assert run.poll() is None, "the retry ended before it split the batch"
+            assert time.monotonic() < deadline, "the retry never split the batch"
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    service.faults.job_duration_seconds = 0.0
+    ahead = timedelta(seconds=presumed_dead * 1.5)
+    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
+
+    try:
+        result = retry_failed(retry_params(tmp_path, max_files_per_job=10))
+    finally:
+        get_settings.cache_clear()
+
+    rows = _rows(result.report_files_parquet).set_index("source_uri")
+    assert sorted(rows.index) == sorted(map(str, files))
+    assert dict(Counter(rows["status"])) == {"imported": 9, "job_failed": 1}
+    assert rows.loc[str(poison), "error_type"] == ISOLATED
+    assert result.resumed_jobs >= 1
+    # No set of files went into two jobs, except the batch the ingestion's
+    # job failed with, which the killed retry started once more.
+    jobs_per_input = _inputs(datastore_id)
+    assert jobs_per_input.pop(frozenset(f.name for f in files)) == 2
+    assert set(jobs_per_input.values()) == {1}
+    assert Counter(imported_by_service(datastore_id)) == {
+        f"s/{f.name}": 1 for f in files if f != poison}
 
 
 def test_files_a_failed_job_stored_are_confirmed_not_imported_again(
