@@ -244,7 +244,8 @@ def _split_failed(
     while failed:
         parts = []
         for batch, outcome in failed:
-            rows, rest = look_up_stored(outcome.datastore_id, batch, outcome)
+            other_bytes = ledger.imported_as_other_bytes({f.uri: f.sha256 for f in batch.files})
+            rows, rest = look_up_stored(outcome.datastore_id, batch, outcome, other_bytes)
             if rest is batch and len(batch.files) == 1:
                 continue  # isolated: reported with the job it failed alone
             ledger.record_jobs_ended([outcome])

@@ -139,9 +139,13 @@ def settle_lost_outputs(
     for, are looked up in the data store before anything is imported again:
     those it holds are recorded imported (and returned as report rows), never
     imported twice; the rest go on to be retried. Only files this run wins a
-    claim on are recorded."""
-    doubtful = [c for c in candidates
-                if (_output_lost(c) or _job_not_trusted(c)) and _instance(c)]
+    claim on are recorded. Not a failed job's file that some run imported
+    with other bytes: the data store holding its instance would not tell
+    which bytes it holds."""
+    after_failure = [c for c in candidates if _job_not_trusted(c) and _instance(c)]
+    other_bytes = ledger.imported_as_other_bytes({c.uri: c.sha256 for c in after_failure})
+    doubtful = [c for c in candidates if _instance(c) and (
+        _output_lost(c) or (_job_not_trusted(c) and c.uri not in other_bytes))]
     if not doubtful:
         return file_rows(pd.DataFrame()), list(candidates)
     won = {f.uri for f in ledger.claim_known(

@@ -90,15 +90,17 @@ def mark_isolated(rows: pd.DataFrame, batch_ids: set[str]) -> pd.DataFrame:
 
 
 def stored_by_failed_job(
-    datastore_id: str, batch: Batch, outcome: JobOutcome
+    datastore_id: str, batch: Batch, outcome: JobOutcome, imported_before: set[str]
 ) -> tuple[pd.DataFrame, Batch | None]:
     """The files of a FAILED job that the data store holds, as report rows
     (imported, confirmed), and the batch of the others (None when none is
-    left; ``batch`` itself when the data store holds none of them)."""
+    left; ``batch`` itself when the data store holds none of them). Files in
+    ``imported_before`` (with other bytes: the ledger's) are not looked up."""
     instances = {
         r.uri: Instance(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
         for r in batch.files
         if r.study_instance_uid and r.series_instance_uid and r.sop_instance_uid
+        and r.uri not in imported_before
     }
     landed = find_landed(datastore_id, instances.values())
     found = {uri: landed[i] for uri, i in instances.items() if i in landed}
@@ -119,6 +121,6 @@ def stored_by_failed_job(
 
 @task(name="find-failed-job-files-in-datastore", cache_policy=NO_CACHE)
 def look_up_stored(
-    datastore_id: str, batch: Batch, outcome: JobOutcome
+    datastore_id: str, batch: Batch, outcome: JobOutcome, imported_before: set[str]
 ) -> tuple[pd.DataFrame, Batch | None]:
-    return stored_by_failed_job(datastore_id, batch, outcome)
+    return stored_by_failed_job(datastore_id, batch, outcome, imported_before)

@@ -25,10 +25,9 @@ from emulator.faults import POISON_MESSAGE
 from emulator.samples import series_spec, write_ct_series
 from flows.ingest import dicom_ingest
 from flows.retry import retry_failed
-from tasks import import_jobs as import_jobs_module
 from tasks.ledger import RunLedger, ledger_url
 from tasks.ledger.schema import jobs_table
-from tasks.poll import JobOutcome
+from tasks.poll import JobOutcome, wait_for_job
 from tasks.statuses import ISOLATED, JobStatus
 from tests.operations.conftest import (
     BUCKET,
@@ -172,14 +171,14 @@ def test_files_a_failed_job_stored_are_confirmed_not_imported_again(
     """HealthImaging does not promise that a FAILED job stored nothing: here
     every job stores its files and is then reported FAILED."""
     files = write_ct_series(tmp_path / "source" / "s", 3, series_spec("stored"), 16, 16)
-    wait = import_jobs_module.wait_for_job
+    wait = wait_for_job
 
     def failed_after_storing(*args: Any, **kwargs: Any) -> JobOutcome:
         return replace(wait(*args, **kwargs), status=JobStatus.FAILED,
                        message="The import was stopped; start a new import job.")
 
     with monkeypatch.context() as patch:
-        patch.setattr(import_jobs_module, "wait_for_job", failed_after_storing)
+        patch.setattr("tasks.import_jobs.wait_for_job", failed_after_storing)
         first = dicom_ingest(ingest_params(tmp_path))
     assert first.counts["job_failed"] == 3
     assert first.datastore_id is not None
@@ -194,3 +193,23 @@ def test_files_a_failed_job_stored_are_confirmed_not_imported_again(
     assert len(import_jobs(first.datastore_id)) == 1
     assert Counter(imported_by_service(first.datastore_id)) == {
         f"s/{f.name}": 1 for f in files}
+
+
+def test_a_changed_file_whose_job_failed_is_imported_again_not_confirmed(
+    service: LocalService, tmp_path: Path
+) -> None:
+    """The data store holds its instance from the old bytes: that says nothing
+    of the new ones."""
+    files = write_ct_series(tmp_path / "source" / "s", 2, series_spec("changed"), 16, 16)
+    first = dicom_ingest(ingest_params(tmp_path))
+    assert first.counts["imported"] == 2 and first.datastore_id is not None
+    write_ct_series(tmp_path / "other", 2, series_spec("changed"), 8, 8)[0].replace(files[0])
+    service.faults.fail_jobs = 1
+    second = dicom_ingest(ingest_params(tmp_path))
+    assert second.counts["job_failed"] == 1
+
+    result = retry_failed(retry_params(tmp_path))
+
+    (row,) = _rows(result.report_files_parquet).to_dict("records")
+    assert (row["source_uri"], row["status"]) == (str(files[0]), "imported")
+    assert pd.isna(row["error_message"]) and result.jobs == 1
