@@ -123,12 +123,11 @@ class _JobFiles:
 
     def drop(self, batch: Batch) -> None:
         """A batch split since: its files are reported with its parts."""
-        ids = {batch.batch_id}
         uris = {f.uri for f in batch.files}
         self.records = [r for r in self.records if r.uri not in uris]
-        self.batches = [b for b in self.batches if b.batch_id not in ids]
-        self.staged = [s for s in self.staged if s.batch_id not in ids]
-        self.outcomes = [o for o in self.outcomes if o.batch_id not in ids]
+        self.batches = [b for b in self.batches if b.batch_id != batch.batch_id]
+        self.staged = [s for s in self.staged if s.batch_id != batch.batch_id]
+        self.outcomes = [o for o in self.outcomes if o.batch_id != batch.batch_id]
 
 
 @dataclass(frozen=True)
