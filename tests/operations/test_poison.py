@@ -4,14 +4,8 @@ imports its neighbours, and never imports again what such a job stored."""
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +31,7 @@ from tests.operations.conftest import (
     medical_imaging,
     retry_params,
 )
+from tests.operations.killed import after_a_killed_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -107,12 +102,6 @@ def _inputs(datastore_id: str) -> Counter[frozenset[str]]:
 def test_a_retry_killed_while_splitting_goes_on_without_a_job_twice(
     service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
-
-    from config.settings import get_settings
-    from tasks.ledger import SystemClock
-    from tests.operations.served import quiet_env
-
     files = write_ct_series(tmp_path / "source" / "s", 10, series_spec("killed-split"), 16, 16)
     poison = files[7]
     service.faults.fail_jobs_with_key = rf"/{poison.name}$"
@@ -120,36 +109,12 @@ def test_a_retry_killed_while_splitting_goes_on_without_a_job_twice(
     datastore_id = first.datastore_id
     assert datastore_id is not None and first.counts["job_failed"] == 10
     service.faults.job_duration_seconds = 2.0
-    presumed_dead = 1.0
-    monkeypatch.setenv("DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS", str(presumed_dead))
-    get_settings.cache_clear()
-    env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
-           "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS": str(presumed_dead)}
-    params = retry_params(tmp_path, max_files_per_job=10).model_dump_json()
-    run = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from flows.retry import retry_failed; "
-         "from flows.parameters import RetryParameters; "
-         "retry_failed(RetryParameters.model_validate_json(sys.argv[1]))", params],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not any("-split/" in uri for uri in _job_inputs(datastore_id)):
-            assert run.poll() is None, "the retry ended before it split the batch"
-            assert time.monotonic() < deadline, "the retry never split the batch"
-            time.sleep(0.1)
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
-    service.faults.job_duration_seconds = 0.0
-    ahead = timedelta(seconds=presumed_dead * 1.5)
-    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
-
-    try:
+    with after_a_killed_run("flows.retry:retry_failed",
+                            retry_params(tmp_path, max_files_per_job=10),
+                            lambda: any("-split/" in uri for uri in _job_inputs(datastore_id)),
+                            "its first split", service, tmp_path, monkeypatch):
+        service.faults.job_duration_seconds = 0.0
         result = retry_failed(retry_params(tmp_path, max_files_per_job=10))
-    finally:
-        get_settings.cache_clear()
 
     rows = _rows(result.report_files_parquet).set_index("source_uri")
     assert sorted(rows.index) == sorted(map(str, files))

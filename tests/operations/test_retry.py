@@ -3,13 +3,7 @@ imported, with attempts counted and limits kept."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +19,7 @@ from tests.operations.conftest import (
     ingest_params,
     retry_params,
 )
+from tests.operations.killed import after_a_killed_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -130,50 +125,22 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
     service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run killed outright stops beating; retry_failed takes its files once
-    it is presumed dead (the claim lease stays at its 12 h default)."""
-    from prefect.settings import PREFECT_API_URL
-
-    from config.settings import get_settings
-    from tasks.ledger import RunLedger, SystemClock, ledger_url
+    it is presumed dead."""
+    from tasks.ledger import RunLedger, ledger_url
     from tests.operations.conftest import medical_imaging
-    from tests.operations.served import quiet_env
 
     files = write_ct_series(tmp_path / "source" / "killed", 2, series_spec("killed"), 16, 16)
     client = medical_imaging()
     datastore_id = client.create_datastore(datastoreName="killed-store")["datastoreId"]
     service.faults.job_duration_seconds = 5.0
-    presumed_dead = 1.0
-    monkeypatch.setenv("DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS", str(presumed_dead))
-    get_settings.cache_clear()
-    env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
-           "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS": str(presumed_dead)}
-    params = ingest_params(tmp_path, datastore=datastore_id).model_dump_json()
-    run = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from flows.ingest import dicom_ingest; "
-         "from flows.parameters import IngestParameters; "
-         "dicom_ingest(IngestParameters.model_validate_json(sys.argv[1]))", params],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
     observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
-    try:
-        deadline = time.monotonic() + 120
-        while not observer.unfinished_jobs() and run.poll() is None:
-            assert time.monotonic() < deadline, "the run never started its job"
-            time.sleep(0.1)
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
-    (job,) = observer.unfinished_jobs()
-    assert {f.status for f in job.files} == {"submitted"}
-    # The retry's clock runs ahead: the killed run has missed its beats.
-    ahead = timedelta(seconds=presumed_dead * 1.5)
-    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
-
-    try:
+    with after_a_killed_run("flows.ingest:dicom_ingest",
+                            ingest_params(tmp_path, datastore=datastore_id),
+                            lambda: bool(observer.unfinished_jobs()), "its job started",
+                            service, tmp_path, monkeypatch):
+        (job,) = observer.unfinished_jobs()
+        assert {f.status for f in job.files} == {"submitted"}
         result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
-    finally:
-        get_settings.cache_clear()
 
     rows = _rows(result.report_files_parquet)
     assert sorted(rows["source_uri"]) == sorted(map(str, files))
