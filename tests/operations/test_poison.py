@@ -36,10 +36,6 @@ from tests.operations.killed import after_a_killed_run
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
-def _rows(path: str) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
 def test_a_poison_file_is_isolated_and_its_neighbours_imported(
     service: LocalService, tmp_path: Path
 ) -> None:
@@ -53,7 +49,7 @@ def test_a_poison_file_is_isolated_and_its_neighbours_imported(
 
     result = retry_failed(retry_params(tmp_path, max_files_per_job=10))
 
-    rows = _rows(result.report_files_parquet).set_index("source_uri")
+    rows = pd.read_parquet(result.report_files_parquet).set_index("source_uri")
     assert sorted(rows.index) == sorted(map(str, files))
     assert dict(Counter(rows["status"])) == {"imported": 9, "job_failed": 1}
     alone = rows.loc[str(poison)]
@@ -63,7 +59,7 @@ def test_a_poison_file_is_isolated_and_its_neighbours_imported(
     # The batch again (it fails), then per round one half that fails and one
     # that imports: ceil(log2 10) rounds.
     rounds = math.ceil(math.log2(len(files)))
-    (failed_first,) = set(_rows(first.report_files_parquet)["job_id"])
+    (failed_first,) = set(pd.read_parquet(first.report_files_parquet)["job_id"])
     started = [j for j in import_jobs(datastore_id) if j["jobId"] != failed_first]
     assert len(started) == result.jobs <= 1 + 2 * rounds
     assert Counter(j["jobStatus"] for j in started)["FAILED"] <= 1 + rounds
@@ -116,7 +112,7 @@ def test_a_retry_killed_while_splitting_goes_on_without_a_job_twice(
         service.faults.job_duration_seconds = 0.0
         result = retry_failed(retry_params(tmp_path, max_files_per_job=10))
 
-    rows = _rows(result.report_files_parquet).set_index("source_uri")
+    rows = pd.read_parquet(result.report_files_parquet).set_index("source_uri")
     assert sorted(rows.index) == sorted(map(str, files))
     assert dict(Counter(rows["status"])) == {"imported": 9, "job_failed": 1}
     assert rows.loc[str(poison), "error_type"] == ISOLATED
@@ -150,7 +146,7 @@ def test_files_a_failed_job_stored_are_confirmed_not_imported_again(
 
     result = retry_failed(retry_params(tmp_path))
 
-    rows = _rows(result.report_files_parquet)
+    rows = pd.read_parquet(result.report_files_parquet)
     assert sorted(rows["source_uri"]) == sorted(map(str, files))
     assert rows["status"].eq("imported").all() and result.jobs == 0
     assert rows["error_message"].str.startswith("Confirmed in the data store").all()
@@ -175,6 +171,6 @@ def test_a_changed_file_whose_job_failed_is_imported_again_not_confirmed(
 
     result = retry_failed(retry_params(tmp_path))
 
-    (row,) = _rows(result.report_files_parquet).to_dict("records")
+    (row,) = pd.read_parquet(result.report_files_parquet).to_dict("records")
     assert (row["source_uri"], row["status"]) == (str(files[0]), "imported")
     assert pd.isna(row["error_message"]) and result.jobs == 1
