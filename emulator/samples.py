@@ -8,6 +8,7 @@ Part 10 files with pydicom (nothing is downloaded) and returns their paths.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,13 @@ PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 # A fixed root keeps generated UIDs valid (digits and dots, <= 64 characters).
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."
+# Element headers, explicit VR little endian.
+_PIXEL_DATA = b"\xe0\x7f\x10\x00"
+_CONTENT_SEQUENCE = b"\x40\x00\x30\xa7SQ\x00\x00"
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_UNDEFINED_LENGTH = b"\xff\xff\xff\xff"
 
 
 def uid(seed: str) -> UID:
@@ -191,6 +199,52 @@ def write_with_text(path: Path, keyword: str, text: str) -> Path:
     value += b" " * (len(value) % 2)
     ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
     return write(ds, path)
+
+
+def write_with_vr(path: Path, keyword: str, vr: bytes) -> Path:
+    """A small valid slice with one element's VR written as ``vr``."""
+    write(_small_slice(str(path)), path)
+    return replace_vr(path, keyword, vr)
+
+
+def replace_vr(path: Path, keyword: str, vr: bytes) -> Path:
+    """The file at ``path`` (explicit VR little endian) with one element's VR
+    written as ``vr``, which may be no VR at all (b"ZZ"): pydicom writes only
+    the VRs it knows."""
+    number = tag_for_keyword(keyword)
+    if number is None:
+        raise ValueError(f"{keyword} is not a DICOM keyword")
+    header = struct.pack("<HH", number >> 16, number & 0xFFFF) + dictionary_VR(number).encode()
+    data = path.read_bytes()
+    if data.count(header) != 1:
+        raise ValueError(f"{keyword} is not written once in {path}")
+    path.write_bytes(data.replace(header, header[:4] + vr))
+    return path
+
+
+def nested_sequences(depth: int, defined_length: bool = False) -> bytes:
+    """ContentSequence items nested ``depth`` levels deep (a few bytes a
+    level), explicit VR little endian; each sequence and item of undefined
+    length, or of the length of what it holds."""
+    body = b"\x08\x00\x00\x01SH\x02\x00x "  # CodeValue
+    for _ in range(depth):
+        if defined_length:
+            item = _ITEM + struct.pack("<L", len(body)) + body
+            body = _CONTENT_SEQUENCE + struct.pack("<L", len(item)) + item
+        else:
+            item = _ITEM + _UNDEFINED_LENGTH + body + _ITEM_END
+            body = _CONTENT_SEQUENCE + _UNDEFINED_LENGTH + item + _SEQUENCE_END
+    return body
+
+
+def write_nested(path: Path, depth: int, defined_length: bool = False) -> Path:
+    """A small valid slice with sequences nested ``depth`` levels deep
+    (``nested_sequences``), just before Pixel Data."""
+    write(_small_slice(str(path)), path)
+    data = path.read_bytes()
+    at = data.index(_PIXEL_DATA)
+    path.write_bytes(data[:at] + nested_sequences(depth, defined_length) + data[at:])
+    return path
 
 
 def write_oversized_rle(path: Path, rows: int = 30000, columns: int = 30000) -> Path:

@@ -13,6 +13,7 @@ class ReasonCode(StrEnum):
     NOT_P10 = "not_p10"
     TRUNCATED = "truncated"
     UNREADABLE = "unreadable"
+    SEQUENCE_TOO_DEEP = "sequence_too_deep"
     NO_TRANSFER_SYNTAX = "no_transfer_syntax"
     MISSING_UID = "missing_uid"
     ATTRIBUTE_TOO_LONG = "attribute_too_long"

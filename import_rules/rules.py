@@ -19,6 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydicom.multival import MultiValue
+
 from import_rules.codes import ReasonCode, WarningCode, warning_label
 
 NATIVE_TRANSFER_SYNTAXES = frozenset(
@@ -88,9 +90,17 @@ IMAGE_ATTRIBUTES = ("Rows", "Columns", "BitsAllocated")
 # well above the largest single-frame images (mammography, stitched
 # radiographs: under 100 MB); whole-slide images come tiled in small frames.
 MAX_FRAME_BYTES = 256 << 20
+# The deepest nesting of sequences accepted. AWS documents none; a reader
+# that recurses per level (pydicom does, for sequences of undefined length)
+# dies of a few hundred, and a file can nest thousands in a few kilobytes.
+# Structured reports, the deepest real files, nest about ten.
+MAX_SEQUENCE_DEPTH = 64
 _INTEGER_STRING = re.compile(r" *[+-]?[0-9]+ *")
 _FILE_META_START = 132  # 128-byte preamble + "DICM"
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
+# A quoted string or bytes of three characters or more, escapes included,
+# its opening quote where one opens (not right after a word or a quote).
+_QUOTED = re.compile(r"""(?<![\w'"])b?(['"])(?!\s)(?:\\.|(?!\1).){3,}?\1""")
 
 
 class Refusal(Exception):
@@ -152,7 +162,45 @@ def truncated_element(tag: int, declared: int, available: int) -> Refusal:
 
 
 def unreadable(detail: object) -> Refusal:
-    return Refusal(ReasonCode.UNREADABLE, f"The DICOM file could not be parsed: {detail}")
+    return Refusal(
+        ReasonCode.UNREADABLE, f"The DICOM file could not be parsed: {without_values(detail)}"
+    )
+
+
+def invalid_value(keyword: str, error: Exception) -> Refusal:
+    """An attribute a rule reads whose value pydicom cannot convert."""
+    return unreadable(f"DICOM attribute {keyword} has an invalid value: {error}")
+
+
+def without_values(detail: object) -> str:
+    """``detail`` with the values it quotes left out: a reader's error may
+    quote the bytes it choked on, and they may be a patient's name. Two
+    characters stay (a VR)."""
+    return _QUOTED.sub("'…'", str(detail))
+
+
+def as_text(value: object) -> str | None:
+    """A value as pydicom converted it, as the rules read text: several
+    values joined by backslashes; None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple | MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def as_number(value: object) -> int | None:
+    """A value as pydicom converted it, as the rules read a number: one integer."""
+    return value if isinstance(value, int) else None
+
+
+def too_deep() -> Refusal:
+    """Sequences nested past MAX_SEQUENCE_DEPTH. The message gives no depth:
+    a reader stops counting at the limit."""
+    return Refusal(
+        ReasonCode.SEQUENCE_TOO_DEEP,
+        f"The DICOM file nests sequences more than {MAX_SEQUENCE_DEPTH} levels deep",
+    )
 
 
 def check_transfer_syntax(uid: str | None) -> ExpectedWarning | None:

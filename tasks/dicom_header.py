@@ -9,13 +9,19 @@ times cheaper per file.
 It reads the plain cases only: explicit or implicit VR little endian, explicit
 VR big endian, deflated, and the encapsulated syntaxes. Anything else (a
 missing or unknown transfer syntax, a dataset encoded other than its transfer
-syntax says, an unknown VR, an element header cut short) raises
-:class:`UnusualEncoding`, and the caller reads the file with pydicom
-(:func:`read_header_with_pydicom`), whose leniency in those cases is
-documented. So the fast path never judges a file differently from pydicom; it
-only judges the common file sooner. The one exception: a value that goes past
-the end of the file raises :class:`Truncated`, since the import refuses such a
-file (``import_rules``) where pydicom would keep what is there.
+syntax says, an unknown VR, a file meta element with another VR than its
+own, an element header cut short) raises :class:`UnusualEncoding`, and the
+caller reads the file with pydicom (:func:`read_header_with_pydicom`), whose
+leniency in those cases is documented. So the fast path never judges a file
+differently from pydicom; it only judges the common file sooner. The one
+exception: a value that goes past the end of the file raises
+:class:`Truncated`, since the import refuses such a file (``import_rules``)
+where pydicom would keep what is there.
+
+Neither path recurses per level of nesting: the fast path walks into a
+sequence one element at a time, keeping a stack, and only as far as it must
+to count levels (a sequence too short to nest past the limit is passed
+whole); pydicom's recursion is cut short and counted as nesting too deep.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Collection, MutableSequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+from import_rules.dataset_checks import check_nesting, check_values_complete
+from import_rules.rules import MAX_SEQUENCE_DEPTH, as_text, too_deep
+from tasks.pixel_data_end import check_pixel_data_end
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -49,7 +59,12 @@ _SEQUENCE_END = 0xFFFEE0DD
 _PREAMBLE = 132  # 128-byte preamble + "DICM"
 _KNOWN_VRS = frozenset(vr.value.encode() for vr in VR)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
-_UNSIGNED = {2: "H", 4: "L"}
+# The fewest bytes a level of nesting takes: a sequence's and an item's
+# element headers. A top-level value shorter than this many levels' worth
+# cannot nest too deep.
+_LEVEL_BYTES = 16
+_TOO_DEEP_BYTES = _LEVEL_BYTES * MAX_SEQUENCE_DEPTH
+_NONE: frozenset[int] = frozenset()
 
 
 class UnusualEncoding(Exception):
@@ -82,14 +97,25 @@ class PixelElement:
     # since offsets in the inflated bytes do not map to the file.
     start: int | None
 
+    @property
+    def value_start(self) -> int:
+        if self.start is None:
+            raise ValueError("no offset in the file: the dataset was deflated")
+        return self.start + (12 if self.long_header else 8)
+
 
 @dataclass(frozen=True)
 class Header:
     transfer_syntax: str | None
     little_endian: bool
+    explicit_vr: bool
     # Wanted elements as written: (VR or None for implicit VR, value bytes).
     elements: dict[int, tuple[str | None, bytes]]
     pixel: PixelElement | None
+    # The wanted elements written with another VR than the DICOM dictionary
+    # gives them: their bytes do not mean what every reader takes them to
+    # mean, and pydicom reads them as their VR says.
+    odd_vrs: frozenset[int] = frozenset()
 
     def raw(self, tag: int) -> bytes | None:
         element = self.elements.get(tag)
@@ -102,19 +128,20 @@ class Header:
             return None
         return raw.decode("latin-1").strip("\x00 ").strip() or None
 
-    def unsigned(self, tag: int) -> int | None:
-        """A US/UL value; None when absent.
-
-        Raises:
-            ValueError: the value is not one 16- or 32-bit number.
-        """
+    def as_written(self, tag: int) -> str | None:
+        """A value's text before pydicom converts it (which raises on a bad IS),
+        without its padding; None when absent or empty."""
         raw = self.raw(tag)
         if raw is None:
             return None
-        code = _UNSIGNED.get(len(raw))
-        if code is None:
-            raise ValueError(f"a {len(raw)}-byte value where one number was expected")
-        return int(struct.unpack(("<" if self.little_endian else ">") + code, raw)[0])
+        return raw.decode("latin-1").strip("\x00 ") or None
+
+    def unsigned(self, tag: int) -> int | None:
+        """A US value as written; None when absent or not one 16-bit number."""
+        raw = self.raw(tag)
+        if raw is None or len(raw) != 2:
+            return None
+        return int(struct.unpack("<H" if self.little_endian else ">H", raw)[0])
 
     def decoded(self, tag: int) -> Any:
         """The value as pydicom converts it, in the dataset's character set."""
@@ -145,6 +172,8 @@ def read_header(data: bytes, complete: bool, wanted: frozenset[int]) -> Header:
         NeedMoreData: ``data`` ends inside the header and ``complete`` is False.
         Truncated: ``complete``, and a value goes past the end of ``data``.
         UnusualEncoding: not a plain case (see the module docstring).
+        Refusal: sequences nest too deep; or, deflated, the inflated dataset
+            ends inside Pixel Data or an element after it.
     """
     reader = _Reader(data, complete)
     elements: dict[int, tuple[str | None, bytes]] = {}
@@ -169,7 +198,13 @@ def read_header(data: bytes, complete: bool, wanted: frozenset[int]) -> Header:
     else:
         raise UnusualEncoding(f"transfer syntax {syntax!r}")
     pixel = reader.walk_dataset(start, elements, wanted)
-    return Header(syntax, syntax != EXPLICIT_VR_BIG_ENDIAN, elements, pixel)
+    little_endian = syntax != EXPLICIT_VR_BIG_ENDIAN
+    if pixel is not None and pixel.start is not None and not reader.offsets:
+        check_pixel_data_end(lambda offset, count: reader.data[offset : offset + count],
+                             pixel.value_start, pixel.length, len(reader.data),
+                             reader.explicit, little_endian)
+        pixel = replace(pixel, start=None)
+    return Header(syntax, little_endian, reader.explicit, elements, pixel, _odd_vrs(elements))
 
 
 class _Reader:
@@ -225,6 +260,8 @@ class _Reader:
             tag, vr, length, header = self._element(pos)
             if length == UNDEFINED_LENGTH or vr is None:
                 raise UnusualEncoding("undefined length in the file meta")
+            if vr != (_DICTIONARY_VRS[tag] or vr):  # pydicom reads such a file meta its own way
+                raise UnusualEncoding(f"({tag:08X}) in the file meta has VR {vr}")
             pos = self._keep(pos + header, length, tag, vr, elements, wanted)
 
     def walk_dataset(
@@ -232,19 +269,24 @@ class _Reader:
     ) -> PixelElement | None:
         data = self.data
         first = True
+        too_deep_bytes = _TOO_DEEP_BYTES
         while pos < len(data):
             if first:
                 self._check_vr_style(pos)
                 first = False
             tag, vr, length, header = self._element(pos)
             if tag in PIXEL_TAGS:
-                return PixelElement(tag, header == 12, length, pos if self.offsets else None)
+                return PixelElement(tag, header == 12, length, pos)
             if tag >> 16 == 0xFFFE:
                 raise UnusualEncoding(f"item tag at the top level, offset {pos}")
-            if length == UNDEFINED_LENGTH:
+            if length < too_deep_bytes:  # nearly every value: nothing to walk into
+                pos = self._keep(pos + header, length, tag, vr, elements, wanted)
+            elif length == UNDEFINED_LENGTH:
                 if vr not in (None, "SQ"):
                     raise UnusualEncoding(f"{vr} of undefined length")
-                pos = self._skip_sequence(pos + header)
+                pos = self._past_sequence(pos + header, None)
+            elif self._is_sequence(tag, vr):
+                pos = self._past_sequence(pos + header, self._value_end(pos + header, length, tag))
             else:
                 pos = self._keep(pos + header, length, tag, vr, elements, wanted)
         if not self.complete:
@@ -278,32 +320,96 @@ class _Reader:
             elements[tag] = (vr, self.data[start:end])
         return end
 
-    def _skip_sequence(self, pos: int) -> int:
-        """Past the delimiter of a sequence of undefined length."""
-        while True:
-            tag, _, length, header = self._element(pos)
-            pos += header
-            if tag == _SEQUENCE_END:
-                return pos
-            if tag != _ITEM:
-                raise UnusualEncoding(f"{tag:08X} where a sequence item was expected")
-            pos = self._skip_item(pos) if length == UNDEFINED_LENGTH else pos + length
+    def _value_end(self, start: int, length: int, tag: int) -> int:
+        end = start + length
+        if end > len(self.data):
+            if self.complete:
+                raise Truncated(tag, length, len(self.data) - start)
+            raise NeedMoreData
+        return end
 
-    def _skip_item(self, pos: int) -> int:
-        """Past the delimiter of an item of undefined length."""
-        while True:
+    def _is_sequence(self, tag: int, vr: str | None) -> bool:
+        """pydicom reads a value of VR UN, or of no VR, as its dictionary VR:
+        as a sequence in implicit VR whatever the dataset's encoding, which is
+        for pydicom to read."""
+        if vr not in (None, "UN"):
+            return vr == "SQ"
+        sequence = _DICTIONARY_VRS[tag] == "SQ"
+        if sequence and vr == "UN":
+            raise UnusualEncoding(f"({tag:08X}) is a sequence written as UN")
+        return sequence
+
+    def _past_sequence(self, pos: int, end: int | None) -> int:
+        """Past the sequence whose value starts at ``pos``; ``end`` is where
+        its length ends it, None for undefined length.
+
+        One element at a time, with a stack of the sequences and items open
+        around it (each with its end, None until its delimiter), so that no
+        nesting makes it recurse. Nesting past MAX_SEQUENCE_DEPTH is refused; an
+        item or sequence of defined length too short to hold that many levels
+        is passed whole.
+        """
+        opened: list[tuple[bool, int | None]] = [(True, end)]  # (is a sequence, end)
+        depth = 1
+        while opened:
+            in_sequence, end = opened[-1]
+            if end is not None and pos >= end:
+                if pos > end:
+                    raise UnusualEncoding(f"a value goes past the end of its item, offset {pos}")
+                opened.pop()
+                depth -= in_sequence
+                continue
             tag, vr, length, header = self._element(pos)
             pos += header
-            if tag == _ITEM_END:
-                return pos
-            if length == UNDEFINED_LENGTH:
-                if vr not in (None, "SQ"):
+            if tag in (_SEQUENCE_END, _ITEM_END):
+                if tag != (_SEQUENCE_END if in_sequence else _ITEM_END) or end is not None:
+                    raise UnusualEncoding(f"{tag:08X} out of place, offset {pos - header}")
+                opened.pop()
+                depth -= in_sequence
+                continue
+            if in_sequence != (tag == _ITEM):
+                raise UnusualEncoding(f"{tag:08X} where a sequence item was expected")
+            if in_sequence:
+                if length == UNDEFINED_LENGTH or _may_nest_too_deep(depth, length):
+                    opened.append((False, None if length == UNDEFINED_LENGTH else pos + length))
+                else:
+                    pos += length
+            elif length == UNDEFINED_LENGTH or (_may_nest_too_deep(depth, length)
+                                                and self._is_sequence(tag, vr)):
+                if length == UNDEFINED_LENGTH and vr not in (None, "SQ"):
                     raise UnusualEncoding(f"{vr} of undefined length")
-                pos = self._skip_sequence(pos)
+                if depth == MAX_SEQUENCE_DEPTH:
+                    raise too_deep()
+                depth += 1
+                opened.append((True, None if length == UNDEFINED_LENGTH else pos + length))
             else:
                 pos += length
             if pos > len(self.data):
                 self._short()
+        return pos
+
+
+class _DictionaryVRs(dict[int, str | None]):
+    """Each tag's VR in the DICOM dictionary (None for a tag it lacks), looked
+    up once: a plain dict lookup after that, since every element of the file
+    meta and every wanted one is compared with it."""
+
+    def __missing__(self, tag: int) -> str | None:
+        try:
+            vr: str | None = dictionary_VR(tag)
+        except KeyError:
+            vr = None
+        self[tag] = vr
+        return vr
+
+
+_DICTIONARY_VRS = _DictionaryVRs()
+
+
+def _may_nest_too_deep(depth: int, length: int) -> bool:
+    """Whether a value of ``length`` bytes inside ``depth`` levels of sequences
+    could hold sequences nested past the limit."""
+    return depth + length // _LEVEL_BYTES >= MAX_SEQUENCE_DEPTH
 
 
 def read_header_with_pydicom(
@@ -312,7 +418,8 @@ def read_header_with_pydicom(
     """The same :class:`Header`, read by pydicom: the lenient path for files
     :func:`read_header` declines. ``quiet`` silences pydicom while it reads.
 
-    Raises whatever pydicom raises on a file it cannot read.
+    Raises whatever pydicom raises on a file it cannot read, and Refusal for
+    sequences nested too deep.
     """
     pixel: dict[str, Any] = {}
 
@@ -323,10 +430,15 @@ def read_header_with_pydicom(
         return False
 
     with quiet():
-        ds = read_partial(fileobj, stop_when=stop_at_pixels)
+        try:
+            ds = read_partial(fileobj, stop_when=stop_at_pixels)
+        except RecursionError:  # pydicom recurses per level of undefined length
+            raise too_deep() from None
         start = fileobj.tell()
+        check_nesting(ds)
+        check_values_complete(ds)
         meta = getattr(ds, "file_meta", None)
-        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        syntax = as_text(meta.get("TransferSyntaxUID")) if meta is not None else None
         little_endian = bool(ds.original_encoding[1])
         elements: dict[int, tuple[str | None, bytes]] = {}
         for tag in wanted:
@@ -339,10 +451,17 @@ def read_header_with_pydicom(
                 elements[tag] = (element.VR, _as_written(element.value))
     found = None
     if pixel:
-        deflated = str(syntax) == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        deflated = syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
         found = PixelElement(pixel["tag"], pixel["vr"] in EXPLICIT_VR_LENGTH_32,
                              pixel["length"], None if deflated else start)
-    return Header(str(syntax) if syntax else None, little_endian, elements, found)
+    return Header(syntax, little_endian, not ds.original_encoding[0], elements, found,
+                  _odd_vrs(elements))
+
+
+def _odd_vrs(elements: dict[int, tuple[str | None, bytes]]) -> frozenset[int]:
+    vrs = _DICTIONARY_VRS
+    odd = [tag for tag, (vr, _) in elements.items() if vr is not None and vr != vrs[tag]]
+    return frozenset(odd) if odd else _NONE
 
 
 def _as_written(value: Any) -> bytes:

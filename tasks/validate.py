@@ -20,7 +20,7 @@ import re
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -30,23 +30,26 @@ from typing import Any, BinaryIO, NamedTuple
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydicom import config as pydicom_config
-from pydicom.errors import InvalidDicomError
 
 from config.clients import s3_filesystem
 from import_rules.codes import ReasonCode
 from import_rules.rules import (
     IMAGE_ATTRIBUTES,
     LENGTH_LIMITS,
+    MAX_UID_LENGTH,
     NATIVE_TRANSFER_SYNTAXES,
     REQUIRED_UIDS,
     ExpectedWarning,
     Refusal,
+    as_number,
+    as_text,
     check_file_meta,
     check_image,
     check_length,
     check_part10,
     check_transfer_syntax,
     check_uid,
+    invalid_value,
     truncated_element,
     unreadable,
 )
@@ -55,7 +58,6 @@ from tasks.dicom_header import (
     UNDEFINED_LENGTH,
     Header,
     NeedMoreData,
-    PixelElement,
     Truncated,
     UnusualEncoding,
     read_header,
@@ -64,6 +66,7 @@ from tasks.dicom_header import (
 )
 from tasks.discover import SourceFile
 from tasks.locations import S3Uri, is_s3
+from tasks.pixel_data_end import ReadAt, check_pixel_data_end
 from tasks.statuses import FileValidity
 from tasks.worker_processes import worker_pool
 
@@ -73,11 +76,9 @@ _KEYWORDS = (*REQUIRED_UIDS, *LENGTH_LIMITS, *_IMAGE_KEYWORDS, "SeriesNumber",
              "SpecificCharacterSet")
 _TAGS = tags_for(_KEYWORDS)
 _WANTED = frozenset(_TAGS.values())
-_REQUIRED_UID_TAGS = {keyword: _TAGS[keyword] for keyword in REQUIRED_UIDS}
 # With the longest value (in bytes, never fewer than its characters) that
 # needs no closer look.
 _LIMIT_TAGS = {keyword: (_TAGS[keyword], limit.dicom) for keyword, limit in LENGTH_LIMITS.items()}
-_IMAGE_TAGS = tuple(_TAGS[keyword] for keyword in IMAGE_ATTRIBUTES)
 _PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
 # The first read: the whole of a small file, the header of nearly every other
 # (a header that goes on is read on, doubling). Not more: copying 64 KiB of a
@@ -376,9 +377,12 @@ def _validate_stream(listed_size: int, fileobj: BinaryIO, include_phi: bool) -> 
 
     size = len(data) if complete else _size_now(fileobj)
     try:
-        expected = _check(header, size)
+        expected = _check(header, size, _read_at(fileobj, data, complete))
     except Refusal as refusal:
         return Findings(size, FileValidity.INVALID, refusal.reason, refusal.message, **fields)
+    except Exception as exc:  # what pydicom raises on the elements after Pixel Data
+        cannot = unreadable(exc)
+        return Findings(size, FileValidity.INVALID, cannot.reason, cannot.message, **fields)
     labels = ";".join(warning.label for warning in expected) if expected else None
     return Findings(size, FileValidity.VALID, expected_warnings=labels, **fields)
 
@@ -401,9 +405,23 @@ def _parsed(
         return header, _identity(header, include_phi)
     except Truncated as cut:
         raise truncated_element(cut.tag, cut.declared, cut.available) from None
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
-            NotImplementedError) as exc:
+    except Refusal:
+        raise
+    except Exception as exc:  # whatever a malformed header makes a reader raise
         raise unreadable(exc) from None
+
+
+def _read_at(fileobj: BinaryIO, data: bytes, complete: bool) -> ReadAt:
+    """Reads anywhere in the file: from the bytes read already when they are
+    the whole file."""
+    if complete:
+        return lambda offset, count: data[offset : offset + count]
+
+    def read_at(offset: int, count: int) -> bytes:
+        fileobj.seek(offset)
+        return fileobj.read(count)
+
+    return read_at
 
 
 def _size_now(fileobj: BinaryIO) -> int:
@@ -427,87 +445,121 @@ def _read_header(fileobj: BinaryIO, data: bytes, complete: bool) -> Header:
             data += more
 
 
-def _check(header: Header, size: int) -> list[ExpectedWarning]:
+def _check(header: Header, size: int, read_at: ReadAt) -> list[ExpectedWarning]:
     """The import rules, in their order (import_rules.rules); returns the
     warnings the import will attach."""
     expected: list[ExpectedWarning] = []
     if (warning := check_transfer_syntax(header.transfer_syntax)) is not None:
         expected.append(warning)
     pixel = header.pixel if header.pixel is not None and header.pixel.tag == PIXEL_DATA else None
-    if pixel is not None:
-        _check_pixel_data_in_file(pixel, size)
-    for keyword, tag in _REQUIRED_UID_TAGS.items():
-        if (warning := check_uid(keyword, header.text(tag))) is not None:
+    if pixel is not None and pixel.start is not None:  # else deflated: checked as inflated
+        check_pixel_data_end(read_at, pixel.value_start, pixel.length, size,
+                             header.explicit_vr, header.little_endian)
+    for keyword in REQUIRED_UIDS:
+        if (warning := check_uid(keyword, _text_value(header, keyword))) is not None:
             expected.append(warning)
     for keyword, (tag, longest_unchecked) in _LIMIT_TAGS.items():
         raw = header.raw(tag)
-        if (raw is not None and len(raw) > longest_unchecked
-                and (warning := check_length(keyword, _written(header, tag))) is not None):
+        if raw is None or (len(raw) <= longest_unchecked and tag not in header.odd_vrs):
+            continue
+        value = _converted_text(header, keyword)
+        if value is not None and (warning := check_length(keyword, value)) is not None:
             expected.append(warning)
     if pixel is not None:
         native = (pixel.length if header.transfer_syntax in NATIVE_TRANSFER_SYNTAXES
                   and pixel.length != UNDEFINED_LENGTH else None)
         check_image(
-            [_number(header, tag) for tag in _IMAGE_TAGS],
-            _number(header, _TAGS["SamplesPerPixel"]),
-            header.text(_TAGS["PhotometricInterpretation"]),
-            header.text(_TAGS["NumberOfFrames"]),
+            [_number(header, keyword) for keyword in IMAGE_ATTRIBUTES],
+            _number(header, "SamplesPerPixel"),
+            _text_value(header, "PhotometricInterpretation"),
+            header.as_written(_TAGS["NumberOfFrames"]),
             native,
         )
     return expected
 
 
-def _check_pixel_data_in_file(pixel: PixelElement, size: int) -> None:
-    """Pixel Data's declared length against what the file holds, without reading it."""
-    if pixel.length == UNDEFINED_LENGTH or pixel.start is None:
-        return  # encapsulated frames, or a deflated dataset: no offsets to compare
-    available = size - pixel.start - (12 if pixel.long_header else 8)
-    if pixel.length > available:
-        raise truncated_element(PIXEL_DATA, pixel.length, available)
-
-
-def _number(header: Header, tag: int) -> int | None:
-    """A US value; None when absent or not one number."""
-    try:
+def _number(header: Header, keyword: str) -> int | None:
+    """A US value as the import reads it; None when absent or not one number."""
+    tag = _TAGS[keyword]
+    if tag not in header.odd_vrs:
         return header.unsigned(tag)
-    except ValueError:
+    try:
+        with _quiet_pydicom():
+            return as_number(header.decoded(tag))
+    except Exception:  # pydicom raises many types for malformed values
         return None
 
 
-def _written(header: Header, tag: int) -> str:
-    """A text value as the import reads it: in the dataset's character set,
-    values joined by backslashes."""
-    with _quiet_pydicom():
-        value = header.decoded(tag)
-    if isinstance(value, MutableSequence):
-        return "\\".join(map(str, value))
-    return "" if value is None else str(value)
+def _text_value(header: Header, keyword: str) -> str | None:
+    """A text value as the import reads it. Its bytes say it when it is
+    written with its own VR; with another, pydicom converts it as that VR."""
+    tag = _TAGS[keyword]
+    return _converted_text(header, keyword) if tag in header.odd_vrs else header.text(tag)
 
-def _integer_string(header: Header, tag: int) -> Any:
-    """An IS value; through pydicom unless it is a plain integer, so that odd
-    values are accepted or refused exactly as pydicom does."""
+
+def _converted_text(header: Header, keyword: str) -> str | None:
+    """A text value as pydicom converts it: in the dataset's character set,
+    values joined by backslashes.
+
+    Raises:
+        Refusal: pydicom cannot convert it.
+    """
+    try:
+        with _quiet_pydicom():
+            return as_text(header.decoded(_TAGS[keyword]))
+    except Exception as error:  # pydicom raises many types for malformed values
+        raise invalid_value(keyword, error) from None
+
+
+def _uid(header: Header, keyword: str) -> str | None:
+    """None for a UID that cannot be read or is longer than the import takes:
+    the rules refuse the file for it, in their order, and the value
+    (kilobytes, in a damaged file) identifies nothing."""
+    try:
+        uid = _text_value(header, keyword)
+    except Refusal:
+        return None
+    return uid if uid is None or len(uid) <= MAX_UID_LENGTH else None
+
+
+def _series_number(header: Header) -> str | None:
+    """An IS value; through pydicom unless it is a plain integer. No rule
+    reads it: a value pydicom cannot convert is no series number."""
+    tag = _TAGS["SeriesNumber"]
     text = header.text(tag)
-    if text is None or _PLAIN_INTEGER.fullmatch(text):
+    if text is None or (_PLAIN_INTEGER.fullmatch(text) and tag not in header.odd_vrs):
         return text
-    with _quiet_pydicom():
-        return header.decoded(tag)
+    try:
+        with _quiet_pydicom():
+            return _text(header.decoded(tag))
+    except Exception:  # pydicom raises many types for malformed values
+        return None
 
 
 def _identity(header: Header, include_phi: bool) -> dict[str, Any]:
-    series_number = _integer_string(header, _TAGS["SeriesNumber"])
     fields: dict[str, Any] = {
         "transfer_syntax": header.transfer_syntax,
-        "sop_instance_uid": header.text(_TAGS["SOPInstanceUID"]),
-        "study_instance_uid": header.text(_TAGS["StudyInstanceUID"]),
-        "series_instance_uid": header.text(_TAGS["SeriesInstanceUID"]),
-        "series_number": _text(series_number),
+        "sop_instance_uid": _uid(header, "SOPInstanceUID"),
+        "study_instance_uid": _uid(header, "StudyInstanceUID"),
+        "series_instance_uid": _uid(header, "SeriesInstanceUID"),
+        "series_number": _series_number(header),
     }
     if include_phi:
-        with _quiet_pydicom():
-            fields["patient_name"] = _text(header.decoded(_TAGS["PatientName"]))
-            fields["patient_id"] = _text(header.decoded(_TAGS["PatientID"]))
-            fields["patient_birth_date"] = _text(header.decoded(_TAGS["PatientBirthDate"]))
+        fields.update(_patient(header))
     return fields
+
+
+def _patient(header: Header) -> dict[str, str | None]:
+    """For the report only: a value pydicom cannot convert is left out."""
+    found: dict[str, str | None] = {}
+    for field, keyword in (("patient_name", "PatientName"), ("patient_id", "PatientID"),
+                           ("patient_birth_date", "PatientBirthDate")):
+        try:
+            with _quiet_pydicom():
+                found[field] = _text(header.decoded(_TAGS[keyword]))
+        except Exception:  # pydicom raises many types for malformed values
+            found[field] = None
+    return found
 
 
 def _text(value: Any) -> str | None:

@@ -8,14 +8,20 @@ task cache under the real home would outlive the test run.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from cli import prefect_api
+from config.settings import get_settings
 from tests.local_service import serve_locally
+from tests.operations.served import free_port
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dicom-import-prefect-")
 os.environ["DO_NOT_TRACK"] = "1"
@@ -88,3 +94,66 @@ def local_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     AWS: through the standard variables, with nothing else steering clients."""
     with serve_locally(monkeypatch) as svc:
         yield svc
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL on loopback, from the machine's own binaries (one
+    server for the session: tests that need an empty ledger create a database)."""
+    initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                                            None)
+    if initdb is None:
+        pytest.skip("PostgreSQL binaries are missing (apt-get install postgresql)")
+    bin_dir = Path(initdb).parent
+    folder = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = folder / "data"
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
+                    str(folder / "log"), "-o", f"-p {port} -k {folder} -h 127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_database(server_url: str) -> str:
+    """The URL of a new, empty database on the server at ``server_url``."""
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return str(sa.engine.make_url(server_url).set(database=name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a database no ledger has touched yet."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    return new_database(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_backend(
+    request: pytest.FixtureRequest, local_aws: object, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The test's runs keep their ledger on each backend the product supports:
+    SQLite beside the reports (the default), and PostgreSQL through
+    DICOM_IMPORT_LEDGER_URL (the ledger machines share). After local_aws,
+    which clears that variable."""
+    if request.param == "postgresql":
+        url = new_database(request.getfixturevalue("postgres_url"))
+        monkeypatch.setenv("DICOM_IMPORT_LEDGER_URL", url)
+    get_settings.cache_clear()  # settings are read once per process
+    yield request.param
+    get_settings.cache_clear()

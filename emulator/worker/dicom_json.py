@@ -19,6 +19,7 @@ IS/DS/DA/TM/DT and other strings as written; numbers as JSON numbers; AT as
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,15 +194,16 @@ class InstanceAttributes:
     series: dict[str, Any] = field(default_factory=dict)
     instance: dict[str, Any] = field(default_factory=dict)
     vrs: dict[str, str] = field(default_factory=dict)
+    # Tags of the elements left out because their values could not be read.
+    discarded: list[str] = field(default_factory=list)
 
 
 def instance_attributes(ds: Dataset) -> InstanceAttributes:
     """Split ``ds`` (and its file meta) into the document's levels."""
     found = InstanceAttributes()
-    for elem in ds.file_meta:
-        found.instance[_key(elem, found.vrs)] = element_value(elem, found.vrs)
-    for elem in ds:
-        key = _key(elem, found.vrs)
+    for key, value in _readable(ds.file_meta, found):
+        found.instance[key] = value
+    for key, value in _readable(ds, found):
         if key in PATIENT_KEYWORDS:
             level = found.patient
         elif key in STUDY_KEYWORDS:
@@ -210,8 +212,27 @@ def instance_attributes(ds: Dataset) -> InstanceAttributes:
             level = found.series
         else:
             level = found.instance
-        level[key] = None if key == "PixelData" else element_value(elem, found.vrs)
+        level[key] = value
     return found
+
+
+def _readable(ds: Dataset, found: InstanceAttributes) -> Iterator[tuple[str, Any]]:
+    """Each element's key and value. An element whose value (or a value in its
+    items) cannot be read is left out and its tag noted, and the instance
+    keeps the rest, as HealthImaging imports such a file with
+    ELEMENTS_DISCARDED; the values the import rules judge are read first
+    (``part10``), and refuse the file instead."""
+    for tag in list(ds.keys()):
+        vrs: dict[str, str] = {}
+        try:
+            elem = ds[tag]
+            key = _key(elem, vrs)
+            value = None if key == "PixelData" else element_value(elem, vrs)
+        except Exception:  # pydicom raises many types for malformed values
+            found.discarded.append(f"({tag.group:04X},{tag.element:04X})")
+            continue
+        found.vrs.update(vrs)
+        yield key, value
 
 
 def dataset_json(ds: Dataset, vrs: dict[str, str]) -> dict[str, Any]:

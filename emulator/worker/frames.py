@@ -71,9 +71,14 @@ from pydicom.uid import (
 
 from emulator.state.imagesets import new_id
 from emulator.worker.import_warnings import ImportWarning
-from emulator.worker.part10 import native_frame_bits
+from emulator.worker.part10 import (
+    attribute_as_written,
+    attribute_number,
+    attribute_text,
+    native_frame_bits,
+)
 from import_rules.codes import WarningCode
-from import_rules.rules import SUPPORTED_TRANSFER_SYNTAXES
+from import_rules.rules import SUPPORTED_TRANSFER_SYNTAXES, stored_frame_count
 
 VIDEO = frozenset(MPEGTransferSyntaxes)
 # Lossy already: transcoding would not make them lossless, so AWS keeps them.
@@ -137,16 +142,21 @@ class _Unencodable(_KeepAsItCame):
 
 
 def store_pixel_data(
-    ds: Dataset, put_frame: PutFrame, *, transcode: bool, lossless_format: str = "HTJ2K"
+    ds: Dataset,
+    source: UID,
+    put_frame: PutFrame,
+    *,
+    transcode: bool,
+    lossless_format: str = "HTJ2K",
 ) -> StoredPixelData:
-    """Store every frame of ``ds`` through ``put_frame`` and describe them.
+    """Store every frame of ``ds``, in transfer syntax ``source`` (as the
+    import rules read it), through ``put_frame`` and describe them.
 
     Frames are decoded, encoded and put one at a time so that a long
     multi-frame instance never sits in memory decoded. If a frame fails, the
     instance falls back to its source frames (frames put before that stay
     unreferenced), so an instance never has frames in two stored syntaxes.
     """
-    source = UID(ds.file_meta.TransferSyntaxUID)
     if "PixelData" not in ds:
         return StoredPixelData(source)
     if source in VIDEO:
@@ -163,7 +173,7 @@ def store_pixel_data(
         return StoredPixelData(source, [_put(put_frame, source, ds.PixelData, None, ds)])
 
     warnings: list[ImportWarning] = []
-    count = _number_of_frames(ds)
+    count = _number_of_frames(ds, source)
     fragments = _fragments_short_of(ds, source, count)
     if fragments is not None:
         warnings.append(
@@ -301,9 +311,8 @@ def _native_frame_length(ds: Dataset) -> int | None:
     return None if bits % 8 else bits // 8
 
 
-def _number_of_frames(ds: Dataset) -> int:
-    value = ds.get("NumberOfFrames")
-    return int(value) if value else 1
+def _number_of_frames(ds: Dataset, source: UID) -> int:
+    return stored_frame_count(source, attribute_as_written(ds, "NumberOfFrames"), True)
 
 
 def _native_bytes(pixels: np.ndarray, ds: Dataset) -> bytes:
@@ -359,11 +368,11 @@ LOSSLESS_ENCODERS: dict[str, tuple[UID, Callable[[np.ndarray, Dataset], bytes]]]
 
 
 def _colourspace(ds: Dataset) -> int:
-    photometric = str(ds.get("PhotometricInterpretation", ""))
+    photometric = attribute_text(ds, "PhotometricInterpretation")
     if photometric in ("YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420"):
         return _SYCC
     # JPEG 2000 decoders undo YBR_RCT / YBR_ICT, so those frames are RGB.
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
+    if attribute_number(ds, "SamplesPerPixel") == 3:
         return _SRGB
     return _GREYSCALE
 

@@ -21,3 +21,14 @@ class ImportWarning:
             "type": self.code.name,
             "message": self.message,
         }
+
+
+def discarded_warning(tags: list[str]) -> list[ImportWarning]:
+    """ELEMENTS_DISCARDED for the elements left out of the metadata, named by
+    tag only: their values may be a patient's."""
+    if not tags:
+        return []
+    return [ImportWarning(
+        WarningCode.ELEMENTS_DISCARDED,
+        f"{len(tags)} element(s) could not be read and were left out: {', '.join(tags)}",
+    )]

@@ -23,6 +23,7 @@ from emulator.worker.import_output import (
     check_output_writable,
     write_job_output,
 )
+from emulator.worker.import_warnings import discarded_warning
 from emulator.worker.input_objects import read_input_object
 from emulator.worker.metadata_mappings import LoadedMappings, load_mappings, mappings_of
 from emulator.worker.part10 import InvalidDicomFile, read_instance
@@ -168,13 +169,11 @@ def _import_file(
     except InvalidDicomFile as error:
         return _failed(obj.key, CUSTOMER_ERROR, str(error))
     mappings.apply(checked.dataset, checked.study_instance_uid, checked.series_instance_uid)
-    try:
-        attributes = instance_attributes(checked.dataset)
-    except Exception as error:  # pydicom raises many types for malformed values
-        return _failed(obj.key, CUSTOMER_ERROR, f"DICOM attributes could not be read: {error}")
+    attributes = instance_attributes(checked.dataset)
     try:
         stored = store_pixel_data(
             checked.dataset,
+            checked.transfer_syntax_uid,
             put_frame,
             transcode=backend.config.transcode_htj2k,
             lossless_format=lossless_format,
@@ -199,7 +198,8 @@ def _import_file(
         attributes,
         entry,
     )
-    outcome = FileOutcome(obj.key, warnings=checked.warnings + stored.warnings)
+    outcome = FileOutcome(obj.key, warnings=checked.warnings + stored.warnings
+                          + discarded_warning(attributes.discarded))
     return outcome, instance
 
 

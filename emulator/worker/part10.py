@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from emulator.worker.import_warnings import ImportWarning
+from import_rules.dataset_checks import check_nesting, check_values_complete
 from import_rules.rules import (
     IMAGE_ATTRIBUTES,
     LENGTH_LIMITS,
@@ -36,6 +37,8 @@ from import_rules.rules import (
     REQUIRED_UIDS,
     ExpectedWarning,
     Refusal,
+    as_number,
+    as_text,
     check_file_meta,
     check_image,
     check_length,
@@ -43,7 +46,8 @@ from import_rules.rules import (
     check_transfer_syntax,
     check_uid,
     frame_bits,
-    truncated_element,
+    invalid_value,
+    too_deep,
     unreadable,
 )
 
@@ -70,6 +74,8 @@ def read_instance(data: bytes) -> CheckedInstance:
         return _checked(data)
     except Refusal as refusal:
         raise InvalidDicomFile(refusal.message) from None
+    except Exception as error:  # a value pydicom cannot convert, in a way not foreseen
+        raise InvalidDicomFile(unreadable(error).message) from error
 
 
 def _checked(data: bytes) -> CheckedInstance:
@@ -77,49 +83,45 @@ def _checked(data: bytes) -> CheckedInstance:
     check_file_meta(data, len(data))
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
+    except RecursionError:  # pydicom recurses per level of undefined length
+        raise too_deep() from None
     except Exception as error:  # whatever a malformed file makes the parser raise
         raise unreadable(error) from error
-    transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
+    check_nesting(ds)
+    transfer_syntax = attribute_text(ds.file_meta, "TransferSyntaxUID")
     found: list[ExpectedWarning | None] = [check_transfer_syntax(transfer_syntax)]
-    _check_truncation(ds)
-    uids = [_text(ds, keyword) for keyword in REQUIRED_UIDS]
+    # As the rules read it (None refused), whatever VR it was written with:
+    # the frames are decoded by it.
+    syntax = UID(transfer_syntax or "")
+    ds.file_meta.add_new("TransferSyntaxUID", "UI", syntax)
+    check_values_complete(ds)
+    uids = [attribute_text(ds, keyword) for keyword in REQUIRED_UIDS]
     found.extend(check_uid(keyword, uid) for keyword, uid in zip(REQUIRED_UIDS, uids, strict=True))
     for keyword in LENGTH_LIMITS:
-        value = _text(ds, keyword)
+        value = attribute_text(ds, keyword)
         if value is not None:
             found.append(check_length(keyword, value))
     if "PixelData" in ds:
-        _check_image(ds, str(transfer_syntax))
+        _check_image(ds, syntax)
+        _pixel_data_as_bytes(ds)
     warnings = [ImportWarning(w.code, w.message) for w in found if w is not None]
     study, series, sop = (uid or "" for uid in uids)
-    return CheckedInstance(ds, UID(transfer_syntax), study, series, sop, warnings=warnings)
+    return CheckedInstance(ds, syntax, study, series, sop, warnings=warnings)
 
 
-def _check_truncation(ds: Dataset) -> None:
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        if (
-            isinstance(raw, RawDataElement)
-            and raw.length != _UNDEFINED_LENGTH
-            and raw.value is not None
-            and len(raw.value) < raw.length
-        ):
-            raise truncated_element(int(tag), raw.length, len(raw.value))
+def attribute_text(ds: Dataset, keyword: str) -> str | None:
+    """A text value as the rules read it (import_rules.as_text).
 
-
-def _text(ds: Dataset, keyword: str) -> str | None:
+    Raises:
+        Refusal: pydicom cannot convert it.
+    """
     try:
         elem = ds[keyword]
     except KeyError:
         return None
-    except (ValueError, TypeError) as error:
-        raise unreadable(f"DICOM attribute {keyword} has an invalid value: {error}") from error
-    value = elem.value
-    if value is None or value == "":
-        return None
-    if isinstance(value, list | tuple):
-        return "\\".join(str(v) for v in value)
-    return str(value)
+    except Exception as error:  # pydicom raises many types for malformed values
+        raise invalid_value(keyword, error) from error
+    return as_text(elem.value)
 
 
 def _check_image(ds: Dataset, transfer_syntax: str) -> None:
@@ -127,27 +129,33 @@ def _check_image(ds: Dataset, transfer_syntax: str) -> None:
     pixel_data = cast(RawDataElement, ds.get_item("PixelData"))
     native = None
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES and pixel_data.length != _UNDEFINED_LENGTH:
-        native = len(ds.PixelData)
-    photometric = ds.get("PhotometricInterpretation")
+        native = len(pixel_data.value or b"")  # bytes, whatever VR it is written with
     check_image(
-        [_number(ds, keyword) for keyword in IMAGE_ATTRIBUTES],
-        _number(ds, "SamplesPerPixel"),
-        str(photometric) if photometric else None,
-        _as_written(ds, "NumberOfFrames"),
+        [attribute_number(ds, keyword) for keyword in IMAGE_ATTRIBUTES],
+        attribute_number(ds, "SamplesPerPixel"),
+        attribute_text(ds, "PhotometricInterpretation"),
+        attribute_as_written(ds, "NumberOfFrames"),
         native,
     )
 
 
-def _number(ds: Dataset, keyword: str) -> int | None:
+def _pixel_data_as_bytes(ds: Dataset) -> None:
+    """Pixel Data as the rules read it, its bytes, whatever VR it is written
+    with: the frames are read from them."""
+    element = ds.get_item("PixelData")
+    if element.VR not in (None, "OB", "OW", "OB or OW"):
+        ds.add_new("PixelData", "OB", element.value or b"")
+
+
+def attribute_number(ds: Dataset, keyword: str) -> int | None:
     """A US value; None when absent or not one number."""
     try:
-        value = ds.get(keyword)
-    except (ValueError, TypeError):
+        return as_number(ds.get(keyword))
+    except Exception:  # pydicom raises many types for malformed values
         return None
-    return value if isinstance(value, int) else None
 
 
-def _as_written(ds: Dataset, keyword: str) -> str | None:
+def attribute_as_written(ds: Dataset, keyword: str) -> str | None:
     """A value's text before pydicom converts it (which raises on a bad IS)."""
     element = ds.get_item(keyword)
     if element is None:
@@ -160,8 +168,8 @@ def _as_written(ds: Dataset, keyword: str) -> str | None:
 
 
 def native_frame_bits(ds: Dataset) -> int:
-    """Bits of one native frame."""
-    return frame_bits(
-        int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel") or 1),
-        int(ds.BitsAllocated), ds.get("PhotometricInterpretation"),
-    )
+    """Bits of one native frame, from the attributes as the rules read them
+    (which found Rows, Columns and BitsAllocated numbers)."""
+    rows, columns, bits = (attribute_number(ds, keyword) or 0 for keyword in IMAGE_ATTRIBUTES)
+    return frame_bits(rows, columns, attribute_number(ds, "SamplesPerPixel") or 1, bits,
+                      attribute_text(ds, "PhotometricInterpretation"))

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from import_rules.rules import MAX_UID_LENGTH
 from tasks.ledger.migrations import upgrade
 from tasks.locations import is_s3
 
@@ -69,9 +70,9 @@ files_table = sa.Table(
     sa.Column("size", sa.BigInteger),
     sa.Column("version", sa.String(256)),
     sa.Column("sha256", sa.String(64)),
-    sa.Column("sop_instance_uid", sa.String(64)),
-    sa.Column("study_instance_uid", sa.String(64)),
-    sa.Column("series_instance_uid", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(MAX_UID_LENGTH)),
+    sa.Column("study_instance_uid", sa.String(MAX_UID_LENGTH)),
+    sa.Column("series_instance_uid", sa.String(MAX_UID_LENGTH)),
     # Latest outcome.
     sa.Column("status", sa.String(32)),
     sa.Column("change", sa.String(16)),
@@ -141,11 +142,12 @@ outcomes_table = sa.Table(
     sa.Column("report_row", sa.Integer),
     sa.Column("size", sa.BigInteger),
     sa.Column("sha256", sa.String(64)),
-    sa.Column("sop_instance_uid", sa.String(64)),
-    sa.Column("study_instance_uid", sa.String(64)),
-    sa.Column("series_instance_uid", sa.String(64)),
-    sa.Column("series_number", sa.String(32)),
-    sa.Column("transfer_syntax", sa.String(64)),
+    sa.Column("sop_instance_uid", sa.String(MAX_UID_LENGTH)),
+    sa.Column("study_instance_uid", sa.String(MAX_UID_LENGTH)),
+    sa.Column("series_instance_uid", sa.String(MAX_UID_LENGTH)),
+    # As written: the import takes any (the rules read neither's length).
+    sa.Column("series_number", sa.Text),
+    sa.Column("transfer_syntax", sa.Text),
     sa.Column("batch_id", sa.String(16)),
     sa.Column("staged_key", sa.Text),
     sa.Column("is_primary", sa.Boolean),
@@ -219,7 +221,7 @@ inventory_instances_table = sa.Table(
     metadata,
     sa.Column("inventory_id", sa.String(64), primary_key=True),
     sa.Column("datastore_id", sa.String(64), primary_key=True),
-    sa.Column("sop_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("sop_instance_uid", sa.String(MAX_UID_LENGTH), primary_key=True),
     sa.Column("uri", sa.String(2048), nullable=False),
 )
 

@@ -14,6 +14,7 @@ from cli.main import main
 from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series, write_not_dicom, write_truncated
 from flows.parameters import IngestParameters
+from tests.mutated_dicom import write_mutants
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -86,6 +87,25 @@ def test_bad_files_become_report_rows(service: Any, tmp_path: Path, capsys: Any)
     assert report.loc[str(source / "notes.txt"), "reason_code"] == "not_p10"
     assert report.loc[str(source / "cut.dcm"), "status"] == "invalid"
     assert report.loc[str(source / "cut.dcm"), "reason_code"] == "truncated"
+
+
+@pytest.mark.timeout(600)
+def test_no_file_stops_the_run(service: Any, tmp_path: Path, capsys: Any) -> None:
+    """Good files among a few hundred broken ones (tests.mutated_dicom): each
+    broken file ends in the report with its reason, and the rest is imported."""
+    source = tmp_path / "in"
+    good = write_ct_series(source / "good", 20, series_spec("cli-odd"), rows=8, columns=8)
+    mutants = write_mutants(source / "mutants", 300, seed=4242)
+    code, _, err = run(ingest(source, tmp_path), capsys)
+    assert code in (0, 1), err
+    report = file_report(tmp_path)
+    assert sorted(report["source_uri"]) == sorted(str(p) for p in good + mutants)
+    statuses = report.set_index("source_uri")["status"]
+    assert set(statuses[[str(p) for p in good]]) == {"imported"}
+    invalid = report[report["status"] == "invalid"]
+    assert len(invalid) > 100
+    assert invalid["reason_code"].notna().all() and invalid["error_message"].notna().all()
+    assert not report["error_message"].str.contains("Doe^Jane", regex=False).any()
 
 
 def test_invalid_option(service: Any, tmp_path: Path, capsys: Any) -> None:

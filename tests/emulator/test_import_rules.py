@@ -26,8 +26,10 @@ from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
 from emulator.samples import (
     ct_slice,
+    replace_vr,
     series_spec,
     write,
+    write_nested,
     write_not_dicom,
     write_oversized_rle,
     write_pixel_mismatch,
@@ -36,14 +38,20 @@ from emulator.samples import (
     write_with,
     write_with_text,
     write_with_transfer_syntax,
+    write_with_vr,
     write_without_transfer_syntax,
 )
 from import_rules.codes import ReasonCode, WarningCode, warning_label
+from import_rules.rules import MAX_SEQUENCE_DEPTH
 from tasks.discover import SourceFile
 from tasks.statuses import FileValidity
 from tasks.validate import ValidationRecord, validate_file
 from tests.emulator.conftest import BUCKET, make_clients, wait_datastore_active
 from tests.emulator.test_import import ImportRun, run_import
+from tests.mutated_dicom import write_mutants
+
+MUTANTS = 400
+MUTANTS_SEED = 1207
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,13 @@ def _video(path: Path, transfer_syntax: str) -> Path:
     ds.PixelData = encapsulate([b"\x00\x00\x00\x01\x09\xf0" * 10])
     ds["PixelData"].VR = "OB"
     return write(ds, path)
+
+
+def _padding_cut_short(path: Path) -> Path:
+    """Cut inside an element after Pixel Data, which validation does not read."""
+    write_with(path, DataSetTrailingPadding=b"\x00" * 64)
+    path.write_bytes(path.read_bytes()[:-10])
+    return path
 
 
 CASES: dict[str, Case] = {
@@ -117,6 +132,17 @@ CASES: dict[str, Case] = {
     "oversized_rle": Case(write_oversized_rle, refused=ReasonCode.IMAGE_TOO_LARGE),
     "pixel_data_too_short": Case(write_pixel_mismatch,
                                  refused=ReasonCode.PIXEL_DATA_SIZE_MISMATCH),
+    "rows_of_unknown_vr": Case(lambda p: write_with_vr(p, "Rows", b"ZZ"),
+                               refused=ReasonCode.INVALID_IMAGE_ATTRIBUTE),
+    "patient_name_as_fd": Case(lambda p: replace_vr(write_with(p, PatientName="Doe^Jane^Q"),
+                                                    "PatientName", b"FD"),
+                               refused=ReasonCode.UNREADABLE),
+    "padding_cut_short": Case(_padding_cut_short, refused=ReasonCode.TRUNCATED),
+    "nested_at_the_limit": Case(lambda p: write_nested(p, MAX_SEQUENCE_DEPTH)),
+    "nested_past_the_limit": Case(lambda p: write_nested(p, MAX_SEQUENCE_DEPTH + 1),
+                                  refused=ReasonCode.SEQUENCE_TOO_DEEP),
+    "nested_500_deep": Case(lambda p: write_nested(p, 500, defined_length=True),
+                            refused=ReasonCode.SEQUENCE_TOO_DEEP),
 }
 
 
@@ -172,6 +198,39 @@ def test_validation_and_the_import_agree(judged: dict[str, BothSides], name: str
         return
     assert record.expected_warnings == warning_label(case.warned)
     assert [w["warning_reason_code"] for w in warnings[both.key]] == [case.warned]
+
+
+@pytest.mark.timeout(300)
+def test_validation_and_the_import_agree_on_mutated_files(tmp_path: Path) -> None:
+    """Several hundred broken files (tests.mutated_dicom) in one job: the job
+    completes, and every file validation holds back has a FAILURE line, every
+    file it passes is imported with at least the warnings it expected."""
+    paths = write_mutants(tmp_path, MUTANTS, MUTANTS_SEED)
+    records = {path.name: validate_file(SourceFile(str(path), path.stat().st_size, "v",
+                                                   path.name)) for path in paths}
+    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.05)) as svc:
+        mi, s3 = make_clients(svc)
+        s3.create_bucket(Bucket=BUCKET)
+        datastore_id = mi.create_datastore(datastoreName="mutants")["datastoreId"]
+        wait_datastore_active(mi, datastore_id)
+        run = run_import(mi, s3, datastore_id, {p.name: p.read_bytes() for p in paths},
+                         "mutants/")
+    assert run.job["jobStatus"] == "COMPLETED", run.job.get("message")
+    failed = {line["inputFile"]: line["exception"] for line in run.failure}
+    imported = {line["inputFile"]: {w["type"] for w in line.get("warnings", [])}
+                for line in run.success + run.warning}
+    disagree = []
+    for name, record in records.items():
+        key = f"mutants/{name}"
+        if record.is_valid:
+            expected = set(filter(None, (record.expected_warnings or "").split(";")))
+            warned = {warning_label(WarningCode[kind]) for kind in imported.get(key, ())}
+            if key not in imported or not expected <= warned:
+                disagree.append(f"{name}: valid, expecting {expected}; import: "
+                                f"{failed.get(key) or warned}")
+        elif failed.get(key, {}).get("exceptionType") != "ValidationException":
+            disagree.append(f"{name}: {record.reason_message}; import: imported")
+    assert disagree == []
 
 
 def test_cut_inside_the_file_meta_is_truncated(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from flows.ingest import JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, dicom_ingest
 from flows.parameters import IngestParameters
 from tasks.report import FILE_COLUMNS
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+# Each test on both ledger backends: SQLite, and PostgreSQL as machines share it.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "ledger_backend")]
 
 BUCKET = "e2e"
 SERIES = {"a": 4, "b": 3, "c": 2}  # 9 valid files; 4 per job -> 3 jobs

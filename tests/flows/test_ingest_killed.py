@@ -18,7 +18,8 @@ from flows.ingest import dicom_ingest
 from flows.parameters import IngestParameters
 from tasks.manifest import job_outputs
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+# Each test on both ledger backends: SQLite, and PostgreSQL as machines share it.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "ledger_backend")]
 
 BUCKET = "killed"
 

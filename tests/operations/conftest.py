@@ -4,23 +4,15 @@ through the standard AWS variables, and parameters for runs against it."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-import sqlalchemy as sa
 from botocore.config import Config
 
 from emulator.edge.server import LocalService
 from flows.parameters import IngestParameters, RetryParameters
-from tests.operations.served import free_port
 
 BUCKET = "ops"
 DATASTORE = "ops-store"
@@ -86,49 +78,6 @@ def imported_by_service(datastore_id: str) -> list[str]:
                      if line.strip()]
     # staging/<run>/<batch>/<path below the source>
     return [key.split("/", 3)[3] for key in keys]
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL on loopback, from the machine's own binaries (one
-    server for the session: tests that need an empty ledger create a database)."""
-    initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                                            None)
-    if initdb is None:
-        pytest.skip("PostgreSQL binaries are missing (apt-get install postgresql)")
-    bin_dir = Path(initdb).parent
-    folder = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(folder, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = folder / "data"
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
-                    "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-                    str(folder / "log"), "-o", f"-p {port} -k {folder} -h 127.0.0.1",
-                    "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a database no ledger has touched yet."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    server = request.getfixturevalue("postgres_url")
-    name = f"ledger_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return str(sa.engine.make_url(server).set(database=name))
 
 
 def most_jobs_in_flight(datastore_id: str) -> int:

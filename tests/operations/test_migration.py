@@ -34,6 +34,7 @@ from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
 from tasks.ledger import engine_for, files_table, runs_table
+from tests.conftest import new_database
 from tests.operations.conftest import (
     import_jobs,
     imported_by_service,
@@ -60,6 +61,7 @@ class Stack:
     root: Path
     env: dict[str, str]
     workers: list[subprocess.Popen[bytes]]
+    ledger_url: str
 
 
 def _settings(root: Path) -> dict[str, str]:
@@ -100,8 +102,17 @@ def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack on the ledger backend the test names (indirect): SQLite beside
+    the reports, or PostgreSQL, which the machines of a real migration share."""
     root = tmp_path_factory.mktemp("migration")
+    ledger = {"sqlite": f"sqlite:///{root / 'reports'}/ledger.sqlite",
+              "postgresql": ""}[request.param]
+    if not ledger:
+        ledger = new_database(request.getfixturevalue("postgres_url"))
+    (root / "reports").mkdir()
+    engine_for(ledger)  # made before the migration, as a shared ledger is
     config = ServiceConfig(datastore_transition_seconds=0.05)
     with LocalService(config=config) as service, pytest.MonkeyPatch.context() as patch, \
             prefect_server(root / "server-home", root / "server.log") as server:
@@ -112,14 +123,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         service.faults.job_duration_seconds = 0.5
         env = {**quiet_env(root / "client-home"), **service.env(), **_settings(root),
                "PREFECT_API_URL": server.api_url, "PYTHONPATH": str(REPO), "PWD": str(REPO),
-               "PREFECT_WORKER_QUERY_SECONDS": "2"}
+               "PREFECT_WORKER_QUERY_SECONDS": "2", "DICOM_IMPORT_LEDGER_URL": ledger}
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         _prefect(env, "work-pool", "create", POOL, "--type", "process")
         _prefect(env, "deploy", "--prefect-file", "deployments/prefect.yaml", "--name",
                  "manual", "--no-prompt")
         workers = [_worker(env, root / f"worker-{n}.log") for n in range(2)]
         try:
-            yield Stack(server, service, root, env, workers)
+            yield Stack(server, service, root, env, workers, ledger)
         finally:
             for worker in workers:
                 _kill_tree(worker.pid)
@@ -187,10 +198,14 @@ def _migrate(stack: Stack, source: Path, datastore: str) -> subprocess.Popen[byt
         cwd=REPO, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def _progress(url: str) -> tuple[int, int]:
+    """Ingest runs started and files with an outcome, so far."""
+    return _ingest_runs_started(url), _files_done(url)
+
+
 def _under_way(url: str, runs_before: int, files_before: int) -> Callable[[], bool]:
     """Both ingest runs of this migration began and some files have their outcome."""
-    ledger = Path(url.removeprefix("sqlite:///"))
-    return lambda: ledger.exists() and _ingest_runs_started(url) >= runs_before + 2 \
+    return lambda: _ingest_runs_started(url) >= runs_before + 2 \
         and _files_done(url) >= files_before + 40
 
 
@@ -233,12 +248,14 @@ def _accounted_once(stack: Stack, source: Path, wanted: list[str], datastore: st
     return _ingest_runs(stack.server, inventory_id)
 
 
+# Each on one ledger backend, so that both are covered at the cost of two
+# migrations, not four.
+@pytest.mark.parametrize("stack", ["postgresql"], indirect=True)
 def test_migration_survives_a_killed_worker(stack: Stack, tmp_path: Path) -> None:
     source = tmp_path / "pacs"
     wanted = _source(source, SERIES, "pacs")
-    url = f"sqlite:///{stack.root / 'reports'}/ledger.sqlite"
-    before = (_ingest_runs_started(url), _files_done(url)) if Path(
-        url.removeprefix("sqlite:///")).exists() else (0, 0)
+    url = stack.ledger_url
+    before = _progress(url)
 
     migration = _migrate(stack, source, "pacs-store")
     try:
@@ -256,14 +273,14 @@ def test_migration_survives_a_killed_worker(stack: Stack, tmp_path: Path) -> Non
     assert states["Crashed"] >= 1 and states["Completed"] >= 1, states
 
 
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 def test_a_migration_whose_workers_all_died_finishes_on_a_replacement(
     stack: Stack, tmp_path: Path
 ) -> None:
     source = tmp_path / "relay"
     wanted = _source(source, 8, "relay")
-    url = f"sqlite:///{stack.root / 'reports'}/ledger.sqlite"
-    before = (_ingest_runs_started(url), _files_done(url)) if Path(
-        url.removeprefix("sqlite:///")).exists() else (0, 0)
+    url = stack.ledger_url
+    before = _progress(url)
 
     migration = _migrate(stack, source, "relay-store")
     try:
