@@ -50,6 +50,7 @@ from tasks.retry import (
     with_recorded,
 )
 from tasks.split import (
+    failed_alone,
     failed_for_content,
     isolated,
     look_up_stored,
@@ -245,8 +246,8 @@ def _split_failed(
         for batch, outcome in failed:
             other_bytes = ledger.imported_as_other_bytes({f.uri: f.sha256 for f in batch.files})
             rows, rest = look_up_stored(outcome.datastore_id, batch, outcome, other_bytes)
-            if rest is batch and len(batch.files) == 1:
-                continue  # isolated: reported with the job it failed alone
+            if failed_alone(batch, rest):
+                continue
             ledger.record_jobs_ended([outcome])
             done.drop(batch)
             if not rows.empty:

@@ -83,6 +83,12 @@ def isolated(batches: Sequence[Batch], outcomes: Sequence[JobOutcome]) -> set[st
     return {o.batch_id for o in outcomes if o.batch_id in single and _failed_for_content(o)}
 
 
+def failed_alone(batch: Batch, rest: Batch | None) -> bool:
+    """One file that failed its job alone, and that the data store does not
+    hold: isolated, and reported with that job."""
+    return rest is batch and len(batch.files) == 1
+
+
 def mark_isolated(rows: pd.DataFrame, batch_ids: set[str]) -> pd.DataFrame:
     """The report says which files were isolated: their ``error_type``."""
     alone = rows["batch_id"].isin(batch_ids) & (rows["status"] == FileStatus.JOB_FAILED.value)
