@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -43,6 +45,9 @@ PUBLISHED_RATES: dict[str, tuple[float, int]] = {
 
 
 ALL_OPERATIONS = "*"
+# What a job broken by one of its files ends with (``fail_jobs_with_key``).
+POISON_MESSAGE = ("Internal error while importing: the import job could not process its "
+                  "input; retry the job, or contact AWS Support with the job ID.")
 
 
 class FaultSettingError(ValueError):
@@ -120,6 +125,14 @@ def _checked(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise FaultSettingError(name, f"must be a non-empty string, got {value!r}")
         return value
+    if name == "fail_jobs_with_key":
+        if not isinstance(value, str):
+            raise FaultSettingError(name, f"must be a regular expression, got {value!r}")
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise FaultSettingError(name, f"is not a regular expression: {error}") from None
+        return value
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise FaultSettingError(name, f"must be a whole number or null, got {value!r}")
     return value  # seed
@@ -135,6 +148,10 @@ class FaultConfig:
     job_duration_seconds: float = 0.0
     fail_jobs: int = 0
     fail_job_message: str = "Injected failure: the local service was asked to fail this job."
+    # A poison file: every job whose input holds an object whose key matches
+    # this regular expression (re.search) ends FAILED, before it stores
+    # anything, whatever else it holds. Empty: off.
+    fail_jobs_with_key: str = ""
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -196,3 +213,17 @@ class FaultInjector:
                 self.config.fail_jobs -= 1
                 return True
             return False
+
+    def job_failure(self, input_keys: Callable[[], Iterable[str]]) -> str | None:
+        """The message a job ends FAILED with, or None to let it run.
+
+        ``input_keys`` lists the job's input, asked only when a poison key is
+        set. A poison file fails its job the way HealthImaging fails one that
+        a file breaks: the whole job, with an internal error that names no file.
+        """
+        if self.take_job_failure():
+            return self.config.fail_job_message
+        pattern = self.config.fail_jobs_with_key
+        if pattern and any(re.search(pattern, key) for key in input_keys()):
+            return POISON_MESSAGE
+        return None

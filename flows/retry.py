@@ -5,7 +5,8 @@ First the jobs that some run started but never read (it died, or stopped
 waiting): they are waited for and their output read, so nothing is imported
 twice. Then the failed files, chosen by the kind of failure (tasks.retry),
 go through the window runner an ingestion's windows go through
-(flows.window_runner), a window per source.
+(flows.window_runner), a window per source; a batch whose job FAILED for its
+content is split until its poison file is alone (tasks.split).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flows.ingest import publish
 from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
 from flows.window_runner import Window, WindowRunner
-from tasks.batch import Batch
+from tasks.batch import Batch, halves
 from tasks.import_jobs import resolve
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
@@ -47,6 +48,15 @@ from tasks.retry import (
     retry_staging_id,
     under_source,
     with_recorded,
+)
+from tasks.split import (
+    failed_alone,
+    failed_for_content,
+    isolated,
+    look_up_stored,
+    mark_isolated,
+    split_staging_id,
+    split_when_resumed,
 )
 from tasks.stage import StagedFile
 from tasks.statuses import Change, FileStatus, JobStatus, StageAction
@@ -101,12 +111,24 @@ class _JobFiles:
     batches: list[Batch] = field(default_factory=list)
     staged: list[StagedFile] = field(default_factory=list)
     outcomes: list[JobOutcome] = field(default_factory=list)
+    # Files of FAILED jobs that the data store holds: recorded already.
+    confirmed: list[pd.DataFrame] = field(default_factory=list)
+    # Jobs a killed retry started that FAILED for their content: to split.
+    to_split: list[tuple[Batch, JobOutcome]] = field(default_factory=list)
 
     def add(self, window: Window, outcomes: list[JobOutcome]) -> None:
         self.records += window.records
         self.batches += window.batches
         self.staged += window.staged
         self.outcomes += outcomes
+
+    def drop(self, batch: Batch) -> None:
+        """A batch split since: its files are reported with its parts."""
+        uris = {f.uri for f in batch.files}
+        self.records = [r for r in self.records if r.uri not in uris]
+        self.batches = [b for b in self.batches if b.batch_id != batch.batch_id]
+        self.staged = [s for s in self.staged if s.batch_id != batch.batch_id]
+        self.outcomes = [o for o in self.outcomes if o.batch_id != batch.batch_id]
 
 
 @dataclass(frozen=True)
@@ -161,7 +183,7 @@ def _resume(
 ) -> tuple[_JobFiles, list[LedgerFile]]:
     """Wait for each job and read it: its files are reported with it, unless it
     FAILED; then they are imported again (the list returned), and reported
-    with their new job."""
+    with their new job, or, when a retry started it, it is split."""
     futures = [resume_job.submit(job, params.poll_interval_seconds,
                                  params.poll_timeout_seconds) for job in jobs]
     done = _JobFiles()
@@ -169,14 +191,18 @@ def _resume(
     failed_jobs: list[JobOutcome] = []
     for job, future in zip(jobs, futures, strict=True):
         outcome = future.result()
+        staged = [StagedFile(f.uri, job.batch.batch_id, job.staged_key(f), StageAction.SKIPPED)
+                  for f in job.files]
+        window = Window([f.as_validation_record() for f in job.files], [job.batch], staged)
+        if split_when_resumed(job.input_s3_uri, outcome):
+            done.add(window, [outcome])
+            done.to_split.append((job.batch, outcome))
+            continue
         if outcome.status is JobStatus.FAILED:
             failed_jobs.append(outcome)
             requeued += [replace(f, status=FileStatus.JOB_FAILED.value) for f in job.files]
             continue
-        staged = [StagedFile(f.uri, job.batch.batch_id, job.staged_key(f), StageAction.SKIPPED)
-                  for f in job.files]
-        done.add(Window([f.as_validation_record() for f in job.files], [job.batch], staged),
-                 [outcome])
+        done.add(window, [outcome])
     ledger.record_jobs_ended(failed_jobs)
     return done, requeued
 
@@ -189,7 +215,8 @@ def _import_again(
     run wins a claim on, staged under a folder of their own (retry_staging_id).
     Returns how many files were retried, and with how many new jobs."""
     runner = WindowRunner(params, datastore_id, ledger)
-    retried = new_jobs = 0
+    retried = 0
+    new_jobs = _split_failed(runner, ledger, done, done.to_split)
     for source, items in decided.by_source.items():
         files = ledger.claim_known([(item.file, item.change) for item in items])
         won = {f.uri for f in files}
@@ -200,7 +227,42 @@ def _import_again(
         outcomes = runner.outcomes(window)
         done.add(window, outcomes)
         new_jobs += sum(o.job_id is not None for o in outcomes)
+        new_jobs += _split_failed(runner, ledger, done,
+                                  failed_for_content(window.batches, outcomes))
     return retried, new_jobs
+
+
+def _split_failed(
+    runner: WindowRunner, ledger: RunLedger, done: _JobFiles,
+    failed: list[tuple[Batch, JobOutcome]],
+) -> int:
+    """Round after round, the halves of every batch whose job FAILED for its
+    content run at once, until each part is imported or one file that failed
+    alone (tasks.split); files the data store holds are not imported again.
+    Returns how many jobs the rounds started."""
+    new_jobs = 0
+    while failed:
+        parts = []
+        for batch, outcome in failed:
+            other_bytes = ledger.imported_as_other_bytes({f.uri: f.sha256 for f in batch.files})
+            rows, rest = look_up_stored(outcome.datastore_id, batch, outcome, other_bytes)
+            if failed_alone(batch, rest):
+                continue
+            ledger.record_jobs_ended([outcome])
+            done.drop(batch)
+            if not rows.empty:
+                done.confirmed.append(ledger.record_outcomes(rows))
+            if rest is not None:
+                parts.append(runner.start(Window(list(rest.files), halves(rest)),
+                                          split_staging_id(outcome.datastore_id,
+                                                           outcome.job_id or "")))
+        failed = []
+        for part in parts:
+            outcomes = runner.outcomes(part)
+            done.add(part, outcomes)
+            new_jobs += sum(o.job_id is not None for o in outcomes)
+            failed += failed_for_content(part.batches, outcomes)
+    return new_jobs
 
 
 def _report(
@@ -212,10 +274,11 @@ def _report(
                                    job_outputs(done.outcomes))
     folder = (f"{params.report_location.rstrip('/')}/retries/"
               f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(flow_run.id or 'local')[:8]}")
-    rows = retry_report(done.records, done.batches, done.staged, done.outcomes, outputs,
-                        params.include_phi)
+    rows = mark_isolated(retry_report(done.records, done.batches, done.staged, done.outcomes,
+                                      outputs, params.include_phi),
+                         isolated(done.batches, done.outcomes))
     rows = with_recorded(ledger.record_outcomes(rows, done.outcomes),
-                         settled.found_in_datastore, settled.given_up)
+                         settled.found_in_datastore, settled.given_up, *done.confirmed)
     job_table = build_job_summary(done.batches, done.outcomes, outputs, rows)
     ledger.record_report(folder, job_table)
     paths = write_report(rows, job_table, folder)

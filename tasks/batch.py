@@ -68,7 +68,7 @@ def make_batches(
             target.add(members, size)
         else:
             _split_into(bins, members, max_files, max_bytes)
-    return [_seal(b.files) for b in bins]
+    return [seal(b.files) for b in bins]
 
 
 class _Bin:
@@ -99,7 +99,17 @@ def _split_into(
         current.add([record], record.size)
 
 
-def _seal(files: list[ValidationRecord]) -> Batch:
+def halves(batch: Batch) -> list[Batch]:
+    """The batch in two, in its own (URI) order, which keeps a folder's
+    files together: each half is a batch like any, with its own digest and so
+    its own job token. A single file is not split."""
+    if len(batch.files) < 2:
+        return [batch]
+    middle = (len(batch.files) + 1) // 2
+    return [seal(list(batch.files[:middle])), seal(list(batch.files[middle:]))]
+
+
+def seal(files: list[ValidationRecord]) -> Batch:
     ordered = tuple(sorted(files, key=lambda r: r.uri))
     digest = hashlib.sha256()
     for record in ordered:

@@ -54,6 +54,14 @@ CSV_ROW_LIMIT = 1_000_000
 # The error_message of a file reported imported because the data store holds
 # it, its job's output being unreadable (followed by why).
 CONFIRMED_IN_DATASTORE = "Confirmed in the data store (the job output could not be read: "
+
+
+def confirmed_after(job_status: str, message: str | None) -> str:
+    """The error_message of a file reported imported because the data store
+    holds it, its job having ended FAILED or not been waited for."""
+    return f"Confirmed in the data store (its job ended {job_status}: {message or 'no message'})"
+
+
 JOB_COLUMNS = [
     "batch_id", "job_id", "job_status", "message", "files", "bytes", "input_s3_uri",
     "output_s3_uri", "scanned_files", "imported_files", "generated_image_sets",

@@ -29,9 +29,10 @@ from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
 from tasks.poll import JobOutcome, wait_for_job
-from tasks.report import CONFIRMED_IN_DATASTORE, build_file_report
+from tasks.report import CONFIRMED_IN_DATASTORE, build_file_report, confirmed_after
 from tasks.report_row import file_rows
 from tasks.retry_policy import retry_class
+from tasks.split import RETRY_STAGING
 from tasks.stage import StagedFile, staging_run_id
 from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
 from tasks.validate import ValidationRecord
@@ -106,7 +107,7 @@ def retry_staging_id(source: str, datastore_id: str, items: Sequence[RetryItem])
     digest = hashlib.sha256(staging_run_id(source, datastore_id).encode())
     for item in sorted(items, key=lambda i: i.file.uri):
         digest.update(f"|{item.file.uri}:{item.attempts}".encode())
-    return f"{staging_run_id(source, datastore_id)}-retry-{digest.hexdigest()[:12]}"
+    return f"{staging_run_id(source, datastore_id)}{RETRY_STAGING}{digest.hexdigest()[:12]}"
 
 
 def _output_lost(item: LedgerFile) -> bool:
@@ -115,6 +116,13 @@ def _output_lost(item: LedgerFile) -> bool:
     return item.status == FileStatus.OUTPUT_MISSING.value or (
         item.status == FileStatus.IMPORT_FAILED.value and item.error_type == "ManifestError"
     )
+
+
+def _job_not_trusted(item: LedgerFile) -> bool:
+    """Its job ended FAILED, or was not waited for to its end: HealthImaging
+    does not say that such a job stored nothing (one stopped half-way may
+    have stored some of its files)."""
+    return item.status in {FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value}
 
 
 def _instance(item: LedgerFile) -> Instance | None:
@@ -127,11 +135,17 @@ def _instance(item: LedgerFile) -> Instance | None:
 def settle_lost_outputs(
     ledger: RunLedger, candidates: Sequence[LedgerFile]
 ) -> tuple[pd.DataFrame, list[LedgerFile]]:
-    """Files whose job output was lost are looked up in the data store before
-    anything is imported again: those it holds are recorded imported (and
-    returned as report rows), never imported twice; the rest go on to be
-    retried. Only files this run wins a claim on are recorded."""
-    doubtful = [c for c in candidates if _output_lost(c) and _instance(c)]
+    """Files whose job output was lost, or whose job FAILED or was not waited
+    for, are looked up in the data store before anything is imported again:
+    those it holds are recorded imported (and returned as report rows), never
+    imported twice; the rest go on to be retried. Only files this run wins a
+    claim on are recorded. Not a failed job's file that some run imported
+    with other bytes: the data store holding its instance would not tell
+    which bytes it holds."""
+    after_failure = [c for c in candidates if _job_not_trusted(c) and _instance(c)]
+    other_bytes = ledger.imported_as_other_bytes({c.uri: c.sha256 for c in after_failure})
+    doubtful = [c for c in candidates if _instance(c) and (
+        _output_lost(c) or (_job_not_trusted(c) and c.uri not in other_bytes))]
     if not doubtful:
         return file_rows(pd.DataFrame()), list(candidates)
     won = {f.uri for f in ledger.claim_known(
@@ -147,12 +161,19 @@ def settle_lost_outputs(
           "batch_id": item.batch_id, "job_id": item.job_id,
           "status": FileStatus.IMPORTED.value, "image_set_id": where.image_set_id,
           "is_primary": where.is_primary, "image_set_version": where.version,
-          "error_message": f"{CONFIRMED_IN_DATASTORE}"
-                           f"{item.reason or 'an earlier run found it missing'})"}
+          "error_message": _confirmed(item)}
          for item, where in found.values()]))
     if found:
         rows = ledger.record_outcomes(rows)
     return rows, [c for c in candidates if c.uri not in found]
+
+
+def _confirmed(item: LedgerFile) -> str:
+    if item.status == FileStatus.JOB_FAILED.value:
+        return confirmed_after(JobStatus.FAILED, item.reason)
+    if item.status == FileStatus.TIMED_OUT.value:
+        return confirmed_after(JobStatus.TIMED_OUT, item.reason)
+    return f"{CONFIRMED_IN_DATASTORE}{item.reason or 'an earlier run found it missing'})"
 
 
 @task(name="find-lost-outputs-in-datastore", cache_policy=NO_CACHE)

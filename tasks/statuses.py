@@ -115,6 +115,23 @@ class RetryClass(StrEnum):
     NEVER = "never"
 
 
+class JobFailureCause(StrEnum):
+    """What a FAILED import job's message blames (tasks.retry_policy reads it)."""
+
+    # The role's access, a quota, an input prefix that is not there: every
+    # batch fails alike, so a smaller one would fail too.
+    SETUP = "setup"
+    # Anything else: a file in the job may be what broke it (a poison file),
+    # so retry_failed splits the job's batch to find it.
+    CONTENT = "content"
+
+
+# The error_type of a file alone in a job that FAILED for its content: a
+# retry's split found it is what broke its batch's job. Retried only once
+# it changed, or when forced, like a file HealthImaging refused.
+ISOLATED = "IsolatedPoisonFile"
+
+
 class ReconcileOutcome(StrEnum):
     """What became of one image set write of a reconciliation."""
 

@@ -399,8 +399,10 @@ class HealthImagingBackend(ImageSetOperations):
             self._save_job(job)
         status, message = "COMPLETED", None
         try:
-            if self.faults.take_job_failure():
-                raise importer.ImportJobFailed(self.faults.config.fail_job_message)
+            failure = self.faults.job_failure(lambda: (
+                o.key for o in importer.list_input(self.s3_client(), job.input_s3_uri)))
+            if failure:
+                raise importer.ImportJobFailed(failure)
             importer.run_import(job, self, lambda: self._hold_for_job_duration(started))
         except importer.ImportJobFailed as failure:
             status, message = "FAILED", str(failure)

@@ -216,6 +216,24 @@ class Outcomes(Jobs):
                      "report_row": position, **row}
                     for position, row in enumerate(rows)])
 
+    def imported_as_other_bytes(self, sha256: Mapping[str, str | None]) -> set[str]:
+        """Of these files (URI -> the SHA-256 of their bytes now, if known),
+        those some run imported with other bytes, or bytes not known: the
+        data store may hold their instance from then, which says nothing of
+        whether a later job stored these bytes."""
+        found: set[str] = set()
+        with self.engine.begin() as conn:
+            for chunk in chunks(sha256):
+                found.update(
+                    row.uri for row in conn.execute(
+                        sa.select(outcomes_table.c.uri, outcomes_table.c.sha256).where(
+                            outcomes_table.c.datastore_id == self.datastore_id,
+                            outcomes_table.c.uri.in_(chunk),
+                            outcomes_table.c.status.in_(sorted(IMPORTED))))
+                    if row.sha256 is None or row.sha256 != sha256[row.uri]
+                )
+        return found
+
     def record_given_up(self, items: Sequence[LedgerFile], max_attempts: int) -> pd.DataFrame:
         """Mark retryable files past the attempt limit; returns their report rows."""
         now = self.now()

@@ -302,6 +302,20 @@ class TestFaults:
         assert "Injected failure" in failed["message"]
         assert service.faults.fail_jobs == 0
 
+    def test_a_poison_key_fails_every_job_that_holds_it(
+        self, service: LocalService, mi: Any, s3: Any, datastore_id: str
+    ) -> None:
+        for key in ("mixed/good.dcm", "mixed/poison.dcm", "clean/good.dcm"):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+        service.faults.fail_jobs_with_key = r"/poison\.dcm$"
+        mixed = wait_job_done(mi, datastore_id,
+                              start_job(mi, datastore_id, "mixed", "mixed/")["jobId"])
+        clean = wait_job_done(mi, datastore_id,
+                              start_job(mi, datastore_id, "clean", "clean/")["jobId"])
+        assert mixed["jobStatus"] == "FAILED" and "poison" not in mixed["message"]
+        assert mixed["message"].startswith("Internal error while importing")
+        assert clean["jobStatus"] == "COMPLETED"
+
     def test_shortened_job_duration_releases_a_running_job(
         self, service: LocalService, mi: Any, s3: Any, datastore_id: str
     ) -> None:

@@ -388,6 +388,8 @@ class TestAdminRoute:
         ({"job_duration_seconds": "slow"}, "job_duration_seconds"),
         ({"job_duration_seconds": -1}, "job_duration_seconds"),
         ({"fail_jobs": 1.5}, "fail_jobs"),
+        ({"fail_jobs_with_key": 5}, "fail_jobs_with_key"),
+        ({"fail_jobs_with_key": "(poison"}, "fail_jobs_with_key"),
         ({"throttle": "yes"}, "throttle"),
         ({"rates": {"GetDatastore": [1]}}, "rates.GetDatastore"),
     ])

@@ -4,20 +4,18 @@ which would otherwise show the killed flow run RUNNING for ever."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prefect import get_client
 from prefect.client.schemas.objects import State
 
-from config.settings import get_settings
 from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
 from flows.ingest import dicom_ingest
-from tasks.ledger import SystemClock
+from tasks.ledger import RunLedger, ledger_url
 from tests.operations.conftest import ingest_params, medical_imaging
-from tests.operations.killed_runs import kill_ingest_once_its_job_started
+from tests.operations.killed import after_a_killed_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -37,20 +35,16 @@ def test_the_run_taking_a_killed_runs_files_marks_it_crashed(
         datastoreName="crashed-store")["datastoreId"]
     # The killed run waits on its job, holding its files.
     service.faults.job_duration_seconds = 30.0
-    presumed_dead = 1.0
-    job = kill_ingest_once_its_job_started(service, tmp_path, datastore_id, presumed_dead,
-                                           monkeypatch)
-    killed = job.run_id
-    assert flow_run_state(killed).is_running()
-    service.faults.job_duration_seconds = 0.0
-    # The rerun's clock runs ahead: the killed run has missed its beats.
-    ahead = timedelta(seconds=presumed_dead * 1.5)
-    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
-
-    try:
+    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
+    with after_a_killed_run("flows.ingest:dicom_ingest",
+                            ingest_params(tmp_path, datastore=datastore_id),
+                            lambda: bool(observer.unfinished_jobs()), "its job started",
+                            service, tmp_path, monkeypatch):
+        (job,) = observer.unfinished_jobs()
+        killed = job.run_id
+        assert flow_run_state(killed).is_running()
+        service.faults.job_duration_seconds = 0.0
         rerun = dicom_ingest(ingest_params(tmp_path, datastore=datastore_id))
-    finally:
-        get_settings.cache_clear()
 
     state = flow_run_state(killed)
     assert state.is_crashed()

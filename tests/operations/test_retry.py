@@ -4,7 +4,6 @@ imported, with attempts counted and limits kept."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +19,7 @@ from tests.operations.conftest import (
     ingest_params,
     retry_params,
 )
+from tests.operations.killed import after_a_killed_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -125,28 +125,22 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
     service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run killed outright stops beating; retry_failed takes its files once
-    it is presumed dead (the claim lease stays at its 12 h default)."""
-    from config.settings import get_settings
-    from tasks.ledger import SystemClock
+    it is presumed dead."""
+    from tasks.ledger import RunLedger, ledger_url
     from tests.operations.conftest import medical_imaging
-    from tests.operations.killed_runs import kill_ingest_once_its_job_started
 
     files = write_ct_series(tmp_path / "source" / "killed", 2, series_spec("killed"), 16, 16)
     client = medical_imaging()
     datastore_id = client.create_datastore(datastoreName="killed-store")["datastoreId"]
     service.faults.job_duration_seconds = 5.0
-    presumed_dead = 1.0
-    job = kill_ingest_once_its_job_started(service, tmp_path, datastore_id, presumed_dead,
-                                           monkeypatch)
-    assert {f.status for f in job.files} == {"submitted"}
-    # The retry's clock runs ahead: the killed run has missed its beats.
-    ahead = timedelta(seconds=presumed_dead * 1.5)
-    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
-
-    try:
+    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
+    with after_a_killed_run("flows.ingest:dicom_ingest",
+                            ingest_params(tmp_path, datastore=datastore_id),
+                            lambda: bool(observer.unfinished_jobs()), "its job started",
+                            service, tmp_path, monkeypatch):
+        (job,) = observer.unfinished_jobs()
+        assert {f.status for f in job.files} == {"submitted"}
         result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
-    finally:
-        get_settings.cache_clear()
 
     rows = _rows(result.report_files_parquet)
     assert sorted(rows["source_uri"]) == sorted(map(str, files))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from import_rules.codes import ReasonCode
-from tasks.batch import make_batches
+from tasks.batch import halves, make_batches
 from tasks.statuses import FileValidity
 from tasks.validate import ValidationRecord
 
@@ -108,3 +108,15 @@ def test_default_quota_is_5000_files() -> None:
 def test_rejects_non_positive_quotas() -> None:
     with pytest.raises(ValueError):
         make_batches(_series("1", 1), max_files=0)
+
+
+def test_halves_are_batches_of_their_own_and_cover_the_batch() -> None:
+    (whole,) = make_batches(_series("s", 5))
+    first, second = halves(whole)
+    assert [len(first.files), len(second.files)] == [3, 2]
+    assert first.files + second.files == whole.files
+    assert len({whole.digest, first.digest, second.digest}) == 3
+    assert halves(whole) == [first, second]  # the same parts on every split
+    assert halves(first)[0].files == first.files[:2]
+    (single,) = make_batches(_series("t", 1))
+    assert halves(single) == [single]

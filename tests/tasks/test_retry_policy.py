@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.retry_policy import RETRYABLE, SETTLED, retry_class, skip_when_unchanged
-from tasks.statuses import FileStatus, RetryClass, Skip
+from tasks.retry_policy import (
+    RETRYABLE,
+    SETTLED,
+    job_failure_cause,
+    retry_class,
+    skip_when_unchanged,
+)
+from tasks.statuses import ISOLATED, FileStatus, JobFailureCause, RetryClass, Skip
 
 
 @pytest.mark.parametrize(("status", "error_type", "expected"), [
     (FileStatus.JOB_FAILED, None, RetryClass.AUTOMATIC),
+    (FileStatus.JOB_FAILED, "JobFailed", RetryClass.AUTOMATIC),
+    (FileStatus.JOB_FAILED, ISOLATED, RetryClass.IF_CHANGED),
     (FileStatus.TIMED_OUT, None, RetryClass.AUTOMATIC),
     (FileStatus.OUTPUT_MISSING, None, RetryClass.AUTOMATIC),
     (FileStatus.IMPORT_FAILED, "InternalServerException", RetryClass.AUTOMATIC),
@@ -43,3 +51,24 @@ def test_retryable_outcomes_are_the_settled_failures() -> None:
     assert RETRYABLE < SETTLED
     assert FileStatus.IMPORTED not in RETRYABLE
     assert {FileStatus.JOB_FAILED, FileStatus.INVALID, FileStatus.GIVEN_UP} <= RETRYABLE
+
+
+@pytest.mark.parametrize(("message", "cause"), [
+    ("Unable to list the input s3://b/staging/x/: An error occurred (AccessDenied)",
+     JobFailureCause.SETUP),
+    ("Unable to write the output to s3://b/out/: bucket b is not accessible",
+     JobFailureCause.SETUP),
+    ("User is not authorized to perform: sts:AssumeRole", JobFailureCause.SETUP),
+    ("The import job exceeds the service quota for files", JobFailureCause.SETUP),
+    ("The specified bucket does not exist", JobFailureCause.SETUP),
+    ("Internal error while importing: the import job could not process its input; "
+     "retry the job, or contact AWS Support with the job ID.", JobFailureCause.CONTENT),
+    ("Injected failure: the local service was asked to fail this job.",
+     JobFailureCause.CONTENT),
+    (None, JobFailureCause.CONTENT),
+])
+def test_a_failed_job_is_split_unless_its_message_blames_the_setup(
+    message: str | None, cause: JobFailureCause
+) -> None:
+    """Access, a quota or a missing input prefix would fail every half alike."""
+    assert job_failure_cause(message) is cause

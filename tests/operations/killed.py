@@ -1,0 +1,67 @@
+"""A flow run killed outright (SIGKILL) at a chosen moment, for the tests of
+what the next run makes of what it left: its jobs, and its claims, which the
+next run takes once the killed run is presumed dead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from emulator.edge.server import LocalService
+
+PRESUMED_DEAD_SECONDS = 1.0
+
+
+@contextmanager
+def after_a_killed_run(
+    flow: str, params: BaseModel, killed_when: Callable[[], bool], what: str,
+    service: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[None]:
+    """Run ``flow`` (``module:function``) with ``params`` in a process of its
+    own, kill it once ``killed_when()`` holds (``what`` names that moment),
+    then, inside the block, with the clock ahead: the killed run has missed
+    its beats (the claim lease stays at its 12 h default)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from config.settings import get_settings
+    from tasks.ledger import SystemClock
+    from tests.operations.served import quiet_env
+
+    monkeypatch.setenv("DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS", str(PRESUMED_DEAD_SECONDS))
+    get_settings.cache_clear()
+    env = {**quiet_env(tmp_path / "prefect-home"), **service.env(),
+           "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "DICOM_IMPORT_RUN_PRESUMED_DEAD_SECONDS": str(PRESUMED_DEAD_SECONDS)}
+    module, function = flow.split(":")
+    code = (f"import sys; from {module} import {function}; "
+            f"from {type(params).__module__} import {type(params).__name__} as P; "
+            f"{function}(P.model_validate_json(sys.argv[1]))")
+    run = subprocess.Popen(
+        [sys.executable, "-c", code, params.model_dump_json()], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not killed_when():
+            assert run.poll() is None, f"the run ended before {what}"
+            assert time.monotonic() < deadline, f"the run never reached {what}"
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    ahead = timedelta(seconds=PRESUMED_DEAD_SECONDS * 1.5)
+    monkeypatch.setattr(SystemClock, "now", lambda _: datetime.now(UTC) + ahead)
+    try:
+        yield
+    finally:
+        get_settings.cache_clear()
