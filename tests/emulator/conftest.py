@@ -13,12 +13,14 @@ from botocore.config import Config
 
 from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
+from tests.local_service import empty_s3
 
 BUCKET = "dicom-bucket"
 
 
 @pytest.fixture
 def service() -> Iterator[LocalService]:
+    empty_s3()
     with LocalService(
         # No stop grace: a job a test leaves running would hold its teardown 3 s.
         config=ServiceConfig(datastore_transition_seconds=0.05, write_seconds=0.05,
