@@ -25,6 +25,7 @@ from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
 from flows.window_runner import Window, WindowRunner
 from tasks.batch import Batch, halves
+from tasks.crashed_runs import crash_dead_runs
 from tasks.import_jobs import resolve
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
@@ -218,7 +219,9 @@ def _import_again(
     retried = 0
     new_jobs = _split_failed(runner, ledger, done, done.to_split)
     for source, items in decided.by_source.items():
-        files = ledger.claim_known([(item.file, item.change) for item in items])
+        claimed = ledger.claim_known([(item.file, item.change) for item in items])
+        crash_dead_runs(ledger, claimed.taken_from)
+        files = claimed.files
         won = {f.uri for f in files}
         items = [item for item in items if item.file.uri in won]
         retried += len(items)
@@ -296,6 +299,8 @@ def _claim_jobs(ledger: RunLedger, jobs: list[LedgerJob]) -> list[LedgerJob]:
     for job in jobs:
         files = [f.as_source_file() for f in job.files]
         won = ledger.claim_known([(f, Change.UNCHANGED) for f in files])
-        if len(won) == len(files):
+        # Marked Crashed only if the ledger presumes them dead (not a lease over).
+        crash_dead_runs(ledger, won.taken_from)
+        if len(won.files) == len(files):
             claimed.append(job)
     return claimed

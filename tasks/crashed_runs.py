@@ -4,7 +4,7 @@ Prefect alone cannot tell that a flow run is dead: a process killed outright
 leaves its run RUNNING for ever. The ledger can (tasks.ledger.runs), so the
 run that finds another dead tells Prefect, and the UI says what happened to
 it: a migration watching its ingest runs (tasks.child_runs), and a run that
-takes over a dead run's claims (flows.ingest).
+takes over a dead run's claims (flows.ingest, flows.retry).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def crash_dead_runs(ledger: RunLedger, run_ids: Sequence[str]) -> list[str]:
     returns those marked. Only a courtesy to whoever reads Prefect: when
     Prefect cannot be reached, or a run ID is not a flow run's (a run
     outside Prefect), the run goes on with a warning."""
+    if not run_ids:
+        return []
     dead = sorted(run.run_id for run in ledger.recorded_runs(run_ids).values()
                   if run.presumed_dead and _is_flow_run_id(run.run_id))
     if not dead:

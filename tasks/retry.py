@@ -149,7 +149,7 @@ def settle_lost_outputs(
     if not doubtful:
         return file_rows(pd.DataFrame()), list(candidates)
     won = {f.uri for f in ledger.claim_known(
-        [(c.as_source_file(), Change.UNCHANGED) for c in doubtful])}
+        [(c.as_source_file(), Change.UNCHANGED) for c in doubtful]).files}
     doubtful = [c for c in doubtful if c.uri in won]
     landed = find_landed(ledger.datastore_id, [i for c in doubtful if (i := _instance(c))])
     found = {c.uri: (c, landed[i]) for c in doubtful if (i := _instance(c)) in landed}

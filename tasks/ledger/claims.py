@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,15 @@ from tasks.ledger.schema import (
 from tasks.retry_policy import SETTLED
 from tasks.statuses import Change
 from tasks.validate import ValidationRecord
+
+
+@dataclass(frozen=True)
+class KnownClaims:
+    """What claiming files the ledger already has won."""
+
+    files: list[SourceFile]
+    # Other runs whose claims were taken: presumed dead, or past the lease.
+    taken_from: tuple[str, ...]
 
 
 class Claims(Runs):
@@ -65,14 +75,19 @@ class Claims(Runs):
                               self.stopped_beating(now)),
         )
 
-    def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> list[SourceFile]:
+    def claim_known(self, items: Sequence[tuple[SourceFile, Change]]) -> KnownClaims:
         """Claim files the ledger already has (a retry), as they are now on
-        storage; returns those won."""
+        storage; returns those won, and whose claims they were."""
         now = self.now()
         expires = now + timedelta(seconds=self.lease_seconds)
         won: list[SourceFile] = []
+        taken: set[str] = set()
         for chunk in chunks(sorted(items, key=lambda pair: pair[0].uri)):
             with self.engine.begin() as conn:
+                owners = {row.uri: row.claim_owner for row in conn.execute(
+                    sa.select(files_table.c.uri, files_table.c.claim_owner)
+                    .where(files_table.c.datastore_id == self.datastore_id,
+                           files_table.c.uri.in_([item.uri for item, _ in chunk])))}
                 for item, change in chunk:
                     count = conn.execute(
                         sa.update(files_table)
@@ -84,7 +99,9 @@ class Claims(Runs):
                     ).rowcount
                     if count:
                         won.append(item)
-        return won
+                        if owners.get(item.uri) not in (None, self.run_id):
+                            taken.add(str(owners[item.uri]))
+        return KnownClaims(won, tuple(sorted(taken)))
 
     def settle_unchanged(
         self, records: Sequence[ValidationRecord], only_new: bool

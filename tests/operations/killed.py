@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 
 from emulator.edge.server import LocalService
@@ -65,3 +68,10 @@ def after_a_killed_run(
         yield
     finally:
         get_settings.cache_clear()
+
+
+def flow_run_state(flow_run_id: str) -> State:
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+    assert state is not None
+    return state

@@ -3,28 +3,18 @@ which would otherwise show the killed flow run RUNNING for ever."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
-from prefect import get_client
-from prefect.client.schemas.objects import State
 
 from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
 from flows.ingest import dicom_ingest
 from tasks.ledger import RunLedger, ledger_url
 from tests.operations.conftest import ingest_params, medical_imaging
-from tests.operations.killed import after_a_killed_run
+from tests.operations.killed import after_a_killed_run, flow_run_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
-
-
-def flow_run_state(flow_run_id: str) -> State:
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(uuid.UUID(flow_run_id)).state
-    assert state is not None
-    return state
 
 
 def test_the_run_taking_a_killed_runs_files_marks_it_crashed(

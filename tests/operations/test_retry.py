@@ -19,7 +19,7 @@ from tests.operations.conftest import (
     ingest_params,
     retry_params,
 )
-from tests.operations.killed import after_a_killed_run
+from tests.operations.killed import after_a_killed_run, flow_run_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -141,6 +141,11 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
         (job,) = observer.unfinished_jobs()
         assert {f.status for f in job.files} == {"submitted"}
         result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
+
+    # The retry told Prefect: the killed run is no longer shown running.
+    state = flow_run_state(job.run_id)
+    assert state.is_crashed()
+    assert state.message is not None and "took over the files it held" in state.message
 
     rows = _rows(result.report_files_parquet)
     assert sorted(rows["source_uri"]) == sorted(map(str, files))
