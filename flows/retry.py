@@ -295,12 +295,14 @@ def _report(
 
 def _claim_jobs(ledger: RunLedger, jobs: list[LedgerJob]) -> list[LedgerJob]:
     """Only jobs whose every file this run won: two retries never both read one job."""
-    claimed = []
+    claimed: list[LedgerJob] = []
+    taken_from: set[str] = set()
     for job in jobs:
         files = [f.as_source_file() for f in job.files]
         won = ledger.claim_known([(f, Change.UNCHANGED) for f in files])
-        # Marked Crashed only if the ledger presumes them dead (not a lease over).
-        crash_dead_runs(ledger, won.taken_from)
+        taken_from.update(won.taken_from)
         if len(won.files) == len(files):
             claimed.append(job)
+    # Marked Crashed only if the ledger presumes them dead (not a lease over).
+    crash_dead_runs(ledger, sorted(taken_from))
     return claimed

@@ -17,7 +17,7 @@ import gzip
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import pandas as pd
@@ -31,7 +31,7 @@ from tasks.batch import Batch
 from tasks.manifest import SUCCESS_COLUMNS, JobOutput
 from tasks.poll import JobOutcome
 from tasks.stage import StagedFile
-from tasks.statuses import JobStatus
+from tasks.statuses import FileStatus, JobStatus
 
 # SearchImageSets' page size limit (1-50).
 _PAGE_SIZE = 50
@@ -47,6 +47,31 @@ class Instance:
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
+
+
+class IdentifiedFile(Protocol):
+    """A file with what its header named (a validation record, a ledger file)."""
+
+    @property
+    def uri(self) -> str: ...
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def study_instance_uid(self) -> str | None: ...
+    @property
+    def series_instance_uid(self) -> str | None: ...
+    @property
+    def sop_instance_uid(self) -> str | None: ...
+
+
+def instance_of(item: IdentifiedFile) -> Instance | None:
+    """The instance a file's header names, None when it names no full one."""
+    if item.study_instance_uid and item.series_instance_uid and item.sop_instance_uid:
+        return Instance(item.study_instance_uid, item.series_instance_uid,
+                        item.sop_instance_uid)
+    return None
 
 
 @dataclass(frozen=True)
@@ -184,3 +209,17 @@ def confirm_lost_outputs(
     outputs: dict[str, JobOutput | str],
 ) -> dict[str, JobOutput | str]:
     return recover_outputs(datastore_id, batches, staged, outcomes, outputs)
+
+
+def confirmed_row(
+    item: IdentifiedFile, batch_id: str | None, job_id: str | None, where: Landed, why: str
+) -> dict[str, object]:
+    """The report row of a file reported imported because the data store
+    holds its instance (``where``), though its job did not say so (``why``)."""
+    return {"source_uri": item.uri, "size": item.size, "sha256": item.sha256,
+            "sop_instance_uid": item.sop_instance_uid,
+            "study_instance_uid": item.study_instance_uid,
+            "series_instance_uid": item.series_instance_uid,
+            "batch_id": batch_id, "job_id": job_id, "status": FileStatus.IMPORTED.value,
+            "image_set_id": where.image_set_id, "is_primary": where.is_primary,
+            "image_set_version": where.version, "error_message": why}

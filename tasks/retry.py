@@ -24,7 +24,7 @@ from config.clients import medical_imaging_client
 from tasks.backoff import error_code
 from tasks.batch import Batch
 from tasks.discover import SourceFile, current_files
-from tasks.landed import Instance, find_landed
+from tasks.landed import confirmed_row, find_landed, instance_of
 from tasks.ledger import LedgerFile, LedgerJob, RunLedger
 from tasks.locations import canonical_source
 from tasks.manifest import JobOutput
@@ -125,13 +125,6 @@ def _job_not_trusted(item: LedgerFile) -> bool:
     return item.status in {FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value}
 
 
-def _instance(item: LedgerFile) -> Instance | None:
-    if item.study_instance_uid and item.series_instance_uid and item.sop_instance_uid:
-        return Instance(item.study_instance_uid, item.series_instance_uid,
-                        item.sop_instance_uid)
-    return None
-
-
 def settle_lost_outputs(
     ledger: RunLedger, candidates: Sequence[LedgerFile]
 ) -> tuple[pd.DataFrame, list[LedgerFile]]:
@@ -142,26 +135,19 @@ def settle_lost_outputs(
     claim on are recorded. Not a failed job's file that some run imported
     with other bytes: the data store holding its instance would not tell
     which bytes it holds."""
-    after_failure = [c for c in candidates if _job_not_trusted(c) and _instance(c)]
+    after_failure = [c for c in candidates if _job_not_trusted(c) and instance_of(c)]
     other_bytes = ledger.imported_as_other_bytes({c.uri: c.sha256 for c in after_failure})
-    doubtful = [c for c in candidates if _instance(c) and (
+    doubtful = [c for c in candidates if instance_of(c) and (
         _output_lost(c) or (_job_not_trusted(c) and c.uri not in other_bytes))]
     if not doubtful:
         return file_rows(pd.DataFrame()), list(candidates)
     won = {f.uri for f in ledger.claim_known(
         [(c.as_source_file(), Change.UNCHANGED) for c in doubtful]).files}
     doubtful = [c for c in doubtful if c.uri in won]
-    landed = find_landed(ledger.datastore_id, [i for c in doubtful if (i := _instance(c))])
-    found = {c.uri: (c, landed[i]) for c in doubtful if (i := _instance(c)) in landed}
+    landed = find_landed(ledger.datastore_id, [i for c in doubtful if (i := instance_of(c))])
+    found = {c.uri: (c, landed[i]) for c in doubtful if (i := instance_of(c)) in landed}
     rows = file_rows(pd.DataFrame(
-        [{"source_uri": item.uri, "size": item.size, "sha256": item.sha256,
-          "sop_instance_uid": item.sop_instance_uid,
-          "study_instance_uid": item.study_instance_uid,
-          "series_instance_uid": item.series_instance_uid,
-          "batch_id": item.batch_id, "job_id": item.job_id,
-          "status": FileStatus.IMPORTED.value, "image_set_id": where.image_set_id,
-          "is_primary": where.is_primary, "image_set_version": where.version,
-          "error_message": _confirmed(item)}
+        [confirmed_row(item, item.batch_id, item.job_id, where, _confirmed(item))
          for item, where in found.values()]))
     if found:
         rows = ledger.record_outcomes(rows)

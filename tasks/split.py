@@ -35,7 +35,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch import Batch, seal
-from tasks.landed import Instance, find_landed
+from tasks.landed import confirmed_row, find_landed, instance_of
 from tasks.locations import S3Uri
 from tasks.poll import JobOutcome
 from tasks.report import confirmed_after
@@ -102,22 +102,13 @@ def stored_by_failed_job(
     (imported, confirmed), and the batch of the others (None when none is
     left; ``batch`` itself when the data store holds none of them). Files in
     ``imported_before`` (with other bytes: the ledger's) are not looked up."""
-    instances = {
-        r.uri: Instance(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
-        for r in batch.files
-        if r.study_instance_uid and r.series_instance_uid and r.sop_instance_uid
-        and r.uri not in imported_before
-    }
+    instances = {r.uri: i for r in batch.files
+                 if r.uri not in imported_before and (i := instance_of(r))}
     landed = find_landed(datastore_id, instances.values())
     found = {uri: landed[i] for uri, i in instances.items() if i in landed}
+    why = confirmed_after(outcome.status, outcome.message)
     rows = file_rows(pd.DataFrame(
-        [{"source_uri": r.uri, "size": r.size, "sha256": r.sha256,
-          "sop_instance_uid": r.sop_instance_uid, "study_instance_uid": r.study_instance_uid,
-          "series_instance_uid": r.series_instance_uid, "batch_id": batch.batch_id,
-          "job_id": outcome.job_id, "status": FileStatus.IMPORTED.value,
-          "image_set_id": found[r.uri].image_set_id, "is_primary": found[r.uri].is_primary,
-          "image_set_version": found[r.uri].version,
-          "error_message": confirmed_after(outcome.status, outcome.message)}
+        [confirmed_row(r, batch.batch_id, outcome.job_id, found[r.uri], why)
          for r in batch.files if r.uri in found]))
     if not found:
         return rows, batch

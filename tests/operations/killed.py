@@ -21,6 +21,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 
 from emulator.edge.server import LocalService
+from tasks.ledger import LedgerJob
 
 PRESUMED_DEAD_SECONDS = 1.0
 
@@ -75,3 +76,21 @@ def flow_run_state(flow_run_id: str) -> State:
         state = client.read_flow_run(uuid.UUID(flow_run_id)).state
     assert state is not None
     return state
+
+
+@contextmanager
+def after_an_ingest_killed_in_its_job(
+    service: LocalService, tmp_path: Path, datastore_id: str, monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[LedgerJob]:
+    """after_a_killed_run for an ingestion killed once its import job
+    started; the block gets the job it left unfinished."""
+    from tasks.ledger import RunLedger, ledger_url
+    from tests.operations.conftest import ingest_params
+
+    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
+    with after_a_killed_run("flows.ingest:dicom_ingest",
+                            ingest_params(tmp_path, datastore=datastore_id),
+                            lambda: bool(observer.unfinished_jobs()), "its job started",
+                            service, tmp_path, monkeypatch):
+        (job,) = observer.unfinished_jobs()
+        yield job

@@ -10,9 +10,8 @@ import pytest
 from emulator.edge.server import LocalService
 from emulator.samples import series_spec, write_ct_series
 from flows.ingest import dicom_ingest
-from tasks.ledger import RunLedger, ledger_url
 from tests.operations.conftest import ingest_params, medical_imaging
-from tests.operations.killed import after_a_killed_run, flow_run_state
+from tests.operations.killed import after_an_ingest_killed_in_its_job, flow_run_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -25,12 +24,8 @@ def test_the_run_taking_a_killed_runs_files_marks_it_crashed(
         datastoreName="crashed-store")["datastoreId"]
     # The killed run waits on its job, holding its files.
     service.faults.job_duration_seconds = 30.0
-    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
-    with after_a_killed_run("flows.ingest:dicom_ingest",
-                            ingest_params(tmp_path, datastore=datastore_id),
-                            lambda: bool(observer.unfinished_jobs()), "its job started",
-                            service, tmp_path, monkeypatch):
-        (job,) = observer.unfinished_jobs()
+    with after_an_ingest_killed_in_its_job(service, tmp_path, datastore_id,
+                                           monkeypatch) as job:
         killed = job.run_id
         assert flow_run_state(killed).is_running()
         service.faults.job_duration_seconds = 0.0

@@ -19,7 +19,7 @@ from tests.operations.conftest import (
     ingest_params,
     retry_params,
 )
-from tests.operations.killed import after_a_killed_run, flow_run_state
+from tests.operations.killed import after_an_ingest_killed_in_its_job, flow_run_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -126,19 +126,14 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
 ) -> None:
     """A run killed outright stops beating; retry_failed takes its files once
     it is presumed dead."""
-    from tasks.ledger import RunLedger, ledger_url
     from tests.operations.conftest import medical_imaging
 
     files = write_ct_series(tmp_path / "source" / "killed", 2, series_spec("killed"), 16, 16)
     client = medical_imaging()
     datastore_id = client.create_datastore(datastoreName="killed-store")["datastoreId"]
     service.faults.job_duration_seconds = 5.0
-    observer = RunLedger(ledger_url(None, str(tmp_path / "reports")), "observer", datastore_id)
-    with after_a_killed_run("flows.ingest:dicom_ingest",
-                            ingest_params(tmp_path, datastore=datastore_id),
-                            lambda: bool(observer.unfinished_jobs()), "its job started",
-                            service, tmp_path, monkeypatch):
-        (job,) = observer.unfinished_jobs()
+    with after_an_ingest_killed_in_its_job(service, tmp_path, datastore_id,
+                                           monkeypatch) as job:
         assert {f.status for f in job.files} == {"submitted"}
         result = retry_failed(retry_params(tmp_path, datastore=datastore_id))
 
