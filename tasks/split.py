@@ -72,9 +72,11 @@ def split_when_resumed(input_s3_uri: str, outcome: JobOutcome) -> bool:
     """A job that a retry started (its batch, or a part of one), resumed by a
     later retry after it FAILED for its content: split it, as the retry that
     started it would have."""
-    staging_id = S3Uri.parse(input_s3_uri).key.rstrip("/").split("/")[-2:-1]
-    return _failed_for_content(outcome) and any(
-        RETRY_STAGING in name or name.endswith(_SPLIT) for name in staging_id)
+    # staging/<staging id>/<batch id>/
+    folders = S3Uri.parse(input_s3_uri).key.rstrip("/").split("/")
+    staging_id = folders[-2] if len(folders) > 1 else ""
+    return _failed_for_content(outcome) and (
+        RETRY_STAGING in staging_id or staging_id.endswith(_SPLIT))
 
 
 def isolated(batches: Sequence[Batch], outcomes: Sequence[JobOutcome]) -> set[str]:
