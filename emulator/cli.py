@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from emulator.edge.http_server import CannotListen
     from emulator.edge.origins import is_loopback
     from emulator.edge.server import LocalService
+    from emulator.state.store import DataDirInUse
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = ServiceConfig(
@@ -158,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
                   "or give another --port", file=sys.stderr)
         else:
             print(f"dicom-import local: {refused}", file=sys.stderr)
+        return 2
+    except DataDirInUse as held:
+        print(f"dicom-import local: {held}", file=sys.stderr)
         return 2
     except OSError as error:  # the host does not resolve
         print(f"dicom-import local: cannot listen on {args.host}:{args.port}: "

@@ -24,21 +24,47 @@ bench.verify``, most of a run's start).
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from types import ModuleType
 
 WORKER_MODULES = ("tasks.validate", "tasks.verify.source")
 # Preloaded first: see the modules.
 _FORK_SERVER_SETUP = ("tasks.fork_server_signals", "tasks.fork_server_parent")
+_fork_server_started = False
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([*_FORK_SERVER_SETUP, *_main_imports(), *WORKER_MODULES])
+    _start_fork_server_deaf_to_ctrl_c()
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_prepare_worker, initargs=(dict(os.environ),))
+
+
+def _start_fork_server_deaf_to_ctrl_c() -> None:
+    """Started with SIGINT ignored, the fork server's interpreter ignores it
+    from its first instruction: a disposition of SIG_IGN survives the exec,
+    and Python installs its KeyboardInterrupt handler only over the default.
+    tasks.fork_server_signals, its first preload, comes a moment too late
+    for a Ctrl-C pressed while the interpreter starts. ``signal.signal``
+    works only in the main thread, where a run's flow and its validation
+    run; a pool first started elsewhere relies on that module alone. A
+    Ctrl-C in the few milliseconds of the start is lost; pressed again, it
+    counts."""
+    global _fork_server_started
+    if _fork_server_started or threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    _fork_server_started = True
 
 
 def _main_imports() -> list[str]:

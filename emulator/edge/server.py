@@ -129,7 +129,12 @@ class LocalService:
         self.backend = HealthImagingBackend(self.config, self.store, self._injector)
         self.admin_token = secrets.token_urlsafe(32)
         # The application is given once the port is bound: the Host check needs it.
-        self._server = KeepAliveServer(host, port, None)
+        try:
+            self._server = KeepAliveServer(host, port, None)
+        except BaseException:
+            self.backend.shutdown()
+            self.store.close()  # a refused port must not keep the data directory held
+            raise
         self.host = host
         self.port = self._server.server_port
         self._server.app = LocalApplication(

@@ -9,6 +9,7 @@ buy nothing but migrations.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -18,16 +19,23 @@ from pathlib import Path
 from typing import Any
 
 
+class DataDirInUse(Exception):
+    """Another service (or a service's crash recovery) holds the directory."""
+
+
 class Store:
     def __init__(self, data_dir: Path | None = None) -> None:
         self.data_dir = data_dir
         self._lock = threading.RLock()
         self._blobs: dict[str, bytes] = {}
+        self._dir_lock: int | None = None
         if data_dir is None:
             self._db = sqlite3.connect(":memory:", check_same_thread=False)
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
+            self._dir_lock = _hold_exclusively(data_dir)
             (data_dir / "blobs").mkdir(exist_ok=True)
+            _remove_cut_off_writes(data_dir / "blobs")
             self._db = sqlite3.connect(data_dir / "state.sqlite", check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -97,3 +105,31 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._dir_lock is not None:
+                os.close(self._dir_lock)  # closing the descriptor releases the lock
+                self._dir_lock = None
+
+
+def _hold_exclusively(data_dir: Path) -> int:
+    """Two services on one directory would each trust its own copy of the
+    records and undo each other's imports on restart; the second is refused.
+    The kernel drops the lock when the holder dies, so a crash never leaves
+    the directory locked."""
+    descriptor = os.open(data_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise DataDirInUse(
+            f"{data_dir} is in use by another local service: stop it, or give another "
+            "--data-dir"
+        ) from None
+    return descriptor
+
+
+def _remove_cut_off_writes(blobs: Path) -> None:
+    """A ``.tmp`` file is a blob whose write a crash cut off before its
+    rename: no record refers to it, and with the directory held exclusively
+    no write is under way."""
+    for partial in blobs.rglob("*.tmp"):
+        partial.unlink(missing_ok=True)

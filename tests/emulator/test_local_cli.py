@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from cli.main import build_parser, main
+from emulator.edge.server import LocalService
 
 
 @pytest.fixture
@@ -45,3 +47,22 @@ def test_port_in_use_is_one_line(busy_port: int, capsys: pytest.CaptureFixture[s
     assert out == ""
     assert err.startswith(f"dicom-import local: port {busy_port} is in use")
     assert err.count("\n") == 1
+
+
+def test_a_data_directory_in_use_is_one_line(
+    tmp_path: Path, busy_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second service on the first one's directory would undo its imports
+    on restart; it is refused before it listens."""
+    with LocalService(data_dir=tmp_path):
+        # The busy port ends the command should the directory not be refused.
+        code = main(["local", "--data-dir", str(tmp_path), "--port", str(busy_port)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err == (f"dicom-import local: {tmp_path} is in use by another local service: "
+                   "stop it, or give another --data-dir\n")
+    # A port refused does not leave the directory held.
+    assert main(["local", "--data-dir", str(tmp_path), "--port", str(busy_port)]) == 2
+    with LocalService(data_dir=tmp_path):
+        pass

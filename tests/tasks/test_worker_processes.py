@@ -87,12 +87,11 @@ STOPPED_WHILE_STARTING = textwrap.dedent(
 
     def press_ctrl_c() -> None:
         \"\"\"A terminal's Ctrl-C, to the whole process group, again and again
-        from 1 s on, while the fork server imports what it preloads (seconds:
-        Prefect among it) and workers start.\"\"\"
-        time.sleep(1.0)
-        for _ in range(40):
+        for 3 s, while the fork server's interpreter starts, while it imports
+        what it preloads (seconds: Prefect among it) and while workers start.\"\"\"
+        for _ in range(300):
             os.killpg(0, signal.SIGINT)
-            time.sleep(0.05)
+            time.sleep(0.01)
 
 
     if __name__ == "__main__":
