@@ -147,7 +147,7 @@ def test_ctrl_c_while_a_job_runs(service: LocalService, tmp_path: Path) -> None:
     job_id = _wait_for_a_job(tmp_path, run)
 
     os.killpg(run.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-    out, err = run.communicate(timeout=60)
+    out, err = run.communicate(timeout=180)
 
     assert run.returncode == 130, err
     assert "Traceback" not in out + err
