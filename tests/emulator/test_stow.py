@@ -212,6 +212,43 @@ def test_files_the_import_rules_refuse_fail_with_their_reason(
     }
 
 
+def test_part_of_another_media_type_fails_unread(
+    service: LocalService, mi: Any, datastore_id: str
+) -> None:
+    dicom = instance_bytes("mixed-types")
+    body = multipart([dicom]).replace(
+        b"--stow-boundary-7d3f--", b'--stow-boundary-7d3f\r\nContent-Type: application/json'
+        b'\r\n\r\n{"00100010": {"vr": "PN"}}\r\n--stow-boundary-7d3f--')
+
+    response = signed_post(studies_url(service, datastore_id), body, MULTIPART)
+
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert [dicom_json_value(i, "00081155") for i in items(answer, REFERENCED)] == [uids(dicom)[1]]
+    assert items(answer, FAILED) == [{
+        "00081150": {"vr": "UI"}, "00081155": {"vr": "UI"},
+        "00081197": {"vr": "US", "Value": [FailureReason.CANNOT_UNDERSTAND]},
+    }]
+
+
+def test_instance_in_a_non_primary_image_set_is_retrieved_by_its_id(
+    service: LocalService, mi: Any, datastore_id: str
+) -> None:
+    """Same series, another PatientID: the import's grouping puts it in a
+    non-primary image set, which only ``?imageSetId=`` reaches."""
+    url = studies_url(service, datastore_id)
+    first = signed_post(url, instance_bytes("conflict", 0), DICOM)
+    second = signed_post(url, instance_bytes("conflict", 1, PatientID="OTHER"), DICOM)
+
+    assert first.status_code == second.status_code == 200
+    sets = mi.search_image_sets(datastoreId=datastore_id)["imageSetsMetadataSummaries"]
+    (non_primary,) = [s["imageSetId"] for s in sets if not s["isPrimary"]]
+    (item,) = items(second.json(), REFERENCED)
+    assert dicom_json_value(item, "00081190").endswith(f"?imageSetId={non_primary}")
+    (item,) = items(first.json(), REFERENCED)
+    assert "?" not in dicom_json_value(item, "00081190")
+
+
 def test_nothing_stored_is_409(service: LocalService, mi: Any, datastore_id: str,
                                tmp_path: Path) -> None:
     not_dicom = write_not_dicom(tmp_path / "text.dcm").read_bytes()
@@ -352,6 +389,30 @@ def test_storing_an_instance_again_adds_a_version(
     versions = mi.list_image_set_versions(datastoreId=datastore_id,
                                           imageSetId=image_set["imageSetId"])
     assert sorted(v["versionId"] for v in versions["imageSetPropertiesList"]) == ["1", "2"]
+
+
+def test_spooled_bodies_leave_nothing_in_the_data_directory(tmp_path: Path) -> None:
+    """A request's files go once it is answered; what a crash left goes at
+    the next start."""
+    spool = tmp_path / "data" / "stow-spool"
+    (spool / "stow-left-by-a-crash").mkdir(parents=True)
+    (spool / "stow-left-by-a-crash" / "part-000001.dcm").write_bytes(b"x" * 1000)
+    empty_s3()
+    config = ServiceConfig(datastore_transition_seconds=0.05, stop_grace_seconds=0)
+    with LocalService(data_dir=tmp_path / "data", config=config) as svc:
+        mi = make_clients(svc)[0]
+        datastore_id = mi.create_datastore(datastoreName="spool")["datastoreId"]
+        wait_datastore_active(mi, datastore_id)
+        assert list(spool.iterdir()) == []
+
+        stored = signed_post(studies_url(svc, datastore_id),
+                             multipart([instance_bytes("spool", i) for i in range(2)]), MULTIPART)
+        refused = signed_post(studies_url(svc, datastore_id), b"--x\r\n\r\ncut",
+                              "multipart/related; boundary=x")
+
+        assert stored.status_code == 200
+        assert refused.status_code == 400
+        assert list(spool.iterdir()) == []
 
 
 # -- size bounds ---------------------------------------------------------------------
