@@ -51,6 +51,8 @@ class ServiceConfig:
     max_concurrent_writes: int = 100
     max_copy_frames: int = 1000
     max_update_payload_bytes: int = 10 * 1024
+    # A STOW-RS request's body (AWS: "up to 1GB of DICOM data per request").
+    max_stow_request_bytes: int = 1000**3
     # Where import jobs read and write S3; None means this service's own endpoint.
     s3_endpoint: str | None = None
     # Store frames as HTJ2K lossless (AWS behaviour). Off keeps the source

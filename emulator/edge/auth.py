@@ -118,19 +118,31 @@ def _v4(presigned: bool, credential: str, signed: str, signature: str) -> Signat
                      tuple(signed.lower().split(";")))
 
 
-def verify(environ: dict[str, Any], signature: Signature, credentials: Credentials) -> None:
+def verify(
+    environ: dict[str, Any],
+    signature: Signature,
+    credentials: Credentials,
+    body_sha256: str | None = None,
+) -> None:
     """Raise AuthError unless ``signature`` was made with ``credentials`` over
-    this very request. May read the body, and then leaves it readable again."""
+    this very request. May read the body, and then leaves it readable again;
+    a caller that hashed the body as it streamed gives ``body_sha256`` (hex)
+    instead, and the body is not read."""
     if signature.access_key != credentials.access_key:
         raise AuthError("unknown_key",
                         f"The access key {quoted(signature.access_key)!r} is not known.")
     if signature.version == 4:
-        _verify_v4(environ, signature, credentials)
+        _verify_v4(environ, signature, credentials, body_sha256)
     else:
         _verify_v2(environ, signature, credentials)
 
 
-def _verify_v4(environ: dict[str, Any], signature: Signature, credentials: Credentials) -> None:
+def _verify_v4(
+    environ: dict[str, Any],
+    signature: Signature,
+    credentials: Credentials,
+    body_sha256: str | None,
+) -> None:
     query = query_pairs(environ)
     headers = _headers(environ)
     if signature.presigned:
@@ -148,10 +160,10 @@ def _verify_v4(environ: dict[str, Any], signature: Signature, credentials: Crede
     elif signature.presigned and signature.service == "s3":
         payload_hash = UNSIGNED_PAYLOAD
     else:
-        payload_hash = hashlib.sha256(read_body(environ)).hexdigest()
+        payload_hash = body_sha256 or hashlib.sha256(read_body(environ)).hexdigest()
     if (
         declared and _HEX_SHA256.match(declared)
-        and hashlib.sha256(read_body(environ)).hexdigest() != declared
+        and (body_sha256 or hashlib.sha256(read_body(environ)).hexdigest()) != declared
     ):
         raise AuthError("payload_hash", "The body does not match its x-amz-content-sha256.")
     signer_class = _DeclaredS3SigV4 if signature.service == "s3" else _DeclaredSigV4

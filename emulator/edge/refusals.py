@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 
 from emulator.edge.auth import Signature
 from emulator.edge.responses import render_error
-from emulator.edge.urls import match
+from emulator.edge.urls import is_dicomweb, match
 from emulator.state.exceptions import (
     AccessDeniedException,
     HealthImagingError,
@@ -55,11 +55,12 @@ _HEALTH_IMAGING_MESSAGES = {
 
 def service_asked(environ: dict[str, Any], signature: Signature | None) -> str:
     """The signing name when the request has one; else medical-imaging when
-    the path is one of its routes, S3 otherwise."""
+    the path is one of its routes (DICOMweb included), S3 otherwise."""
     if signature is not None and signature.service:
         return signature.service
     raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "")
-    if match(environ.get("REQUEST_METHOD", ""), raw.split("?", 1)[0]):
+    path = raw.split("?", 1)[0]
+    if match(environ.get("REQUEST_METHOD", ""), path) or is_dicomweb(path):
         return SERVICE_NAME
     return "s3"
 

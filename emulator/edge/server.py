@@ -23,12 +23,14 @@ from werkzeug.wrappers import Request
 from emulator.config import LOCAL_CREDENTIALS, Credentials, ServiceConfig
 from emulator.edge.admin import ADMIN_PREFIX, AdminRoute
 from emulator.edge.auth import AuthError, find_signature, verify
+from emulator.edge.dicomweb import DicomWebApp
 from emulator.edge.http_server import KeepAliveServer
 from emulator.edge.origins import OriginPolicy
 from emulator.edge.quoted_values import quoted
 from emulator.edge.refusals import refusal, service_asked
 from emulator.edge.request_bodies import RequestTooLarge, buffer_body
 from emulator.edge.responses import HealthImagingApp, render_error
+from emulator.edge.stow import add_stow_routes
 from emulator.faults import FaultConfig, FaultInjector
 from emulator.state.models import HealthImagingBackend
 from emulator.state.service_model import SERVICE_NAME
@@ -53,6 +55,8 @@ class LocalApplication:
     ) -> None:
         self.backend = backend
         self.health_imaging = HealthImagingApp(backend, faults.before_call)
+        self.dicomweb = DicomWebApp(backend, credentials)
+        add_stow_routes(self.dicomweb, backend)
         self.admin = AdminRoute(faults, admin_token, backend.config)
         self.credentials = credentials
         self.origins = origins
@@ -78,6 +82,9 @@ class LocalApplication:
             signature = find_signature(environ)
             if signature is None:
                 raise AuthError("missing", "The request is not signed.")
+            if signature.service == SERVICE_NAME and self.dicomweb.handles(environ):
+                # Reads its body itself, streamed, and checks the signature as it goes.
+                return self.dicomweb(environ, start_response, signature)
             if signature.service == SERVICE_NAME:
                 buffer_body(environ)  # within its cap, before the signature hashes it
             if self.credentials is not None:

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -36,7 +37,8 @@ from emulator.state.imagesets import ImageSetRepository, new_id
 from emulator.state.pagination import paginate
 from emulator.state.records import DATASTORE_TIMED, Datastore, ImportJob
 from emulator.state.store import Store
-from emulator.worker import importer
+from emulator.state.stored_instances import InstanceOutcome
+from emulator.worker import importer, stow
 
 log = logging.getLogger(__name__)
 
@@ -460,6 +462,17 @@ class HealthImagingBackend(ImageSetOperations):
             items = [j for j in items if j.status == jobStatus]
         page, token = paginate(items, maxResults, nextToken, (datastoreId, jobStatus))
         return {"jobSummaries": [j.to_summary() for j in page], "nextToken": token}
+
+    # -- DICOMweb STOW-RS ---------------------------------------------------
+    def store_dicom(
+        self, datastoreId: str, files: list[Path | None], studyInstanceUID: str | None = None
+    ) -> list[InstanceOutcome]:
+        """StoreDICOM, or StoreDICOMStudy with ``studyInstanceUID``: store
+        the instances of one request now, through the import jobs' own path,
+        and say what became of each (``files`` in request order, None for a
+        part that is not DICOM)."""
+        self.active_datastore(datastoreId)
+        return stow.store_request(self, datastoreId, files, studyInstanceUID)
 
     # -- tags ---------------------------------------------------------------
     def _check_tag_target(self, arn: str) -> None:
