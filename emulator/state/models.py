@@ -46,6 +46,9 @@ DATASTORE_KIND = "datastore"
 JOB_KIND = "job"
 TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
+# A STOW-RS request between its first write and its answer: what a restart
+# finds of it was cut off, and is rolled back.
+STOW_KIND = "stow_request"
 # How often a job held for an injected duration reads that duration again.
 _JOB_DURATION_RECHECK_SECONDS = 0.05
 
@@ -159,6 +162,11 @@ class HealthImagingBackend(ImageSetOperations):
                     "The local HealthImaging service stopped while this job was running; "
                     "start a new import job for the same input.",
                 )
+        # A STOW-RS request cut off before its answer: its client saw no
+        # answer and will send it again, so nothing of it may stay.
+        for request_id, _ in list(self.store.load(STOW_KIND)):
+            self.image_sets.roll_back_import(request_id)
+            self.store.delete(STOW_KIND, request_id)
 
     # -- data stores --------------------------------------------------------
     def _settled(self, ds: Datastore) -> Datastore:
@@ -472,7 +480,12 @@ class HealthImagingBackend(ImageSetOperations):
         and say what became of each (``files`` in request order, None for a
         part that is not DICOM)."""
         self.active_datastore(datastoreId)
-        return stow.store_request(self, datastoreId, files, studyInstanceUID)
+        request_id = f"stow-{new_id()}"
+        self._save(STOW_KIND, request_id, {"datastoreId": datastoreId})
+        try:
+            return stow.store_request(self, datastoreId, files, studyInstanceUID, request_id)
+        finally:
+            self.store.delete(STOW_KIND, request_id)
 
     # -- tags ---------------------------------------------------------------
     def _check_tag_target(self, arn: str) -> None:

@@ -11,7 +11,6 @@ as a whole (503), and what it wrote is removed.
 
 from __future__ import annotations
 
-import uuid
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,10 +34,11 @@ def store_request(
     datastore_id: str,
     files: list[Path | None],
     study_instance_uid: str | None,
+    writer_id: str,
 ) -> list[InstanceOutcome]:
     """Store the request's instances (``files`` in request order; None for a
-    part that is not DICOM, which fails unread) and say what became of each."""
-    writer_id = f"stow-{uuid.uuid4().hex}"
+    part that is not DICOM, which fails unread) and say what became of each.
+    Every write is tagged ``writer_id``, by which it is rolled back."""
     inputs = [
         InputFile(_name(number), path.stat().st_size, partial(path.read_bytes))
         for number, path in enumerate(files) if path is not None

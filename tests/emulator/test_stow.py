@@ -36,6 +36,9 @@ from emulator.samples import (
     write_pixel_mismatch,
     write_with,
 )
+from emulator.state.imagesets import ImageSetRepository
+from emulator.state.models import STOW_KIND
+from emulator.state.store import Store
 from import_rules.codes import FailureReason, WarningCode
 from tests.emulator.conftest import make_clients, wait_datastore_active
 from tests.emulator.signed_http import (
@@ -413,6 +416,37 @@ def test_spooled_bodies_leave_nothing_in_the_data_directory(tmp_path: Path) -> N
         assert stored.status_code == 200
         assert refused.status_code == 400
         assert list(spool.iterdir()) == []
+
+
+def test_a_request_cut_off_by_a_crash_is_rolled_back_on_restart(tmp_path: Path) -> None:
+    """Its client saw no answer and sends it again: what the request wrote
+    goes at the next start, or the resend would make a second version. The
+    cut-off is made in the store, as a SIGKILL between the request's writes
+    and its answer leaves it."""
+    empty_s3()
+    config = ServiceConfig(datastore_transition_seconds=0.05, stop_grace_seconds=0)
+    with LocalService(data_dir=tmp_path, config=config) as svc:
+        mi = make_clients(svc)[0]
+        datastore_id = mi.create_datastore(datastoreName="cut-off")["datastoreId"]
+        wait_datastore_active(mi, datastore_id)
+        assert signed_post(studies_url(svc, datastore_id), instance_bytes("cut"),
+                           DICOM).status_code == 200
+        (image_set,) = primary_image_sets(mi, datastore_id)
+    store = Store(tmp_path)
+    repository = ImageSetRepository(store)
+    store.put(STOW_KIND, "stow-cut-off", {"datastoreId": datastore_id})
+    repository.add_version(image_set["imageSetId"], {"Study": {}}, workflow_status="IMPORTED",
+                           import_job_id="stow-cut-off")
+    repository.put_frame("cut-off-frame", b"pixels", "1.2.840.10008.1.2.1",
+                         import_job_id="stow-cut-off")
+    store.close()
+    with LocalService(data_dir=tmp_path, config=config) as svc:
+        mi = make_clients(svc)[0]
+        assert [s["version"] for s in primary_image_sets(mi, datastore_id)] == [1]
+    assert not (tmp_path / "blobs" / "frames" / "cut-off-frame").exists()
+    store = Store(tmp_path)
+    assert dict(store.load(STOW_KIND)) == {}
+    store.close()
 
 
 # -- size bounds ---------------------------------------------------------------------
