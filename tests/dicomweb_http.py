@@ -54,4 +54,5 @@ def multipart_parts(response: requests.Response) -> list[tuple[str, bytes]]:
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         head + response.content)
     assert message.get_content_type() == "multipart/related", message.get_content_type()
-    return [(part["Content-Type"], part.get_payload(decode=True)) for part in message.iter_parts()]
+    return [(str(part["Content-Type"]), bytes(part.get_payload(decode=True)))
+            for part in message.iter_parts()]
