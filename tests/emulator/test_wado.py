@@ -101,12 +101,16 @@ def test_a_quoted_transfer_syntax_is_refused(store: DicomWebStore) -> None:
     assert "quoted" in response.json()["message"]
 
 
+def not_found(response: requests.Response) -> bool:
+    return (response.status_code == 404
+            and response.headers["x-amzn-ErrorType"] == "ResourceNotFoundException")
+
+
 def test_an_unknown_instance_or_data_store_is_404(store: DicomWebStore) -> None:
     url = store.url("a1")
-    assert store.get(url.replace(store.sources["a1"].SOPInstanceUID, "1.2.3")).status_code == 404
-    assert store.get(url.replace(store.sources["a1"].SeriesInstanceUID, "1.2.3")).status_code == 404
-    other = store.url("a1", datastore_id="0" * 32)
-    assert store.get(other).status_code == 404
+    assert not_found(store.get(url.replace(store.sources["a1"].SOPInstanceUID, "1.2.3")))
+    assert not_found(store.get(url.replace(store.sources["a1"].SeriesInstanceUID, "1.2.3")))
+    assert not_found(store.get(store.url("a1", datastore_id="0" * 32)))
 
 
 # -- metadata --------------------------------------------------------------------
@@ -195,7 +199,10 @@ def test_octet_stream_frames_are_native_even_with_any_transfer_syntax(
 @pytest.mark.parametrize(("frames", "status"), [
     ("0", 400), ("x", 400), ("1,1", 400), ("1,", 400), ("3", 404), ("1,3", 404)])
 def test_bad_frame_numbers(store: DicomWebStore, frames: str, status: int) -> None:
-    assert store.get(store.url("rle", f"/frames/{frames}")).status_code == status
+    response = store.get(store.url("rle", f"/frames/{frames}"))
+    assert response.status_code == status
+    assert response.headers["x-amzn-ErrorType"] == (
+        "BadRequestException" if status == 400 else "ResourceNotFoundException")
 
 
 def test_a_jpeg_2000_lossless_store_gives_what_it_stores(store: DicomWebStore) -> None:
