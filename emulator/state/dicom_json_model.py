@@ -26,6 +26,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
 from string import hexdigits
 from typing import Any
 
@@ -37,12 +38,14 @@ BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_DATA_THRESHOLD = 1024 * 1024
 PIXEL_DATA_TAG = 0x7FE00010
 _INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+_NUMBERS = (int, float)
 
 # Given a binary value's attribute path: its BulkDataURI, or None to leave
 # the value out.
 BulkUri = Callable[[str], str | None]
 
 
+@lru_cache(maxsize=4096)
 def tag_of(key: str) -> int | None:
     """The tag a document key or a query key names: a keyword or 8 hex digits."""
     if len(key) == 8 and all(c in hexdigits for c in key):
@@ -59,13 +62,10 @@ def vr_of(tag: int, vrs: Mapping[str, str], context: Mapping[str, Any]) -> str:
     """The VR of ``tag``: the instance's own record of it, else the dictionary's,
     resolved against ``context`` (the instance's attributes) when it is a
     choice; UN for a tag neither knows."""
-    recorded = vrs.get(f"{tag:08X}")
+    recorded = vrs.get(f"{tag:08X}") if vrs else None
     if recorded:
         return recorded
-    try:
-        vr: str = dictionary_VR(tag)
-    except KeyError:
-        return "UN"
+    vr = _dictionary_vr(tag)
     if " or " not in vr:
         return vr
     choices = vr.split(" or ")
@@ -74,6 +74,15 @@ def vr_of(tag: int, vrs: Mapping[str, str], context: Mapping[str, Any]) -> str:
     if "OW" in choices and (_number(context.get("BitsAllocated")) or 0) > 8:
         return "OW"
     return choices[0]
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str:
+    try:
+        vr: str = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr
 
 
 def dataset_json(
@@ -144,13 +153,13 @@ def _scalar(vr: str, value: Any) -> Any:
         return {group: name for group, name in names.items() if name}
     if vr in ("IS", "DS"):
         return _decimal(value)
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         return value
     return str(value)
 
 
 def _decimal(value: Any) -> Any:
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         return value
     text = str(value)
     if _INTEGER.fullmatch(text):
