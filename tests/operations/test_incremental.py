@@ -173,7 +173,7 @@ def test_a_rerun_imports_only_new_files_unless_told_to_reimport(
     out = _ingest_from_shell(tmp_path, source, capsys)
 
     datastore_id = _datastore_id()
-    assert "5 files processed, 1 import jobs" in out
+    assert ": 5 files processed, 1 import jobs" in out
     assert _console_count(out, "imported") == 5
     assert _console_count(out, "skipped (unchanged)") == 10
     imported = Counter(imported_by_service(datastore_id))
@@ -182,7 +182,7 @@ def test_a_rerun_imports_only_new_files_unless_told_to_reimport(
 
     out = _ingest_from_shell(tmp_path, source, capsys, "--reimport")
 
-    assert "15 files processed, 1 import jobs" in out
+    assert ": 15 files processed, 1 import jobs" in out
     assert _console_count(out, "imported") == 15
     assert _console_count(out, "skipped (unchanged)") is None
     assert set(Counter(imported_by_service(datastore_id)).values()) == {2}
@@ -219,7 +219,8 @@ def test_a_copy_in_another_source_is_skipped_as_unchanged_naming_the_first(
                                            if path != files[1])
     assert set(skipped["status"]) == {"already_imported"}
     for uri, message in skipped["error_message"].items():
-        assert f"imported from {folder / 's' / uri.rsplit('/', 1)[1]} (source {folder}" in message
+        name = str(uri).rsplit("/", 1)[1]
+        assert f"imported from {folder / 's' / name} (source {folder}" in message
     assert skipped["sha256"].str.fullmatch("[0-9a-f]{64}").all()
     assert _console_count(out, "already_imported") == 3
     assert "3 files skipped as unchanged (already_imported)" in out and f"from {folder};" in out
