@@ -197,7 +197,8 @@ class _Windows:
 
     def submit(self, files: list[SourceFile], number: int) -> Window:
         """Validate, batch, stage and submit a window; its jobs run while the
-        window before it is reported."""
+        window before it is reported. Unless reimporting, files whose bytes
+        the ledger or the data store already holds are left out first."""
         runner = self.runner
         records = runner.validate(files)
         records = with_earlier_instances(records, self.inventory.keep_instances(
