@@ -17,8 +17,9 @@ from tasks.statuses import FileStatus
 
 _NAMES_PER_REASON = 3
 _JOBS_SHOWN = 20
+# Not listed as failures (already_imported has a line of its own).
 _SUCCESSES = {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value,
-              FileStatus.VALIDATED.value}
+              FileStatus.VALIDATED.value, FileStatus.ALREADY_IMPORTED.value}
 
 
 def datastore_label(name: str | None, datastore_id: str | None) -> str:
@@ -42,6 +43,7 @@ def print_ingest_story(result: IngestResult, source: str) -> None:
         for name, count in rows.items():
             print(f"  {name:<{width}}  {count:>7}")
     print_nothing_new(result)
+    print_already_imported(result)
     if result.files:
         print_failures(result.report_files_parquet, source)
         print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_csv)
@@ -57,10 +59,17 @@ def print_nothing_new(result: IngestResult) -> None:
         jobs = _some(sorted(result.jobs_of_skipped, key=lambda j: -result.jobs_of_skipped[j]))
         by = f" (imported or refused by {jobs})" if jobs else ""
         print(f"\nNothing new: {result.skipped_unchanged} files unchanged since earlier "
-              f"runs{by}.")
+              f"runs{by}; --reimport imports them again.")
     elif result.jobs and len(result.jobs_from_earlier_runs) == result.jobs and imported:
         print(f"\n{imported} files already imported by {_some(result.jobs_from_earlier_runs)}, "
               "started by an earlier run; nothing new was imported.")
+
+
+def print_already_imported(result: IngestResult) -> None:
+    for source, count in result.already_imported_from.items():
+        print(f"\n{count} files skipped as unchanged (already_imported): the data store holds "
+              f"their SOP instances with the same SHA-256, imported from {source}; "
+              "--reimport imports them again.")
 
 
 def print_failures(report: str, source: str) -> None:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         default=VerifyMode.METADATA,
         description="What an ingestion checks of what it imported: metadata, pixels or off.",
     )
+    reimport: bool = Field(
+        default=False,
+        description="Import again files the ledger holds unchanged (same size and version, "
+        "or same SHA-256) and SOP instances the data store holds with the same SHA-256. "
+        "Off: a rerun imports only what is new or changed.",
+    )
     claim_lease_seconds: float = Field(
         default=12 * 3600.0,
         gt=0,

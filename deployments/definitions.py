@@ -88,7 +88,8 @@ def build(settings: Settings) -> list[RunnerDeployment]:
             parameters={"params": {
                 **form_defaults(IngestParameters, settings),
                 "source": settings.schedule_source,
-                "only_new": True,
+                # Never everything again every night, whatever the settings say.
+                "reimport": False,
             }},
             tags=[*TAGS, SCHEDULED],
             # A run still going when the next one is due: the new one is

@@ -17,6 +17,7 @@ marks the killed run Crashed in Prefect once it takes its files over.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,7 +46,14 @@ from tasks.import_jobs import Datastore, resolve
 from tasks.interruption import stop_requested
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
-from tasks.ledger import Inventory, RunLedger, claim_window, list_source, settle_unchanged
+from tasks.ledger import (
+    Inventory,
+    RunLedger,
+    claim_window,
+    list_source,
+    settle_unchanged,
+    skip_imported_elsewhere,
+)
 from tasks.manifest import JobOutput, job_outputs
 from tasks.poll import JobOutcome
 from tasks.preflight import preflight
@@ -91,8 +99,11 @@ class IngestResult(BaseModel):
     holders: list[str] = []
     # Jobs of this run that an earlier run had started (got back, not started again).
     jobs_from_earlier_runs: list[str] = []
-    # Jobs that imported the files an only_new run skipped as unchanged, with counts.
+    # Jobs that imported the files this run skipped as unchanged, with counts.
     jobs_of_skipped: dict[str, int] = {}
+    # Files reported already_imported (their instance, with their bytes, came
+    # from another file), by that file's source.
+    already_imported_from: dict[str, int] = {}
     # Wall seconds per stage (discover, validate, stage, import, report): where
     # a slow run spent its time; the rest went to the ledger and orchestration.
     timings: dict[str, float] = {}
@@ -137,7 +148,7 @@ def _ingest(
         try:
             if params.inventory is None:
                 with timer.stage("discover"):
-                    listing = list_source(inventory, params.source, params.only_new,
+                    listing = list_source(inventory, params.source, not params.reimport,
                                           params.max_attempts)
                 get_run_logger().info(
                     "%d files found: %d to process, %d unchanged since an earlier run, "
@@ -154,6 +165,7 @@ class _RunTally:
     """What the windows of a run add up to (jobs and counts, never files)."""
 
     same_bytes: int = 0
+    already_imported_from: Counter[str] = field(default_factory=Counter)
     job_tables: list[pd.DataFrame] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     jobs_from_earlier_runs: list[str] = field(default_factory=list)
@@ -185,13 +197,17 @@ class _Windows:
 
     def submit(self, files: list[SourceFile], number: int) -> Window:
         """Validate, batch, stage and submit a window; its jobs run while the
-        window before it is reported."""
+        window before it is reported. Unless reimporting, files whose bytes
+        the ledger or the data store already holds are left out first."""
         runner = self.runner
         records = runner.validate(files)
         records = with_earlier_instances(records, self.inventory.keep_instances(
             {r.sop_instance_uid: r.uri for r in records if r.is_valid and r.sop_instance_uid}))
-        records, same_bytes = settle_unchanged(runner.ledger, quote(records), self.params.only_new)
+        skip = not self.params.reimport
+        records, same_bytes = settle_unchanged(runner.ledger, quote(records), skip)
+        records, elsewhere = skip_imported_elsewhere(runner.ledger, quote(records), skip)
         self.tally.same_bytes += same_bytes
+        self.tally.already_imported_from.update(elsewhere)
         window = runner.batch(records)
         get_run_logger().info("Window %d: %d files, %d valid, in %d batches", number, len(records),
                               sum(r.is_valid for r in records), len(window.batches))
@@ -319,6 +335,7 @@ def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> Inge
         holders=[holder.describe() for holder in leftover.holders],
         jobs_from_earlier_runs=tally.jobs_from_earlier_runs,
         jobs_of_skipped=leftover.jobs_of_skipped if own_listing else {},
+        already_imported_from=dict(tally.already_imported_from),
         verification=tally.verified,
         **skipped,
     )

@@ -61,7 +61,7 @@ def dicom_migrate(params: MigrateParameters) -> MigrateResult:
     ledger = run_ledger(params.report_location, datastore_id)
     ledger.start_run("dicom-migrate", params.source)
     inventory = Inventory(ledger, ledger.run_id)
-    listing = list_source(inventory, params.source, params.only_new, params.max_attempts)
+    listing = list_source(inventory, params.source, not params.reimport, params.max_attempts)
     logger.info("%d files in the inventory: %d to process, %d unchanged since an earlier run, "
                 "%d given up", listing.files, listing.to_process, listing.skipped_unchanged,
                 listing.given_up)
@@ -99,5 +99,5 @@ def child_parameters(
     """The ingest runs' parameters: the migration's own import options, the
     data store by ID (resolved once), and the inventory instead of discovery."""
     shared = params.model_dump(mode="json", include=set(ImportOptions.model_fields))
-    return {**shared, "datastore": datastore_id, "only_new": params.only_new,
+    return {**shared, "datastore": datastore_id, "reimport": params.reimport,
             "inventory": inventory.inventory_id}

@@ -16,6 +16,15 @@ def _setting(name: str) -> Any:
     return lambda: getattr(get_settings(), name)
 
 
+# Ingestion's and a migration's, worded once: the form says the same in both.
+REIMPORT = (
+    "Import again the files an earlier run already handled and that have not changed since "
+    "(same size and ETag/mtime, or same SHA-256), and files whose SOP instance the data store "
+    "already holds with the same SHA-256, imported from another source. Off (the default): "
+    "they are skipped and counted, and only new and changed files are imported."
+)
+
+
 class ImportOptions(BaseModel):
     """Where files go and within which limits: shared by ingestion and retries,
     so both forms in the UI read the same."""
@@ -126,11 +135,9 @@ class IngestParameters(ImportOptions):
     source: str = Field(
         description="Folder or s3://bucket/prefix holding the DICOM files (read recursively)."
     )
-    only_new: bool = Field(
-        default=False,
-        description="Skip files that an earlier run already handled and that have not changed "
-        "since (same size and ETag/mtime, or same SHA-256 as staged). Changed files are "
-        "imported again. The scheduled deployment turns this on.",
+    reimport: bool = Field(
+        default_factory=_setting("reimport"),
+        description=REIMPORT,
     )
     dry_run: bool = Field(
         default=False,
@@ -291,10 +298,9 @@ class MigrateParameters(ImportOptions):
         "(a Prefect concurrency limit named after the data store). Empty: the limit as it "
         "stands, created at 100 (HealthImaging's quota) when missing.",
     )
-    only_new: bool = Field(
-        default=True,
-        description="Skip files that an earlier run already handled and that have not changed "
-        "since, so that a migration run again picks up where it stopped.",
+    reimport: bool = Field(
+        default_factory=_setting("reimport"),
+        description=REIMPORT,
     )
     replacements: int = Field(
         default=3, ge=0,

@@ -106,6 +106,8 @@ def build_file_report(
             "reason_code": [r.reason_code.value if r.reason_code else None for r in records],
             "reason_message": [r.reason_message for r in records],
             "expected_warnings": [r.expected_warnings for r in records],
+            # Known before staging only for a file found already imported.
+            "known_sha256": [r.sha256 for r in records],
         }
     )
     if include_phi:
@@ -129,6 +131,8 @@ def build_file_report(
         columns=["source_uri", "staged_key", "stage_action", "stage_error", "sha256"],
     )
     files = files.merge(stage, on="source_uri", how="left")
+    staged_sha256 = files["sha256"].astype(object)
+    files["sha256"] = staged_sha256.where(staged_sha256.notna(), files.pop("known_sha256"))
     jobs = pd.DataFrame(
         {
             "batch_id": [o.batch_id for o in outcomes],
@@ -182,6 +186,8 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
         (validity == FileValidity.INVALID.value, FileStatus.INVALID, None,
          files["reason_message"]),
         (validity == FileValidity.DUPLICATE.value, FileStatus.DUPLICATE, None,
+         files["reason_message"]),
+        (validity == FileValidity.ALREADY_IMPORTED.value, FileStatus.ALREADY_IMPORTED, None,
          files["reason_message"]),
         (files["batch_id"].isna(), FileStatus.IMPORT_FAILED, "NotBatched",
          "The file was valid but was not put in any batch."),

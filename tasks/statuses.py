@@ -41,6 +41,10 @@ class FileStatus(StrEnum):
     # Imported, but verification found the data store does not hold it as the
     # source has it (tasks.verify): importing it again replaces the instance.
     VERIFY_MISMATCH = "verify_mismatch"
+    # Not imported: the data store already holds its SOP instance with the
+    # same SHA-256, imported from another file (a copy in another source),
+    # named in its error_message (tasks.ledger.instances). Reimport imports it.
+    ALREADY_IMPORTED = "already_imported"
 
 
 class JobStatus(StrEnum):
@@ -78,6 +82,9 @@ class FileValidity(StrEnum):
     VALID = "valid"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
+    # Valid, but the data store already holds its SOP instance with these
+    # bytes, imported from another file: not sent again.
+    ALREADY_IMPORTED = "already_imported"
 
 
 class StageAction(StrEnum):
@@ -99,7 +106,7 @@ class Change(StrEnum):
 
 
 class Skip(StrEnum):
-    """Why an only_new ingestion leaves an unchanged file alone."""
+    """Why an ingestion leaves an unchanged file alone (unless told to reimport)."""
 
     # Done, or refused for what its bytes are: the same bytes meet the same end.
     SETTLED = "settled"

@@ -13,6 +13,8 @@ a killed run started but never read. That is this package, one module per job:
 - ``jobs``: import jobs started, how they ended, which wait for outcomes;
 - ``outcomes``: each file's latest outcome and each run's report rows;
 - ``inventory``: a source listed once, handed out to runs in windows;
+- ``instances``: SOP instances the data store holds with a file's bytes,
+  imported from another file (skipped as unchanged);
 - ``verification``: the imported files verification checks, and what it found.
 
 :class:`RunLedger` (``handle``) is the one handle a run holds: it is made of
@@ -22,6 +24,7 @@ those parts. Import from here; the modules are the package's own layout.
 from tasks.ledger.claims import settle_unchanged
 from tasks.ledger.files import LedgerFile
 from tasks.ledger.handle import RunLedger
+from tasks.ledger.instances import skip_imported_elsewhere
 from tasks.ledger.inventory import (
     Inventory,
     Leftover,
@@ -93,4 +96,5 @@ __all__ = [
     "runs_table",
     "select_imported",
     "settle_unchanged",
+    "skip_imported_elsewhere",
 ]

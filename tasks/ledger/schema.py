@@ -193,7 +193,7 @@ inventory_table = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("version", sa.String(256), nullable=False),
     sa.Column("change", sa.String(16), nullable=False),
-    # Why an only_new listing left the file alone (retry policy), else NULL.
+    # Why a listing left the file alone (retry policy; never with reimport), else NULL.
     sa.Column("skip", sa.String(16)),
     # An outcome was recorded for the file since it was listed, by this
     # inventory's runs or any other: nobody takes it from this inventory again.

@@ -35,6 +35,9 @@ def test_every_spelling_of_a_folder_is_one_source(
             "--output-prefix", f"s3://{BUCKET}/output",
             "--report-location", str(tmp_path / "reports"),
             "--poll-interval-seconds", "0.2", "--validation-workers", "1",
+            # Each run stages again: a spelling taken for another source
+            # would stage to another folder.
+            "--reimport",
         ])
         assert code == 0, capsys.readouterr().err
 
@@ -61,7 +64,7 @@ def test_an_s3_prefix_with_or_without_its_slash_is_one_source(
             "--staging-prefix", f"s3://{BUCKET}/staging",
             "--output-prefix", f"s3://{BUCKET}/output",
             "--report-location", str(tmp_path / "reports"),
-            "--poll-interval-seconds", "0.2", "--validation-workers", "1",
+            "--poll-interval-seconds", "0.2", "--validation-workers", "1", "--reimport",
         ])
         assert code == 0, capsys.readouterr().err
     mi = boto3.client("medical-imaging", config=Config(inject_host_prefix=False))

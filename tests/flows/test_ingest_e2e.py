@@ -98,7 +98,7 @@ def test_every_file_gets_its_status(service: Any, corpus: dict[str, str],
 def test_rerun_starts_no_second_job(service: Any, corpus: dict[str, str],
                                     tmp_path: Path) -> None:
     first = dicom_ingest(_params(tmp_path))
-    second = dicom_ingest(_params(tmp_path))
+    second = dicom_ingest(_params(tmp_path, reimport=True))
 
     assert second.run_id == first.run_id
     assert second.datastore_id is not None

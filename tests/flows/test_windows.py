@@ -137,7 +137,7 @@ def test_a_run_that_dies_between_windows_is_picked_up_where_it_stopped(
     assert len(before) == 3  # window 3 was submitted while window 2 was being reported
 
     monkeypatch.setattr(flows.ingest, "job_outputs", read_outputs)
-    result = dicom_ingest(_params(**params, only_new=True))
+    result = dicom_ingest(_params(**params))
 
     after = {j["jobId"] for j in mi.list_dicom_import_jobs(
         datastoreId=datastore_id)["jobSummaries"]}

@@ -47,17 +47,17 @@ def _datastore_id() -> str:
     return str(found)
 
 
-@pytest.mark.parametrize("only_new", [True, False], ids=["only-new", "everything"])
+@pytest.mark.parametrize("reimport", [False, True], ids=["new-only", "reimport"])
 def test_a_rerun_after_a_failed_job_starts_a_new_one(
-    service: LocalService, tmp_path: Path, only_new: bool
+    service: LocalService, tmp_path: Path, reimport: bool
 ) -> None:
     write_ct_series(tmp_path / "source" / "a", 3, series_spec("failing-a"), 16, 16)
     write_ct_series(tmp_path / "source" / "b", 3, series_spec("failing-b"), 16, 16)
     service.faults.fail_jobs = 1
-    first = dicom_ingest(ingest_params(tmp_path, only_new=only_new, max_concurrent_jobs=1))
+    first = dicom_ingest(ingest_params(tmp_path, reimport=reimport, max_concurrent_jobs=1))
     assert first.counts["job_failed"] == 3 and first.counts["imported"] == 3
 
-    second = dicom_ingest(ingest_params(tmp_path, only_new=only_new))
+    second = dicom_ingest(ingest_params(tmp_path, reimport=reimport))
 
     report = pd.read_parquet(second.report_files_parquet)
     assert set(report["status"]) == {"imported"}
@@ -67,9 +67,9 @@ def test_a_rerun_after_a_failed_job_starts_a_new_one(
     assert len(imported) == 6 and set(imported.values()) == {1}
 
     # The attempt that succeeded is the one a third run gets back.
-    third = dicom_ingest(ingest_params(tmp_path, only_new=only_new))
+    third = dicom_ingest(ingest_params(tmp_path, reimport=reimport))
     assert len(import_jobs(first.datastore_id)) == 3
-    assert third.counts["imported"] == (0 if only_new else 6)
+    assert third.counts["imported"] == (6 if reimport else 0)
 
 
 def test_retry_from_the_shell(
@@ -100,13 +100,13 @@ def test_nothing_new_says_so(
     assert main(_cli_args(tmp_path)) == 0
     capsys.readouterr()
 
-    assert main(_cli_args(tmp_path, "--only-new")) == 0
+    assert main(_cli_args(tmp_path)) == 0
     (job,) = import_jobs(_datastore_id())
     assert (f"Nothing new: 3 files unchanged since earlier runs (imported or refused by job "
             f"{job['jobId']})") in capsys.readouterr().out
 
     # Given by its ID, the data store is still shown by name too.
-    by_id = _cli_args(tmp_path)
+    by_id = _cli_args(tmp_path, "--reimport")
     by_id[by_id.index("reruns-store")] = _datastore_id()
     assert main(by_id) == 0
     out = capsys.readouterr().out
@@ -161,7 +161,7 @@ def test_ctrl_c_while_a_job_runs(service: LocalService, tmp_path: Path) -> None:
     assert set(rows["status"]) == {"submitted"} and set(rows["job_id"]) == {job_id}
 
     service.faults.job_duration_seconds = 0.0
-    assert main(_cli_args(tmp_path, "--only-new")) == 0
+    assert main(_cli_args(tmp_path)) == 0
     assert [j["jobId"] for j in import_jobs(_datastore_id())] == [job_id]
 
 
@@ -175,7 +175,7 @@ def test_a_rerun_right_after_a_kill_does_the_work(
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
 
-    assert main(_cli_args(tmp_path, "--only-new")) == 0, capsys.readouterr().err
+    assert main(_cli_args(tmp_path)) == 0, capsys.readouterr().err
     assert [j["jobId"] for j in import_jobs(_datastore_id())] == [job_id]
     assert Counter(imported_by_service(_datastore_id())) == Counter(
         f"a/slice_{i:04d}.dcm" for i in range(3))

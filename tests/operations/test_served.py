@@ -104,7 +104,7 @@ def test_served_deployments(stack: Stack) -> None:
     assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 2 * * *"]
     assert scheduled["global_concurrency_limit"]["limit"] == 1
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
-    assert scheduled["parameters"]["params"]["only_new"] is True
+    assert scheduled["parameters"]["params"]["reimport"] is False
     manual = deployments["dicom-ingest/manual"]
     assert manual["schedules"] == [] and manual["global_concurrency_limit"] is None
     properties = manual["parameter_openapi_schema"]["definitions"]["IngestParameters"][
