@@ -23,7 +23,7 @@ from werkzeug.wrappers import Request
 from emulator.config import LOCAL_CREDENTIALS, Credentials, ServiceConfig
 from emulator.edge.admin import ADMIN_PREFIX, AdminRoute
 from emulator.edge.auth import AuthError, find_signature, verify
-from emulator.edge.http_server import KeepAliveServer
+from emulator.edge.http_server import EdgeServer
 from emulator.edge.origins import OriginPolicy
 from emulator.edge.quoted_values import quoted
 from emulator.edge.refusals import refusal, service_asked
@@ -36,7 +36,9 @@ from emulator.state.store import Store
 
 # S3 Control shares S3's signing name; moto serves it from another app.
 _S3_CONTROL_PATH = "/v20180820/"
-# How often the serving loop looks for a stop request.
+# How often the serving loop looks for a stop request (and for idle
+# connections past their time): cheroot's 0.5 s would make every stop, which
+# tests and `demo` pay, wait that long.
 _SHUTDOWN_POLL_SECONDS = 0.02
 
 
@@ -130,14 +132,15 @@ class LocalService:
         self.admin_token = secrets.token_urlsafe(32)
         # The application is given once the port is bound: the Host check needs it.
         try:
-            self._server = KeepAliveServer(host, port, None)
+            self._server = EdgeServer(host, port, None, self.config.idle_timeout_seconds,
+                                      _SHUTDOWN_POLL_SECONDS)
         except BaseException:
             self.backend.shutdown()
             self.store.close()  # a refused port must not keep the data directory held
             raise
         self.host = host
-        self.port = self._server.server_port
-        self._server.app = LocalApplication(
+        self.port = self._server.port
+        self._server.wsgi_app = LocalApplication(
             self.backend, self._injector,
             OriginPolicy(host, self.port, self.config.cors_origins),
             self.admin_token, self.config.credentials,
@@ -162,11 +165,8 @@ class LocalService:
         }
 
     def start(self) -> LocalService:
-        # serve_forever checks for shutdown every poll_interval (0.5 s by
-        # default): every stop waited that long, which tests and `demo` pay.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": _SHUTDOWN_POLL_SECONDS},
-            daemon=True, name="local-healthimaging",
+            target=self._server.serve, daemon=True, name="local-healthimaging",
         )
         self._thread.start()
         return self
@@ -176,8 +176,7 @@ class LocalService:
         grace period, then end FAILED), so that they can still reach S3
         here; then the server, then the store, which nothing uses any more."""
         self.backend.stop_imports(self.config.stop_grace_seconds)
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         if self._thread:
             self._thread.join(timeout=5)
         self.backend.shutdown()
