@@ -254,8 +254,8 @@ class EdgeServer(cheroot_wsgi.Server):  # type: ignore[misc]
 
     def _bind(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self.prepare_socket((host, port), family, socket.SOCK_STREAM, 0,
-                                   self.nodelay, None)
+        sock: socket.socket = self.prepare_socket((host, port), family, socket.SOCK_STREAM, 0,
+                                                  self.nodelay, None)
         try:
             sock.bind((host, port))
         except OSError as error:
