@@ -23,8 +23,12 @@ What this module adds to cheroot, each for a reason:
 - **``Expect: 100-continue`` is answered when the application first reads
   the body**, not when the headers arrive: a request refused on its headers
   (signature, size) is answered before the client sends its body.
-- **A body left unread closes the connection** rather than being read and
-  thrown away (cheroot would read the rest of a refused 1 GB upload).
+- **A body left unread closes the connection.** A client that asked to wait
+  for "100 Continue" and was answered without it has sent nothing: the
+  connection closes at once. One that sent its body regardless is still
+  sending: the rest is read and dropped, for at most ``_DRAIN_SECONDS``, so
+  that it reads its answer rather than a reset (closing a socket with unread
+  data resets it); nothing of it is kept.
 - **Stopping is quick**: the read side of every open connection is shut at
   once (an idle kept-alive one ends; a request in flight can still answer),
   requests in flight get ``_CLOSE_WAIT_SECONDS``, the selector is polled
@@ -44,6 +48,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from cheroot import server as cheroot_server
@@ -65,6 +70,10 @@ LISTEN_BACKLOG = 128
 MAX_HEADER_BYTES = 64 * 1024
 # How long stopping waits for requests in flight.
 _CLOSE_WAIT_SECONDS = 5.0
+# How long the rest of a body the application did not read is read and
+# dropped before the connection closes under a client still sending it.
+_DRAIN_SECONDS = 10.0
+_DRAIN_READ_BYTES = 1 << 20
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -151,13 +160,25 @@ class _Request(cheroot_server.HTTPRequest):  # type: ignore[misc]
     def respond(self) -> None:
         if not self._continue_owed:
             super().respond()
-            return
-        socket_reader = self.conn.rfile
-        self.conn.rfile = _ContinueOnRead(socket_reader, self._send_continue)
-        try:
-            super().respond()
-        finally:
-            self.conn.rfile = socket_reader
+        else:
+            socket_reader = self.conn.rfile
+            self.conn.rfile = _ContinueOnRead(socket_reader, self._send_continue)
+            try:
+                super().respond()
+            finally:
+                self.conn.rfile = socket_reader
+        if self._body_unread() and not self._continue_owed:
+            self._drop_rest_of_body()
+
+    def _drop_rest_of_body(self) -> None:
+        """Read what the client is still sending, and drop it, until its end
+        or ``_DRAIN_SECONDS``; the connection closes after."""
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        with contextlib.suppress(OSError, ValueError):  # gone, timed out, bad chunk
+            while (left := deadline - time.monotonic()) > 0:
+                self.conn.socket.settimeout(left)
+                if not self.rfile.read(_DRAIN_READ_BYTES):
+                    break
 
     def _send_continue(self) -> None:
         if self._continue_owed:
