@@ -61,6 +61,9 @@ class ServiceConfig:
     # None: any signed request is accepted, whatever its key (local stacks'
     # custom). Given: signatures are verified against this one pair.
     credentials: Credentials | None = None
+    # How long a connection may sit idle (between requests, or with a request
+    # half sent) before the service closes it.
+    idle_timeout_seconds: float = 60.0
     # Web origins allowed to read answers (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
     # The service's clock for image set timestamps and storage tiers: replace

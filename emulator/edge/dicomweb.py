@@ -7,10 +7,10 @@ store's path that way, and are signed like it (SigV4, service name
 Every route answers only for a data store that exists (404) and is ACTIVE
 (409), in the service's error shape, as the rest-json API does.
 
-Routes that take no body (WADO-RS, QIDO-RS) have their signature checked
-before they run, as every other call. A route that ``streams_body``
-(STOW-RS) reads its body itself, within its own bound, and gets the request's
-``SignatureCheck`` to finish the check once it has hashed what it read.
+The edge has checked what the signature's headers hold before a route
+runs. A route that ``streams_body`` (STOW-RS) reads its body itself, within
+its own bound and to its end before acting on it: the check of the body ends
+with its last read (emulator.edge.signed_body).
 
 Extension point: ``DicomWebApp.add_route(method, template, handler)``, where
 ``template`` is the path below ``/datastore/{datastoreId}`` with ``{name}``
@@ -20,7 +20,6 @@ a ``DicomWebCall`` and returns a werkzeug ``Response``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import uuid
@@ -31,10 +30,9 @@ from urllib.parse import unquote
 
 from werkzeug.wrappers import Request, Response
 
-from emulator.config import Credentials
-from emulator.edge.auth import AuthError, Signature, verify
+from emulator.edge.auth_errors import AuthError
 from emulator.edge.refusals import refusal
-from emulator.edge.request_bodies import BUFFERED_BODY, buffer_body
+from emulator.edge.request_bodies import buffer_body
 from emulator.edge.responses import render_error
 from emulator.state.exceptions import HealthImagingError, InternalServerException
 from emulator.state.models import HealthImagingBackend
@@ -46,53 +44,15 @@ DATASTORE_PREFIX = "/datastore/{datastoreId}"
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class SignatureCheck:
-    """The check of one request's signature, split around its body: what the
-    headers allow first, the rest once the body's hash is known. Does nothing
-    when the service accepts any signature."""
-
-    def __init__(
-        self, environ: dict[str, Any], signature: Signature, credentials: Credentials | None
-    ) -> None:
-        self._environ = environ
-        self._signature = signature
-        self._credentials = credentials
-        self._declared = environ.get("HTTP_X_AMZ_CONTENT_SHA256", "")
-
-    @property
-    def needs_body_hash(self) -> bool:
-        return self._credentials is not None and (
-            not self._declared or bool(_HEX_SHA256.match(self._declared))
-        )
-
-    def before_body(self) -> None:
-        """Check the signature now when the payload hash is declared (hex, or
-        ``STREAMING-…``/``UNSIGNED-PAYLOAD``): a wrong key or secret is then
-        refused before the body is read."""
-        if self._credentials is not None and self._declared:
-            body_sha256 = self._declared if _HEX_SHA256.match(self._declared) else None
-            verify(self._environ, self._signature, self._credentials, body_sha256)
-
-    def after_body(self, body_sha256: str | None) -> None:
-        """Finish the check with the hash of the body as read (None when
-        ``needs_body_hash`` said it is not needed)."""
-        if self._credentials is None or body_sha256 is None:
-            return
-        if not self._declared:
-            verify(self._environ, self._signature, self._credentials, body_sha256)
-        elif _HEX_SHA256.match(self._declared) and body_sha256 != self._declared:
-            raise AuthError("payload_hash", "The body does not match its x-amz-content-sha256.")
-
-
 @dataclass
 class DicomWebCall:
-    """One request to a DICOMweb route: the request, the path's values
-    (``datastoreId`` and the template's captures, percent-decoded) and its
-    signature check (already complete unless the route streams its body)."""
+    """One request to a DICOMweb route: the request and the path's values
+    (``datastoreId`` and the template's captures, percent-decoded). A route
+    that streams its body reads it to its end before acting on it: the
+    signature's check of the body ends there (emulator.edge.signed_body)."""
 
     request: Request
     params: dict[str, str]
-    signature: SignatureCheck
 
 
 Handler = Callable[[DicomWebCall], Response]
@@ -118,9 +78,8 @@ def _template_regex(template: str) -> re.Pattern[str]:
 class DicomWebApp:
     """Routes DICOMweb requests to their handlers."""
 
-    def __init__(self, backend: HealthImagingBackend, credentials: Credentials | None) -> None:
+    def __init__(self, backend: HealthImagingBackend) -> None:
         self.backend = backend
-        self.credentials = credentials
         self._routes: list[_Route] = []
 
     def add_route(
@@ -134,24 +93,19 @@ class DicomWebApp:
         (no DICOMweb path is one of its routes)."""
         return self._match(environ) is not None
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], signature: Signature
-    ) -> Any:
-        return self._answer(environ, signature)(environ, start_response)
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self._answer(environ)(environ, start_response)
 
-    def _answer(self, environ: dict[str, Any], signature: Signature) -> Response:
+    def _answer(self, environ: dict[str, Any]) -> Response:
         request_id = str(uuid.uuid4())
         found = self._match(environ)
         assert found is not None, "called only for a request that handles() takes"
         route, params = found
-        check = SignatureCheck(environ, signature, self.credentials)
         try:
-            check.before_body()
             if not route.streams_body:
-                buffer_body(environ)  # within its cap, before the signature hashes it
-                check.after_body(hashlib.sha256(environ[BUFFERED_BODY]).hexdigest())
+                buffer_body(environ)  # within its cap; the signature's body check ends here
             self.backend.active_datastore(params["datastoreId"])
-            response = route.handler(DicomWebCall(Request(environ), params, check))
+            response = route.handler(DicomWebCall(Request(environ), params))
         except AuthError as error:
             return refusal(SERVICE_NAME, error.reason, error.message)
         except HealthImagingError as error:

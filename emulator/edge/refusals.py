@@ -33,6 +33,7 @@ _S3: dict[str, tuple[str, int]] = {
     "expired": ("AccessDenied", 403),
     "payload_hash": ("XAmzContentSHA256Mismatch", 400),
     "host": ("AccessDenied", 403),
+    "admin": ("AccessDenied", 403),
 }
 _HEALTH_IMAGING: dict[str, type[HealthImagingError]] = {
     "missing": MissingAuthenticationTokenException,
@@ -42,6 +43,7 @@ _HEALTH_IMAGING: dict[str, type[HealthImagingError]] = {
     "expired": InvalidSignatureException,
     "payload_hash": InvalidSignatureException,
     "host": AccessDeniedException,
+    "admin": AccessDeniedException,
 }
 _S3_MESSAGES = {
     "missing": "Access Denied",

@@ -28,7 +28,6 @@ where AWS publishes nothing:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -94,33 +93,29 @@ class StowHandler:
             spooler = (SinglePartSpooler(folder) if boundary is None
                        else MultipartSpooler(boundary, root_type, folder))
             try:
-                body_sha256 = self._spool(call, spooler, limit)
+                self._spool(call, spooler, limit)
                 parts = spooler.finish()
             except MalformedBody as error:
                 raise BadRequestException(str(error)) from None
             finally:
                 spooler.close()
-            call.signature.after_body(body_sha256)
             return self._store(call, parts)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _spool(
         self, call: DicomWebCall, spooler: SinglePartSpooler | MultipartSpooler, limit: int
-    ) -> str | None:
+    ) -> None:
         """Feed the body to ``spooler``, reading no more than one byte past
-        ``limit``; its SHA-256 when the signature check needs it."""
+        ``limit``, to its end: a body whose signature does not hold raises
+        AuthError from its last read, before anything is stored."""
         stream = call.request.stream
-        hasher = hashlib.sha256() if call.signature.needs_body_hash else None
         total = 0
         while chunk := _read(stream, min(_READ_BYTES, limit + 1 - total)):
             total += len(chunk)
             if total > limit:
                 raise _too_large(f"over {limit} bytes", limit)
-            if hasher is not None:
-                hasher.update(chunk)
             spooler.feed(chunk)
-        return hasher.hexdigest() if hasher is not None else None
 
     def _store(self, call: DicomWebCall, parts: list[Part]) -> Response:
         datastore_id = call.params["datastoreId"]
