@@ -35,10 +35,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_ids import with_full_run_id
+
     params = parameters_or_complain("retry", args, RetryParameters)
+    if params is not None:
+        params = with_full_run_id("retry", params, "run_id")
     if params is None:
         return ExitStatus.ERROR
-    # Imported as the command runs, not for --help (cli.main says why).
     from cli.run_console import run_flow_command
     from flows.retry import retry_failed
     from tasks.report import FAILURES

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from config.settings import get_settings
 from flows.cluster import source_reader
 from flows.parameters import VerifyParameters
+from flows.run_identity import verify_run_name
 from flows.task_arguments import quote
 from tasks.import_jobs import resolve
 from tasks.ledger import ledger_url, select_imported
@@ -45,7 +46,8 @@ class VerifyResult(BaseModel):
 
 
 # Prefect's types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
-@flow(name="dicom-verify", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+@flow(name="dicom-verify", task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
+      flow_run_name=verify_run_name)
 def dicom_verify(params: VerifyParameters) -> VerifyResult:
     """Verify the files a run, a job, or a whole source imported.
 
