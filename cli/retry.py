@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
-    from cli.story import datastore_label, print_failures, print_jobs, read_table
+    from cli.story import (
+        datastore_label,
+        print_failures,
+        print_jobs,
+        print_report_paths,
+        read_table,
+    )
 
     label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nData store {label}: {result.resumed_jobs} unread jobs resumed, "
@@ -72,5 +78,7 @@ def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>7}")
     print_failures(result.report_files_parquet, params.source or "")
-    print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_parquet)
-    print(f"\nPer-file report: {result.report_files_parquet}")
+    print_jobs(read_table(result.report_jobs_parquet),
+               result.report_jobs_csv or result.report_jobs_parquet)
+    print_report_paths(result.report_files_csv, result.report_files_parquet,
+                       result.report_jobs_csv or result.report_jobs_parquet)

@@ -26,6 +26,7 @@ from flows.task_arguments import quote
 from tasks.import_jobs import resolve
 from tasks.ledger import ledger_url, select_imported
 from tasks.ledger import record_verification as record_in_ledger
+from tasks.preflight import check_dask_address
 from tasks.report import write_table
 from tasks.verify.audit import sign_off, write_record
 from tasks.verify.results import DISCREPANCIES, verification_counts, with_verification
@@ -54,6 +55,8 @@ def dicom_verify(params: VerifyParameters) -> VerifyResult:
     Args:
         params: Which files, how deeply, and where the ledger and reports are.
     """
+    if params.dask_address:
+        check_dask_address(params.dask_address)
     url = ledger_url(get_settings().ledger_url, params.report_location)
     datastore = resolve(params.datastore, create=False) if params.datastore else None
     selected = select_imported(url, params.run, params.job,
