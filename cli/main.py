@@ -22,8 +22,7 @@ class OneLineErrors(argparse.ArgumentParser):
     Subcommand parsers are made of the same class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(ExitStatus.ERROR, f"{self.prog}: {message} ({self.prog} --help lists "
-                  "every option)\n")
+        self.exit(ExitStatus.ERROR, f"{self.prog}: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
