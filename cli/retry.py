@@ -35,10 +35,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_ids import with_full_run_id
+
     params = parameters_or_complain("retry", args, RetryParameters)
+    if params is not None:
+        params = with_full_run_id("retry", params, "run_id")
     if params is None:
         return ExitStatus.ERROR
-    # Imported as the command runs, not for --help (cli.main says why).
     from cli.run_console import run_flow_command
     from flows.retry import retry_failed
     from tasks.report import FAILURES
@@ -53,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
-    from cli.story import datastore_label, print_failures, print_jobs, read_table
+    from cli.story import (
+        datastore_label,
+        print_failures,
+        print_jobs,
+        print_report_paths,
+        read_table,
+    )
 
     label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nData store {label}: {result.resumed_jobs} unread jobs resumed, "
@@ -68,5 +78,7 @@ def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>7}")
     print_failures(result.report_files_parquet, params.source or "")
-    print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_parquet)
-    print(f"\nPer-file report: {result.report_files_parquet}")
+    print_jobs(read_table(result.report_jobs_parquet),
+               result.report_jobs_csv or result.report_jobs_parquet)
+    print_report_paths(result.report_files_csv, result.report_files_parquet,
+                       result.report_jobs_csv or result.report_jobs_parquet)

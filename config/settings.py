@@ -33,7 +33,7 @@ class VerifyMode(StrEnum):
     OFF = "off"
 
 
-def _toml_path() -> Path:
+def settings_file() -> Path:
     return Path(os.environ.get("DICOM_IMPORT_CONFIG", "dicom-import.toml"))
 
 
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()),
+            TomlConfigSettingsSource(settings_cls, toml_file=settings_file()),
         )
 
 

@@ -39,7 +39,14 @@ from flows.run_identity import (
 )
 from flows.task_arguments import quote
 from flows.window_runner import StageTimer, Window, WindowRunner
-from tasks.conflicts import SeriesConflict, explain_conflicts, publish_conflicts
+from tasks.conflicts import (
+    NonPrimarySet,
+    SeriesConflict,
+    explain_conflicts,
+    landed_non_primary,
+    non_primary_sets,
+    publish_conflicts,
+)
 from tasks.crashed_runs import crash_dead_runs
 from tasks.discover import SourceFile
 from tasks.import_jobs import Datastore, resolve
@@ -109,6 +116,10 @@ class IngestResult(BaseModel):
     timings: dict[str, float] = {}
     # Imported files by verification result (tasks.verify); empty in a dry run.
     verification: dict[str, int] = {}
+    # Image sets files landed in beside their series' primary one, and why
+    # they could not be told apart, if they could not (tasks.conflicts).
+    non_primary: list[NonPrimarySet] = []
+    conflicts_unexplained: str | None = None
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
@@ -124,7 +135,7 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     """
     timer = StageTimer()
     preflight(params.report_location, params.source, params.staging_prefix,
-              params.output_prefix, imports=params.imports())
+              params.output_prefix, imports=params.imports(), dask_address=params.dask_address)
     if params.dry_run:
         # A dry run changes no state: its ledger is a scratch one, gone with it.
         with scratch_ledger(params.datastore or "dry-run") as ledger:
@@ -171,6 +182,8 @@ class _RunTally:
     jobs_from_earlier_runs: list[str] = field(default_factory=list)
     # Series with files in non-primary image sets (few), for one artifact.
     conflicts: list[SeriesConflict] = field(default_factory=list)
+    # Files in non-primary image sets, by image set.
+    non_primary: Counter[str] = field(default_factory=Counter)
     unexplained: str | None = None
     # Files by what verification found, over every window.
     verified: dict[str, int] = field(default_factory=dict)
@@ -236,6 +249,7 @@ class _Windows:
                 explained = explain_conflicts(quote(files), datastore_id)
                 files = explained.files
                 tally.conflicts += explained.conflicts
+                tally.non_primary.update(landed_non_primary(files))
                 tally.unexplained = tally.unexplained or explained.unexplained
             files = runner.ledger.record_outcomes(files, outcomes)
             self.writer.add_files(files)
@@ -337,6 +351,8 @@ def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> Inge
         jobs_of_skipped=leftover.jobs_of_skipped if own_listing else {},
         already_imported_from=dict(tally.already_imported_from),
         verification=tally.verified,
+        non_primary=non_primary_sets(tally.non_primary, tally.conflicts),
+        conflicts_unexplained=tally.unexplained,
         **skipped,
     )
 

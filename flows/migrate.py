@@ -31,8 +31,8 @@ class MigrateResult(BaseModel):
     datastore_id: str
     datastore_name: str | None = None
     files: int
-    # Latest outcome of each file of the inventory (a file skipped as
-    # unchanged: its earlier one), and "unfinished".
+    # Latest outcome of each file of the inventory it took (not those skipped
+    # as unchanged), and "unfinished".
     counts: dict[str, int]
     skipped_unchanged: int = 0
     given_up: int = 0
@@ -53,7 +53,7 @@ def dicom_migrate(params: MigrateParameters) -> MigrateResult:
     """
     logger = get_run_logger()
     preflight(params.report_location, params.source, params.staging_prefix,
-              params.output_prefix)
+              params.output_prefix, dask_address=params.dask_address)
     assert params.datastore, "the parameter model requires a data store"
     datastore = resolve(params.datastore)
     datastore_id = datastore.datastore_id

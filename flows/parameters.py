@@ -122,9 +122,8 @@ class ImportOptions(BaseModel):
                 if not getattr(self, name)
             ]
             if missing:
-                raise ValueError(
-                    f"{', '.join(missing)} must be set to import (or set dry_run)."
-                )
+                dry_run = " (or set dry_run)" if "dry_run" in type(self).model_fields else ""
+                raise ValueError(f"{', '.join(missing)} must be set to import{dry_run}.")
             for name in ("staging_prefix", "output_prefix"):
                 if not is_s3(str(getattr(self, name))):
                     raise ValueError(f"{name} must be an s3:// URI.")

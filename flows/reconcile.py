@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from config.settings import get_settings
 from flows.parameters import ReconcileParameters
-from flows.run_identity import datastore_tags, tag_current_run
+from flows.run_identity import datastore_tags, reconcile_run_name, tag_current_run
 from tasks.import_jobs import resolve
 from tasks.interruption import stop_requested
 from tasks.ledger import ledger_url
@@ -35,7 +35,7 @@ class ReconcileResult(BaseModel):
         return [d for d in self.decisions if d.outcome is DecisionOutcome.FAILED]
 
 
-@flow(name="dicom-reconcile")
+@flow(name="dicom-reconcile", flow_run_name=reconcile_run_name)
 def dicom_reconcile(params: ReconcileParameters) -> ReconcileResult:
     """Promote or merge non-primary image sets as the decisions file says.
 

@@ -78,6 +78,9 @@ class RetryResult(BaseModel):
     not_retried_unchanged: int
     report_files_parquet: str
     report_jobs_parquet: str
+    # Only for retries small enough to open in a spreadsheet (see README.md).
+    report_files_csv: str | None = None
+    report_jobs_csv: str | None = None
 
 
 # Prefect's types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
@@ -91,7 +94,8 @@ def retry_failed(params: RetryParameters) -> RetryResult:
         params: Which failures to retry (a run, a job, or the whole data store),
             and where and how to import them.
     """
-    preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
+    preflight(params.report_location, None, params.staging_prefix, params.output_prefix,
+              dask_address=params.dask_address)
     assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore, create=False)
     datastore_id = datastore.datastore_id
@@ -176,6 +180,8 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
         not_retried_unchanged=decided.not_retried,
         report_files_parquet=paths.files_parquet,
         report_jobs_parquet=paths.jobs_parquet,
+        report_files_csv=paths.files_csv,
+        report_jobs_csv=paths.jobs_csv,
     )
 
 

@@ -61,6 +61,21 @@ def retry_run_name() -> str:
     return f"retry {scope} {_start_stamp()}"
 
 
+def verify_run_name() -> str:
+    scope = (
+        (f"run {str(_parameter('run'))[:8]}" if _parameter("run") else None)
+        or (f"job {_parameter('job')}" if _parameter("job") else None)
+        or f"{source_label(str(_parameter('source') or 'unknown'))} in {_parameter('datastore')}"
+    )
+    return f"verify {scope} {_start_stamp()}"
+
+
+def reconcile_run_name() -> str:
+    decisions = str(_parameter("decisions") or "decisions").rstrip("/").rsplit("/", 1)[-1]
+    what = "apply" if _parameter("apply") else "dry run"
+    return f"reconcile {decisions} in {_parameter('datastore')} ({what}) {_start_stamp()}"
+
+
 def tag_current_run(*tags: str) -> None:
     """Add tags to the running flow run (deployment tags are fixed before the
     data store is known)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from tasks.locations import S3Uri, is_s3, meant_s3
 STAGING_OPTION = "--staging-prefix"
 OUTPUT_OPTION = "--output-prefix"
 REPORT_OPTION = "--report-location"
+DASK_OPTION = "--dask-address"
 LEDGER_SETTING = "DICOM_IMPORT_LEDGER_URL"
 # The zero-byte object written (and deleted) to prove a prefix writable.
 WRITE_CHECK_NAME = ".dicom-import-write-check-"
@@ -46,6 +48,11 @@ _CREDENTIALS_REFUSED = frozenset({
     "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
     "InvalidClientTokenId", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
 })
+
+# Address schemes served over a TCP host and port, which a connection proves.
+_DASK_OVER_TCP = frozenset({"tcp", "tls", "ws", "wss"})
+# A scheduler answers a connection at once; distributed waits 30 s before giving up.
+_DASK_CONNECT_SECONDS = 5.0
 
 _log = logging.getLogger(__name__)
 
@@ -61,13 +68,14 @@ def check_setup(
     output_prefix: str | None = None,
     ledger: str | None = None,
     imports: bool = True,
+    dask_address: str | None = None,
 ) -> None:
     """Check everything a run needs, without creating anything that stays.
 
     ``source`` is checked when given (an ingestion reads it; a retry reads
     the files its ledger names). Without ``imports`` (a dry run) only the
-    source and the report location matter. ``ledger`` is the configured
-    ledger URL, if any.
+    source, the report location and the Dask scheduler matter. ``ledger`` is
+    the configured ledger URL, if any.
 
     Raises:
         SetupError: the first problem found.
@@ -85,6 +93,8 @@ def check_setup(
         _check_local_source(source)
     if report_uri is None:
         _check_local_folder(REPORT_OPTION, report_location)
+    if dask_address:
+        check_dask_address(dask_address)
     if source_uri is None and not targets:
         return  # a dry run from a folder to a folder: no AWS call at all
     _check_credentials()
@@ -115,6 +125,34 @@ def _s3_option(option: str, value: str | None) -> S3Uri:
         return S3Uri.parse(value)
     except ValueError as exc:
         raise SetupError(f"{option}: {exc}.") from exc
+
+
+def check_dask_address(address: str) -> None:
+    """The address parses as distributed parses it and, over TCP, a
+    connection to it opens: otherwise validation would wait 30 s for it, after
+    the source was listed and the data store made.
+
+    Raises:
+        SetupError: the address is malformed, or nothing answers there.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme)
+        if scheme not in _DASK_OVER_TCP:
+            return
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"{DASK_OPTION} {address}: not a Dask scheduler address ({exc}); "
+                         "give one such as tcp://scheduler.internal:8786.") from exc
+    try:
+        with socket.create_connection((host, port), timeout=_DASK_CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise SetupError(f"{DASK_OPTION} {address}: no Dask scheduler answers there "
+                         f"({exc.strerror or exc}).") from exc
 
 
 def _check_credentials() -> None:
@@ -266,7 +304,8 @@ def preflight(
     staging_prefix: str | None = None,
     output_prefix: str | None = None,
     imports: bool = True,
+    dask_address: str | None = None,
 ) -> None:
     """The run's first step; fails the run with a :class:`SetupError`."""
     check_setup(report_location, source, staging_prefix, output_prefix,
-                get_settings().ledger_url, imports)
+                get_settings().ledger_url, imports, dask_address)

@@ -36,7 +36,7 @@ from tasks.report_row import FILE_COLUMNS as FILE_COLUMNS
 from tasks.report_row import PHI_COLUMNS as PHI_COLUMNS
 from tasks.report_row import file_rows, parquet_schema, report_columns
 from tasks.stage import StagedFile
-from tasks.statuses import FileStatus, FileValidity, JobStatus, StageAction
+from tasks.statuses import RUNNING, FileStatus, FileValidity, JobStatus, StageAction
 from tasks.validate import ValidationRecord
 
 # The pipeline, not the file's content, let these down (or has not finished
@@ -193,7 +193,7 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
          "The file was valid but was not put in any batch."),
         (files["stage_action"] == StageAction.FAILED.value, FileStatus.IMPORT_FAILED,
          "StagingError", files["stage_error"]),
-        ((job == JobStatus.INTERRUPTED.value) & files["job_id"].notna(), FileStatus.SUBMITTED,
+        (job.isin([s.value for s in RUNNING]) & files["job_id"].notna(), FileStatus.SUBMITTED,
          None, files["job_message"]),
         ((job == JobStatus.INTERRUPTED.value) | (files["stage_action"]
                                                  == StageAction.INTERRUPTED.value),

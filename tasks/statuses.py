@@ -58,12 +58,15 @@ class JobStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     # Ours: StartDICOMImportJob itself was refused, so there is no job.
     NOT_STARTED = "NOT_STARTED"
-    # Ours: the operator stopped the run; a job (if one started) goes on.
+    # Ours: the operator stopped the run before the batch's job started: no job.
     INTERRUPTED = "INTERRUPTED"
 
 
 # The statuses after which HealthImaging never changes a job again.
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+# HealthImaging's words for a job still running: what a run that stopped
+# waiting (Ctrl-C) says of the jobs it leaves, as it last saw them.
+RUNNING = frozenset({JobStatus.SUBMITTED, JobStatus.IN_PROGRESS})
 
 
 class DatastoreStatus(StrEnum):

@@ -41,7 +41,7 @@ from tasks.ledger.part import (
     Clock,
     SystemClock,
 )
-from tasks.ledger.runs import Holder, LedgerRun
+from tasks.ledger.runs import Holder, LedgerRun, run_id_from_prefix
 from tasks.ledger.schema import (
     LEDGER_FILE_NAME,
     LedgerError,
@@ -92,6 +92,7 @@ __all__ = [
     "record_verification",
     "recorded_run",
     "require_existing",
+    "run_id_from_prefix",
     "run_jobs_table",
     "runs_table",
     "select_imported",

@@ -303,11 +303,12 @@ class Inventory:
                        files_table.c.uri == inventory_table.c.uri)
 
     def file_statuses(self) -> dict[str, int]:
-        """Latest outcome of every file listed (``unfinished``: none recorded
-        since the listing), for the summary of a migration."""
+        """Latest outcome of every file listed to be processed (``unfinished``:
+        none recorded since the listing), for the summary of a migration. Files
+        skipped as unchanged are not counted: their outcome is an earlier
+        run's, and the listing counts them (Listing.skipped_unchanged)."""
         files, inventory = files_table, inventory_table
         status = sa.case((inventory.c.done.is_(True), files.c.status),
-                         (inventory.c.skip.is_not(None), files.c.status),
                          else_=sa.literal(ListingState.UNFINISHED.value))
         with self.ledger.engine.begin() as conn:
             # Grouped by the expression, not a label: PostgreSQL reads a GROUP
@@ -316,7 +317,7 @@ class Inventory:
             rows = conn.execute(
                 sa.select(status, sa.func.count())
                 .join(files, self._same_file())
-                .where(self._mine())
+                .where(self._mine(), inventory.c.skip.is_(None))
                 .group_by(status)).all()
         return {str(status): int(count) for status, count in rows}
 

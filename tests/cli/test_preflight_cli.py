@@ -171,6 +171,24 @@ def test_unreachable_endpoint(service: LocalService, aws: AwsCalls, source: Path
     assert_nothing_created(service, tmp_path)
 
 
+@pytest.mark.parametrize(("address", "expected"), [
+    ("tcp://127.0.0.1:{closed}", "no Dask scheduler answers there"),
+    ("tcp://127.0.0.1:8786x", "not a Dask scheduler address"),
+    ("scheduler.internal", "not a Dask scheduler address"),
+    ("http://127.0.0.1:{closed}", "not a Dask scheduler address"),
+])
+def test_dask_address_that_cannot_serve(service: LocalService, aws: AwsCalls, source: Path,
+                                        tmp_path: Path, capsys: Any, address: str,
+                                        expected: str) -> None:
+    address = address.format(closed=closed_port())
+
+    line = fails_in_one_line(argv(source, tmp_path, **{"dask-address": address}), capsys)
+
+    assert line.startswith(f"dicom-import ingest: --dask-address {address}: {expected}")
+    assert not aws.calls  # found before any request
+    assert_nothing_created(service, tmp_path)
+
+
 def test_no_credentials(service: LocalService, aws: AwsCalls, source: Path, tmp_path: Path,
                         capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -103,6 +104,52 @@ def test_report_names_the_conflicting_attribute_without_its_value(
     csv = Path(second.report_files_csv).read_text()
     for text in (artifact, logs, csv):
         assert FIRST_PATIENT not in text and SECOND_PATIENT not in text
+
+
+def test_the_console_says_where_files_landed_and_what_to_run_next(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = replace(series_spec("console"), patient_id=FIRST_PATIENT)
+    write_ct_series(tmp_path / "first", 3, spec, 16, 16)
+    for index in range(3, 5):
+        write(ct_slice(replace(spec, patient_id=SECOND_PATIENT), index, 16, 16),
+              tmp_path / "second" / f"slice_{index:04d}.dcm")
+    first = dicom_ingest(ingest_params(tmp_path, source=str(tmp_path / "first")))
+    params = ingest_params(tmp_path)
+
+    code = main(["ingest", str(tmp_path / "second"), "--datastore", DATASTORE,
+                 "--staging-prefix", str(params.staging_prefix),
+                 "--output-prefix", str(params.output_prefix),
+                 "--report-location", params.report_location,
+                 "--poll-interval-seconds", "0.1", "--validation-workers", "1"])
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert FIRST_PATIENT not in out + err and SECOND_PATIENT not in out + err
+    (non_primary,) = set(pd.read_parquet(next((tmp_path / "reports").rglob(
+        f"*-{_run_id(err)[:8]}/files")))["image_set_id"])
+    assert "Non-primary image sets: 2 files landed beside the primary image set" in out
+    assert f"  image set {non_primary}: 2 files, PatientID (0010,0020)\n" in out
+    (command,) = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith("dicom-import reconcile ")]
+    assert command == (f"dicom-import reconcile decisions.json --datastore {first.datastore_id} "
+                       f"--report-location {tmp_path / 'reports'}")
+
+    # The command as printed, with the operator's decisions file.
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text(json.dumps(
+        {non_primary: {"action": "merge", "corrections": {"PatientID": FIRST_PATIENT}}}))
+    argv = command.split()[1:]
+    argv[argv.index("decisions.json")] = str(decisions)
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert f"image set {non_primary}: merge would:" in out
+    assert f"(reconcile decisions.json in {first.datastore_id} (dry run) " in err
+
+
+def _run_id(err: str) -> str:
+    (run_id,) = re.findall(r"Flow run ([0-9a-f-]{36}) \(", err)
+    return str(run_id)
 
 
 def test_report_is_written_when_the_conflicts_cannot_be_read(
