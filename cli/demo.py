@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         params = IngestParameters(
             source=str(folder / "incoming"),
             datastore="dicom-import-demo",
+            create_datastore=True,
             staging_prefix=f"s3://{BUCKET}/staging",
             output_prefix=f"s3://{BUCKET}/output",
             report_location=str(folder / "reports"),
