@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         )
         code = run_ingest(params)
         print_file_report(folder / "reports", folder / "incoming")
+    # Its own, not the user's: the demo's data store lives only as long as the run.
+    print(f"\nThe demo's reports and ledger: {folder / 'reports'}")
     return code
 
 

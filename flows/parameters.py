@@ -36,7 +36,8 @@ class ImportOptions(BaseModel):
     datastore: str | None = Field(
         default_factory=_setting("datastore"),
         description="HealthImaging data store ID (32 hex) or name. A name that matches no "
-        "data store is refused, with the closest names, unless create_datastore is on.",
+        "data store is refused, with the closest names; ingestion and migration create it "
+        "when asked to.",
     )
     staging_prefix: str | None = Field(
         default_factory=_setting("staging_prefix"),
