@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         params = IngestParameters(
             source=str(folder / "incoming"),
             datastore="dicom-import-demo",
+            create_datastore=True,
             staging_prefix=f"s3://{BUCKET}/staging",
             output_prefix=f"s3://{BUCKET}/output",
             report_location=str(folder / "reports"),
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         )
         code = run_ingest(params)
         print_file_report(folder / "reports", folder / "incoming")
+    # Its own, not the user's: the demo's data store lives only as long as the run.
+    print(f"\nThe demo's reports and ledger: {folder / 'reports'}")
     return code
 
 

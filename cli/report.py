@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from config.settings import get_settings
+from config.settings import default_report_location, get_settings
 
 EXIT_ERROR = 2
 
@@ -32,12 +32,21 @@ def add_parser(subparsers: Any) -> None:
                         "that end its report folder's name.")
     parser.add_argument("--report-location", default=None,
                         help="The report location the run used, where its SQLite ledger is "
-                        "(default: DICOM_IMPORT_REPORT_LOCATION); ignored when "
+                        f"(default: {_default_report_location()}); ignored when "
                         "DICOM_IMPORT_LEDGER_URL is set.")
     parser.add_argument("--output", default=None,
                         help="Folder or s3:// prefix to write to (default: the folder the "
                         "run wrote its report to).")
     parser.set_defaults(handler=run)
+
+
+def _default_report_location() -> str:
+    """As the settings have it here; an unreadable settings file is reported
+    when the command runs, not by --help."""
+    try:
+        return get_settings().report_location
+    except Exception:
+        return f"DICOM_IMPORT_REPORT_LOCATION, else {default_report_location()}"
 
 
 def run(args: argparse.Namespace) -> int:

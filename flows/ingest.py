@@ -141,11 +141,11 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
         with scratch_ledger(params.datastore or "dry-run") as ledger:
             return _ingest(params, None, ledger, timer)
     assert params.datastore, "the parameter model requires a data store to import"
-    datastore = resolve(params.datastore)
+    datastore = resolve(params.datastore, create=params.create_datastore, creatable=True)
     tag_current_run(*datastore_tags(params.datastore, datastore.datastore_id))
     ensure_job_slots(datastore.datastore_id)
-    return _ingest(params, datastore, run_ledger(params.report_location, datastore.datastore_id),
-                   timer)
+    ledger = run_ledger(params.report_location, datastore.datastore_id, begin=True)
+    return _ingest(params, datastore, ledger, timer)
 
 
 def _ingest(

@@ -55,10 +55,10 @@ def dicom_migrate(params: MigrateParameters) -> MigrateResult:
     preflight(params.report_location, params.source, params.staging_prefix,
               params.output_prefix, dask_address=params.dask_address)
     assert params.datastore, "the parameter model requires a data store"
-    datastore = resolve(params.datastore)
+    datastore = resolve(params.datastore, create=params.create_datastore, creatable=True)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "migration")
-    ledger = run_ledger(params.report_location, datastore_id)
+    ledger = run_ledger(params.report_location, datastore_id, begin=True)
     ledger.start_run("dicom-migrate", params.source)
     inventory = Inventory(ledger, ledger.run_id)
     listing = list_source(inventory, params.source, not params.reimport, params.max_attempts)

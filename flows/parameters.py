@@ -25,6 +25,15 @@ REIMPORT = (
 )
 
 
+def _create_datastore() -> Any:
+    """The field of the flows that may begin a data store (ingest, migrate)."""
+    return Field(
+        default_factory=_setting("create_datastore"),
+        description="Create the data store when no data store has the name given. Off: such "
+        "a name is refused (a typo would otherwise make a new store and import into it).",
+    )
+
+
 class ImportOptions(BaseModel):
     """Where files go and within which limits: shared by ingestion and retries,
     so both forms in the UI read the same."""
@@ -35,8 +44,9 @@ class ImportOptions(BaseModel):
     )
     datastore: str | None = Field(
         default_factory=_setting("datastore"),
-        description="HealthImaging data store ID (32 hex) or name; ingestion creates one "
-        "of that name when none exists (a retry does not).",
+        description="HealthImaging data store ID (32 hex) or name. A name that matches no "
+        "data store is refused, with the closest names; ingestion and migration create it "
+        "when asked to.",
     )
     staging_prefix: str | None = Field(
         default_factory=_setting("staging_prefix"),
@@ -134,6 +144,7 @@ class IngestParameters(ImportOptions):
     source: str = Field(
         description="Folder or s3://bucket/prefix holding the DICOM files (read recursively)."
     )
+    create_datastore: bool = _create_datastore()
     reimport: bool = Field(
         default_factory=_setting("reimport"),
         description=REIMPORT,
@@ -281,6 +292,7 @@ class MigrateParameters(ImportOptions):
     source: str = Field(
         description="Folder or s3://bucket/prefix to migrate (read recursively, once)."
     )
+    create_datastore: bool = _create_datastore()
     workers: int = Field(
         default=2, ge=1, le=100,
         description="Ingest flow runs started at once on the work pool, each claiming "

@@ -19,7 +19,13 @@ from prefect import get_client
 from prefect.runtime import flow_run
 
 from config.settings import get_settings
-from tasks.ledger import LEDGER_FILE_NAME, RunLedger, dispose_engine, ledger_url
+from tasks.ledger import (
+    LEDGER_FILE_NAME,
+    RunLedger,
+    dispose_engine,
+    ledger_url,
+    require_existing,
+)
 from tasks.locations import S3Uri, is_s3
 
 
@@ -104,10 +110,16 @@ def scratch_ledger(datastore_id: str) -> Iterator[RunLedger]:
             dispose_engine(url)
 
 
-def run_ledger(report_location: str, datastore_id: str) -> RunLedger:
+def run_ledger(report_location: str, datastore_id: str, begin: bool = False) -> RunLedger:
+    """The run's handle on the ledger. Only a run that starts from a source
+    may ``begin`` a ledger; the others fail when there is none (LedgerError).
+    """
     settings = get_settings()
+    url = ledger_url(settings.ledger_url, report_location)
+    if not begin:
+        require_existing(url)
     return RunLedger(
-        url=ledger_url(settings.ledger_url, report_location),
+        url=url,
         run_id=flow_run.id or uuid.uuid4().hex,
         datastore_id=datastore_id,
         lease_seconds=settings.claim_lease_seconds,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -30,14 +29,19 @@ from config.clients import medical_imaging_client, s3_client
 from config.settings import get_settings
 from tasks.backoff import error_code
 from tasks.discover import source_not_a_folder, source_not_found
-from tasks.ledger import LedgerError, engine_for, ledger_url
-from tasks.locations import S3Uri, is_s3, meant_s3
+from tasks.ledger import (
+    LEDGER_SETTING,
+    REPORT_OPTION,
+    LedgerError,
+    ledger_exists,
+    ledger_url,
+    sqlite_path,
+)
+from tasks.locations import S3Uri, meant_s3
 
 STAGING_OPTION = "--staging-prefix"
 OUTPUT_OPTION = "--output-prefix"
-REPORT_OPTION = "--report-location"
 DASK_OPTION = "--dask-address"
-LEDGER_SETTING = "DICOM_IMPORT_LEDGER_URL"
 # The zero-byte object written (and deleted) to prove a prefix writable.
 WRITE_CHECK_NAME = ".dicom-import-write-check-"
 
@@ -262,33 +266,16 @@ def _check_health_imaging() -> None:
 
 
 def _check_ledger(configured: str | None, report_location: str) -> None:
-    """The ledger opens. The default SQLite file beside local reports is not
-    opened here: that would create the report folder, which the folder check
-    has already vouched for."""
-    if not configured and not is_s3(report_location):
-        return
+    """The ledger can be had, without beginning one (the data store is still
+    to be resolved): a SQLite ledger not there yet needs a folder that can
+    be made, as the report folder does; another database must answer."""
     try:
         url = ledger_url(configured, report_location)
-    except LedgerError as exc:  # reports on S3 and no ledger URL
-        raise SetupError(str(exc)) from exc
-    try:
-        with engine_for(url).connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        if not ledger_exists(url) and (path := sqlite_path(url)) is not None:
+            _check_local_folder(LEDGER_SETTING if configured else REPORT_OPTION,
+                                str(path.parent))
     except LedgerError as exc:
-        raise SetupError(f"{LEDGER_SETTING}: {exc}") from exc
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise SetupError(
-            f"{LEDGER_SETTING} {_without_password(url)}: cannot open the ledger: "
-            f"{str(reason).splitlines()[0]}."
-        ) from exc
-
-
-def _without_password(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(unparsable URL)"
+        raise SetupError(str(exc)) from exc
 
 
 def _refused(what: str, operation: str, exc: ClientError) -> SetupError:

@@ -8,6 +8,7 @@ a killed run started but never read. That is this package, one module per job:
 - ``schema``: the tables, the engine per URL (SQLite beside the reports by
   default, PostgreSQL for a shared deployment), and the migrations that bring
   any ledger to the current schema;
+- ``location``: where the ledger is, and whether one is there yet;
 - ``runs``: runs, heartbeats and liveness (who is presumed dead);
 - ``claims``: which run takes which file;
 - ``jobs``: import jobs started, how they ended, which wait for outcomes;
@@ -34,6 +35,14 @@ from tasks.ledger.inventory import (
     list_source,
 )
 from tasks.ledger.jobs import LedgerJob
+from tasks.ledger.location import (
+    LEDGER_FILE_NAME,
+    LEDGER_SETTING,
+    REPORT_OPTION,
+    ledger_exists,
+    ledger_url,
+    require_existing,
+)
 from tasks.ledger.outcomes import RecordedRun, recorded_run
 from tasks.ledger.part import (
     DEFAULT_LEASE_SECONDS,
@@ -43,22 +52,20 @@ from tasks.ledger.part import (
 )
 from tasks.ledger.runs import Holder, LedgerRun, run_id_from_prefix
 from tasks.ledger.schema import (
-    LEDGER_FILE_NAME,
     LedgerError,
     dispose_engine,
     engine_for,
     files_table,
     jobs_table,
-    ledger_url,
     outcomes_table,
     run_jobs_table,
     runs_table,
+    sqlite_path,
 )
 from tasks.ledger.verification import (
     ImportedFiles,
     imported_files,
     record_verification,
-    require_existing,
     select_imported,
 )
 
@@ -66,6 +73,8 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_PRESUMED_DEAD_SECONDS",
     "LEDGER_FILE_NAME",
+    "LEDGER_SETTING",
+    "REPORT_OPTION",
     "Clock",
     "Holder",
     "ImportedFiles",
@@ -86,6 +95,7 @@ __all__ = [
     "files_table",
     "imported_files",
     "jobs_table",
+    "ledger_exists",
     "ledger_url",
     "list_source",
     "outcomes_table",
@@ -98,4 +108,5 @@ __all__ = [
     "select_imported",
     "settle_unchanged",
     "skip_imported_elsewhere",
+    "sqlite_path",
 ]

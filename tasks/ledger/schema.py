@@ -23,9 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from import_rules.rules import MAX_UID_LENGTH
 from tasks.ledger.migrations import upgrade
-from tasks.locations import is_s3
 
-LEDGER_FILE_NAME = "ledger.sqlite"
 # Files per claim transaction: long enough to amortise the lock, short
 # enough that a concurrent run waits milliseconds, not seconds.
 CLAIM_CHUNK = 500
@@ -277,23 +275,12 @@ runs_table = sa.Table(
 )
 
 
-def ledger_url(configured: str | None, report_location: str) -> str:
-    """The configured URL, else SQLite beside the reports.
-
-    Raises:
-        LedgerError: the reports go to S3, where SQLite cannot live.
-    """
-    if configured:
-        return configured
-    if is_s3(report_location):
-        raise LedgerError(
-            f"The report location {report_location} is on S3, where the SQLite ledger cannot "
-            "live: set DICOM_IMPORT_LEDGER_URL to a SQLite path (sqlite:////var/lib/dicom-import/"
-            "ledger.sqlite) or a PostgreSQL URL."
-        )
-    folder = Path(report_location).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / LEDGER_FILE_NAME}"
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ledger; None for another database (or SQLite in memory)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 _engines: dict[str, Engine] = {}
@@ -305,7 +292,7 @@ def engine_for(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _create_engine(url)
+            engine = new_engine(url)
             upgrade(engine)
             _engines[url] = engine
         return engine
@@ -323,9 +310,15 @@ def dispose_engine(url: str) -> None:
 _SQLITE_WAIT_SECONDS = 60.0
 
 
-def _create_engine(url: str) -> Engine:
+def new_engine(url: str) -> Engine:
+    """An engine of its own (:func:`engine_for` keeps one per URL, migrated)."""
     dialect = sa.engine.make_url(url).get_backend_name()
     if dialect == "sqlite":
+        # Opening a SQLite ledger begins it, folder and all; commands that
+        # must not begin one check first (tasks.ledger.location).
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # Waits for another run's write transaction instead of failing with
         # "database is locked".
         engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_WAIT_SECONDS})

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
@@ -15,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.ledger.files import IMPORTED
+from tasks.ledger.location import require_existing
 from tasks.ledger.schema import (
     LedgerError,
     chunks,
@@ -93,21 +93,6 @@ def imported_files(
     if datastore_id is None and len(stores) == 1:
         datastore_id = stores.pop()
     return ImportedFiles(datastore_id, rows[IMPORTED_COLUMNS].reset_index(drop=True))
-
-
-def require_existing(url: str) -> None:
-    """Opening a SQLite path that does not exist would create an empty ledger.
-
-    Raises:
-        LedgerError: no ledger there; the message says what to give.
-    """
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(
-        parsed.database
-    ).exists():
-        raise LedgerError(f"There is no ledger at {parsed.database}: give the report "
-                          "location the run used (--report-location), or set "
-                          "DICOM_IMPORT_LEDGER_URL.")
 
 
 @task(name="select-imported-files", cache_policy=NO_CACHE)

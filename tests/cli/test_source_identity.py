@@ -30,7 +30,7 @@ def test_every_spelling_of_a_folder_is_one_source(
     spellings = [str(tmp_path / "data" / "in1"), "in1", "./in1/", str(tmp_path / "link") + "/"]
     for source in spellings:
         code = main([
-            "ingest", source, "--datastore", "spelling-store",
+            "ingest", source, "--datastore", "spelling-store", "--create-datastore",
             "--staging-prefix", f"s3://{BUCKET}/staging/",
             "--output-prefix", f"s3://{BUCKET}/output",
             "--report-location", str(tmp_path / "reports"),
@@ -60,7 +60,7 @@ def test_an_s3_prefix_with_or_without_its_slash_is_one_source(
         s3.upload_file(str(path), BUCKET, f"landing/{path.name}")
     for source in (f"s3://{BUCKET}/landing", f"s3://{BUCKET}/landing/"):
         code = main([
-            "ingest", source, "--datastore", "s3-spelling-store",
+            "ingest", source, "--datastore", "s3-spelling-store", "--create-datastore",
             "--staging-prefix", f"s3://{BUCKET}/staging",
             "--output-prefix", f"s3://{BUCKET}/output",
             "--report-location", str(tmp_path / "reports"),

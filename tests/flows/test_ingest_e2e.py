@@ -55,6 +55,7 @@ def _params(tmp_path: Path, **overrides: Any) -> IngestParameters:
     values: dict[str, Any] = {
         "source": str(tmp_path / "source"),
         "datastore": "e2e-store",
+        "create_datastore": True,
         "staging_prefix": f"s3://{BUCKET}/staging",
         "output_prefix": f"s3://{BUCKET}/output",
         "report_location": str(tmp_path / "reports"),

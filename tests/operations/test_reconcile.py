@@ -21,6 +21,7 @@ from emulator.samples import ct_slice, series_spec, uid, write, write_ct_series
 from flows.ingest import IngestResult, dicom_ingest
 from tasks import interruption
 from tasks.conflicts import CONFLICTS_ARTIFACT_KEY
+from tasks.ledger import RunLedger, ledger_url
 from tasks.ledger.schema import reconcile_changes_table as changes_table
 from tests.operations.conftest import DATASTORE, ingest_params, medical_imaging
 
@@ -359,7 +360,10 @@ def test_unusable_decisions_file_is_one_line(
 def test_a_service_error_while_checking_fails_that_decision_only(
     service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    medical_imaging().create_datastore(datastoreName=DATASTORE)
+    datastore_id = medical_imaging().create_datastore(datastoreName=DATASTORE)["datastoreId"]
+    # The ledger of earlier imports, which reconcile records in and never begins.
+    RunLedger(ledger_url(None, str(tmp_path / "reports")), "earlier", datastore_id).start_run(
+        "dicom-ingest", None)
     service.faults.error_rate = {"GetImageSet": 1.0}
     decided = "b" * 32
 

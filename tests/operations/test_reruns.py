@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 def _cli_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "ingest", str(tmp_path / "source"), "--datastore", "reruns-store",
-        "--staging-prefix", f"s3://{BUCKET}/staging", "--output-prefix", f"s3://{BUCKET}/output",
+        "--create-datastore", "--staging-prefix", f"s3://{BUCKET}/staging", "--output-prefix", f"s3://{BUCKET}/output",
         "--report-location", str(tmp_path / "reports"), "--max-files-per-job", "3",
         "--poll-interval-seconds", "0.1", "--validation-workers", "1", *extra,
     ]
