@@ -52,6 +52,7 @@ from tasks.ledger.schema import (
     runs_table,
 )
 from tasks.ledger.verification import (
+    LANDED,
     ImportedFiles,
     imported_files,
     record_verification,
@@ -62,6 +63,7 @@ from tasks.ledger.verification import (
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_PRESUMED_DEAD_SECONDS",
+    "LANDED",
     "LEDGER_FILE_NAME",
     "Clock",
     "Holder",
