@@ -67,6 +67,14 @@ def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>7}")
+    checked = {name: count for name, count in result.verification.items() if count}
+    if checked:
+        print("Verified: " + ", ".join(f"{name} {count}" for name, count in checked.items()))
     print_failures(result.report_files_parquet, params.source or "")
+    if result.needs_decision:
+        print(f"\n{result.needs_decision} files are not in the data store as their source has "
+              "them, and importing them again would not change that: their error_message "
+              "says where they are; decide with dicom-import reconcile (see README.md, "
+              "\"Non-primary image sets\").")
     print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_parquet)
     print(f"\nPer-file report: {result.report_files_parquet}")

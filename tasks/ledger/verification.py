@@ -21,8 +21,10 @@ from tasks.ledger.schema import (
     engine_for,
     files_table,
     outcomes_table,
-    reconcile_placements_table as placements_table,
     runs_table,
+)
+from tasks.ledger.schema import (
+    reconcile_placements_table as placements_table,
 )
 from tasks.statuses import FileStatus
 

@@ -3,17 +3,24 @@ imported, with attempts counted and limits kept."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
+from cli.main import main
 from emulator.edge.server import LocalService
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
 from flows.ingest import IngestResult, dicom_ingest
 from flows.retry import retry_failed
 from tests.operations.conftest import (
+    BUCKET,
+    DATASTORE,
     import_jobs,
     imported_by_service,
     ingest_params,
@@ -147,3 +154,75 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
     assert rows["status"].eq("imported").all() and rows["job_id"].eq(job.job_id).all()
     assert result.resumed_jobs == 1 and result.jobs == 0
     assert len(import_jobs(datastore_id)) == 1
+
+
+def _tamper(
+    service: LocalService, image_set_id: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """The data store's document of the set changed behind the import's back."""
+    version = service.backend.image_sets.version(image_set_id)
+    document = json.loads(gzip.decompress(service.store.get_blob(version["metadataKey"])))
+    change(document)
+    service.store.put_blob(version["metadataKey"], gzip.compress(json.dumps(document).encode()))
+
+
+def _drop_frames(document: dict[str, Any]) -> None:
+    for series in document["Study"]["Series"].values():
+        for instance in series["Instances"].values():
+            instance["ImageFrames"] = []
+
+
+def _other_patient(document: dict[str, Any]) -> None:
+    document["Patient"]["DICOM"]["PatientID"] = "PID-TAMPERED-0001"
+
+
+@pytest.mark.usefixtures("ledger_backend")
+def test_retry_verifies_what_it_imports_and_fails_what_a_reimport_cannot_replace(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two series changed in the data store: lost frames, which importing the
+    files again replaces; another Patient ID on the primary set, which it
+    cannot (the copy lands in a non-primary set). The retry says so, exits 1,
+    and never imports those again."""
+    source = tmp_path / "source"
+    write_ct_series(source / "frames", 2, series_spec("retry-frames"), 16, 16)
+    write_ct_series(source / "patient", 2, series_spec("retry-patient"), 16, 16)
+    first = dicom_ingest(ingest_params(tmp_path))
+    assert first.verification["verified"] == 4
+    rows = _rows(first.report_files_parquet)
+    of = {folder: str(rows.loc[rows["source_uri"].str.contains(f"/{folder}/"),
+                                "image_set_id"].iloc[0]) for folder in ("frames", "patient")}
+    _tamper(service, of["frames"], _drop_frames)
+    _tamper(service, of["patient"], _other_patient)
+    reports = ["--report-location", str(tmp_path / "reports")]
+    assert main(["verify", "--datastore", DATASTORE, "--source", str(source), *reports]) == 1
+    capsys.readouterr()
+
+    code = main(["retry", "--datastore", DATASTORE, "--staging-prefix", f"s3://{BUCKET}/staging",
+                 "--output-prefix", f"s3://{BUCKET}/output", "--poll-interval-seconds", "0.1",
+                 "--validation-workers", "1", *reports])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    report = next(line.split(": ", 1)[1] for line in out.splitlines()
+                  if line.startswith("Per-file report: "))
+    rows = _rows(report)
+    rows["folder"] = rows["source_uri"].map(lambda uri: Path(uri).parent.name)
+    replaced, beside = rows[rows["folder"] == "frames"], rows[rows["folder"] == "patient"]
+    assert replaced["status"].eq("imported").all() and replaced["is_primary"].all()
+    assert replaced["verification"].eq("verified").all()
+    assert replaced["image_set_id"].eq(of["frames"]).all()
+    assert beside["status"].eq("verify_mismatch").all() and not beside["is_primary"].any()
+    assert beside["error_message"].str.contains("non-primary image set").all()
+    assert beside["error_message"].str.endswith("decide with dicom-import reconcile").all()
+    assert "2 files are not in the data store as their source has them" in out
+    assert first.datastore_id is not None
+    jobs = len(import_jobs(first.datastore_id))
+
+    again = retry_failed(retry_params(tmp_path))
+
+    assert again.jobs == 0 and len(import_jobs(first.datastore_id)) == jobs
+    rows = _rows(again.report_files_parquet)
+    assert sorted(rows["source_uri"]) == sorted(beside["source_uri"])
+    assert rows["status"].eq("verify_mismatch").all()
+    assert rows["error_message"].str.contains("not imported again").all()
