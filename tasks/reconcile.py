@@ -296,8 +296,9 @@ def _merged(
                  if kept[level][keyword] != corrected[level][keyword]]
     if differing and not plan.decision.force:
         raise ReconcileError(
-            f"{COPY} would be refused: {', '.join(differing)} differ from primary image set "
-            f"{primary_id}; correct them, or set force to keep the primary set's values"
+            f"{COPY} would be refused: the values of {', '.join(differing)} differ from "
+            f"primary image set {primary_id}; correct them, or set force to keep the primary "
+            "set's values"
         )
     return kept
 

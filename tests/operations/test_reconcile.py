@@ -194,6 +194,36 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(
     assert _recorded(tmp_path) == []
 
 
+def test_dry_run_refuses_what_apply_would_refuse(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both come from one plan: a merge that CopyImageSet would refuse (the
+    Patient IDs still differ) fails in the dry run with the line --apply
+    gives, and --apply writes nothing; with force, the plan says which
+    values the primary set keeps."""
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+
+    dry_code, _, dry_err = _reconcile(tmp_path, {non_primary: "merge"}, capsys)
+    code, _, err = _reconcile(tmp_path, {non_primary: "merge"}, capsys, "--apply")
+
+    def failures(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines()
+                if line.startswith("dicom-import reconcile:")]
+
+    assert (dry_code, code) == (1, 1)
+    assert failures(dry_err) == failures(err) == [
+        f"dicom-import reconcile: image set {non_primary}: merge failed: CopyImageSet would be "
+        f"refused: the values of PatientID differ from primary image set {primary}; correct "
+        "them, or set force to keep the primary set's values"]
+    assert _recorded(tmp_path) == []
+    assert _image_set(datastore_id, non_primary)["versionId"] == "1"
+    forced = {non_primary: {"action": "merge", "force": True}}
+    code, out, _ = _reconcile(tmp_path, forced, capsys)
+    assert code == 0 and "afterwards PatientID as reconciled, not as imported" in out
+
+
 def test_apply_merges_a_corrected_set_into_the_primary_set(
     service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
