@@ -26,7 +26,9 @@ def add_parser(subparsers: Any) -> None:
         description="Run the retry flow once: resume import jobs that earlier runs started "
         "but never read, then import again the files whose failure may pass (a FAILED job, "
         "a server error), within --max-attempts. Files refused for their content are taken "
-        "again once they changed, or with --force. Exit status as for ingest.",
+        "again once they changed, or with --force. Files a verification failed are imported "
+        "again only where that replaces their instance; what is imported is verified "
+        "(--verify). Exit status as for ingest.",
     )
     add_model_options(parser, RetryParameters,
                       needed=("datastore", "staging_prefix", "output_prefix"))

@@ -16,9 +16,18 @@ the decision asks for it (it lets an update change UIDs and StudyID of a
 non-primary set, and a copy keep the destination's values where the two
 still disagree). This is AWS's documented way out of a conflict.
 
+A dry run and ``--apply`` make one plan (``plan_decision``), and it checks
+what the writes will check: a correction that needs ``force``, an instance
+already in the primary set, values that still differ from the primary
+set's without ``force``. A decision the dry run shows is one the writes
+take, unless the sets change in between.
+
 A copy leaves its source in place (it copies, never moves), so once the
-copy has finished the non-primary set is deleted: its instances are in the
-primary set, and a set left behind would be listed as a conflict forever.
+copy has finished the files imported into the non-primary set are placed,
+in the ledger, in the set that now holds their instances (with the keywords
+whose values the decision changed: tasks.reconcile_record), and the
+non-primary set is deleted: a set left behind would be listed as a
+conflict forever.
 Every write sends the version it expects (``latestVersionId``): a set that
 changed since it was looked at is refused by HealthImaging rather than
 overwritten, and the decision fails with one line saying so.

@@ -33,8 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.settings import VerifyMode
 from tasks.landed import Landed, confirmed_row, find_landed, instance_of
-from tasks.ledger import LedgerFile, RunLedger
-from tasks.ledger.files import IMPORTED
+from tasks.ledger import IMPORTED, LedgerFile, RunLedger
 from tasks.report_row import file_rows
 from tasks.statuses import Change, FileStatus
 from tasks.verify.results import FileVerification, with_verification

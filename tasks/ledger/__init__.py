@@ -20,7 +20,7 @@ those parts. Import from here; the modules are the package's own layout.
 """
 
 from tasks.ledger.claims import settle_unchanged
-from tasks.ledger.files import LedgerFile
+from tasks.ledger.files import IMPORTED, LedgerFile
 from tasks.ledger.handle import RunLedger
 from tasks.ledger.inventory import (
     Inventory,
@@ -63,6 +63,7 @@ from tasks.ledger.verification import (
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_PRESUMED_DEAD_SECONDS",
+    "IMPORTED",
     "LANDED",
     "LEDGER_FILE_NAME",
     "Clock",

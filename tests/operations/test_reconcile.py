@@ -296,6 +296,12 @@ def test_promote_after_giving_the_set_a_series_of_its_own(
     assert _instances(datastore_id, primary) == set(
         _files(first.report_files_parquet)["sop_instance_uid"])
     assert _image_set(datastore_id, primary)["versionId"] == "1"
+    # Verification finds the files in the promoted set, under their new series.
+    assert main(["verify", "--run", str(second.flow_run_id),
+                 "--report-location", str(tmp_path / "reports")]) == 0
+    rows = _verification_report(capsys.readouterr().out)
+    assert rows["image_set_id"].eq(promoted).all()
+    assert rows["verification_detail"].eq("SeriesInstanceUID as reconciled").all()
 
 
 def test_each_failed_decision_is_one_line_and_the_rest_go_on(
