@@ -176,24 +176,30 @@ def _other_patient(document: dict[str, Any]) -> None:
     document["Patient"]["DICOM"]["PatientID"] = "PID-TAMPERED-0001"
 
 
+def _other_description(document: dict[str, Any]) -> None:
+    document["Study"]["DICOM"]["StudyDescription"] = "Tampered description"
+
+
 @pytest.mark.usefixtures("ledger_backend")
 def test_retry_verifies_what_it_imports_and_fails_what_a_reimport_cannot_replace(
     service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two series changed in the data store: lost frames, which importing the
-    files again replaces; another Patient ID on the primary set, which it
-    cannot (the copy lands in a non-primary set). The retry says so, exits 1,
-    and never imports those again."""
+    """Three series changed in the data store: lost frames, which importing
+    the file again replaces; another Patient ID on the primary set, which it
+    cannot (the copy lands in a non-primary set); another study description,
+    which the set keeps (the file still differs). The retry says so and
+    exits 1; it never imports the one beside a non-primary copy again."""
     source = tmp_path / "source"
-    write_ct_series(source / "frames", 2, series_spec("retry-frames"), 16, 16)
-    write_ct_series(source / "patient", 2, series_spec("retry-patient"), 16, 16)
+    changes = {"frames": _drop_frames, "patient": _other_patient,
+               "study": _other_description}
+    for folder in changes:
+        write_ct_series(source / folder, 1, series_spec(f"retry-{folder}"), 16, 16)
     first = dicom_ingest(ingest_params(tmp_path))
-    assert first.verification["verified"] == 4
-    rows = _rows(first.report_files_parquet)
-    of = {folder: str(rows.loc[rows["source_uri"].str.contains(f"/{folder}/"),
-                                "image_set_id"].iloc[0]) for folder in ("frames", "patient")}
-    _tamper(service, of["frames"], _drop_frames)
-    _tamper(service, of["patient"], _other_patient)
+    assert first.verification["verified"] == 3 and first.datastore_id is not None
+    rows = _rows(first.report_files_parquet).set_index("source_uri")
+    of = {Path(uri).parent.name: str(image_set) for uri, image_set in rows["image_set_id"].items()}
+    for folder, change in changes.items():
+        _tamper(service, of[folder], change)
     reports = ["--report-location", str(tmp_path / "reports")]
     assert main(["verify", "--datastore", DATASTORE, "--source", str(source), *reports]) == 1
     capsys.readouterr()
@@ -207,22 +213,23 @@ def test_retry_verifies_what_it_imports_and_fails_what_a_reimport_cannot_replace
     report = next(line.split(": ", 1)[1] for line in out.splitlines()
                   if line.startswith("Per-file report: "))
     rows = _rows(report)
-    rows["folder"] = rows["source_uri"].map(lambda uri: Path(uri).parent.name)
-    replaced, beside = rows[rows["folder"] == "frames"], rows[rows["folder"] == "patient"]
-    assert replaced["status"].eq("imported").all() and replaced["is_primary"].all()
-    assert replaced["verification"].eq("verified").all()
-    assert replaced["image_set_id"].eq(of["frames"]).all()
-    assert beside["status"].eq("verify_mismatch").all() and not beside["is_primary"].any()
-    assert beside["error_message"].str.contains("non-primary image set").all()
-    assert beside["error_message"].str.endswith("decide with dicom-import reconcile").all()
+    rows.index = rows["source_uri"].map(lambda uri: Path(uri).parent.name)
+    assert (rows.loc["frames", "status"], rows.loc["frames", "verification"]) == (
+        "imported", "verified")
+    assert rows.loc["frames", "image_set_id"] == of["frames"] and rows.loc["frames", "is_primary"]
+    assert set(rows["verification"]) == {"verified", "mismatch"}
+    beside, still = rows.loc["patient"], rows.loc["study"]
+    assert beside["status"] == "verify_mismatch" and not beside["is_primary"]
+    assert "imported again into non-primary image set" in beside["error_message"]
+    assert (still["status"], still["image_set_id"]) == ("verify_mismatch", of["study"])
+    assert "still not as the source has it after importing it again (StudyDescription " \
+        "differs)" in still["error_message"]
+    for row in (beside, still):
+        assert row["error_message"].endswith("decide with dicom-import reconcile")
     assert "2 files are not in the data store as their source has them" in out
-    assert first.datastore_id is not None
-    jobs = len(import_jobs(first.datastore_id))
 
-    again = retry_failed(retry_params(tmp_path))
+    retry_failed(retry_params(tmp_path))
 
-    assert again.jobs == 0 and len(import_jobs(first.datastore_id)) == jobs
-    rows = _rows(again.report_files_parquet)
-    assert sorted(rows["source_uri"]) == sorted(beside["source_uri"])
-    assert rows["status"].eq("verify_mismatch").all()
-    assert rows["error_message"].str.contains("not imported again").all()
+    imports = Counter(imported_by_service(first.datastore_id))
+    assert imports == {"frames/slice_0000.dcm": 2, "patient/slice_0000.dcm": 2,
+                       "study/slice_0000.dcm": 3}
