@@ -12,10 +12,6 @@ from config.settings import VerifyMode, get_settings
 from tasks.locations import canonical_source, is_s3
 
 
-def _setting(name: str) -> Any:
-    return lambda: getattr(get_settings(), name)
-
-
 def _verify_field() -> Any:
     """One field, the same for ingestion and retries: a retry checks what it imports."""
     return Field(
@@ -25,6 +21,10 @@ def _verify_field() -> Any:
         "(each image set's metadata read once: instance, attributes, frames), pixels (also "
         "every source frame decoded and its CRC-32 compared with HealthImaging's), or off.",
     )
+
+
+def _setting(name: str) -> Any:
+    return lambda: getattr(get_settings(), name)
 
 
 class ImportOptions(BaseModel):
