@@ -197,7 +197,8 @@ def test_retry_verifies_what_it_imports_and_fails_what_a_reimport_cannot_replace
     first = dicom_ingest(ingest_params(tmp_path))
     assert first.verification["verified"] == 3 and first.datastore_id is not None
     rows = _rows(first.report_files_parquet).set_index("source_uri")
-    of = {Path(uri).parent.name: str(image_set) for uri, image_set in rows["image_set_id"].items()}
+    of = {Path(str(uri)).parent.name: str(image_set)
+          for uri, image_set in rows["image_set_id"].items()}
     for folder, change in changes.items():
         _tamper(service, of[folder], change)
     reports = ["--report-location", str(tmp_path / "reports")]
