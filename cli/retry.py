@@ -26,7 +26,9 @@ def add_parser(subparsers: Any) -> None:
         description="Run the retry flow once: resume import jobs that earlier runs started "
         "but never read, then import again the files whose failure may pass (a FAILED job, "
         "a server error), within --max-attempts. Files refused for their content are taken "
-        "again once they changed, or with --force. Exit status as for ingest.",
+        "again once they changed, or with --force. Files a verification failed are imported "
+        "again only where that replaces their instance; what is imported is verified "
+        "(--verify). Exit status as for ingest.",
     )
     add_model_options(parser, RetryParameters,
                       needed=("datastore", "staging_prefix", "output_prefix"))
@@ -77,7 +79,15 @@ def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>7}")
+    checked = {name: count for name, count in result.verification.items() if count}
+    if checked:
+        print("Verified: " + ", ".join(f"{name} {count}" for name, count in checked.items()))
     print_failures(result.report_files_parquet, params.source or "")
+    if result.needs_decision:
+        print(f"\n{result.needs_decision} files are not in the data store as their source has "
+              "them, and importing them again would not change that: their error_message "
+              "says where they are; decide with dicom-import reconcile (see README.md, "
+              "\"Non-primary image sets\").")
     print_jobs(read_table(result.report_jobs_parquet),
                result.report_jobs_csv or result.report_jobs_parquet)
     print_report_paths(result.report_files_csv, result.report_files_parquet,

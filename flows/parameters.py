@@ -12,6 +12,17 @@ from config.settings import VerifyMode, get_settings
 from tasks.locations import canonical_source, is_s3
 
 
+def _verify_field() -> Any:
+    """One field, the same for ingestion and retries: a retry checks what it imports."""
+    return Field(
+        # Validated: the setting is text, and "off" must become VerifyMode.OFF.
+        default_factory=_setting("verify"), validate_default=True,
+        description="What to check of the imported files once their jobs ended: metadata "
+        "(each image set's metadata read once: instance, attributes, frames), pixels (also "
+        "every source frame decoded and its CRC-32 compared with HealthImaging's), or off.",
+    )
+
+
 def _setting(name: str) -> Any:
     return lambda: getattr(get_settings(), name)
 
@@ -159,13 +170,7 @@ class IngestParameters(ImportOptions):
         "this run shares with the migration's other runs. Empty: the run lists the source itself.",
         json_schema_extra={"set_by_flows": True},
     )
-    verify: VerifyMode = Field(
-        # Validated: the setting is text, and "off" must become VerifyMode.OFF.
-        default_factory=_setting("verify"), validate_default=True,
-        description="What to check of the imported files once their jobs ended: metadata "
-        "(each image set's metadata read once: instance, attributes, frames), pixels (also "
-        "every source frame decoded and its CRC-32 compared with HealthImaging's), or off.",
-    )
+    verify: VerifyMode = _verify_field()
 
     def imports(self) -> bool:
         return not self.dry_run
@@ -187,6 +192,7 @@ class RetryParameters(ImportOptions):
         description="Also files that failed validation or with a customer error although "
         "they have not changed, and files past the attempt limit.",
     )
+    verify: VerifyMode = _verify_field()
 
 
 class ReconcileParameters(BaseModel):

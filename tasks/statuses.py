@@ -39,7 +39,9 @@ class FileStatus(StrEnum):
     # Its job failed for a reason that may pass, max_attempts times (retry).
     GIVEN_UP = "given_up"
     # Imported, but verification found the data store does not hold it as the
-    # source has it (tasks.verify): importing it again replaces the instance.
+    # source has it (tasks.verify): retry_failed imports it again where that
+    # replaces the instance, else leaves it to a reconcile decision
+    # (tasks.retry_mismatch).
     VERIFY_MISMATCH = "verify_mismatch"
     # Not imported: the data store already holds its SOP instance with the
     # same SHA-256, imported from another file (a copy in another source),

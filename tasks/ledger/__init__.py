@@ -23,7 +23,7 @@ those parts. Import from here; the modules are the package's own layout.
 """
 
 from tasks.ledger.claims import settle_unchanged
-from tasks.ledger.files import LedgerFile
+from tasks.ledger.files import IMPORTED, LedgerFile
 from tasks.ledger.handle import RunLedger
 from tasks.ledger.instances import skip_imported_elsewhere
 from tasks.ledger.inventory import (
@@ -63,6 +63,7 @@ from tasks.ledger.schema import (
     sqlite_path,
 )
 from tasks.ledger.verification import (
+    LANDED,
     ImportedFiles,
     imported_files,
     record_verification,
@@ -72,6 +73,8 @@ from tasks.ledger.verification import (
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_PRESUMED_DEAD_SECONDS",
+    "IMPORTED",
+    "LANDED",
     "LEDGER_FILE_NAME",
     "LEDGER_SETTING",
     "REPORT_OPTION",

@@ -253,6 +253,29 @@ reconcile_changes_table = sa.Table(
     sa.Index("ix_reconcile_changes_decided", "datastore_id", "decided_image_set_id"),
 )
 
+# Where each file's instance lives after dicom-reconcile copied the
+# non-primary image set it had landed in (tasks.reconcile_record): a file
+# whose outcome names that set is found here, by verification and retries.
+reconcile_placements_table = sa.Table(
+    "reconcile_placements",
+    metadata,
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    # The non-primary set the file's outcome names (deleted once copied).
+    sa.Column("from_image_set_id", sa.String(32), primary_key=True),
+    # The primary set that holds its instance now, at the version the copy made.
+    sa.Column("image_set_id", sa.String(32), nullable=False),
+    sa.Column("image_set_version", sa.String(32)),
+    # The instance's study and series there (a decision may correct them).
+    sa.Column("study_instance_uid", sa.String(MAX_UID_LENGTH)),
+    sa.Column("series_instance_uid", sa.String(MAX_UID_LENGTH)),
+    # Keywords whose values the decision left other than the import stored
+    # (";"-separated; corrections, or the primary set's values kept), never values.
+    sa.Column("attributes", sa.Text),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)
+
 runs_table = sa.Table(
     "ledger_runs",
     metadata,
