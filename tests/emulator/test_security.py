@@ -11,11 +11,9 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +40,7 @@ from tests.emulator.conftest import (
     wait_datastore_active,
     wait_job_done,
 )
+from tests.local_service import local_service_process
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = REPO / ".awscli" / "bin" / "aws"
@@ -528,28 +527,14 @@ def test_error_rate_option_refuses_unknown_operations_and_bad_probabilities(
 
 
 @pytest.fixture
-def started_on_all_interfaces() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
-         "local", "--host", "0.0.0.0", "--port", "0"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    printed = ""
-    assert process.stdout is not None
-    while "Ctrl-C" not in printed:
-        line = process.stdout.readline()
-        assert line, process.stderr.read() if process.stderr else ""
-        printed += line
-    try:
-        yield process, printed
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+def started_on_all_interfaces(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with local_service_process(tmp_path / "service.log", "--host", "0.0.0.0",
+                               "--port", "0") as started:
+        yield started
 
 
 def test_start_prints_the_admin_token_and_warns_beyond_loopback(
-    started_on_all_interfaces: tuple[subprocess.Popen[str], str],
+    started_on_all_interfaces: tuple[subprocess.Popen[str], str], tmp_path: Path,
 ) -> None:
     process, printed = started_on_all_interfaces
     port = int(re.search(r"AWS_ENDPOINT_URL=http://0\.0\.0\.0:(\d+)", printed)[1])  # type: ignore[index]
@@ -561,5 +546,5 @@ def test_start_prints_the_admin_token_and_warns_beyond_loopback(
     connection.close()
 
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert "WARNING: listening on 0.0.0.0" in err
+    process.communicate(timeout=60)
+    assert "WARNING: listening on 0.0.0.0" in (tmp_path / "service.log").read_text()

@@ -16,10 +16,7 @@ import io
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from emulator.config import Credentials, ServiceConfig
 from emulator.edge.server import LocalService
+from tests.local_service import endpoint_printed, local_service_process
 
 REPO = Path(__file__).resolve().parents[2]
 KEY, SECRET = "AKIDSIGNEDBODY", "s3cr3t/body"
@@ -184,25 +182,9 @@ def peak_memory_bytes(pid: int) -> int:
 def verifying_process(tmp_path: Path) -> Iterator[tuple[int, str]]:
     """``dicom-import local --credentials`` in a process of its own, whose
     memory can be read: (its pid, its endpoint)."""
-    with (tmp_path / "stderr").open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
-             "local", "--port", "0", "--credentials", f"{KEY}:{SECRET}"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.PIPE, stderr=stderr, text=True,
-        )
-        assert process.stdout is not None
-        printed = ""
-        while "Ctrl-C" not in printed:
-            line = process.stdout.readline()
-            assert line, (tmp_path / "stderr").read_text()
-            printed += line
-        endpoint = re.search(r"AWS_ENDPOINT_URL=(\S+)", printed)[1]  # type: ignore[index]
-        try:
-            yield process.pid, endpoint
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=60)
+    with local_service_process(tmp_path / "service.log", "--port", "0", "--credentials",
+                               f"{KEY}:{SECRET}") as (process, printed):
+        yield process.pid, endpoint_printed(printed)
 
 
 BIG = 300 << 20

@@ -7,13 +7,9 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
-import re
 import select
-import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +44,7 @@ from tests.emulator.signed_http import (
     signed_post,
 )
 from tests.emulator.test_import import metadata, run_import
-from tests.local_service import empty_s3
+from tests.local_service import empty_s3, endpoint_printed, local_service_process
 
 DICOM = "application/dicom"
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=stow-boundary-7d3f'
@@ -587,25 +583,9 @@ def service_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str
     """``dicom-import local`` in its own process, frames on disk (so that
     only the request's handling can raise its memory), HTJ2K off (the codec
     is not what is measured, and it would take most of the time)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
-         "local", "--port", "0", "--data-dir", str(tmp_path / "data"), "--no-htj2k"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    printed = ""
-    assert process.stdout is not None
-    while "Ctrl-C" not in printed:
-        line = process.stdout.readline()
-        assert line, process.stderr.read() if process.stderr else ""
-        printed += line
-    endpoint = re.search(r"AWS_ENDPOINT_URL=(\S+)", printed)
-    assert endpoint is not None
-    try:
-        yield process, endpoint[1]
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
+    with local_service_process(tmp_path / "service.log", "--port", "0", "--data-dir",
+                               str(tmp_path / "data"), "--no-htj2k") as (process, printed):
+        yield process, endpoint_printed(printed)
 
 
 @pytest.mark.slow
