@@ -124,8 +124,8 @@ def _ingest_from_shell(
     tmp_path: Path, source: Path | str, capsys: pytest.CaptureFixture[str], *extra: str
 ) -> str:
     """``dicom-import ingest`` with every option left to its default but
-    where things go; what it printed."""
-    code = main(["ingest", str(source), "--datastore", DATASTORE,
+    where things go (a data store it may create); what it printed."""
+    code = main(["ingest", str(source), "--datastore", DATASTORE, "--create-datastore",
                  "--staging-prefix", f"s3://{BUCKET}/staging",
                  "--output-prefix", f"s3://{BUCKET}/output",
                  "--report-location", str(tmp_path / "reports"),
