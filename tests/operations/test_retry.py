@@ -211,7 +211,9 @@ def test_retry_verifies_what_it_imports_and_fails_what_a_reimport_cannot_replace
 
     out = capsys.readouterr().out
     assert code == 1
-    report = next(line.split(": ", 1)[1] for line in out.splitlines()
+    # The per-file report's CSV, then on the next line its Parquet data set.
+    lines = out.splitlines()
+    report = next(lines[n + 1].strip() for n, line in enumerate(lines)
                   if line.startswith("Per-file report: "))
     rows = _rows(report)
     rows.index = rows["source_uri"].map(lambda uri: Path(uri).parent.name)
