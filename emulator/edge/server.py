@@ -23,6 +23,7 @@ from werkzeug.wrappers import Request
 from emulator.config import LOCAL_CREDENTIALS, Credentials, ServiceConfig
 from emulator.edge.admin import ADMIN_PREFIX, AdminRoute
 from emulator.edge.auth import AuthError, find_signature, verify
+from emulator.edge.dicomweb_reads import DicomWebReads
 from emulator.edge.http_server import KeepAliveServer
 from emulator.edge.origins import OriginPolicy
 from emulator.edge.quoted_values import quoted
@@ -53,6 +54,7 @@ class LocalApplication:
     ) -> None:
         self.backend = backend
         self.health_imaging = HealthImagingApp(backend, faults.before_call)
+        self.dicomweb_reads = DicomWebReads(backend, faults.before_call)
         self.admin = AdminRoute(faults, admin_token, backend.config)
         self.credentials = credentials
         self.origins = origins
@@ -88,7 +90,8 @@ class LocalApplication:
         except RequestTooLarge as error:
             return render_error(error, str(uuid.uuid4()))(environ, start_response)
         if signature.service == SERVICE_NAME:
-            return self.health_imaging(environ, start_response)
+            app = self.dicomweb_reads.route(environ) or self.health_imaging
+            return app(environ, start_response)
         if signature.service == "s3" and not path.startswith(_S3_CONTROL_PATH):
             return self._s3(environ)(environ, start_response)
         return self.moto(environ, start_response)
