@@ -39,12 +39,13 @@ class FetchError(Exception):
     pass
 
 
-def installed(folder: Path = FILES) -> bool:
+def installed(folder: Path | None = None) -> bool:
+    folder = folder or FILES
     return (folder / _COMPLETE).is_file() and (folder / "index.html").is_file()
 
 
-def missing_message(folder: Path = FILES) -> str:
-    return f"the OHIF viewer files ({PACKAGE}) are not in {folder}: {GET_IT}."
+def missing_message(folder: Path | None = None) -> str:
+    return f"the OHIF viewer files ({PACKAGE}) are not in {folder or FILES}: {GET_IT}."
 
 
 def integrity_of(tarball: Path) -> str:
@@ -82,7 +83,7 @@ def unpack_dist(tarball: Path, folder: Path, expected: str = INTEGRITY) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def fetch(folder: Path = FILES) -> None:
+def fetch(folder: Path) -> None:
     """``npm pack`` the pinned version into a temporary folder, then unpack it.
 
     Raises:
@@ -115,7 +116,7 @@ def main() -> int:
         return 0
     print(f"Fetching the OHIF viewer ({PACKAGE}) for `dicom-import view` into {FILES}")
     try:
-        fetch()
+        fetch(FILES)
     except FetchError as error:
         print(f"make viewer: {error}", file=sys.stderr)
         return 1

@@ -176,7 +176,7 @@ class DicomWebProxy:
             answer = self._send(url, accept)
             if answer.status == 406 and read.operation == "GetDICOMInstanceFrames" \
                     and "image/jphc" in (accept or ""):
-                answer.release_conn()
+                _done_with(answer)
                 answer = self._send(url, UNCOMPRESSED_FRAMES)
         except urllib3.exceptions.HTTPError as error:
             log.error("%s %s: HealthImaging could not be reached (%s)", read.operation,
@@ -204,8 +204,7 @@ class DicomWebProxy:
                                        preload_content=False, redirect=False)
             if answer.status not in _RETRIED or attempt == _ATTEMPTS:
                 return answer
-            answer.drain_conn()
-            answer.release_conn()
+            _done_with(answer)
             self.sleep(random.uniform(0, 0.2 * 2**attempt))
         raise AssertionError("unreachable")
 
@@ -215,6 +214,12 @@ def _body(answer: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         yield from answer.stream(_CHUNK, decode_content=False)
     finally:
         answer.release_conn()
+
+
+def _done_with(answer: urllib3.BaseHTTPResponse) -> None:
+    """Its body read to the end, so that its connection can serve the next request."""
+    answer.drain_conn()
+    answer.release_conn()
 
 
 def _refusal(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
