@@ -8,8 +8,10 @@ import dataclasses
 import http.client
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,18 @@ def server(landed: Landed) -> Iterator[ViewerServer]:
         yield running
 
 
+def _as_written(server: ViewerServer, target: str) -> tuple[int, bytes]:
+    """GET ``target`` byte for byte (httpx would percent-encode it), with the cookie."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request("GET", target, headers={
+            "Cookie": f"dicom-import-viewer-{server.port}={server.token}"})
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
 def _json(answer: Any) -> Any:
     assert answer.status_code == 200, (answer.status_code, answer.text[:300])
     return json.loads(answer.content)
@@ -109,10 +123,11 @@ def test_reads_are_signed_so_the_service_verifies_them(landed: Landed,
                                                        server: ViewerServer) -> None:
     a0 = landed.slices["a0"]
     with let_in(server) as browser:
-        studies = _json(browser.get("/dicomweb/studies", params={
-            "PatientName": "Holmes^*", "StudyDate": "20000101-20301231",
-            "includefield": "00081030,00080060", "limit": "101", "offset": "0"}))
-        assert [s["0020000D"]["Value"] for s in studies] == [[a0.StudyInstanceUID]]
+        # As a browser writes it: ^, * and , not percent-encoded.
+        status, body = _as_written(server, "/dicomweb/studies?PatientName=Holmes^*&StudyDate="
+                                   "20000101-20301231&includefield=00081030,00080060&limit=101")
+        assert status == 200, body
+        assert [s["0020000D"]["Value"] for s in json.loads(body)] == [[a0.StudyInstanceUID]]
         series = _json(browser.get(f"/dicomweb/studies/{a0.StudyInstanceUID}/series"))
         assert [s["0020000E"]["Value"] for s in series] == [[a0.SeriesInstanceUID]]
         metadata = _json(browser.get(
@@ -156,12 +171,8 @@ def test_paths_that_are_no_dicomweb_read_are_refused(tmp_path: Path, path: str) 
     """Refused before anything is sent: the upstream is a closed port, where
     a forwarded request would be a 502."""
     with viewer(stand_in_ohif(tmp_path), nowhere()) as refusing, let_in(refusing) as browser:
-        cookie = f"dicom-import-viewer-{refusing.port}={refusing.token}"
-        connection = http.client.HTTPConnection("127.0.0.1", refusing.port, timeout=30)
-        connection.request("GET", path, headers={"Cookie": cookie})  # sent as written
-        answer = connection.getresponse()
-        assert answer.status == 403, (path, answer.status, answer.read())
-        connection.close()
+        status, body = _as_written(refusing, path)
+        assert status == 403, (path, status, body)
         assert browser.get("/dicomweb/studies/1.2.3/series").status_code == 502
 
 
@@ -219,14 +230,36 @@ def test_its_log_names_no_patient_and_no_token(
         assert secret not in logged
 
 
-def test_answers_that_say_try_again_are_tried_again(landed: Landed, server: ViewerServer) -> None:
-    """Half of the requests fail with 500 (a fixed seed): each is asked again,
-    so every one the browser makes gets its answer."""
-    faults = landed.service.faults
-    faults.update({"error_rate": {"*": 0.5}, "seed": 24})
+def test_answers_that_say_try_again_are_tried_again(tmp_path: Path) -> None:
+    """A search answered 503 then 429 is asked a third time (signed again), and
+    the browser gets that answer; one that keeps failing gets the failure."""
+    answers = {"/datastore/store/studies": [503, 429, 200],
+               "/datastore/store/series": [500] * 10}
+    asked: list[tuple[str, str]] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append((self.path, self.headers.get("Authorization", "")))
+            status = answers[self.path].pop(0)
+            body = b"[]" if status == 200 else b"{}"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     try:
-        with let_in(server) as browser:
-            answers = [browser.get("/dicomweb/studies").status_code for _ in range(12)]
+        target = Upstream(f"http://127.0.0.1:{upstream.server_port}", "store", "us-east-1")
+        with viewer(stand_in_ohif(tmp_path), target) as retrying, let_in(retrying) as browser:
+            assert browser.get("/dicomweb/studies").status_code == 200
+            assert browser.get("/dicomweb/series").status_code == 500
     finally:
-        faults.update({"error_rate": {}, "seed": None})
-    assert answers == [200] * 12
+        upstream.shutdown()
+        upstream.server_close()
+    assert [path for path, _ in asked] == ["/datastore/store/studies"] * 3 + [
+        "/datastore/store/series"] * 4
+    assert all(auth.startswith("AWS4-HMAC-SHA256 Credential=") for _, auth in asked)
