@@ -86,7 +86,9 @@ class ViewerServer:
 
     @property
     def origin(self) -> str:
-        return f"http://{url_host(self.host)}:{self.port}"
+        """On every interface, by this machine's name (which the gate accepts)."""
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{url_host(host)}:{self.port}"
 
     @property
     def url(self) -> str:
