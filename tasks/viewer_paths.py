@@ -31,11 +31,7 @@ def viewer_path(study_instance_uid: str | None, image_set_id: str | None,
 
 def viewer_paths(rows: pd.DataFrame) -> pd.Series:
     """:func:`viewer_path` of each report row (object dtype, None where none)."""
-    def one(study: object, image_set: object, primary: object) -> str | None:
-        return viewer_path(None if pd.isna(study) else str(study),  # type: ignore[call-overload]
-                           None if pd.isna(image_set) else str(image_set),  # type: ignore[call-overload]
-                           None if pd.isna(primary) else bool(primary))  # type: ignore[call-overload]
-
-    paths = [one(s, i, p) for s, i, p in zip(rows["study_instance_uid"], rows["image_set_id"],
-                                               rows["is_primary"], strict=True)]
+    cells = rows[["study_instance_uid", "image_set_id", "is_primary"]].astype(object)
+    cells = cells.where(cells.notna(), None)
+    paths = [viewer_path(*row) for row in cells.itertuples(index=False, name=None)]
     return pd.Series(paths, index=rows.index, dtype=object)

@@ -110,7 +110,7 @@ def main() -> int:
     if installed():
         return 0
     if shutil.which("npm") is None:
-        print(f"make viewer: npm is not installed, so `dicom-import view` has no viewer: "
+        print("make viewer: npm is not installed, so `dicom-import view` has no viewer: "
               "install npm (Debian: apt-get install npm), then run make viewer.",
               file=sys.stderr)
         return 0

@@ -126,7 +126,7 @@ def test_a_mistyped_data_store_lists_the_closest_names(
     store: LocalService, fake_files: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["view", "--datastore", "viewer-stor"]) == 2
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert err == ("dicom-import view: --datastore viewer-stor: no data store has this name; "
                    "the closest: viewer-store.\n")
     assert "viewer-stor" not in {d["datastoreName"] for d in boto3.client(
