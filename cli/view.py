@@ -13,13 +13,19 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from cli.exit_status import ExitStatus
 from config.settings import get_settings
 
 COMMAND = "dicom-import view"
+# Viewing a local data directory: only the variables the service sets may
+# steer the clients (as in `dicom-import demo`).
+_FOREIGN_AWS_VARIABLES = ("AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_ENDPOINT_URL_S3",
+                          "AWS_PROFILE")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,6 +45,12 @@ def add_parser(subparsers: Any) -> None:
                         "Any other is reachable from the network: a warning says so.")
     parser.add_argument("--port", type=int, default=0,
                         help="Port to listen on (default: a free one).")
+    parser.add_argument("--local-data-dir", type=Path, default=None, metavar="DIR",
+                        help="View what the local service keeps in DIR (`dicom-import demo` "
+                        "leaves it in its folder's local-state): the service runs here, on a "
+                        "free loopback port, while the viewer does. Without it, the data "
+                        "store is reached as every command reaches it (AWS, or "
+                        "AWS_ENDPOINT_URL).")
     parser.add_argument("--verbose", action="store_true",
                         help="Log every DICOMweb read (operation, path and status; never "
                         "the query, which may name patients).")
@@ -47,6 +59,43 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported as the command runs, not for --help (cli.main says why).
+    from cli.viewer import ohif
+
+    name = args.datastore or get_settings().datastore
+    if not name:
+        return _refuse("--datastore: give a data store name or ID (or set "
+                       "DICOM_IMPORT_DATASTORE).")
+    if not ohif.installed():
+        return _refuse(ohif.missing_message())
+    if args.local_data_dir is None:
+        return _view(args, name)
+    return _view_local(args, name)
+
+
+def _view_local(args: argparse.Namespace, name: str) -> int:
+    """The local service on ``--local-data-dir``, here, for as long as the viewer runs."""
+    from emulator.edge.server import LocalService
+    from emulator.state.store import DataDirInUse
+
+    folder: Path = args.local_data_dir
+    if not (folder / "service.lock").is_file():
+        return _refuse(f"--local-data-dir {folder}: no local service kept its data there "
+                       "(`dicom-import demo` keeps it in its folder's local-state, "
+                       "`dicom-import local --data-dir` where it is told).")
+    try:
+        service = LocalService(data_dir=folder).start()
+    except DataDirInUse as held:
+        return _refuse(f"--local-data-dir {held}")
+    try:
+        for variable in _FOREIGN_AWS_VARIABLES:
+            os.environ.pop(variable, None)
+        os.environ.update(service.env())
+        return _view(args, name)
+    finally:
+        service.stop()
+
+
+def _view(args: argparse.Namespace, name: str) -> int:
     import boto3
 
     from cli.viewer import ohif
@@ -55,12 +104,6 @@ def run(args: argparse.Namespace) -> int:
     from cli.viewer.static import ViewerConfig
     from config.clients import dicomweb_endpoint, medical_imaging_client, region
 
-    name = args.datastore or get_settings().datastore
-    if not name:
-        return _refuse("--datastore: give a data store name or ID (or set "
-                       "DICOM_IMPORT_DATASTORE).")
-    if not ohif.installed():
-        return _refuse(ohif.missing_message())
     credentials = boto3.Session().get_credentials()
     if credentials is None:
         return _refuse("no AWS credentials found (the standard chain: AWS_ACCESS_KEY_ID and "

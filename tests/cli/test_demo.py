@@ -56,6 +56,9 @@ def expected_statuses(folder: Path, slices: int) -> dict[Path, str]:
 def test_demo_accounts_for_every_sample_file_and_runs_again(tmp_path: Path) -> None:
     done = demo(tmp_path)
     assert "3 import jobs" in done.stdout
+    assert done.stdout.rstrip().endswith(
+        "dicom-import view --local-data-dir demo-output/local-state --datastore "
+        "dicom-import-demo")
     output = tmp_path / "demo-output"
     assert statuses_by_file(output) == expected_statuses(tmp_path / "expected", 12)
 

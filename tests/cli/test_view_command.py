@@ -195,3 +195,23 @@ def test_it_prints_one_url_warns_off_loopback_and_stops_on_ctrl_c(
     out, err = running_view.communicate(timeout=60)
     assert running_view.returncode == 0, err
     assert "Viewer stopped." in out and "Traceback" not in err
+
+
+def test_a_folder_no_local_service_kept_is_refused(
+    fake_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Never a new, empty service where the user mistyped a folder."""
+    assert main(["view", "--local-data-dir", str(tmp_path / "typo"), "--datastore", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dicom-import view: --local-data-dir {tmp_path / 'typo'}: ")
+    assert err.count("\n") == 1 and not (tmp_path / "typo").exists()
+
+
+def test_a_data_folder_another_service_holds_is_refused(
+    fake_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with LocalService(data_dir=tmp_path / "state"):
+        code = main(["view", "--local-data-dir", str(tmp_path / "state"), "--datastore", "x"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "in use by another local service" in err and err.count("\n") == 1
