@@ -20,6 +20,9 @@ STUDY_DEFAULTS = {"00080020", "00080030", "00080050", "00080056", "00080061", "0
                   "00100010", "00100020", "00100030", "00100040", "0020000D", "00200010",
                   "00201206", "00201208"}
 
+# One worker runs them all: the data store they share is filled once.
+pytestmark = pytest.mark.xdist_group("dicomweb-qido")
+
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[DicomWebStore]:

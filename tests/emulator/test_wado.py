@@ -30,6 +30,9 @@ J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPHC = f'multipart/related; type="image/jphc"; transfer-syntax={HTJ2K}'
 
+# One worker runs them all: the data store they share is filled once.
+pytestmark = pytest.mark.xdist_group("dicomweb-wado")
+
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[DicomWebStore]:
