@@ -30,7 +30,8 @@ from werkzeug.exceptions import NotFound
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
-from cli.viewer.proxy import HTJ2K_FRAMES, IMAGE_SET_PARAMETER, IMAGE_SETS, PREFIX, Upstream
+from cli.viewer.proxy import HTJ2K_FRAMES, IMAGE_SETS, PREFIX, Upstream
+from tasks.viewer_paths import IMAGE_SET_PARAMETER
 
 CONFIG_PATH = "/app-config.js"
 # Browsers compile WebAssembly as it streams only when it is served so;
@@ -49,9 +50,10 @@ class ViewerConfig:
     def script(self, origin: str) -> str:
         """``window.config`` for OHIF, with the DICOMweb roots on ``origin``.
 
-        ``?imageSetId=`` on the page (a non-primary image set's viewer path)
-        moves the roots under ``/dicomweb/imagesets/{id}``, which the proxy
-        reads as that image set: OHIF itself knows no image sets.
+        ``?imageSetId=`` on the page (a non-primary image set's viewer path,
+        :mod:`tasks.viewer_paths`) moves the roots under
+        ``/dicomweb/imagesets/{id}``, which the proxy reads as that image set:
+        OHIF itself knows no image sets.
         """
         root = origin + PREFIX
         source = {

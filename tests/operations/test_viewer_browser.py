@@ -27,6 +27,7 @@ import pydicom
 import pytest
 
 from cli.viewer import ohif
+from tasks.viewer_paths import viewer_path
 from tests.cli.test_demo import demo
 from tests.operations.test_served import CHROMIUM, CHROMIUM_ARGS
 
@@ -37,6 +38,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.heavy(minutes=5
 REPO = Path(__file__).resolve().parents[2]
 # Waits on page conditions, long enough for a loaded two-core machine.
 PAGE_TIMEOUT_MS = 180_000
+
+
+# The viewport's canvas holds an image: pixel values that are not all one.
+DRAWN = """() => {
+    const canvas = document.querySelector('canvas.cornerstone-canvas');
+    if (!canvas || !canvas.width) return false;
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width,
+                                                          canvas.height).data;
+    const seen = new Set();
+    for (let i = 0; i < pixels.length; i += 4 * 31) seen.add(pixels[i]);
+    return seen.size > 16;
+}"""
 
 
 @dataclass(frozen=True)
@@ -173,21 +186,29 @@ def test_the_ct_study_opens_at_its_viewer_path_and_draws_an_image(
     page.goto(viewing.origin + path)
     canvas = page.locator("canvas.cornerstone-canvas").first
     canvas.wait_for(state="visible")
-    # The canvas is drawn once frames arrive and decode: wait for an image,
-    # pixel values that are not all one.
-    page.wait_for_function("""() => {
-        const canvas = document.querySelector('canvas.cornerstone-canvas');
-        if (!canvas || !canvas.width) return false;
-        const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width,
-                                                              canvas.height).data;
-        const seen = new Set();
-        for (let i = 0; i < pixels.length; i += 4 * 31) seen.add(pixels[i]);
-        return seen.size > 16;
-    }""", timeout=PAGE_TIMEOUT_MS, polling=1000)
+    # The canvas is drawn once frames arrive and decode.
+    page.wait_for_function(DRAWN, timeout=PAGE_TIMEOUT_MS, polling=1000)
     screenshot = tmp_path / "ct-study.png"
     page.screenshot(path=str(screenshot))
     print(f"\nThe CT study in the viewer: {screenshot}")
     assert _leaves_the_origin(page, viewing) == []
+
+
+def test_an_image_set_opens_by_its_id(page: Any, viewing: Viewing) -> None:
+    """The page parameter a non-primary image set's viewer path carries roots
+    OHIF's reads at that image set (the demo's are primary: one of the CT's
+    three stands in)."""
+    ct = viewing.report[viewing.report["source_uri"].str.contains("/ct-study/series-2/")]
+    image_set = str(ct["image_set_id"].iloc[0])
+    study = str(ct["study_instance_uid"].iloc[0])
+    path = viewer_path(study, image_set, is_primary=False)
+    assert path == f"/viewer?StudyInstanceUIDs={study}&imageSetId={image_set}"
+    page.goto(viewing.url)
+    page.goto(viewing.origin + path)
+    page.locator("canvas.cornerstone-canvas").first.wait_for(state="visible")
+    page.wait_for_function(DRAWN, timeout=PAGE_TIMEOUT_MS, polling=1000)
+    reads = [url for url in page.requested if "/dicomweb/" in url]
+    assert reads and all(f"/dicomweb/imagesets/{image_set}/" in url for url in reads), reads
 
 
 def test_what_it_must_refuse_it_refuses(page: Any, viewing: Viewing) -> None:
