@@ -108,7 +108,8 @@ def read_for(path: str, query: list[tuple[str, str]]) -> Read | None:
     if not path.startswith(PREFIX + "/"):
         return None
     rest = path.removeprefix(PREFIX + "/")
-    image_set = None
+    asked = [value for key, value in query if key == IMAGE_SET_PARAMETER]
+    image_set = asked[-1] if asked else None
     if rest.startswith(IMAGE_SETS + "/"):
         image_set, _, rest = rest.removeprefix(IMAGE_SETS + "/").partition("/")
     operation = next((op for op, pattern in READS if pattern.fullmatch(rest)), None)
@@ -119,8 +120,6 @@ def read_for(path: str, query: list[tuple[str, str]]) -> Read | None:
     ):
         return None
     given = [(key, value) for key, value in query if key != IMAGE_SET_PARAMETER]
-    asked = [value for key, value in query if key == IMAGE_SET_PARAMETER]
-    image_set = image_set or (asked[-1] if asked else None)
     if image_set is not None:
         if not _IMAGE_SET_ID.fullmatch(image_set):
             return None
@@ -137,22 +136,14 @@ def canonical_query(pairs: list[tuple[str, str]]) -> str:
 class DicomWebProxy:
     """The WSGI app under :data:`PREFIX`."""
 
-    def __init__(
-        self,
-        upstream: Upstream,
-        credentials: Callable[[], Any],
-        pool: urllib3.PoolManager | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, upstream: Upstream, credentials: Callable[[], Any]) -> None:
         """``credentials`` gives botocore credentials for each request (a
         boto3 session's ``get_credentials().get_frozen_credentials``)."""
         self.upstream = upstream
         self.credentials = credentials
         # A bounded pool: at most this many reads in flight to HealthImaging.
-        self.pool = pool or urllib3.PoolManager(
-            maxsize=16, block=True, retries=False,
-            timeout=urllib3.Timeout(connect=10, read=120))
-        self.sleep = sleep
+        self.pool = urllib3.PoolManager(maxsize=16, block=True, retries=False,
+                                        timeout=urllib3.Timeout(connect=10, read=120))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
@@ -196,7 +187,8 @@ class DicomWebProxy:
     def _send(self, url: str, accept: str | None) -> urllib3.BaseHTTPResponse:
         """One read, signed afresh for each attempt; 429 and 5xx tried again
         with jittered exponential backoff."""
-        for attempt in range(1, _ATTEMPTS + 1):
+        attempt = 1
+        while True:
             signed = AWSRequest(method="GET", url=url,
                                 headers={"Accept": accept} if accept else {})
             SigV4Auth(self.credentials(), SIGNING_NAME, self.upstream.region).add_auth(signed)
@@ -205,8 +197,8 @@ class DicomWebProxy:
             if answer.status not in _RETRIED or attempt == _ATTEMPTS:
                 return answer
             _done_with(answer)
-            self.sleep(random.uniform(0, 0.2 * 2**attempt))
-        raise AssertionError("unreachable")
+            time.sleep(random.uniform(0, 0.2 * 2**attempt))
+            attempt += 1
 
 
 def _body(answer: urllib3.BaseHTTPResponse) -> Iterator[bytes]:

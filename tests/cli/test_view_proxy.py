@@ -162,6 +162,7 @@ def test_a_wrong_secret_is_refused_by_the_service(landed: Landed) -> None:
     "/dicomweb/studies/not-a-uid/series",
     "/dicomweb/studies/" + "1." * 40 + "1/series",
     "/dicomweb/imagesets/not-an-id/studies",
+    "/dicomweb/imagesets//studies",
     "/dicomweb/imageSet/0123/getImageSetMetadata",
     "/dicomweb/studies/1.2.3/../../../datastore/other/studies",
     "/dicomweb/studies/1.2.3/%2E%2E/%2E%2E/datastore",
