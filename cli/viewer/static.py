@@ -93,7 +93,6 @@ class ViewerConfig:
             "showCPUFallbackMessage": False,
             "showLoadingIndicator": True,
             "strictZSpacingForVolumeViewport": True,
-            "investigationalUseDialog": {"option": "never"},
             # No guided tour over the first study opened.
             "customizationService": {"ohif.tours": {"$set": []}},
             # Frames through the proxy: HealthImaging's WADO-RS rate is 50/s.
