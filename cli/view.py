@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,10 @@ def _view(args: argparse.Namespace, name: str) -> int:
     print(f"Open in a browser: {server.url}")
     print("A report's viewer_path opens under that address. Ctrl-C stops the viewer.",
           flush=True)
+    # SIGTERM too, and SIGINT where a background start left it ignored: the
+    # viewer, and a local service started for it, end in order.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda signum, frame: server.stop())
     server.serve_forever()
     print("\nViewer stopped.")
     return ExitStatus.OK

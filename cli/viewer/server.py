@@ -96,11 +96,15 @@ class ViewerServer:
         return f"{self.origin}/?{TOKEN_PARAMETER}={self.token}"
 
     def serve_forever(self) -> None:
-        """Until Ctrl-C (werkzeug's loop ends on KeyboardInterrupt)."""
+        """Until :meth:`stop` (or a KeyboardInterrupt, which ends werkzeug's loop)."""
         try:
             self._server.serve_forever(poll_interval=0.2)
         finally:
             self._socket.close()
+
+    def stop(self) -> None:
+        """Ends :meth:`serve_forever`, from any other thread or a signal handler."""
+        threading.Thread(target=self._server.shutdown, daemon=True).start()
 
     def __enter__(self) -> ViewerServer:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True,

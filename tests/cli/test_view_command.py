@@ -174,8 +174,9 @@ def running_view(store: LocalService, fake_files: Path) -> Iterator[subprocess.P
 
 
 @pytest.mark.slow
-def test_it_prints_one_url_warns_off_loopback_and_stops_on_ctrl_c(
-    running_view: subprocess.Popen[str],
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_it_prints_one_url_warns_off_loopback_and_stops_on_a_signal(
+    running_view: subprocess.Popen[str], stop: signal.Signals,
 ) -> None:
     assert running_view.stdout is not None
     lines = []
@@ -191,7 +192,7 @@ def test_it_prints_one_url_warns_off_loopback_and_stops_on_ctrl_c(
         entered = browser.get(url.replace(url.split("/")[2], f"127.0.0.1:{port}"))
         assert entered.status_code == 303
         assert browser.get(f"http://127.0.0.1:{port}/").status_code == 200
-    running_view.send_signal(signal.SIGINT)
+    running_view.send_signal(stop)
     out, err = running_view.communicate(timeout=60)
     assert running_view.returncode == 0, err
     assert "Viewer stopped." in out and "Traceback" not in err
