@@ -113,6 +113,7 @@ def prefect(env: dict[str, str], *args: str) -> None:
 def migrate(source: Path, env: dict[str, str], args: argparse.Namespace,
             count: int, deployment: str, datastore: str) -> float:
     command = [sys.executable, "-m", "cli", "migrate", str(source), "--datastore", datastore,
+               "--create-datastore",
                "--workers", str(count), "--ingest-deployment", deployment,
                "--window-files", str(args.window_files),
                "--max-files-per-job", str(args.max_files_per_job),

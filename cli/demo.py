@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         params = IngestParameters(
             source=str(folder / "incoming"),
             datastore=DATASTORE,
+            create_datastore=True,
             staging_prefix=f"s3://{BUCKET}/staging",
             output_prefix=f"s3://{BUCKET}/output",
             report_location=str(folder / "reports"),
@@ -85,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         )
         code = run_ingest(params)
         print_file_report(folder / "reports", folder / "incoming")
-    print("\nLook at what landed, in a browser (the report's viewer_path opens each study):")
+    # Its own, not the user's: the demo's ledger is with its reports, its data
+    # store in local-state, where only `dicom-import view` opens it again.
+    print(f"\nThe demo's reports and ledger: {folder / 'reports'}")
+    print("Look at what landed, in a browser (the report's viewer_path opens each study):")
     print(f"  {_program()} view --local-data-dir {_shown(folder / LOCAL_STATE)} "
           f"--datastore {DATASTORE}")
     return code

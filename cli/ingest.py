@@ -55,7 +55,7 @@ def run_ingest(params: IngestParameters, verbose: bool = False) -> int:
     from tasks.report import FAILURES
 
     def tell(result: IngestResult) -> ExitStatus:
-        print_ingest_story(result, params.source)
+        print_ingest_story(result, params)
         for holder in result.holders:
             print(f"dicom-import ingest: {holder}; run the same command again once it ends.",
                   file=sys.stderr)

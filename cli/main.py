@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from cli import prefect_api
 from cli.exit_status import ExitStatus
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A mistyped option is one line naming it, exit status 2, as every other
+    refusal of the command is; argparse would print the whole usage first.
+    Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitStatus.ERROR, f"{self.prog}: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from deployments import serve as serve_cli
     from emulator import cli as local_cli
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="dicom-import",
         description="Import DICOM into AWS HealthImaging, file by file accounted for.",
     )
@@ -40,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from config.settings_errors import settings_problem
+
     prefect_api.set_defaults()
     args = build_parser().parse_args(argv)
+    problem = settings_problem()
+    if problem is not None:
+        print(f"dicom-import {args.command}: {problem}", file=sys.stderr)
+        return ExitStatus.ERROR
     try:
         status: int = args.handler(args)
         return status

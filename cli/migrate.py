@@ -85,6 +85,9 @@ def print_migration_story(result: MigrateResult, source: str) -> None:
         width = max(len(name) for name in counts)
         for name, count in counts.items():
             print(f"  {name:<{width}}  {count:>7}")
+    if not result.reports and result.skipped_unchanged:
+        print(f"Nothing new: {result.skipped_unchanged} files unchanged since earlier runs; "
+              "no ingest run was started.")
     if result.counts.get(UNFINISHED):
         print("Some files are unfinished: run the same command again to finish them.")
     for run_id, folder in result.reports.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from enum import Enum
 from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,13 @@ def flag(name: str) -> str:
 def _option_type(annotation: Any) -> type:
     kinds: list[type] = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
     return kinds[0]
+
+
+def _choices(kind: type) -> list[str] | None:
+    """The words an enum option takes, so that a mistyped one is answered with
+    the list (argparse's "invalid choice"), not with the enum's class name."""
+    return [member.value for member in kind] if isinstance(kind, type) and issubclass(
+        kind, Enum) else None
 
 
 def _default(field: FieldInfo) -> Any:
@@ -67,6 +75,9 @@ def add_model_options(
         if _option_type(field.annotation) is bool:
             parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=_help(field, name in needed))
+        elif choices := _choices(_option_type(field.annotation)):
+            parser.add_argument(flag(name), dest=name, choices=choices, default=None,
+                                help=_help(field, name in needed))
         else:
             parser.add_argument(flag(name), dest=name, type=_option_type(field.annotation),
                                 default=None, help=_help(field, name in needed),
@@ -106,15 +117,23 @@ def _describe(error: ValidationError, model: type[BaseModel]) -> str:
     problems = []
     for problem in error.errors():
         names = [str(part) for part in problem["loc"] if str(part) in model.model_fields]
-        message = _as_typed(problem["msg"].removeprefix("Value error, "), model)
-        problems.append(f"{flag(names[0])}: {message}" if names else message)
+        message = problem["msg"].removeprefix("Value error, ")
+        if names:
+            problems.append(f"{_as_typed(names[0], model)}: {message}")
+        else:
+            # The model's own rule, whose message names fields (and no value).
+            problems.append(_fields_as_typed(message, model))
     return "; ".join(problems)
 
 
-def _as_typed(message: str, model: type[BaseModel]) -> str:
-    """Field names in a model's message, spelled as options."""
-    names = "|".join(sorted((re.escape(n) for n in model.model_fields if "_" in n), key=len,
-                            reverse=True))
-    if not names:
-        return message
-    return re.sub(rf"\b({names})\b", lambda m: flag(m.group(1)), message)
+def _as_typed(name: str, model: type[BaseModel]) -> str:
+    """A field as the command line spells it: a field without a default is
+    the positional argument (SOURCE), any other an option (--datastore)."""
+    return name.upper() if model.model_fields[name].is_required() else flag(name)
+
+
+def _fields_as_typed(message: str, model: type[BaseModel]) -> str:
+    """Field names in a model's message, spelled as on the command line."""
+    names = "|".join(sorted((re.escape(n) for n, field in model.model_fields.items()
+                             if not _set_by_flows(field)), key=len, reverse=True))
+    return re.sub(rf"\b({names})\b", lambda m: _as_typed(m.group(1), model), message)

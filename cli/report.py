@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from config.settings import get_settings
+from config.settings import default_report_location, get_settings
 
 EXIT_ERROR = 2
 
@@ -27,10 +27,12 @@ def add_parser(subparsers: Any) -> None:
         "no patient columns: they are never in the ledger.",
     )
     parser.add_argument("--run", dest="run_id", required=True,
-                        help="The run's flow run ID (Prefect UI, or flow_run_id in its result).")
+                        help="The run's flow run ID, as the command printed it (or the Prefect "
+                        "UI shows it), or any unique start of it, such as the 8 characters "
+                        "that end its report folder's name.")
     parser.add_argument("--report-location", default=None,
                         help="The report location the run used, where its SQLite ledger is "
-                        "(default: DICOM_IMPORT_REPORT_LOCATION); ignored when "
+                        f"(default: {_default_report_location()}); ignored when "
                         "DICOM_IMPORT_LEDGER_URL is set.")
     parser.add_argument("--output", default=None,
                         help="Folder or s3:// prefix to write to (default: the folder the "
@@ -38,11 +40,26 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def _default_report_location() -> str:
+    """As the settings have it here; an unreadable settings file is reported
+    when the command runs, not by --help."""
+    try:
+        return get_settings().report_location
+    except Exception:
+        return f"DICOM_IMPORT_REPORT_LOCATION, else {default_report_location()}"
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported as the command runs, not for --help (cli.main says why).
     import sqlalchemy as sa
 
-    from tasks.ledger import LedgerError, ledger_url, recorded_run, require_existing
+    from tasks.ledger import (
+        LedgerError,
+        ledger_url,
+        recorded_run,
+        require_existing,
+        run_id_from_prefix,
+    )
     from tasks.report import rebuilt_report, write_report
 
     settings = get_settings()
@@ -50,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
         url = ledger_url(settings.ledger_url,
                          args.report_location or settings.report_location)
         require_existing(url)
-        recorded = recorded_run(url, args.run_id)
+        recorded = recorded_run(url, run_id_from_prefix(url, args.run_id))
         folder = args.output or recorded.report_folder
         if not folder:
-            raise LedgerError(f"The ledger does not say where run {args.run_id} wrote its "
+            raise LedgerError(f"The ledger does not say where run {recorded.run_id} wrote its "
                               "report (a run from an earlier version): give --output.")
         files, jobs = rebuilt_report(recorded.files, recorded.jobs)
         paths = write_report(files, jobs, folder)

@@ -26,7 +26,9 @@ def add_parser(subparsers: Any) -> None:
         description="Run the retry flow once: resume import jobs that earlier runs started "
         "but never read, then import again the files whose failure may pass (a FAILED job, "
         "a server error), within --max-attempts. Files refused for their content are taken "
-        "again once they changed, or with --force. Exit status as for ingest.",
+        "again once they changed, or with --force. Files a verification failed are imported "
+        "again only where that replaces their instance; what is imported is verified "
+        "(--verify). Exit status as for ingest.",
     )
     add_model_options(parser, RetryParameters,
                       needed=("datastore", "staging_prefix", "output_prefix"))
@@ -35,10 +37,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_ids import with_full_run_id
+
     params = parameters_or_complain("retry", args, RetryParameters)
+    if params is not None:
+        params = with_full_run_id("retry", params, "run_id")
     if params is None:
         return ExitStatus.ERROR
-    # Imported as the command runs, not for --help (cli.main says why).
     from cli.run_console import run_flow_command
     from flows.retry import retry_failed
     from tasks.report import FAILURES
@@ -53,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
-    from cli.story import datastore_label, print_failures, print_jobs, read_table
+    from cli.story import (
+        datastore_label,
+        print_failures,
+        print_jobs,
+        print_report_paths,
+        read_table,
+    )
 
     label = datastore_label(result.datastore_name, result.datastore_id)
     print(f"\nData store {label}: {result.resumed_jobs} unread jobs resumed, "
@@ -67,6 +79,16 @@ def print_retry_story(result: RetryResult, params: RetryParameters) -> None:
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>7}")
+    checked = {name: count for name, count in result.verification.items() if count}
+    if checked:
+        print("Verified: " + ", ".join(f"{name} {count}" for name, count in checked.items()))
     print_failures(result.report_files_parquet, params.source or "")
-    print_jobs(read_table(result.report_jobs_parquet), result.report_jobs_parquet)
-    print(f"\nPer-file report: {result.report_files_parquet}")
+    if result.needs_decision:
+        print(f"\n{result.needs_decision} files are not in the data store as their source has "
+              "them, and importing them again would not change that: their error_message "
+              "says where they are; decide with dicom-import reconcile (see README.md, "
+              "\"Non-primary image sets\").")
+    print_jobs(read_table(result.report_jobs_parquet),
+               result.report_jobs_csv or result.report_jobs_parquet)
+    print_report_paths(result.report_files_csv, result.report_files_parquet,
+                       result.report_jobs_csv or result.report_jobs_parquet)

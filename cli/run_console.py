@@ -9,6 +9,7 @@ report is written. A second Ctrl-C stops at once.
 from __future__ import annotations
 
 import atexit
+import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from prefect.logging.handlers import PrefectConsoleHandler
 
 from cli.exit_status import ExitStatus
 from cli.prefect_api import start_temporary_server_if_needed
@@ -53,8 +55,11 @@ def running_flow(
         with ProgressDisplay(title, verbose):
             start_temporary_server_if_needed()
             # Registered (once) after the temporary server's own stop, so run before it.
-            atexit.unregister(_ignore_interrupts)
+            for hook in (_ignore_interrupts, _quiet_prefect_console):
+                atexit.unregister(hook)
             atexit.register(_ignore_interrupts)
+            if not verbose:
+                atexit.register(_quiet_prefect_console)
             yield ran
     except KeyboardInterrupt:
         ran.abandoned = True
@@ -69,6 +74,15 @@ def _ignore_interrupts() -> None:
     (a few seconds at most): a Ctrl-C then would only print a traceback from
     inside that stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _quiet_prefect_console() -> None:
+    """Prefect says "Stopping temporary server on ..." as the command exits,
+    after the story is told: one of its own lines, which the console shows
+    only with --verbose. Its warnings still show."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def run_flow_command(

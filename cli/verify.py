@@ -49,10 +49,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported as the command runs, not for --help (cli.main says why).
+    from cli.run_ids import with_full_run_id
+
     params = parameters_or_complain("verify", args, VerifyParameters)
+    if params is not None:
+        params = with_full_run_id("verify", params, "run")
     if params is None:
         return ExitStatus.ERROR
-    # Imported as the command runs, not for --help (cli.main says why).
     from cli.run_console import run_flow_command
     from flows.verify import dicom_verify
 

@@ -148,24 +148,12 @@ def _datastore(client: Any, name: str) -> tuple[str, str] | str:
     try:
         datastore = resolve_datastore(client, name, create=False, timeout=60)
     except DatastoreError as error:
+        # A name that matches none is already worded for --datastore, with the closest names.
         message = str(error)
-        if message.startswith("No data store is named"):
-            return _no_such_name(client, name)
         return message if message.startswith("--datastore") else f"--datastore: {message}"
     except (BotoCoreError, ClientError) as error:
         return f"--datastore: HealthImaging could not be asked for {name}: {error}"
     return datastore.datastore_id, datastore.name
-
-
-def _no_such_name(client: Any, name: str) -> str:
-    import difflib
-
-    names = {summary.get("datastoreName", "")
-             for page in client.get_paginator("list_datastores").paginate()
-             for summary in page.get("datastoreSummaries", [])}
-    closest = difflib.get_close_matches(name, sorted(names), n=3)
-    return f"--datastore {name}: no data store has this name" + (
-        f"; the closest: {', '.join(closest)}." if closest else " nor one close to it.")
 
 
 def _log_to_stderr(verbose: bool) -> None:

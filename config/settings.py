@@ -14,6 +14,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
+from platformdirs import user_data_path
 from pydantic import Field
 from pydantic_settings import (
     BaseSettings,
@@ -33,7 +34,18 @@ class VerifyMode(StrEnum):
     OFF = "off"
 
 
-def _toml_path() -> Path:
+APP_NAME = "dicom-import"
+
+
+def default_report_location() -> str:
+    """The reports folder in this user's data folder (on Linux
+    ``$XDG_DATA_HOME/dicom-import/reports``, else ``~/.local/share/...``):
+    one place whatever folder a command runs from, since the SQLite ledger
+    lives there and a ledger per working folder forgets every earlier run."""
+    return str(user_data_path(APP_NAME, appauthor=False) / "reports")
+
+
+def settings_file() -> Path:
     return Path(os.environ.get("DICOM_IMPORT_CONFIG", "dicom-import.toml"))
 
 
@@ -42,6 +54,11 @@ class Settings(BaseSettings):
 
     region: str = Field(default="us-east-1", description="AWS region of the data store.")
     datastore: str | None = Field(default=None, description="Data store ID or name.")
+    create_datastore: bool = Field(
+        default=False,
+        description="Create the data store when no data store has the name given; off, "
+        "a name that matches none is refused (a typo would otherwise make a new store).",
+    )
     staging_prefix: str | None = Field(
         default=None, description="s3:// prefix where valid files are staged for import."
     )
@@ -52,7 +69,11 @@ class Settings(BaseSettings):
         default="arn:aws:iam::123456789012:role/HealthImagingImportRole",
         description="IAM role HealthImaging assumes to read input and write output.",
     )
-    report_location: str = Field(default="./reports", description="Folder or s3:// prefix.")
+    report_location: str = Field(
+        default_factory=default_report_location,
+        description="Folder or s3:// prefix for the reports (and, when a folder, the ledger); "
+        "default: reports in this user's data folder.",
+    )
     max_files_per_job: int = Field(default=5000, ge=1, le=5000)
     max_bytes_per_job: int = Field(default=10 * 1000**3, ge=1)
     max_concurrent_jobs: int = Field(default=20, ge=1, le=100)
@@ -88,6 +109,12 @@ class Settings(BaseSettings):
         default=VerifyMode.METADATA,
         description="What an ingestion checks of what it imported: metadata, pixels or off.",
     )
+    reimport: bool = Field(
+        default=False,
+        description="Import again files the ledger holds unchanged (same size and version, "
+        "or same SHA-256) and SOP instances the data store holds with the same SHA-256. "
+        "Off: a rerun imports only what is new or changed.",
+    )
     claim_lease_seconds: float = Field(
         default=12 * 3600.0,
         gt=0,
@@ -114,7 +141,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()),
+            TomlConfigSettingsSource(settings_cls, toml_file=settings_file()),
         )
 
 

@@ -82,13 +82,18 @@ def build(settings: Settings) -> list[RunnerDeployment]:
     if settings.schedule_source:
         built.insert(0, dicom_ingest.to_deployment(
             name=SCHEDULED,
-            description=f"Ingest new and changed files of {settings.schedule_source} on "
+            description=f"Ingest new and changed files of {settings.schedule_source} into "
+            f"data store {settings.datastore} (created by the first run if missing) on "
             f"schedule ({settings.schedule_cron}, {settings.schedule_timezone}).",
             schedules=[Cron(settings.schedule_cron, timezone=settings.schedule_timezone)],
             parameters={"params": {
                 **form_defaults(IngestParameters, settings),
                 "source": settings.schedule_source,
-                "only_new": True,
+                # Never everything again every night, whatever the settings say.
+                "reimport": False,
+                # Unattended, into the data store its settings name: the first
+                # night must not fail on a store nobody has created yet.
+                "create_datastore": True,
             }},
             tags=[*TAGS, SCHEDULED],
             # A run still going when the next one is due: the new one is

@@ -51,6 +51,8 @@ class ServiceConfig:
     max_concurrent_writes: int = 100
     max_copy_frames: int = 1000
     max_update_payload_bytes: int = 10 * 1024
+    # A STOW-RS request's body (AWS: "up to 1GB of DICOM data per request").
+    max_stow_request_bytes: int = 1000**3
     # Where import jobs read and write S3; None means this service's own endpoint.
     s3_endpoint: str | None = None
     # Store frames as HTJ2K lossless (AWS behaviour). Off keeps the source
@@ -59,6 +61,9 @@ class ServiceConfig:
     # None: any signed request is accepted, whatever its key (local stacks'
     # custom). Given: signatures are verified against this one pair.
     credentials: Credentials | None = None
+    # How long a connection may sit idle (between requests, or with a request
+    # half sent) before the service closes it.
+    idle_timeout_seconds: float = 60.0
     # Web origins allowed to read answers (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
     # The service's clock for image set timestamps and storage tiers: replace

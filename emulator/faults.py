@@ -45,6 +45,15 @@ PUBLISHED_RATES: dict[str, tuple[float, int]] = {
 
 
 ALL_OPERATIONS = "*"
+# Bounds of the settings: past them a value is a mistake, and some broke the
+# service (a burst of 1e400 failed every call of its operation with a 500).
+MAX_RATE = 1_000_000.0
+MAX_COUNT = 1_000_000
+MAX_JOB_DURATION_SECONDS = 86_400.0
+# The model's maximum for a job's message, where the injected one goes.
+MAX_MESSAGE_CHARS = 2048
+MAX_PATTERN_CHARS = 1024
+MAX_SEED = 2**63 - 1
 # What a job broken by one of its files ends with (``fail_jobs_with_key``).
 POISON_MESSAGE = ("Internal error while importing: the import job could not process its "
                   "input; retry the job, or contact AWS Support with the job ID.")
@@ -63,17 +72,26 @@ def operation_names() -> frozenset[str]:
     return frozenset(service_model().operation_names)
 
 
-def _number(name: str, value: Any, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
         raise FaultSettingError(name, f"must be a number, got {value!r}")
     if not low <= value <= high:
-        raise FaultSettingError(name, f"must be between {low} and {high}, got {value!r}")
+        raise FaultSettingError(name, f"must be between {low:g} and {high:g}, got {value!r}")
     return float(value)
 
 
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FaultSettingError(name, f"must be a whole number >= 0, got {value!r}")
+def _count(name: str, value: Any, high: int = MAX_COUNT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise FaultSettingError(name, f"must be a whole number from 0 to {high}, got {value!r}")
+    return value
+
+
+def _text(name: str, value: Any, low: int, high: int, what: str) -> str:
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        raise FaultSettingError(name, f"must be {what} of {low} to {high} characters, "
+                                f"got {value!r:.80}")
     return value
 
 
@@ -109,7 +127,8 @@ def _checked(name: str, value: Any) -> Any:
             _operation(field_name, operation, wildcard=False)
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise FaultSettingError(field_name, f"must be [rate, burst], got {pair!r}")
-            rates[operation] = [_number(field_name, pair[0], 0), _count(field_name, pair[1])]
+            rates[operation] = [_number(field_name, pair[0], 0, MAX_RATE),
+                                _count(field_name, pair[1])]
         return rates
     if name == "error_rate":
         return {
@@ -118,24 +137,21 @@ def _checked(name: str, value: Any) -> Any:
             for operation, probability in _mapping(name, value).items()
         }
     if name == "job_duration_seconds":
-        return _number(name, value, 0)
+        return _number(name, value, 0, MAX_JOB_DURATION_SECONDS)
     if name == "fail_jobs":
         return _count(name, value)
     if name == "fail_job_message":
-        if not isinstance(value, str) or not value:
-            raise FaultSettingError(name, f"must be a non-empty string, got {value!r}")
-        return value
+        return _text(name, value, 1, MAX_MESSAGE_CHARS, "a string")
     if name == "fail_jobs_with_key":
-        if not isinstance(value, str):
-            raise FaultSettingError(name, f"must be a regular expression, got {value!r}")
+        _text(name, value, 0, MAX_PATTERN_CHARS, "a regular expression")
         try:
             re.compile(value)
         except re.error as error:
             raise FaultSettingError(name, f"is not a regular expression: {error}") from None
         return value
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise FaultSettingError(name, f"must be a whole number or null, got {value!r}")
-    return value  # seed
+    if value is None:
+        return value
+    return _count(name, value, MAX_SEED)  # seed
 
 
 @dataclass

@@ -17,6 +17,7 @@ marks the killed run Crashed in Prefect once it takes its files over.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -38,7 +39,14 @@ from flows.run_identity import (
 )
 from flows.task_arguments import quote
 from flows.window_runner import StageTimer, Window, WindowRunner
-from tasks.conflicts import SeriesConflict, explain_conflicts, publish_conflicts
+from tasks.conflicts import (
+    NonPrimarySet,
+    SeriesConflict,
+    explain_conflicts,
+    landed_non_primary,
+    non_primary_sets,
+    publish_conflicts,
+)
 from tasks.crashed_runs import crash_dead_runs
 from tasks.discover import SourceFile
 from tasks.image_sets_artifact import LandedImageSets, publish_image_sets
@@ -46,7 +54,14 @@ from tasks.import_jobs import Datastore, resolve
 from tasks.interruption import stop_requested
 from tasks.job_slots import ensure_job_slots
 from tasks.landed import confirm_lost_outputs
-from tasks.ledger import Inventory, RunLedger, claim_window, list_source, settle_unchanged
+from tasks.ledger import (
+    Inventory,
+    RunLedger,
+    claim_window,
+    list_source,
+    settle_unchanged,
+    skip_imported_elsewhere,
+)
 from tasks.manifest import JobOutput, job_outputs
 from tasks.poll import JobOutcome
 from tasks.preflight import preflight
@@ -92,13 +107,20 @@ class IngestResult(BaseModel):
     holders: list[str] = []
     # Jobs of this run that an earlier run had started (got back, not started again).
     jobs_from_earlier_runs: list[str] = []
-    # Jobs that imported the files an only_new run skipped as unchanged, with counts.
+    # Jobs that imported the files this run skipped as unchanged, with counts.
     jobs_of_skipped: dict[str, int] = {}
+    # Files reported already_imported (their instance, with their bytes, came
+    # from another file), by that file's source.
+    already_imported_from: dict[str, int] = {}
     # Wall seconds per stage (discover, validate, stage, import, report): where
     # a slow run spent its time; the rest went to the ledger and orchestration.
     timings: dict[str, float] = {}
     # Imported files by verification result (tasks.verify); empty in a dry run.
     verification: dict[str, int] = {}
+    # Image sets files landed in beside their series' primary one, and why
+    # they could not be told apart, if they could not (tasks.conflicts).
+    non_primary: list[NonPrimarySet] = []
+    conflicts_unexplained: str | None = None
 
 
 # The pool only bounds threads; the number of jobs in flight is bounded per
@@ -114,17 +136,17 @@ def dicom_ingest(params: IngestParameters) -> IngestResult:
     """
     timer = StageTimer()
     preflight(params.report_location, params.source, params.staging_prefix,
-              params.output_prefix, imports=params.imports())
+              params.output_prefix, imports=params.imports(), dask_address=params.dask_address)
     if params.dry_run:
         # A dry run changes no state: its ledger is a scratch one, gone with it.
         with scratch_ledger(params.datastore or "dry-run") as ledger:
             return _ingest(params, None, ledger, timer)
     assert params.datastore, "the parameter model requires a data store to import"
-    datastore = resolve(params.datastore)
+    datastore = resolve(params.datastore, create=params.create_datastore, creatable=True)
     tag_current_run(*datastore_tags(params.datastore, datastore.datastore_id))
     ensure_job_slots(datastore.datastore_id)
-    return _ingest(params, datastore, run_ledger(params.report_location, datastore.datastore_id),
-                   timer)
+    ledger = run_ledger(params.report_location, datastore.datastore_id, begin=True)
+    return _ingest(params, datastore, ledger, timer)
 
 
 def _ingest(
@@ -138,7 +160,7 @@ def _ingest(
         try:
             if params.inventory is None:
                 with timer.stage("discover"):
-                    listing = list_source(inventory, params.source, params.only_new,
+                    listing = list_source(inventory, params.source, not params.reimport,
                                           params.max_attempts)
                 get_run_logger().info(
                     "%d files found: %d to process, %d unchanged since an earlier run, "
@@ -155,11 +177,14 @@ class _RunTally:
     """What the windows of a run add up to (jobs and counts, never files)."""
 
     same_bytes: int = 0
+    already_imported_from: Counter[str] = field(default_factory=Counter)
     job_tables: list[pd.DataFrame] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     jobs_from_earlier_runs: list[str] = field(default_factory=list)
     # Series with files in non-primary image sets (few), for one artifact.
     conflicts: list[SeriesConflict] = field(default_factory=list)
+    # Files in non-primary image sets, by image set.
+    non_primary: Counter[str] = field(default_factory=Counter)
     unexplained: str | None = None
     # Files by what verification found, over every window.
     verified: dict[str, int] = field(default_factory=dict)
@@ -187,13 +212,17 @@ class _Windows:
 
     def submit(self, files: list[SourceFile], number: int) -> Window:
         """Validate, batch, stage and submit a window; its jobs run while the
-        window before it is reported."""
+        window before it is reported. Unless reimporting, files whose bytes
+        the ledger or the data store already holds are left out first."""
         runner = self.runner
         records = runner.validate(files)
         records = with_earlier_instances(records, self.inventory.keep_instances(
             {r.sop_instance_uid: r.uri for r in records if r.is_valid and r.sop_instance_uid}))
-        records, same_bytes = settle_unchanged(runner.ledger, quote(records), self.params.only_new)
+        skip = not self.params.reimport
+        records, same_bytes = settle_unchanged(runner.ledger, quote(records), skip)
+        records, elsewhere = skip_imported_elsewhere(runner.ledger, quote(records), skip)
         self.tally.same_bytes += same_bytes
+        self.tally.already_imported_from.update(elsewhere)
         window = runner.batch(records)
         get_run_logger().info("Window %d: %d files, %d valid, in %d batches", number, len(records),
                               sum(r.is_valid for r in records), len(window.batches))
@@ -222,6 +251,7 @@ class _Windows:
                 explained = explain_conflicts(quote(files), datastore_id)
                 files = explained.files
                 tally.conflicts += explained.conflicts
+                tally.non_primary.update(landed_non_primary(files))
                 tally.unexplained = tally.unexplained or explained.unexplained
             files = runner.ledger.record_outcomes(files, outcomes)
             self.writer.add_files(files)
@@ -323,7 +353,10 @@ def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> Inge
         holders=[holder.describe() for holder in leftover.holders],
         jobs_from_earlier_runs=tally.jobs_from_earlier_runs,
         jobs_of_skipped=leftover.jobs_of_skipped if own_listing else {},
+        already_imported_from=dict(tally.already_imported_from),
         verification=tally.verified,
+        non_primary=non_primary_sets(tally.non_primary, tally.conflicts),
+        conflicts_unexplained=tally.unexplained,
         **skipped,
     )
 

@@ -31,8 +31,8 @@ class MigrateResult(BaseModel):
     datastore_id: str
     datastore_name: str | None = None
     files: int
-    # Latest outcome of each file of the inventory (a file skipped as
-    # unchanged: its earlier one), and "unfinished".
+    # Latest outcome of each file of the inventory it took (not those skipped
+    # as unchanged), and "unfinished".
     counts: dict[str, int]
     skipped_unchanged: int = 0
     given_up: int = 0
@@ -53,15 +53,15 @@ def dicom_migrate(params: MigrateParameters) -> MigrateResult:
     """
     logger = get_run_logger()
     preflight(params.report_location, params.source, params.staging_prefix,
-              params.output_prefix)
+              params.output_prefix, dask_address=params.dask_address)
     assert params.datastore, "the parameter model requires a data store"
-    datastore = resolve(params.datastore)
+    datastore = resolve(params.datastore, create=params.create_datastore, creatable=True)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "migration")
-    ledger = run_ledger(params.report_location, datastore_id)
+    ledger = run_ledger(params.report_location, datastore_id, begin=True)
     ledger.start_run("dicom-migrate", params.source)
     inventory = Inventory(ledger, ledger.run_id)
-    listing = list_source(inventory, params.source, params.only_new, params.max_attempts)
+    listing = list_source(inventory, params.source, not params.reimport, params.max_attempts)
     logger.info("%d files in the inventory: %d to process, %d unchanged since an earlier run, "
                 "%d given up", listing.files, listing.to_process, listing.skipped_unchanged,
                 listing.given_up)
@@ -99,5 +99,5 @@ def child_parameters(
     """The ingest runs' parameters: the migration's own import options, the
     data store by ID (resolved once), and the inventory instead of discovery."""
     shared = params.model_dump(mode="json", include=set(ImportOptions.model_fields))
-    return {**shared, "datastore": datastore_id, "only_new": params.only_new,
+    return {**shared, "datastore": datastore_id, "reimport": params.reimport,
             "inventory": inventory.inventory_id}

@@ -12,8 +12,37 @@ from config.settings import VerifyMode, get_settings
 from tasks.locations import canonical_source, is_s3
 
 
+def _verify_field() -> Any:
+    """One field, the same for ingestion and retries: a retry checks what it imports."""
+    return Field(
+        # Validated: the setting is text, and "off" must become VerifyMode.OFF.
+        default_factory=_setting("verify"), validate_default=True,
+        description="What to check of the imported files once their jobs ended: metadata "
+        "(each image set's metadata read once: instance, attributes, frames), pixels (also "
+        "every source frame decoded and its CRC-32 compared with HealthImaging's), or off.",
+    )
+
+
 def _setting(name: str) -> Any:
     return lambda: getattr(get_settings(), name)
+
+
+# Ingestion's and a migration's, worded once: the form says the same in both.
+REIMPORT = (
+    "Import again the files an earlier run already handled and that have not changed since "
+    "(same size and ETag/mtime, or same SHA-256), and files whose SOP instance the data store "
+    "already holds with the same SHA-256, imported from another source. Off (the default): "
+    "they are skipped and counted, and only new and changed files are imported."
+)
+
+
+def _create_datastore() -> Any:
+    """The field of the flows that may begin a data store (ingest, migrate)."""
+    return Field(
+        default_factory=_setting("create_datastore"),
+        description="Create the data store when no data store has the name given. Off: such "
+        "a name is refused (a typo would otherwise make a new store and import into it).",
+    )
 
 
 class ImportOptions(BaseModel):
@@ -26,8 +55,9 @@ class ImportOptions(BaseModel):
     )
     datastore: str | None = Field(
         default_factory=_setting("datastore"),
-        description="HealthImaging data store ID (32 hex) or name; ingestion creates one "
-        "of that name when none exists (a retry does not).",
+        description="HealthImaging data store ID (32 hex) or name. A name that matches no "
+        "data store is refused, with the closest names; ingestion and migration create it "
+        "when asked to.",
     )
     staging_prefix: str | None = Field(
         default_factory=_setting("staging_prefix"),
@@ -113,9 +143,8 @@ class ImportOptions(BaseModel):
                 if not getattr(self, name)
             ]
             if missing:
-                raise ValueError(
-                    f"{', '.join(missing)} must be set to import (or set dry_run)."
-                )
+                dry_run = " (or set dry_run)" if "dry_run" in type(self).model_fields else ""
+                raise ValueError(f"{', '.join(missing)} must be set to import{dry_run}.")
             for name in ("staging_prefix", "output_prefix"):
                 if not is_s3(str(getattr(self, name))):
                     raise ValueError(f"{name} must be an s3:// URI.")
@@ -126,11 +155,10 @@ class IngestParameters(ImportOptions):
     source: str = Field(
         description="Folder or s3://bucket/prefix holding the DICOM files (read recursively)."
     )
-    only_new: bool = Field(
-        default=False,
-        description="Skip files that an earlier run already handled and that have not changed "
-        "since (same size and ETag/mtime, or same SHA-256 as staged). Changed files are "
-        "imported again. The scheduled deployment turns this on.",
+    create_datastore: bool = _create_datastore()
+    reimport: bool = Field(
+        default_factory=_setting("reimport"),
+        description=REIMPORT,
     )
     dry_run: bool = Field(
         default=False,
@@ -142,13 +170,7 @@ class IngestParameters(ImportOptions):
         "this run shares with the migration's other runs. Empty: the run lists the source itself.",
         json_schema_extra={"set_by_flows": True},
     )
-    verify: VerifyMode = Field(
-        # Validated: the setting is text, and "off" must become VerifyMode.OFF.
-        default_factory=_setting("verify"), validate_default=True,
-        description="What to check of the imported files once their jobs ended: metadata "
-        "(each image set's metadata read once: instance, attributes, frames), pixels (also "
-        "every source frame decoded and its CRC-32 compared with HealthImaging's), or off.",
-    )
+    verify: VerifyMode = _verify_field()
 
     def imports(self) -> bool:
         return not self.dry_run
@@ -170,6 +192,7 @@ class RetryParameters(ImportOptions):
         description="Also files that failed validation or with a customer error although "
         "they have not changed, and files past the attempt limit.",
     )
+    verify: VerifyMode = _verify_field()
 
 
 class ReconcileParameters(BaseModel):
@@ -275,6 +298,7 @@ class MigrateParameters(ImportOptions):
     source: str = Field(
         description="Folder or s3://bucket/prefix to migrate (read recursively, once)."
     )
+    create_datastore: bool = _create_datastore()
     workers: int = Field(
         default=2, ge=1, le=100,
         description="Ingest flow runs started at once on the work pool, each claiming "
@@ -291,10 +315,9 @@ class MigrateParameters(ImportOptions):
         "(a Prefect concurrency limit named after the data store). Empty: the limit as it "
         "stands, created at 100 (HealthImaging's quota) when missing.",
     )
-    only_new: bool = Field(
-        default=True,
-        description="Skip files that an earlier run already handled and that have not changed "
-        "since, so that a migration run again picks up where it stopped.",
+    reimport: bool = Field(
+        default_factory=_setting("reimport"),
+        description=REIMPORT,
     )
     replacements: int = Field(
         default=3, ge=0,

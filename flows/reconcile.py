@@ -16,10 +16,10 @@ from pydantic import BaseModel
 
 from config.settings import get_settings
 from flows.parameters import ReconcileParameters
-from flows.run_identity import datastore_tags, tag_current_run
+from flows.run_identity import datastore_tags, reconcile_run_name, tag_current_run
 from tasks.import_jobs import resolve
 from tasks.interruption import stop_requested
-from tasks.ledger import ledger_url
+from tasks.ledger import ledger_url, require_existing
 from tasks.reconcile import DecisionResult, not_started, read_decisions, reconcile_image_set
 from tasks.reconcile_record import ReconcileRecord
 from tasks.statuses import DecisionOutcome
@@ -35,7 +35,7 @@ class ReconcileResult(BaseModel):
         return [d for d in self.decisions if d.outcome is DecisionOutcome.FAILED]
 
 
-@flow(name="dicom-reconcile")
+@flow(name="dicom-reconcile", flow_run_name=reconcile_run_name)
 def dicom_reconcile(params: ReconcileParameters) -> ReconcileResult:
     """Promote or merge non-primary image sets as the decisions file says.
 
@@ -46,9 +46,12 @@ def dicom_reconcile(params: ReconcileParameters) -> ReconcileResult:
     datastore = resolve(str(params.datastore), create=False)
     datastore_id = datastore.datastore_id
     tag_current_run(*datastore_tags(params.datastore, datastore_id), "reconcile")
+    # The changes are recorded in the runs' ledger, never in a new one; a dry
+    # run refuses what --apply would.
+    url = ledger_url(get_settings().ledger_url, params.report_location)
+    require_existing(url)
     record = None
     if params.apply:
-        url = ledger_url(get_settings().ledger_url, params.report_location)
         record = ReconcileRecord(url, flow_run.id or uuid.uuid4().hex, datastore_id)
     results = [
         not_started(image_set_id, decision) if stop_requested()

@@ -6,7 +6,10 @@ waiting): they are waited for and their output read, so nothing is imported
 twice. Then the failed files, chosen by the kind of failure (tasks.retry),
 go through the window runner an ingestion's windows go through
 (flows.window_runner), a window per source; a batch whose job FAILED for its
-content is split until its poison file is alone (tasks.split).
+content is split until its poison file is alone (tasks.split). Files a
+verification failed are looked up first, and imported again only where that
+replaces their instance (tasks.retry_mismatch). What the retry imported is
+verified, as an ingestion's is.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.cluster import source_reader
 from flows.ingest import publish
 from flows.parameters import RetryParameters
 from flows.run_identity import datastore_tags, retry_run_name, run_ledger, tag_current_run
+from flows.task_arguments import quote
 from flows.window_runner import Window, WindowRunner
 from tasks.batch import Batch, halves
 from tasks.crashed_runs import crash_dead_runs
@@ -50,6 +55,7 @@ from tasks.retry import (
     under_source,
     with_recorded,
 )
+from tasks.retry_mismatch import judge_reimported, look_up_mismatched, needs_decision
 from tasks.split import (
     failed_alone,
     failed_for_content,
@@ -62,6 +68,8 @@ from tasks.split import (
 from tasks.stage import StagedFile
 from tasks.statuses import Change, FileStatus, JobStatus, StageAction
 from tasks.validate import ValidationRecord
+from tasks.verify.results import FileVerification, verification_counts, with_verification
+from tasks.verify.run import files_to_verify, verify
 
 RETRY_JOBS_ARTIFACT_KEY = "dicom-retry-jobs"
 RETRY_SUMMARY_ARTIFACT_KEY = "dicom-retry-summary"
@@ -78,6 +86,13 @@ class RetryResult(BaseModel):
     not_retried_unchanged: int
     report_files_parquet: str
     report_jobs_parquet: str
+    # Only for retries small enough to open in a spreadsheet (see README.md).
+    report_files_csv: str | None = None
+    report_jobs_csv: str | None = None
+    # Files by what verification found (those the retry imported or found
+    # in the data store), and files left failing for an operator's decision.
+    verification: dict[str, int] = {}
+    needs_decision: int = 0
 
 
 # Prefect's types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
@@ -91,7 +106,8 @@ def retry_failed(params: RetryParameters) -> RetryResult:
         params: Which failures to retry (a run, a job, or the whole data store),
             and where and how to import them.
     """
-    preflight(params.report_location, None, params.staging_prefix, params.output_prefix)
+    preflight(params.report_location, None, params.staging_prefix, params.output_prefix,
+              dask_address=params.dask_address)
     assert params.datastore, "the parameter model requires a data store to import"
     datastore = resolve(params.datastore, create=False)
     datastore_id = datastore.datastore_id
@@ -140,6 +156,12 @@ class _Settled:
     given_up: pd.DataFrame
     # Refused for their content, unchanged since, and not forced.
     not_retried: int
+    # Verification failed them and the data store holds them: not imported
+    # again (tasks.retry_mismatch), with what verifying them found.
+    held: pd.DataFrame
+    held_verified: list[FileVerification]
+    # Verification failed them and they are imported again: judged after.
+    mismatched: frozenset[str]
 
 
 def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> RetryResult:
@@ -158,24 +180,32 @@ def _retry(params: RetryParameters, datastore_id: str, ledger: RunLedger) -> Ret
     ] + requeued
     # Files whose job output was lost: those the data store holds are done.
     confirmed, candidates = look_up_lost_outputs(ledger, candidates)
+    held, held_verified, candidates = look_up_mismatched(
+        ledger, candidates, params.verify,
+        source_reader(params.dask_address, params.validation_workers))
     decided = plan(candidates, params.force, params.max_attempts)
     settled = _Settled(confirmed, ledger.record_given_up(decided.give_up, params.max_attempts),
-                       decided.not_retried)
+                       decided.not_retried, held, held_verified, frozenset(
+                           c.uri for c in candidates if c.status == FileStatus.VERIFY_MISMATCH))
     retried, new_jobs = _import_again(params, datastore_id, ledger, decided, done)
     get_run_logger().info(
         "%d jobs resumed, %d files found in the data store, %d files retried, "
-        "%d given up, %d unchanged not retried", len(jobs), len(confirmed), retried,
+        "%d given up, %d unchanged not retried", len(jobs), len(confirmed) + len(held), retried,
         len(settled.given_up), decided.not_retried)
-    counts, paths = _report(params, datastore_id, ledger, done, settled)
+    report = _report(params, datastore_id, ledger, done, settled)
     return RetryResult(
         datastore_id=datastore_id,
         resumed_jobs=len(jobs),
         retried_files=retried,
         jobs=new_jobs,
-        counts=counts,
+        counts=report.counts,
         not_retried_unchanged=decided.not_retried,
-        report_files_parquet=paths.files_parquet,
-        report_jobs_parquet=paths.jobs_parquet,
+        report_files_parquet=report.paths.files_parquet,
+        report_jobs_parquet=report.paths.jobs_parquet,
+        report_files_csv=report.paths.files_csv,
+        report_jobs_csv=report.paths.jobs_csv,
+        verification=report.verification,
+        needs_decision=report.needs_decision,
     )
 
 
@@ -268,11 +298,20 @@ def _split_failed(
     return new_jobs
 
 
+@dataclass(frozen=True)
+class _Reported:
+    counts: dict[str, int]
+    paths: ReportPaths
+    verification: dict[str, int]
+    needs_decision: int
+
+
 def _report(
     params: RetryParameters, datastore_id: str, ledger: RunLedger, done: _JobFiles,
     settled: _Settled,
-) -> tuple[dict[str, int], ReportPaths]:
-    """Record the outcomes, write the report and the artifacts, and end the run."""
+) -> _Reported:
+    """Verify what the retry imported, record the outcomes, write the report
+    and the artifacts, and end the run."""
     outputs = confirm_lost_outputs(datastore_id, done.batches, done.staged, done.outcomes,
                                    job_outputs(done.outcomes))
     folder = (f"{params.report_location.rstrip('/')}/retries/"
@@ -280,17 +319,24 @@ def _report(
     rows = mark_isolated(retry_report(done.records, done.batches, done.staged, done.outcomes,
                                       outputs, params.include_phi),
                          isolated(done.batches, done.outcomes))
+    verified = verify(datastore_id, quote(files_to_verify(done.records, done.staged, outputs,
+                                                          done.outcomes)),
+                      params.verify, source_reader(params.dask_address, params.validation_workers))
+    rows = judge_reimported(with_verification(rows, verified), settled.mismatched)
     rows = with_recorded(ledger.record_outcomes(rows, done.outcomes),
-                         settled.found_in_datastore, settled.given_up, *done.confirmed)
+                         settled.found_in_datastore, settled.held, settled.given_up,
+                         *done.confirmed)
     job_table = build_job_summary(done.batches, done.outcomes, outputs, rows)
     ledger.record_report(folder, job_table)
     paths = write_report(rows, job_table, folder)
     counts = {**status_counts(rows), FileStatus.GIVEN_UP.value: len(settled.given_up)}
     skipped = {"not_retried_unchanged": settled.not_retried}
+    verification = verification_counts([*settled.held_verified, *verified])
     publish(job_rows(job_table), counts, skipped, paths.files_parquet, title="DICOM retry",
-            keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY))
+            keys=(RETRY_JOBS_ARTIFACT_KEY, RETRY_SUMMARY_ARTIFACT_KEY),
+            verification=verification)
     ledger.finish_run({**counts, **skipped})
-    return counts, paths
+    return _Reported(counts, paths, verification, needs_decision(rows))
 
 
 def _claim_jobs(ledger: RunLedger, jobs: list[LedgerJob]) -> list[LedgerJob]:

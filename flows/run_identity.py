@@ -19,7 +19,13 @@ from prefect import get_client
 from prefect.runtime import flow_run
 
 from config.settings import get_settings
-from tasks.ledger import LEDGER_FILE_NAME, RunLedger, dispose_engine, ledger_url
+from tasks.ledger import (
+    LEDGER_FILE_NAME,
+    RunLedger,
+    dispose_engine,
+    ledger_url,
+    require_existing,
+)
 from tasks.locations import S3Uri, is_s3
 
 
@@ -61,6 +67,21 @@ def retry_run_name() -> str:
     return f"retry {scope} {_start_stamp()}"
 
 
+def verify_run_name() -> str:
+    scope = (
+        (f"run {str(_parameter('run'))[:8]}" if _parameter("run") else None)
+        or (f"job {_parameter('job')}" if _parameter("job") else None)
+        or f"{source_label(str(_parameter('source') or 'unknown'))} in {_parameter('datastore')}"
+    )
+    return f"verify {scope} {_start_stamp()}"
+
+
+def reconcile_run_name() -> str:
+    decisions = str(_parameter("decisions") or "decisions").rstrip("/").rsplit("/", 1)[-1]
+    what = "apply" if _parameter("apply") else "dry run"
+    return f"reconcile {decisions} in {_parameter('datastore')} ({what}) {_start_stamp()}"
+
+
 def tag_current_run(*tags: str) -> None:
     """Add tags to the running flow run (deployment tags are fixed before the
     data store is known)."""
@@ -89,10 +110,16 @@ def scratch_ledger(datastore_id: str) -> Iterator[RunLedger]:
             dispose_engine(url)
 
 
-def run_ledger(report_location: str, datastore_id: str) -> RunLedger:
+def run_ledger(report_location: str, datastore_id: str, begin: bool = False) -> RunLedger:
+    """The run's handle on the ledger. Only a run that starts from a source
+    may ``begin`` a ledger; the others fail when there is none (LedgerError).
+    """
     settings = get_settings()
+    url = ledger_url(settings.ledger_url, report_location)
+    if not begin:
+        require_existing(url)
     return RunLedger(
-        url=ledger_url(settings.ledger_url, report_location),
+        url=url,
         run_id=flow_run.id or uuid.uuid4().hex,
         datastore_id=datastore_id,
         lease_seconds=settings.claim_lease_seconds,

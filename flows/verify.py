@@ -21,10 +21,12 @@ from pydantic import BaseModel
 from config.settings import get_settings
 from flows.cluster import source_reader
 from flows.parameters import VerifyParameters
+from flows.run_identity import verify_run_name
 from flows.task_arguments import quote
 from tasks.import_jobs import resolve
 from tasks.ledger import ledger_url, select_imported
 from tasks.ledger import record_verification as record_in_ledger
+from tasks.preflight import check_dask_address
 from tasks.report import write_table
 from tasks.verify.audit import sign_off, write_record
 from tasks.verify.results import DISCREPANCIES, verification_counts, with_verification
@@ -45,13 +47,16 @@ class VerifyResult(BaseModel):
 
 
 # Prefect's types reject its own ThreadPoolTaskRunner here (PrefectHQ/prefect#16938).
-@flow(name="dicom-verify", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+@flow(name="dicom-verify", task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
+      flow_run_name=verify_run_name)
 def dicom_verify(params: VerifyParameters) -> VerifyResult:
     """Verify the files a run, a job, or a whole source imported.
 
     Args:
         params: Which files, how deeply, and where the ledger and reports are.
     """
+    if params.dask_address:
+        check_dask_address(params.dask_address)
     url = ledger_url(get_settings().ledger_url, params.report_location)
     datastore = resolve(params.datastore, create=False) if params.datastore else None
     selected = select_imported(url, params.run, params.job,

@@ -14,6 +14,7 @@ module: the values are patient data.
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+from pydicom.datadict import tag_for_keyword
+from pydicom.tag import Tag
 
 from config.clients import medical_imaging_client
 from tasks.backoff import error_code
@@ -194,6 +198,43 @@ def conflicts_markdown(conflicts: list[SeriesConflict]) -> str:
             f"| {', '.join(keywords) or '(unknown)'} | {conflict.files} |"
         )
     return "\n".join(lines) + "\n"
+
+
+class NonPrimarySet(BaseModel):
+    """A non-primary image set a run's files landed in, as the run's summary
+    tells it (a model: it goes out in the flow's result). IDs, keywords and
+    counts only."""
+
+    image_set_id: str
+    files: int
+    # Keywords of the elements that differ from the primary image set of
+    # its series; empty when that could not be found out.
+    elements: list[str] = []
+
+
+def landed_non_primary(files: pd.DataFrame) -> Counter[str]:
+    """Report rows in non-primary image sets, counted by image set."""
+    landed = files["is_primary"].eq(False).fillna(False).astype(bool) \
+        & files["image_set_id"].notna()
+    return Counter(files.loc[landed, "image_set_id"].astype(str))
+
+
+def non_primary_sets(
+    landed: Counter[str], conflicts: Iterable[SeriesConflict]
+) -> list[NonPrimarySet]:
+    """The image sets of ``landed`` (landed_non_primary over a run) with the
+    elements each differs in, most files first."""
+    elements = {image_set_id: keywords for conflict in conflicts
+                for image_set_id, keywords in conflict.attributes.items()}
+    return [NonPrimarySet(image_set_id=image_set_id, files=count,
+                          elements=list(elements.get(image_set_id, ())))
+            for image_set_id, count in landed.most_common()]
+
+
+def element_label(keyword: str) -> str:
+    """``PatientID (0010,0020)``: the element's name and tag, never its value."""
+    tag = tag_for_keyword(keyword)
+    return f"{keyword} {Tag(tag)}" if tag is not None else keyword
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ retry all send the same token and get the same job back.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import random
@@ -29,6 +30,9 @@ from tasks.poll import JobOutcome, wait_for_job
 from tasks.statuses import DatastoreStatus, JobStatus
 
 DATASTORE_ID = re.compile(r"[0-9a-f]{32}")
+# As the CLI spells them: a refusal names what to change.
+DATASTORE_OPTION = "--datastore"
+CREATE_DATASTORE_OPTION = "--create-datastore"
 # Log records with this extra stay on the CLI's screen (cli.progress): an
 # operator must see that a run created a data store, a mistyped name included.
 NOTICE = {"notice": True}
@@ -150,17 +154,21 @@ def start_import_job(
 def resolve_datastore(
     client: Any,
     id_or_name: str,
-    create: bool = True,
+    create: bool = False,
     poll_interval: float = 2.0,
     timeout: float = 600.0,
     sleep: Callable[[float], None] = time.sleep,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    creatable: bool = False,
 ) -> Datastore:
     """An ACTIVE data store, given its ID or its name.
 
-    A name is looked up with ListDatastores and created when absent (with a
-    token derived from the name, so two racing runs create one store), which
-    is logged to ``logger``.
+    A name is looked up with ListDatastores. One that matches no data store
+    is created only when asked (``create``, with a token derived from the
+    name, so two racing runs create one store), which is logged to
+    ``logger``: otherwise a typo would become a new store holding the
+    imports. ``creatable``: the command could have been asked
+    (``--create-datastore``), so the refusal says how.
 
     Raises:
         DatastoreError: not found (and not created), ambiguous, or never ACTIVE.
@@ -168,7 +176,8 @@ def resolve_datastore(
     if DATASTORE_ID.fullmatch(id_or_name):
         datastore_id = id_or_name
     else:
-        matches = _datastores_named(client, id_or_name)
+        usable = _usable_datastores(client)
+        matches = sorted(i for i, name in usable.items() if name == id_or_name)
         if len(matches) > 1:
             raise DatastoreError(
                 f"{len(matches)} data stores are named {id_or_name!r} "
@@ -184,19 +193,30 @@ def resolve_datastore(
             (logger or logging.getLogger(__name__)).info(
                 "Created data store %s (%s)", id_or_name, datastore_id, extra=NOTICE)
         else:
-            raise DatastoreError(f"No data store is named {id_or_name!r}.")
+            raise DatastoreError(_no_such_name(id_or_name, set(usable.values()), creatable))
     return _wait_until_active(client, datastore_id, poll_interval, timeout, sleep)
 
 
-def _datastores_named(client: Any, name: str) -> list[str]:
-    found = []
+def _usable_datastores(client: Any) -> dict[str, str]:
+    """ID -> name of every data store that is or is becoming ACTIVE."""
+    found = {}
     for page in client.get_paginator("list_datastores").paginate():
         for summary in page.get("datastoreSummaries", []):
-            usable = summary.get("datastoreStatus") in {DatastoreStatus.ACTIVE,
-                                                        DatastoreStatus.CREATING}
-            if summary.get("datastoreName") == name and usable:
-                found.append(summary["datastoreId"])
-    return sorted(found)
+            if summary.get("datastoreStatus") in {DatastoreStatus.ACTIVE,
+                                                  DatastoreStatus.CREATING}:
+                found[summary["datastoreId"]] = summary.get("datastoreName", "")
+    return found
+
+
+def _no_such_name(name: str, existing: set[str], creatable: bool) -> str:
+    """One line: the names the operator probably meant, and how to create one."""
+    closest = difflib.get_close_matches(name, sorted(existing), n=3)
+    message = f"{DATASTORE_OPTION} {name}: no data store has this name"
+    message += (f"; the closest: {', '.join(closest)}." if closest
+                else " nor one close to it.")
+    if creatable:
+        message += f" To create it, give {CREATE_DATASTORE_OPTION}."
+    return message
 
 
 def _wait_until_active(
@@ -231,9 +251,9 @@ def _wait_until_active(
 
 @task(name="resolve-datastore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
       retry_condition_fn=retry_if_transient)
-def resolve(id_or_name: str, create: bool = True) -> Datastore:
+def resolve(id_or_name: str, create: bool = False, creatable: bool = False) -> Datastore:
     return resolve_datastore(medical_imaging_client(), id_or_name, create=create,
-                             logger=get_run_logger())
+                             logger=get_run_logger(), creatable=creatable)
 
 
 # Retrying the whole task is safe only because the client token is

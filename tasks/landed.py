@@ -82,6 +82,8 @@ class Landed:
     is_primary: bool
     # The image set's current version (the job's own version is in the lost output).
     version: int | None
+    # Other image sets that hold it too (non-primary ones, made by conflicts).
+    also_in: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,9 @@ def find_landed(
     """The instances the data store holds, with the image set each is in.
 
     An instance in several image sets (a primary one and a non-primary one
-    made by conflicting attributes) is reported in the primary one.
-    Image sets that are deleted are not found (SearchImageSets leaves them out).
+    made by conflicting attributes) is reported in the primary one, with
+    the others in ``also_in``. Image sets that are deleted are not found
+    (SearchImageSets leaves them out).
     """
     wanted: dict[str, set[Instance]] = {}
     for instance in instances:
@@ -119,12 +122,15 @@ def find_landed(
         for image_set in sorted(found[series], key=lambda s: not s.is_primary):
             held = _instances_in(documents[image_set.image_set_id], series)
             for instance in members:
-                if instance in landed or instance.sop_instance_uid not in held:
+                if instance.sop_instance_uid not in held:
                     continue
                 if image_set.study_instance_uid not in (None, instance.study_instance_uid):
                     continue
-                landed[instance] = Landed(image_set.image_set_id, image_set.is_primary,
-                                          image_set.version)
+                earlier = landed.get(instance)
+                landed[instance] = (
+                    Landed(image_set.image_set_id, image_set.is_primary, image_set.version)
+                    if earlier is None
+                    else replace(earlier, also_in=(*earlier.also_in, image_set.image_set_id)))
     return landed
 
 

@@ -54,7 +54,8 @@ def wait_for_job(
     """Poll GetDICOMImportJob until COMPLETED/FAILED or ``timeout`` seconds pass,
     every ``lag_fraction`` of the time waited, within [poll_interval, max_interval].
     ``sleep`` returns True when the operator stopped the run: the job is then
-    left running, as INTERRUPTED."""
+    left running, and its outcome keeps the status HealthImaging last gave
+    (SUBMITTED or IN_PROGRESS: tasks.statuses.RUNNING)."""
     started = clock()
     deadline = started + timeout
     properties: dict[str, Any] = {}
@@ -79,8 +80,10 @@ def wait_for_job(
             )
         interval = min(max(poll_interval, lag_fraction * (clock() - started)), max_interval)
         if sleep(min(interval, remaining)):
+            # Not read yet (a transient error): StartDICOMImportJob said SUBMITTED.
+            running = JobStatus(properties.get("jobStatus", JobStatus.SUBMITTED.value))
             return _outcome(
-                batch_id, datastore_id, job_id, JobStatus.INTERRUPTED, properties,
+                batch_id, datastore_id, job_id, running, properties,
                 message=f"Stopped waiting (interrupted) while the job was "
                 f"{properties.get('jobStatus', 'unknown')}; it goes on in HealthImaging.",
             )

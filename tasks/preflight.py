@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
-import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -29,13 +29,19 @@ from config.clients import medical_imaging_client, s3_client
 from config.settings import get_settings
 from tasks.backoff import error_code
 from tasks.discover import source_not_a_folder, source_not_found
-from tasks.ledger import LedgerError, engine_for, ledger_url
-from tasks.locations import S3Uri, is_s3, meant_s3
+from tasks.ledger import (
+    LEDGER_SETTING,
+    REPORT_OPTION,
+    LedgerError,
+    ledger_exists,
+    ledger_url,
+    sqlite_path,
+)
+from tasks.locations import S3Uri, meant_s3
 
 STAGING_OPTION = "--staging-prefix"
 OUTPUT_OPTION = "--output-prefix"
-REPORT_OPTION = "--report-location"
-LEDGER_SETTING = "DICOM_IMPORT_LEDGER_URL"
+DASK_OPTION = "--dask-address"
 # The zero-byte object written (and deleted) to prove a prefix writable.
 WRITE_CHECK_NAME = ".dicom-import-write-check-"
 
@@ -46,6 +52,11 @@ _CREDENTIALS_REFUSED = frozenset({
     "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
     "InvalidClientTokenId", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
 })
+
+# Address schemes served over a TCP host and port, which a connection proves.
+_DASK_OVER_TCP = frozenset({"tcp", "tls", "ws", "wss"})
+# A scheduler answers a connection at once; distributed waits 30 s before giving up.
+_DASK_CONNECT_SECONDS = 5.0
 
 _log = logging.getLogger(__name__)
 
@@ -61,13 +72,14 @@ def check_setup(
     output_prefix: str | None = None,
     ledger: str | None = None,
     imports: bool = True,
+    dask_address: str | None = None,
 ) -> None:
     """Check everything a run needs, without creating anything that stays.
 
     ``source`` is checked when given (an ingestion reads it; a retry reads
     the files its ledger names). Without ``imports`` (a dry run) only the
-    source and the report location matter. ``ledger`` is the configured
-    ledger URL, if any.
+    source, the report location and the Dask scheduler matter. ``ledger`` is
+    the configured ledger URL, if any.
 
     Raises:
         SetupError: the first problem found.
@@ -85,6 +97,8 @@ def check_setup(
         _check_local_source(source)
     if report_uri is None:
         _check_local_folder(REPORT_OPTION, report_location)
+    if dask_address:
+        check_dask_address(dask_address)
     if source_uri is None and not targets:
         return  # a dry run from a folder to a folder: no AWS call at all
     _check_credentials()
@@ -115,6 +129,34 @@ def _s3_option(option: str, value: str | None) -> S3Uri:
         return S3Uri.parse(value)
     except ValueError as exc:
         raise SetupError(f"{option}: {exc}.") from exc
+
+
+def check_dask_address(address: str) -> None:
+    """The address parses as distributed parses it and, over TCP, a
+    connection to it opens: otherwise validation would wait 30 s for it, after
+    the source was listed and the data store made.
+
+    Raises:
+        SetupError: the address is malformed, or nothing answers there.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme)
+        if scheme not in _DASK_OVER_TCP:
+            return
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"{DASK_OPTION} {address}: not a Dask scheduler address ({exc}); "
+                         "give one such as tcp://scheduler.internal:8786.") from exc
+    try:
+        with socket.create_connection((host, port), timeout=_DASK_CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise SetupError(f"{DASK_OPTION} {address}: no Dask scheduler answers there "
+                         f"({exc.strerror or exc}).") from exc
 
 
 def _check_credentials() -> None:
@@ -224,33 +266,16 @@ def _check_health_imaging() -> None:
 
 
 def _check_ledger(configured: str | None, report_location: str) -> None:
-    """The ledger opens. The default SQLite file beside local reports is not
-    opened here: that would create the report folder, which the folder check
-    has already vouched for."""
-    if not configured and not is_s3(report_location):
-        return
+    """The ledger can be had, without beginning one (the data store is still
+    to be resolved): a SQLite ledger not there yet needs a folder that can
+    be made, as the report folder does; another database must answer."""
     try:
         url = ledger_url(configured, report_location)
-    except LedgerError as exc:  # reports on S3 and no ledger URL
-        raise SetupError(str(exc)) from exc
-    try:
-        with engine_for(url).connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        if not ledger_exists(url) and (path := sqlite_path(url)) is not None:
+            _check_local_folder(LEDGER_SETTING if configured else REPORT_OPTION,
+                                str(path.parent))
     except LedgerError as exc:
-        raise SetupError(f"{LEDGER_SETTING}: {exc}") from exc
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise SetupError(
-            f"{LEDGER_SETTING} {_without_password(url)}: cannot open the ledger: "
-            f"{str(reason).splitlines()[0]}."
-        ) from exc
-
-
-def _without_password(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(unparsable URL)"
+        raise SetupError(str(exc)) from exc
 
 
 def _refused(what: str, operation: str, exc: ClientError) -> SetupError:
@@ -266,7 +291,8 @@ def preflight(
     staging_prefix: str | None = None,
     output_prefix: str | None = None,
     imports: bool = True,
+    dask_address: str | None = None,
 ) -> None:
     """The run's first step; fails the run with a :class:`SetupError`."""
     check_setup(report_location, source, staging_prefix, output_prefix,
-                get_settings().ledger_url, imports)
+                get_settings().ledger_url, imports, dask_address)

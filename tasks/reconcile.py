@@ -16,9 +16,18 @@ the decision asks for it (it lets an update change UIDs and StudyID of a
 non-primary set, and a copy keep the destination's values where the two
 still disagree). This is AWS's documented way out of a conflict.
 
+A dry run and ``--apply`` make one plan (``plan_decision``), and it checks
+what the writes will check: a correction that needs ``force``, an instance
+already in the primary set, values that still differ from the primary
+set's without ``force``. A decision the dry run shows is one the writes
+take, unless the sets change in between.
+
 A copy leaves its source in place (it copies, never moves), so once the
-copy has finished the non-primary set is deleted: its instances are in the
-primary set, and a set left behind would be listed as a conflict forever.
+copy has finished the files imported into the non-primary set are placed,
+in the ledger, in the set that now holds their instances (with the keywords
+whose values the decision changed: tasks.reconcile_record), and the
+non-primary set is deleted: a set left behind would be listed as a
+conflict forever.
 Every write sends the version it expects (``latestVersionId``): a set that
 changed since it was looked at is refused by HealthImaging rather than
 overwritten, and the decision fails with one line saying so.
@@ -50,7 +59,7 @@ from tasks.conflicts import (
     primary_image_set,
 )
 from tasks.locations import filesystem_for
-from tasks.reconcile_record import Change, ReconcileRecord
+from tasks.reconcile_record import Change, Placement, ReconcileRecord
 from tasks.statuses import DecisionAction as Action
 from tasks.statuses import DecisionOutcome, ImageSetState, ReconcileOutcome
 
@@ -59,7 +68,11 @@ SCHEMA_VERSION = "1.1"
 # What UpdateImageSetMetadata answers for a stale latestVersionId.
 _NOT_LATEST = "not the latest"
 _HOME_LEVEL = {keyword: level for level, keyword in COMPARED_ELEMENTS}
-_IDENTITY = ("StudyInstanceUID", "SeriesInstanceUID")
+_LEVELS = ("Patient", "Study", "Series")
+# Corrections UpdateImageSetMetadata refuses without force: UIDs and Study ID
+# (docs/healthimaging.md, "Image sets"); multi-valued and sequence values too,
+# as the local service reads AWS's metadata constraints.
+_NEEDS_FORCE = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyID"})
 UPDATE, COPY, DELETE = "UpdateImageSetMetadata", "CopyImageSet", "DeleteImageSet"
 
 
@@ -126,18 +139,25 @@ def read_decisions(path: str) -> dict[str, Decision]:
 
 @dataclass(frozen=True)
 class Plan:
-    """What carrying out one decision takes, found out by reading only."""
+    """What carrying out one decision takes, found out by reading only: the
+    dry run prints it, ``--apply`` carries out exactly it."""
 
     image_set_id: str
     decision: Decision
     # The version the first write expects.
     version: str
-    study_instance_uid: str
+    # The set's series, as its metadata document keys it now.
     series_instance_uid: str
+    # Where its instances go: the study and series once corrected.
+    target_study_instance_uid: str
+    target_series_instance_uid: str
     # Keyword -> level of the metadata document (Patient, Study or Series).
     levels: dict[str, str] = field(default_factory=dict)
     primary_image_set_id: str | None = None
     primary_version: str | None = None
+    # Keywords whose values the instances hold afterwards other than their
+    # import stored them: corrected, or the primary set's kept (force).
+    changed: tuple[str, ...] = ()
 
     @property
     def keywords(self) -> str | None:
@@ -169,17 +189,21 @@ class Plan:
         else:
             steps.append(f"{COPY} with promoteToPrimary{force}")
         steps.append(f"{DELETE} {self.image_set_id}")
-        return f"(series {self.series_instance_uid}) " + "; then ".join(steps)
+        changed = (f"; afterwards {', '.join(self.changed)} as reconciled, not as imported"
+                   if self.changed else "")
+        return f"(series {self.series_instance_uid}) " + "; then ".join(steps) + changed
 
 
 def plan_decision(
     client: Any, datastore_id: str, image_set_id: str, decision: Decision
 ) -> Plan:
-    """Check the decision against the data store as it is now.
+    """Check the decision against the data store as it is now, as the writes
+    will: a decision planned here is one HealthImaging accepts, unless the
+    sets change in between (each write then refuses a stale version).
 
     Raises:
         ReconcileError: the set is unknown, primary, busy, or the decision
-            cannot apply to it.
+            cannot apply to it, or one of its writes would be refused.
     """
     try:
         props = client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
@@ -201,34 +225,106 @@ def plan_decision(
             f"it holds {len(series_uids)} series; a decision applies to a set of one series"
         )
     series = series_uids[0]
-    levels = element_levels(document, series)
-    study = str(levels["Study"].get("StudyInstanceUID") or "")
+    imported = element_levels(document, series)
+    where = _correction_levels(decision, imported)
+    corrected = {level: dict(attributes) for level, attributes in imported.items()}
+    for keyword, level in where.items():
+        corrected[level][keyword] = decision.corrections[keyword]
+    study = str(corrected["Study"].get("StudyInstanceUID") or "")
+    target_series = str(corrected["Series"].get("SeriesInstanceUID") or series)
+    plan = Plan(image_set_id, decision, decision.version or str(props["versionId"]), series,
+                study, target_series, where)
+    primary = primary_image_set(client, datastore_id, study, target_series)
+    if decision.action is Action.MERGE:
+        if primary is None:
+            raise ReconcileError(
+                f"series {target_series} has no primary image set to merge into; promote it "
+                "instead"
+            )
+        after = _merged(client, datastore_id, plan, primary["imageSetId"], document, corrected)
+        return replace(plan, primary_image_set_id=primary["imageSetId"],
+                       primary_version=str(primary["version"]),
+                       changed=_changed(imported, after))
+    if primary is not None:
+        raise ReconcileError(
+            f"series {target_series} already has primary image set {primary['imageSetId']}: "
+            "merge into it, or correct StudyInstanceUID or SeriesInstanceUID (with force) "
+            "before promoting"
+        )
+    return replace(plan, changed=_changed(imported, corrected))
+
+
+def _correction_levels(decision: Decision, levels: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each corrected keyword's level, as UpdateImageSetMetadata will take it.
+
+    Raises:
+        ReconcileError: a keyword of no Patient, Study or Series level, or
+            one that changes only with force, without it.
+    """
     where = {}
-    for keyword in decision.corrections:
+    for keyword, value in decision.corrections.items():
         level = next((name for name, attributes in levels.items() if keyword in attributes),
                      _HOME_LEVEL.get(keyword))
         if level is None:
             raise ReconcileError(
                 f"{keyword} is not a Patient, Study or Series attribute of this image set"
             )
+        if not decision.force and (keyword in _NEEDS_FORCE or isinstance(value, list)):
+            raise ReconcileError(f"{UPDATE} would be refused: {keyword} changes only with "
+                                 "force (\"force\": true)")
         where[keyword] = level
-    plan = Plan(image_set_id, decision, decision.version or str(props["versionId"]), study,
-                series, where)
-    primary = primary_image_set(client, datastore_id, study, series)
-    if decision.action is Action.MERGE:
-        if primary is None:
-            raise ReconcileError(
-                f"series {series} has no primary image set to merge into; promote it instead"
-            )
-        return replace(plan, primary_image_set_id=primary["imageSetId"],
-                       primary_version=str(primary["version"]))
-    if primary is not None and not set(_IDENTITY) & set(where):
+    return where
+
+
+def _merged(
+    client: Any, datastore_id: str, plan: Plan, primary_id: str, document: dict[str, Any],
+    corrected: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """The Patient, Study and Series attributes the instances hold once
+    copied into the primary set: the primary's (a copy never rewrites what
+    its other instances say; with force, differences are kept so).
+
+    Raises:
+        ReconcileError: the copy would be refused: an instance is in the
+            primary set already, or values differ without force.
+    """
+    primary = image_set_document(client, datastore_id, primary_id)
+    if primary is None:
+        raise ReconcileError(f"primary image set {primary_id} is gone; look again")
+    duplicates = _instances(document) & _instances(primary)
+    if duplicates:
         raise ReconcileError(
-            f"series {series} already has primary image set {primary['imageSetId']}: merge "
-            "into it, or correct StudyInstanceUID or SeriesInstanceUID (with force) before "
-            "promoting"
+            f"{COPY} would be refused: {len(duplicates)} of its SOP instances are in primary "
+            f"image set {primary_id} already (an image set holds each once)"
         )
-    return plan
+    kept = element_levels(primary, plan.target_series_instance_uid)
+    if not kept["Series"]:
+        kept["Series"] = corrected["Series"]
+    differing = [keyword for level in _LEVELS
+                 for keyword in sorted(set(kept[level]) & set(corrected[level]))
+                 if kept[level][keyword] != corrected[level][keyword]]
+    if differing and not plan.decision.force:
+        raise ReconcileError(
+            f"{COPY} would be refused: the values of {', '.join(differing)} differ from "
+            f"primary image set {primary_id}; correct them, or set force to keep the primary "
+            "set's values"
+        )
+    return kept
+
+
+def _instances(document: dict[str, Any]) -> set[str]:
+    series = (document.get("Study") or {}).get("Series") or {}
+    return {uid for s in series.values() for uid in (s or {}).get("Instances") or {}}
+
+
+def _changed(
+    imported: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+) -> tuple[str, ...]:
+    """Keywords whose values differ between the import and the decision's end."""
+    return tuple(dict.fromkeys(
+        keyword for level in _LEVELS
+        for keyword in sorted(set(imported[level]) | set(after[level]))
+        if imported[level].get(keyword) != after[level].get(keyword)))
 
 
 def _wait_until_written(
@@ -336,9 +432,9 @@ class _Writer:
                     attributes=plan.keywords)
         return after
 
-    def copy(self, source_version: str) -> tuple[str, str]:
-        """The primary set that now holds the instances, and the source's
-        version after the copy."""
+    def copy(self, source_version: str) -> tuple[str, str, str]:
+        """The primary set that now holds the instances, its version after
+        the copy, and the source's."""
         plan = self.plan
         information: dict[str, Any] = {"sourceImageSet": {"latestVersionId": source_version}}
         expected = f"image set {plan.image_set_id} version {source_version}"
@@ -358,10 +454,11 @@ class _Writer:
             ), **source)
         destination = response["destinationImageSetProperties"]
         target = destination["imageSetId"]
+        target_version = str(destination["latestVersionId"])
         self.finish(COPY, (target, plan.image_set_id), target, plan.primary_version,
-                    str(destination["latestVersionId"]), **source)
+                    target_version, **source)
         source_after = response["sourceImageSetProperties"].get("latestVersionId")
-        return target, str(source_after or source_version)
+        return target, target_version, str(source_after or source_version)
 
     def delete(self, version: str) -> None:
         image_set_id = self.plan.image_set_id
@@ -383,7 +480,11 @@ def apply_plan(
     """
     writer = _Writer(client, datastore_id, plan, record, timeout)
     version = writer.update() if plan.levels else plan.version
-    primary, version = writer.copy(version)
+    primary, primary_version, version = writer.copy(version)
+    # Before the delete: from here on the instances are in the primary set.
+    record.place(Placement(plan.image_set_id, primary, primary_version,
+                           plan.target_study_instance_uid, plan.target_series_instance_uid,
+                           SEPARATOR.join(plan.changed) or None))
     writer.delete(version)
     return primary
 

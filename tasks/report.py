@@ -36,7 +36,7 @@ from tasks.report_row import FILE_COLUMNS as FILE_COLUMNS
 from tasks.report_row import PHI_COLUMNS as PHI_COLUMNS
 from tasks.report_row import file_rows, parquet_schema, report_columns
 from tasks.stage import StagedFile
-from tasks.statuses import FileStatus, FileValidity, JobStatus, StageAction
+from tasks.statuses import RUNNING, FileStatus, FileValidity, JobStatus, StageAction
 from tasks.validate import ValidationRecord
 from tasks.viewer_paths import viewer_paths
 
@@ -107,6 +107,8 @@ def build_file_report(
             "reason_code": [r.reason_code.value if r.reason_code else None for r in records],
             "reason_message": [r.reason_message for r in records],
             "expected_warnings": [r.expected_warnings for r in records],
+            # Known before staging only for a file found already imported.
+            "known_sha256": [r.sha256 for r in records],
         }
     )
     if include_phi:
@@ -130,6 +132,8 @@ def build_file_report(
         columns=["source_uri", "staged_key", "stage_action", "stage_error", "sha256"],
     )
     files = files.merge(stage, on="source_uri", how="left")
+    staged_sha256 = files["sha256"].astype(object)
+    files["sha256"] = staged_sha256.where(staged_sha256.notna(), files.pop("known_sha256"))
     jobs = pd.DataFrame(
         {
             "batch_id": [o.batch_id for o in outcomes],
@@ -184,11 +188,13 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
          files["reason_message"]),
         (validity == FileValidity.DUPLICATE.value, FileStatus.DUPLICATE, None,
          files["reason_message"]),
+        (validity == FileValidity.ALREADY_IMPORTED.value, FileStatus.ALREADY_IMPORTED, None,
+         files["reason_message"]),
         (files["batch_id"].isna(), FileStatus.IMPORT_FAILED, "NotBatched",
          "The file was valid but was not put in any batch."),
         (files["stage_action"] == StageAction.FAILED.value, FileStatus.IMPORT_FAILED,
          "StagingError", files["stage_error"]),
-        ((job == JobStatus.INTERRUPTED.value) & files["job_id"].notna(), FileStatus.SUBMITTED,
+        (job.isin([s.value for s in RUNNING]) & files["job_id"].notna(), FileStatus.SUBMITTED,
          None, files["job_message"]),
         ((job == JobStatus.INTERRUPTED.value) | (files["stage_action"]
                                                  == StageAction.INTERRUPTED.value),

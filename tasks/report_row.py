@@ -70,7 +70,8 @@ FILE_ROW: tuple[Column, ...] = (
            history="series_number"),
     Column("transfer_syntax", TEXT, "Transfer Syntax UID, from its header.",
            history="transfer_syntax"),
-    Column("sha256", TEXT, "Of the bytes staged; empty when never staged or copied within S3.",
+    Column("sha256", TEXT, "Of the bytes staged, or read to find them already imported; "
+           "empty when never staged or copied within S3.",
            latest="sha256", history="sha256"),
     Column("batch_id", TEXT, "The batch it was put in.", latest="batch_id", history="batch_id"),
     Column("staged_key", TEXT, "Where it was staged for import.", history="staged_key"),

@@ -33,7 +33,8 @@ SETTLED = frozenset(
     {FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value,
      FileStatus.INVALID.value, FileStatus.DUPLICATE.value, FileStatus.IMPORT_FAILED.value,
      FileStatus.JOB_FAILED.value, FileStatus.TIMED_OUT.value, FileStatus.OUTPUT_MISSING.value,
-     FileStatus.GIVEN_UP.value, FileStatus.VERIFY_MISMATCH.value}
+     FileStatus.GIVEN_UP.value, FileStatus.VERIFY_MISMATCH.value,
+     FileStatus.ALREADY_IMPORTED.value}
 )
 
 
@@ -61,7 +62,7 @@ RETRYABLE = frozenset(s for s in SETTLED if retry_class(s, None) is not RetryCla
 def skip_when_unchanged(
     status: str | None, error_type: str | None, attempts: int, max_attempts: int
 ) -> Skip | None:
-    """Whether an only_new run leaves an unchanged file alone.
+    """Whether a run (unless told to reimport) leaves an unchanged file alone.
 
     A failure that may pass with the same bytes (a FAILED job, a server
     error, a job nobody waited for to the end) is taken again: its next job

@@ -39,8 +39,14 @@ class FileStatus(StrEnum):
     # Its job failed for a reason that may pass, max_attempts times (retry).
     GIVEN_UP = "given_up"
     # Imported, but verification found the data store does not hold it as the
-    # source has it (tasks.verify): importing it again replaces the instance.
+    # source has it (tasks.verify): retry_failed imports it again where that
+    # replaces the instance, else leaves it to a reconcile decision
+    # (tasks.retry_mismatch).
     VERIFY_MISMATCH = "verify_mismatch"
+    # Not imported: the data store already holds its SOP instance with the
+    # same SHA-256, imported from another file (a copy in another source),
+    # named in its error_message (tasks.ledger.instances). Reimport imports it.
+    ALREADY_IMPORTED = "already_imported"
 
 
 class JobStatus(StrEnum):
@@ -54,12 +60,15 @@ class JobStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     # Ours: StartDICOMImportJob itself was refused, so there is no job.
     NOT_STARTED = "NOT_STARTED"
-    # Ours: the operator stopped the run; a job (if one started) goes on.
+    # Ours: the operator stopped the run before the batch's job started: no job.
     INTERRUPTED = "INTERRUPTED"
 
 
 # The statuses after which HealthImaging never changes a job again.
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+# HealthImaging's words for a job still running: what a run that stopped
+# waiting (Ctrl-C) says of the jobs it leaves, as it last saw them.
+RUNNING = frozenset({JobStatus.SUBMITTED, JobStatus.IN_PROGRESS})
 
 
 class DatastoreStatus(StrEnum):
@@ -78,6 +87,9 @@ class FileValidity(StrEnum):
     VALID = "valid"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
+    # Valid, but the data store already holds its SOP instance with these
+    # bytes, imported from another file: not sent again.
+    ALREADY_IMPORTED = "already_imported"
 
 
 class StageAction(StrEnum):
@@ -99,7 +111,7 @@ class Change(StrEnum):
 
 
 class Skip(StrEnum):
-    """Why an only_new ingestion leaves an unchanged file alone."""
+    """Why an ingestion leaves an unchanged file alone (unless told to reimport)."""
 
     # Done, or refused for what its bytes are: the same bytes meet the same end.
     SETTLED = "settled"

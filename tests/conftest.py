@@ -24,6 +24,11 @@ from tests.local_service import serve_locally
 from tests.operations.served import free_port
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dicom-import-prefect-")
+# The default report location and ledger are in the user's data folder
+# (config.settings): never the real user's. Each test gets its own below;
+# this one covers what runs before a test's fixtures.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dicom-import-data-")
+os.environ.pop("DICOM_IMPORT_REPORT_LOCATION", None)
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # Prefect's temporary server took 150 s to start with two suites and other
@@ -45,6 +50,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (1 if item.get_closest_marker("slow") else 2), 0.0
 
     items.sort(key=order)
+
+
+@pytest.fixture(autouse=True)
+def user_data_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A data folder of the test's own: runs that take the default report
+    location share a ledger within a test, never across tests."""
+    folder = tmp_path_factory.mktemp("data-home")
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    get_settings.cache_clear()  # settings are read once per process
+    yield folder
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,3 +45,37 @@ def serve_locally(monkeypatch: pytest.MonkeyPatch, **config: Any) -> Iterator[An
                      "DICOM_IMPORT_LEDGER_URL"):
             monkeypatch.delenv(name, raising=False)
         yield svc
+
+
+@contextmanager
+def local_service_process(log: Path, *options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``dicom-import local`` in a process of its own (whose memory a test
+    can read, or which listens beyond loopback), once it serves: the
+    process and what it printed (endpoint, admin token). Its log goes to
+    ``log``: a pipe nobody read would fill and stop the service. Stopped
+    with Ctrl-C at the end."""
+    repo = Path(__file__).resolve().parents[1]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
+             "local", *options],
+            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+        try:
+            assert process.stdout is not None
+            printed = ""
+            while "Ctrl-C" not in printed:
+                line = process.stdout.readline()
+                assert line, log.read_text()
+                printed += line
+            yield process, printed
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+
+
+def endpoint_printed(printed: str) -> str:
+    found = re.search(r"AWS_ENDPOINT_URL=(\S+)", printed)
+    assert found is not None, printed
+    return found[1]

@@ -6,10 +6,19 @@ reading staged data. With ``Credentials`` the signature is recomputed from the
 request as it arrived, with botocore's own signers, and must match:
 
 - SigV4 in the ``Authorization`` header: the signed headers, query and path,
-  and the payload hash. A declared ``x-amz-content-sha256`` (S3) must be the
-  hash of the body received; ``UNSIGNED-PAYLOAD`` and the ``STREAMING-*``
-  modes leave the body unsigned, as on AWS (chunk signatures of
-  ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` are not checked).
+  and the payload hash. Everything the headers hold is checked before any of
+  the body is read, so a wrong key or secret is refused unread; what depends
+  on the body is checked as it streams (emulator.edge.signed_body):
+  - a declared ``x-amz-content-sha256`` hex hash (S3, curl) signs as declared
+    and must be the hash of the body received;
+  - no declared hash (botocore for medical-imaging): the body's hash, known
+    once the body is read, completes the signature;
+  - ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` (AWS's STOW-RS example): the seed
+    signature at once; for medical-imaging the ``aws-chunked`` body is
+    decoded and every chunk's signature checked. S3 leaves the decoding to
+    moto, chunk signatures unchecked;
+  - ``UNSIGNED-PAYLOAD`` and the other ``STREAMING-*`` modes leave the body
+    unsigned, as on AWS.
 - SigV4 presigned URLs (``X-Amz-Signature``), with their expiry.
 - S3's SigV2 (``Authorization: AWS key:signature`` and the ``AWSAccessKeyId``
   / ``Signature`` / ``Expires`` query boto3 still presigns with by default).
@@ -22,7 +31,6 @@ from __future__ import annotations
 import calendar
 import hashlib
 import hmac
-import io
 import re
 import time
 from dataclasses import dataclass
@@ -33,11 +41,12 @@ from urllib.parse import quote, unquote, urlsplit
 from botocore.auth import SIGV4_TIMESTAMP, HmacV1Auth, S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials as BotocoreCredentials
-from werkzeug.wrappers import Request
 
 from emulator.config import Credentials
+from emulator.edge.auth_errors import AuthError
 from emulator.edge.quoted_values import quoted
-from emulator.edge.request_bodies import BUFFERED_BODY
+from emulator.edge.signed_body import STREAMING_SIGNED, ChunkSigner, check_hash, decode_aws_chunked
+from emulator.state.service_model import SERVICE_NAME
 
 _V4 = "AWS4-HMAC-SHA256"
 _V4_HEADER = re.compile(
@@ -45,19 +54,8 @@ _V4_HEADER = re.compile(
     r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-fA-F]+)\s*$"
 )
 _V2_HEADER = re.compile(r"^AWS (?P<key>[^:\s]+):(?P<signature>\S+)$")
-_HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-
-
-class AuthError(Exception):
-    """A refused request. ``reason`` is one of: missing, malformed,
-    unknown_key, signature, expired, payload_hash; each service renders it as
-    AWS names it."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -68,9 +66,10 @@ class Signature:
     presigned: bool
     access_key: str
     signature: str
+    # The credential scope's; SigV2 is S3's alone here.
+    service: str = "s3"
     # SigV4 only.
     region: str = ""
-    service: str = ""
     signed_headers: tuple[str, ...] = ()
 
 
@@ -114,13 +113,14 @@ def _v4(presigned: bool, credential: str, signed: str, signature: str) -> Signat
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request" or not re.fullmatch(r"\d{8}", parts[1]):
         raise AuthError("malformed", f"The credential scope {quoted(credential)!r} is malformed.")
-    return Signature(4, presigned, parts[0], signature.lower(), parts[2], parts[3],
-                     tuple(signed.lower().split(";")))
+    return Signature(4, presigned, parts[0], signature.lower(), service=parts[3],
+                     region=parts[2], signed_headers=tuple(signed.lower().split(";")))
 
 
 def verify(environ: dict[str, Any], signature: Signature, credentials: Credentials) -> None:
     """Raise AuthError unless ``signature`` was made with ``credentials`` over
-    this very request. May read the body, and then leaves it readable again."""
+    this very request: at once for what the headers hold; for the body, as it
+    is read (the reader must read it to its end before trusting it)."""
     if signature.access_key != credentials.access_key:
         raise AuthError("unknown_key",
                         f"The access key {quoted(signature.access_key)!r} is not known.")
@@ -142,18 +142,47 @@ def _verify_v4(environ: dict[str, Any], signature: Signature, credentials: Crede
         timestamp = headers.get("X-Amz-Date") or _v4_date(headers.get("Date"))
     if "host" not in signature.signed_headers:
         raise AuthError("signature", "The signed headers must include host.")
+
+    method, url = environ["REQUEST_METHOD"], _url(environ)
+
+    def signed_with(payload_hash: str) -> None:
+        expected = _v4_signature(method, url, signature, credentials, query, headers, timestamp,
+                                 payload_hash)
+        _compare(expected, signature.signature)
+
     declared = headers.get("X-Amz-Content-SHA256")
-    if declared:
-        payload_hash = declared
-    elif signature.presigned and signature.service == "s3":
-        payload_hash = UNSIGNED_PAYLOAD
-    else:
-        payload_hash = hashlib.sha256(read_body(environ)).hexdigest()
-    if (
-        declared and _HEX_SHA256.match(declared)
-        and hashlib.sha256(read_body(environ)).hexdigest() != declared
-    ):
+    if not declared and signature.presigned and signature.service == "s3":
+        declared = UNSIGNED_PAYLOAD
+    if not declared:
+        # The payload hash is the body's: the signature is known once it is read.
+        check_hash(environ, signed_with)
+        return
+    signed_with(declared)
+    if _HEX_SHA256.match(declared):
+        check_hash(environ, lambda digest: _payload_matches(digest, declared))
+    elif declared == STREAMING_SIGNED and signature.service == SERVICE_NAME:
+        scope = f"{timestamp[:8]}/{signature.region}/{signature.service}/aws4_request"
+        key = signing_key(credentials.secret_key, scope)
+        decode_aws_chunked(environ, ChunkSigner(key, timestamp, scope, signature.signature))
+
+
+def _payload_matches(digest: str, declared: str) -> None:
+    if digest != declared.lower():
         raise AuthError("payload_hash", "The body does not match its x-amz-content-sha256.")
+
+
+def signing_key(secret_key: str, scope: str) -> bytes:
+    """SigV4's signing key for a credential scope ``date/region/service/aws4_request``."""
+    key = f"AWS4{secret_key}".encode()
+    for part in scope.split("/"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def _v4_signature(
+    method: str, url: str, signature: Signature, credentials: Credentials,
+    query: list[tuple[str, str]], headers: HTTPHeaders, timestamp: str, payload_hash: str,
+) -> str:
     signer_class = _DeclaredS3SigV4 if signature.service == "s3" else _DeclaredSigV4
     signer = signer_class(
         BotocoreCredentials(credentials.access_key, credentials.secret_key),
@@ -161,11 +190,11 @@ def _verify_v4(environ: dict[str, Any], signature: Signature, credentials: Crede
     )
     signer.signed = signature.signed_headers
     signer.payload_hash = payload_hash
-    request = AWSRequest(method=environ["REQUEST_METHOD"], url=_url(environ), headers=headers)
+    request = AWSRequest(method=method, url=url, headers=headers)
     request.params = query
     request.context["timestamp"] = timestamp
     string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
-    _compare(signer.signature(string_to_sign, request), signature.signature)
+    return str(signer.signature(string_to_sign, request))
 
 
 class _AsDeclared:
@@ -286,15 +315,3 @@ def query_pairs(environ: dict[str, Any]) -> list[tuple[str, str]]:
             key, _, value = item.partition("=")
             pairs.append((unquote(key), unquote(value)))
     return pairs
-
-
-def read_body(environ: dict[str, Any]) -> bytes:
-    """The request body, read once and put back for the application."""
-    body: bytes | None = environ.get(BUFFERED_BODY)
-    if body is None:
-        body = Request(environ).get_data()
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
-        environ[BUFFERED_BODY] = body
-    return body
-

@@ -63,13 +63,15 @@ class OriginPolicy:
         """The ``Host`` names this service: its address, a loopback name when
         it listens on loopback; when it listens on every interface, also an IP
         address (a rebinding page sends a name, never an IP) or this machine's
-        name."""
+        name. With this service's port or with none (dicomweb-client sends the
+        name alone): what keeps a rebinding page out is the name its browser
+        sends, its own, never one of these."""
         try:
             split = urlsplit("//" + environ.get("HTTP_HOST", ""))
-            name, port = (split.hostname or ""), (split.port or 80)
+            name, port = (split.hostname or ""), split.port
         except ValueError:
             return False
-        if not name or port != self.port:
+        if not name or port not in (None, self.port):
             return False
         if name == self.bound_host:
             return True

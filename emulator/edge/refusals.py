@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 
 from emulator.edge.auth import Signature
 from emulator.edge.responses import render_error
-from emulator.edge.urls import match
+from emulator.edge.urls import is_dicomweb, match
 from emulator.state.exceptions import (
     AccessDeniedException,
     HealthImagingError,
@@ -33,6 +33,7 @@ _S3: dict[str, tuple[str, int]] = {
     "expired": ("AccessDenied", 403),
     "payload_hash": ("XAmzContentSHA256Mismatch", 400),
     "host": ("AccessDenied", 403),
+    "admin": ("AccessDenied", 403),
 }
 _HEALTH_IMAGING: dict[str, type[HealthImagingError]] = {
     "missing": MissingAuthenticationTokenException,
@@ -42,6 +43,7 @@ _HEALTH_IMAGING: dict[str, type[HealthImagingError]] = {
     "expired": InvalidSignatureException,
     "payload_hash": InvalidSignatureException,
     "host": AccessDeniedException,
+    "admin": AccessDeniedException,
 }
 _S3_MESSAGES = {
     "missing": "Access Denied",
@@ -55,11 +57,12 @@ _HEALTH_IMAGING_MESSAGES = {
 
 def service_asked(environ: dict[str, Any], signature: Signature | None) -> str:
     """The signing name when the request has one; else medical-imaging when
-    the path is one of its routes, S3 otherwise."""
+    the path is one of its routes (DICOMweb included), S3 otherwise."""
     if signature is not None and signature.service:
         return signature.service
     raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "")
-    if match(environ.get("REQUEST_METHOD", ""), raw.split("?", 1)[0]):
+    path = raw.split("?", 1)[0]
+    if match(environ.get("REQUEST_METHOD", ""), path) or is_dicomweb(path):
         return SERVICE_NAME
     return "s3"
 

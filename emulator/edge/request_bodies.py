@@ -24,8 +24,6 @@ from emulator.state.service_model import service_model
 
 # Room for the JSON members around the blobs (keys, quotes, braces).
 _ENVELOPE_BYTES = 16 * 1024
-# The environ key of a body read ahead (emulator.edge.auth reads it from there).
-BUFFERED_BODY = "emulator.body"
 # Deeper than any operation's input shape (search filters are the deepest, ~6).
 MAX_JSON_DEPTH = 32
 
@@ -56,20 +54,25 @@ def read_body(request: Request) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(declared, limit)
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise _too_large(None, limit)
-    return raw
+    raw = bytearray()
+    while piece := request.stream.read(limit + 1 - len(raw)):
+        raw += piece
+        if len(raw) > limit:
+            raise _too_large(None, limit)
+    # Read to its end: a body checked as it streams (its signature) is
+    # checked by the read that reaches the end.
+    return bytes(raw)
 
 
 def buffer_body(environ: dict[str, Any]) -> None:
-    """Read the body within the cap, before anything else reads it (the
-    signature check hashes it), and put it back for whoever reads it next."""
+    """Read the body within the cap, before the operation runs (a body whose
+    signature is checked as it streams is checked here), and put it back for
+    whoever reads it next."""
     body = read_body(Request(environ))
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
+    environ["wsgi.input_terminated"] = False
     environ.pop("HTTP_TRANSFER_ENCODING", None)
-    environ[BUFFERED_BODY] = body
 
 
 def parse_json(raw: bytes) -> Any:

@@ -3,7 +3,8 @@
 Every request passes the door first (emulator.edge.origins: the ``Host`` it names
 and the CORS headers it gets; emulator.edge.auth: its signature), then is
 dispatched by the service name in its SigV4 credential scope:
-``medical-imaging`` goes to our app, everything else to moto's server (S3).
+``medical-imaging`` goes to our app, ``s3`` to moto's server. moto's other
+services and its own admin API (``/moto-api/...``) take the admin token.
 ``/_emulator/...`` is the admin route (emulator.edge.admin).
 """
 
@@ -21,15 +22,19 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.wrappers import Request
 
 from emulator.config import LOCAL_CREDENTIALS, Credentials, ServiceConfig
-from emulator.edge.admin import ADMIN_PREFIX, AdminRoute
-from emulator.edge.auth import AuthError, find_signature, verify
+from emulator.edge.admin import ADMIN_PREFIX, ADMIN_TOKEN_HEADER, AdminRoute
+from emulator.edge.auth import find_signature, verify
+from emulator.edge.auth_errors import AuthError
+from emulator.edge.dicomweb import DicomWebApp
 from emulator.edge.dicomweb_reads import DicomWebReads
-from emulator.edge.http_server import KeepAliveServer
+from emulator.edge.http_server import EdgeServer
 from emulator.edge.origins import OriginPolicy
 from emulator.edge.quoted_values import quoted
 from emulator.edge.refusals import refusal, service_asked
 from emulator.edge.request_bodies import RequestTooLarge, buffer_body
 from emulator.edge.responses import HealthImagingApp, render_error
+from emulator.edge.signed_body import CHECKED_BODY, STREAMING_SIGNED, decode_aws_chunked, spool
+from emulator.edge.stow import add_stow_routes
 from emulator.faults import FaultConfig, FaultInjector
 from emulator.state.models import HealthImagingBackend
 from emulator.state.service_model import SERVICE_NAME
@@ -37,7 +42,15 @@ from emulator.state.store import Store
 
 # S3 Control shares S3's signing name; moto serves it from another app.
 _S3_CONTROL_PATH = "/v20180820/"
-# How often the serving loop looks for a stop request.
+# The services this endpoint is for, by signing name. moto serves many more
+# (IAM, STS, SQS ...), and its admin API under /moto-api: those take the
+# admin token, so that a signed request (any key passes by default) cannot
+# reset what the service holds.
+_SERVED = frozenset({"s3", SERVICE_NAME})
+_MOTO_ADMIN_PREFIX = "/moto-api"
+# How often the serving loop looks for a stop request (and for idle
+# connections past their time): cheroot's 0.5 s would make every stop, which
+# tests and `demo` pay, wait that long.
 _SHUTDOWN_POLL_SECONDS = 0.02
 
 
@@ -54,6 +67,8 @@ class LocalApplication:
     ) -> None:
         self.backend = backend
         self.health_imaging = HealthImagingApp(backend, faults.before_call)
+        self.dicomweb = DicomWebApp(backend)
+        add_stow_routes(self.dicomweb, backend)
         self.dicomweb_reads = DicomWebReads(backend, faults.before_call)
         self.admin = AdminRoute(faults, admin_token, backend.config)
         self.credentials = credentials
@@ -72,18 +87,37 @@ class LocalApplication:
         preflight = None if admin else self.origins.preflight(environ)
         if preflight is not None:
             return preflight(environ, start_response)
-        start_response = self.origins.with_cors(environ, start_response, admin)
+        moto_admin = path.startswith(_MOTO_ADMIN_PREFIX)
+        start_response = self.origins.with_cors(environ, start_response, admin or moto_admin)
         if admin:
             return self.admin(Request(environ))(environ, start_response)
+        if moto_admin:
+            # moto's own admin API (reset, seed, state transitions): the admin
+            # token, no signature; /moto-api/reset wiped every bucket.
+            if not self.admin.token_given(environ):
+                return self.admin.needs_token()(environ, start_response)
+            return self.moto(environ, start_response)
         signature = None
         try:
             signature = find_signature(environ)
             if signature is None:
                 raise AuthError("missing", "The request is not signed.")
-            if signature.service == SERVICE_NAME:
-                buffer_body(environ)  # within its cap, before the signature hashes it
+            if signature.service not in _SERVED and not self.admin.token_given(environ):
+                raise AuthError("admin", f"{signature.service} is not served here: this "
+                                f"service serves {' and '.join(sorted(_SERVED))}. moto's other "
+                                f"services take the admin token (header {ADMIN_TOKEN_HEADER}).")
             if self.credentials is not None:
-                verify(environ, signature, self.credentials)
+                verify(environ, signature, self.credentials)  # the body: as it is read
+            if signature.service == SERVICE_NAME:
+                if environ.get("HTTP_X_AMZ_CONTENT_SHA256") == STREAMING_SIGNED:
+                    decode_aws_chunked(environ, None)  # unless verify() already did
+                if self.dicomweb.handles(environ):
+                    # STOW-RS streams its body to disk; the signature's check of
+                    # the body ends as it reads the last byte.
+                    return self.dicomweb(environ, start_response)
+                buffer_body(environ)
+            elif environ.get(CHECKED_BODY):
+                spool(environ)  # moto is given a body already checked
         except AuthError as error:
             refused = refusal(service_asked(environ, signature), error.reason, error.message)
             return refused(environ, start_response)
@@ -133,14 +167,15 @@ class LocalService:
         self.admin_token = secrets.token_urlsafe(32)
         # The application is given once the port is bound: the Host check needs it.
         try:
-            self._server = KeepAliveServer(host, port, None)
+            self._server = EdgeServer(host, port, None, self.config.idle_timeout_seconds,
+                                      _SHUTDOWN_POLL_SECONDS)
         except BaseException:
             self.backend.shutdown()
             self.store.close()  # a refused port must not keep the data directory held
             raise
         self.host = host
-        self.port = self._server.server_port
-        self._server.app = LocalApplication(
+        self.port = self._server.port
+        self._server.wsgi_app = LocalApplication(
             self.backend, self._injector,
             OriginPolicy(host, self.port, self.config.cors_origins),
             self.admin_token, self.config.credentials,
@@ -165,11 +200,8 @@ class LocalService:
         }
 
     def start(self) -> LocalService:
-        # serve_forever checks for shutdown every poll_interval (0.5 s by
-        # default): every stop waited that long, which tests and `demo` pay.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": _SHUTDOWN_POLL_SECONDS},
-            daemon=True, name="local-healthimaging",
+            target=self._server.serve, daemon=True, name="local-healthimaging",
         )
         self._thread.start()
         return self
@@ -179,8 +211,7 @@ class LocalService:
         grace period, then end FAILED), so that they can still reach S3
         here; then the server, then the store, which nothing uses any more."""
         self.backend.stop_imports(self.config.stop_grace_seconds)
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         if self._thread:
             self._thread.join(timeout=5)
         self.backend.shutdown()

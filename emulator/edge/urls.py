@@ -1,5 +1,6 @@
 """Routes of the HealthImaging REST API, built from the botocore model's
-``requestUri`` templates so that no route can drift from the real one."""
+``requestUri`` templates so that no route can drift from the real one, and
+what tells its DICOMweb paths (which the model does not have) apart."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ def match(method: str, raw_path: str) -> tuple[OperationModel, dict[str, str]] |
         if found:
             return route.operation, {k: unquote(v) for k, v in found.groupdict().items()}
     return None
+
+
+# DICOMweb paths continue a data store's path with studies, series or
+# instances (behaviour doc §7); no rest-json route does.
+_DICOMWEB_PATH = re.compile(r"^/datastore/[^/]+/(studies|series|instances)(/|$)")
+
+
+def is_dicomweb(raw_path: str) -> bool:
+    return bool(_DICOMWEB_PATH.match(raw_path))

@@ -45,12 +45,25 @@ class ConflictException(HealthImagingError):
     status = 409
 
 
+class UnsupportedMediaTypeException(HealthImagingError):
+    """A DICOMweb request body of a media type the operation does not take
+    (PS3.18's 415; AWS documents no name for it)."""
+
+    status = 415
+
+
 class ThrottlingException(HealthImagingError):
     status = 429
 
 
 class InternalServerException(HealthImagingError):
     status = 500
+
+
+class ServiceUnavailableException(HealthImagingError):
+    """The local service is stopping; the client may retry once it is back."""
+
+    status = 503
 
 
 # Refusals before any operation runs, named as AWS's front door names them for

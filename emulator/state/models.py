@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -36,7 +37,8 @@ from emulator.state.imagesets import ImageSetRepository, new_id
 from emulator.state.pagination import paginate
 from emulator.state.records import DATASTORE_TIMED, Datastore, ImportJob
 from emulator.state.store import Store
-from emulator.worker import importer
+from emulator.state.stored_instances import InstanceOutcome
+from emulator.worker import importer, stow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ DATASTORE_KIND = "datastore"
 JOB_KIND = "job"
 TAGS_KIND = "tags"
 TOKEN_KIND = "client_token"
+# A STOW-RS request between its first write and its answer: what a restart
+# finds of it was cut off, and is rolled back.
+STOW_KIND = "stow_request"
 # How often a job held for an injected duration reads that duration again.
 _JOB_DURATION_RECHECK_SECONDS = 0.05
 
@@ -157,6 +162,11 @@ class HealthImagingBackend(ImageSetOperations):
                     "The local HealthImaging service stopped while this job was running; "
                     "start a new import job for the same input.",
                 )
+        # A STOW-RS request cut off before its answer: its client saw no
+        # answer and will send it again, so nothing of it may stay.
+        for request_id, _ in list(self.store.load(STOW_KIND)):
+            self.image_sets.roll_back_import(request_id)
+            self.store.delete(STOW_KIND, request_id)
 
     # -- data stores --------------------------------------------------------
     def _settled(self, ds: Datastore) -> Datastore:
@@ -460,6 +470,22 @@ class HealthImagingBackend(ImageSetOperations):
             items = [j for j in items if j.status == jobStatus]
         page, token = paginate(items, maxResults, nextToken, (datastoreId, jobStatus))
         return {"jobSummaries": [j.to_summary() for j in page], "nextToken": token}
+
+    # -- DICOMweb STOW-RS ---------------------------------------------------
+    def store_dicom(
+        self, datastoreId: str, files: list[Path | None], studyInstanceUID: str | None = None
+    ) -> list[InstanceOutcome]:
+        """StoreDICOM, or StoreDICOMStudy with ``studyInstanceUID``: store
+        the instances of one request now, through the import jobs' own path,
+        and say what became of each (``files`` in request order, None for a
+        part that is not DICOM)."""
+        self.active_datastore(datastoreId)
+        request_id = f"stow-{new_id()}"
+        self._save(STOW_KIND, request_id, {"datastoreId": datastoreId})
+        try:
+            return stow.store_request(self, datastoreId, files, studyInstanceUID, request_id)
+        finally:
+            self.store.delete(STOW_KIND, request_id)
 
     # -- tags ---------------------------------------------------------------
     def _check_tag_target(self, arn: str) -> None:

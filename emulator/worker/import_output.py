@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from emulator.state.records import ImportJob
 from emulator.worker.grouping import ImageSetSummary, Placement
 from emulator.worker.import_warnings import ImportWarning
+from import_rules.codes import FailureReason
 
 CUSTOMER_ERROR = "ValidationException"
 SERVER_ERROR = "InternalServerException"
@@ -25,12 +26,21 @@ class OutputNotWritable(Exception):
 
 @dataclass
 class FileOutcome:
-    """What happened to one input file; ``exception_type`` set means it failed."""
+    """What happened to one input file: ``exception_type`` set means it
+    failed (``reason`` says why as a STOW-RS answer does), else it was
+    stored at ``placement``. The UIDs are those of the instance when the file
+    could be read that far (a STOW-RS answer names instances by them)."""
 
     input_file: str
     exception_type: str | None = None
     message: str | None = None
     warnings: list[ImportWarning] = field(default_factory=list)
+    reason: FailureReason | None = None
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    placement: Placement | None = None
 
 
 def _line(record: dict[str, Any]) -> str:
@@ -45,7 +55,6 @@ def write_job_output(
     s3: Any,
     job: ImportJob,
     outcomes: list[FileOutcome],
-    placements: dict[str, Placement],
     summaries: list[ImageSetSummary],
 ) -> None:
     """Write the manifest and the SUCCESS, FAILURE and WARNING files."""
@@ -65,7 +74,8 @@ def write_job_output(
                 )
             )
             continue
-        placement = placements[outcome.input_file]
+        placement = outcome.placement
+        assert placement is not None  # every file that did not fail was placed
         response = {"imageSetId": placement.image_set_id, "isPrimary": placement.is_primary}
         success.append(_line({"inputFile": outcome.input_file, "importResponse": response}))
         if outcome.warnings:

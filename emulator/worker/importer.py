@@ -1,43 +1,29 @@
-"""The import worker: list the input prefix, check and read each DICOM file,
-group instances into image sets, store metadata and frames, and write the
-job's output folder exactly as AWS lays it out (behaviour doc §3)."""
+"""The import worker: list the input prefix, store its files through the
+path STOW-RS shares (``storing``), and write the job's output folder exactly
+as AWS lays it out (behaviour doc §3)."""
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator.worker.dicom_json import instance_attributes
-from emulator.worker.frames import PutFrame, store_pixel_data
-from emulator.worker.grouping import ImageSetsBusy, PreparedInstance, place_instances
+from emulator.worker.grouping import ImageSetsBusy
 from emulator.worker.import_output import (
-    CUSTOMER_ERROR,
-    SERVER_ERROR,
-    FileOutcome,
     OutputNotWritable,
     check_output_writable,
     write_job_output,
 )
-from emulator.worker.import_warnings import discarded_warning
 from emulator.worker.input_objects import read_input_object
-from emulator.worker.metadata_mappings import LoadedMappings, load_mappings, mappings_of
-from emulator.worker.part10 import InvalidDicomFile, read_instance
+from emulator.worker.metadata_mappings import load_mappings, mappings_of
+from emulator.worker.storing import InputFile, InputUnreadable, StoringStopped, store_files
 
 if TYPE_CHECKING:
     from emulator.state.models import HealthImagingBackend
     from emulator.state.records import ImportJob
-
-log = logging.getLogger(__name__)
-
-# Files read, decoded and encoded at once within one job. Decoding and HTJ2K
-# encoding release the GIL, so threads scale with cores.
-FILE_WORKERS = min(8, os.cpu_count() or 1)
 
 
 class ImportJobFailed(Exception):
@@ -89,15 +75,13 @@ def list_input(s3: Any, input_s3_uri: str) -> list[InputObject]:
 def run_import(
     job: ImportJob, backend: HealthImagingBackend, before_placing: Callable[[], None]
 ) -> None:
-    """Import every object under the job's input prefix.
+    """Import every object under the job's input prefix, through the path
+    STOW-RS shares (``storing``), in input key order.
 
-    Files are read, checked and their frames stored in parallel; placing the
-    instances into image sets then happens once, in input key order, so the
-    result does not depend on which thread finished first. Placing comes
-    last, after ``before_placing`` (which holds the job for an injected
-    duration, and may raise ``ImportStopped``): until then a reader sees
-    nothing of the job but frames no set names. Whatever the job wrote is
-    marked with its ID, and the backend removes it if the job ends FAILED.
+    Placing comes last, after ``before_placing`` (which holds the job for an
+    injected duration, and may raise ``ImportStopped``): until then a reader
+    sees nothing of the job but frames no set names. Whatever the job wrote
+    is marked with its ID, and the backend removes it if the job ends FAILED.
     An empty input prefix completes with nothing scanned (AWS does not
     document this case).
     """
@@ -112,100 +96,30 @@ def run_import(
         (o for o in list_input(s3, job.input_s3_uri) if o.key not in mappings.keys),
         key=lambda o: o.key,
     )
-    lossless_format = backend.datastores[job.datastore_id].lossless_storage_format
-
-    def put_frame(frame_id: str, data: bytes, transfer_syntax_uid: str) -> None:
-        _stop_if_cancelled(backend)
-        backend.image_sets.put_frame(
-            frame_id, data, transfer_syntax_uid, import_job_id=job.job_id
-        )
-
-    def import_one(obj: InputObject) -> tuple[FileOutcome, PreparedInstance | None]:
-        return _import_file(s3, bucket, obj, backend, put_frame, lossless_format, mappings)
-
-    with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="import-file") as pool:
-        results = list(pool.map(import_one, objects))
-    before_placing()
-    _stop_if_cancelled(backend)
-    prepared = [instance for _, instance in results if instance is not None]
-    imported = {(i.study_instance_uid, i.series_instance_uid) for i in prepared}
-    outcomes = [outcome for outcome, _ in results]
-    outcomes += mappings.failures + mappings.unmatched(imported)
+    files = [
+        InputFile(o.key, o.size, partial(_read_object, s3, bucket, o.key, backend.s3_in_process))
+        for o in objects
+    ]
     try:
-        placed = place_instances(backend.image_sets, job.datastore_id, prepared, job.job_id)
+        stored = store_files(
+            backend, job.datastore_id, files, job.job_id,
+            prepare=lambda checked: mappings.apply(
+                checked.dataset, checked.study_instance_uid, checked.series_instance_uid),
+            before_placing=before_placing,
+        )
+    except StoringStopped:
+        raise ImportStopped from None
     except ImageSetsBusy as error:
         raise ImportJobFailed(str(error)) from error
+    outcomes = stored.outcomes + mappings.failures + mappings.unmatched(stored.series)
     try:
-        write_job_output(s3, job, outcomes, placed.placements, placed.summaries)
+        write_job_output(s3, job, outcomes, stored.summaries)
     except OutputNotWritable as error:
         raise ImportJobFailed(str(error)) from error
 
 
-def _stop_if_cancelled(backend: HealthImagingBackend) -> None:
-    """Where a stopping service ends an import: before each file and each
-    frame, and before the instances are placed (placing and the output then
-    run to their end, so an image set is never half written)."""
-    if backend.imports_cancelled.is_set():
-        raise ImportStopped
-
-
-def _import_file(
-    s3: Any,
-    bucket: str,
-    obj: InputObject,
-    backend: HealthImagingBackend,
-    put_frame: PutFrame,
-    lossless_format: str,
-    mappings: LoadedMappings,
-) -> tuple[FileOutcome, PreparedInstance | None]:
-    """Read, check and store the frames of one file. The file's own problems
-    become its FAILURE line, so one bad file does not stop the job."""
-    _stop_if_cancelled(backend)
-    limit = backend.config.max_bytes_per_file
-    if obj.size > limit:
-        return _failed(obj.key, CUSTOMER_ERROR, f"File is {obj.size} bytes; the limit is {limit}")
+def _read_object(s3: Any, bucket: str, key: str, in_process: bool) -> bytes:
     try:
-        data = read_input_object(s3, bucket, obj.key, backend.s3_in_process)
+        return read_input_object(s3, bucket, key, in_process)
     except (ClientError, BotoCoreError) as error:
-        return _failed(obj.key, SERVER_ERROR, f"Unable to read s3://{bucket}/{obj.key}: {error}")
-    try:
-        checked = read_instance(data)
-    except InvalidDicomFile as error:
-        return _failed(obj.key, CUSTOMER_ERROR, str(error))
-    mappings.apply(checked.dataset, checked.study_instance_uid, checked.series_instance_uid)
-    attributes = instance_attributes(checked.dataset)
-    try:
-        stored = store_pixel_data(
-            checked.dataset,
-            checked.transfer_syntax_uid,
-            put_frame,
-            transcode=backend.config.transcode_htj2k,
-            lossless_format=lossless_format,
-        )
-    except ImportStopped:
-        raise
-    except Exception:  # a bug or a storage failure here is ours, not the file's
-        log.exception("storing the frames of %s failed", obj.key)
-        return _failed(obj.key, SERVER_ERROR, "Internal error while storing the image frames")
-    entry = {
-        "DICOM": attributes.instance,
-        "DICOMVRs": attributes.vrs,
-        "StoredTransferSyntaxUID": str(stored.transfer_syntax_uid),
-        "ChecksumType": "DECOMPRESSED",
-        "ImageFrames": [frame.as_json() for frame in stored.frames],
-    }
-    instance = PreparedInstance(
-        obj.key,
-        checked.study_instance_uid,
-        checked.series_instance_uid,
-        checked.sop_instance_uid,
-        attributes,
-        entry,
-    )
-    outcome = FileOutcome(obj.key, warnings=checked.warnings + stored.warnings
-                          + discarded_warning(attributes.discarded))
-    return outcome, instance
-
-
-def _failed(key: str, exception_type: str, message: str) -> tuple[FileOutcome, None]:
-    return FileOutcome(key, exception_type, message), None
+        raise InputUnreadable(f"Unable to read s3://{bucket}/{key}: {error}") from error

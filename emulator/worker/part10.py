@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from emulator.worker.import_warnings import ImportWarning
+from import_rules.codes import FailureReason, failure_reason
 from import_rules.dataset_checks import check_nesting, check_values_complete
 from import_rules.rules import (
     IMAGE_ATTRIBUTES,
@@ -55,7 +56,12 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class InvalidDicomFile(Exception):
-    """The file cannot be imported; the message goes to its FAILURE line."""
+    """The file cannot be imported; the message goes to its FAILURE line (an
+    import job's) or its FailureReason (a STOW-RS answer's)."""
+
+    def __init__(self, message: str, reason: FailureReason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -73,9 +79,10 @@ def read_instance(data: bytes) -> CheckedInstance:
     try:
         return _checked(data)
     except Refusal as refusal:
-        raise InvalidDicomFile(refusal.message) from None
+        raise InvalidDicomFile(refusal.message, failure_reason(refusal.reason)) from None
     except Exception as error:  # a value pydicom cannot convert, in a way not foreseen
-        raise InvalidDicomFile(unreadable(error).message) from error
+        unread = unreadable(error)
+        raise InvalidDicomFile(unread.message, failure_reason(unread.reason)) from error
 
 
 def _checked(data: bytes) -> CheckedInstance:

@@ -104,7 +104,7 @@ class Claims(Runs):
         return KnownClaims(won, tuple(sorted(taken)))
 
     def settle_unchanged(
-        self, records: Sequence[ValidationRecord], only_new: bool
+        self, records: Sequence[ValidationRecord], skip_unchanged: bool
     ) -> tuple[list[ValidationRecord], int]:
         """Drop files whose version moved but whose bytes did not.
 
@@ -114,7 +114,7 @@ class Claims(Runs):
         they are released and their new version recorded, so the next run
         skips them unread.
         """
-        if not only_new:
+        if not skip_unchanged:
             return list(records), 0
         by_uri = {r.uri: r for r in records}
         with self.engine.begin() as conn:
@@ -183,6 +183,6 @@ def compare(row: sa.Row[*tuple[Any, ...]], item: SourceFile) -> Change:
 
 @task(name="skip-unchanged-content", cache_policy=NO_CACHE)
 def settle_unchanged(
-    ledger: Claims, records: list[ValidationRecord], only_new: bool
+    ledger: Claims, records: list[ValidationRecord], skip_unchanged: bool
 ) -> tuple[list[ValidationRecord], int]:
-    return ledger.settle_unchanged(records, only_new)
+    return ledger.settle_unchanged(records, skip_unchanged)

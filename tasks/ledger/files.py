@@ -36,6 +36,8 @@ class LedgerFile:
     job_id: str | None
     attempts: int
     batch_id: str | None = None
+    # The image set its latest outcome names (moved by a reconciliation).
+    image_set_id: str | None = None
 
     def as_source_file(self) -> SourceFile:
         return SourceFile(self.uri, self.size or 0, self.version or "", self.relative_path)
@@ -59,5 +61,5 @@ def ledger_file(row: sa.Row[*tuple[Any, ...]]) -> LedgerFile:
         study_instance_uid=row.study_instance_uid,
         series_instance_uid=row.series_instance_uid, status=row.status,
         error_type=row.error_type, reason=row.reason, job_id=row.job_id,
-        attempts=int(row.attempts or 0), batch_id=row.batch_id,
+        attempts=int(row.attempts or 0), batch_id=row.batch_id, image_set_id=row.image_set_id,
     )

@@ -86,7 +86,7 @@ class Inventory:
     ledger: Claims
     inventory_id: str
 
-    def fill(self, source: str, files: Iterable[SourceFile], only_new: bool,
+    def fill(self, source: str, files: Iterable[SourceFile], skip_unchanged: bool,
              max_attempts: int) -> Listing:
         """List ``files`` (a stream) into the inventory, a chunk per transaction.
 
@@ -96,11 +96,11 @@ class Inventory:
         """
         totals = Counter[str]()
         for chunk in chunks(files):
-            totals.update(self._fill_chunk(source, chunk, only_new, max_attempts))
+            totals.update(self._fill_chunk(source, chunk, skip_unchanged, max_attempts))
         return Listing(files=totals["files"], to_process=totals["to_process"],
                        skipped_unchanged=totals[Skip.SETTLED], given_up=totals[Skip.GIVEN_UP])
 
-    def _fill_chunk(self, source: str, chunk: list[SourceFile], only_new: bool,
+    def _fill_chunk(self, source: str, chunk: list[SourceFile], skip_unchanged: bool,
                     max_attempts: int) -> Counter[str]:
         files, inventory = files_table, inventory_table
         ledger = self.ledger
@@ -126,7 +126,7 @@ class Inventory:
                         "first_seen_at": now, "updated_at": now})
                 else:
                     change = compare(row, item)
-                    if only_new and change is Change.UNCHANGED:
+                    if skip_unchanged and change is Change.UNCHANGED:
                         skip = skip_when_unchanged(row.status, row.error_type,
                                                    int(row.attempts or 0), max_attempts)
                 counts[skip.value if skip else "to_process"] += 1
@@ -303,11 +303,12 @@ class Inventory:
                        files_table.c.uri == inventory_table.c.uri)
 
     def file_statuses(self) -> dict[str, int]:
-        """Latest outcome of every file listed (``unfinished``: none recorded
-        since the listing), for the summary of a migration."""
+        """Latest outcome of every file listed to be processed (``unfinished``:
+        none recorded since the listing), for the summary of a migration. Files
+        skipped as unchanged are not counted: their outcome is an earlier
+        run's, and the listing counts them (Listing.skipped_unchanged)."""
         files, inventory = files_table, inventory_table
         status = sa.case((inventory.c.done.is_(True), files.c.status),
-                         (inventory.c.skip.is_not(None), files.c.status),
                          else_=sa.literal(ListingState.UNFINISHED.value))
         with self.ledger.engine.begin() as conn:
             # Grouped by the expression, not a label: PostgreSQL reads a GROUP
@@ -316,7 +317,7 @@ class Inventory:
             rows = conn.execute(
                 sa.select(status, sa.func.count())
                 .join(files, self._same_file())
-                .where(self._mine())
+                .where(self._mine(), inventory.c.skip.is_(None))
                 .group_by(status)).all()
         return {str(status): int(count) for status, count in rows}
 
@@ -332,9 +333,9 @@ class Inventory:
 
 
 @task(name="list-source", cache_policy=NO_CACHE)
-def list_source(inventory: Inventory, source: str, only_new: bool,
+def list_source(inventory: Inventory, source: str, skip_unchanged: bool,
                 max_attempts: int) -> Listing:
-    return inventory.fill(source, iter_source(source), only_new, max_attempts)
+    return inventory.fill(source, iter_source(source), skip_unchanged, max_attempts)
 
 
 @task(name="claim-window", cache_policy=NO_CACHE)

@@ -17,7 +17,7 @@ from tasks.ledger.part import LedgerPart
 from tasks.ledger.schema import chunks, files_table, insert_for, jobs_table, outcomes_table
 from tasks.locations import S3Uri
 from tasks.poll import JobOutcome
-from tasks.statuses import TERMINAL, FileStatus, JobStatus
+from tasks.statuses import RUNNING, TERMINAL, FileStatus, JobStatus
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,8 @@ class Jobs(LedgerPart):
 
     def _record_jobs_ended(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> None:
         for outcome in outcomes:
-            # An interrupted wait leaves the job as it was: SUBMITTED, unread.
-            if outcome.job_id and outcome.status is not JobStatus.INTERRUPTED:
+            # A run that stopped waiting leaves the job as it was: SUBMITTED, unread.
+            if outcome.job_id and outcome.status not in RUNNING:
                 conn.execute(
                     sa.update(jobs_table)
                     .where(jobs_table.c.datastore_id == self.datastore_id,

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tasks.ledger.part import LedgerPart
-from tasks.ledger.schema import files_table, insert_for, runs_table
+from tasks.ledger.schema import LedgerError, engine_for, files_table, insert_for, runs_table
 from tasks.process_identity import ProcessIdentity
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Beats per presumed-dead period: a run survives a few missed beats (a busy
 # database, a pause) before its claims are taken.
 _BEATS_PER_PERIOD = 5
+# Runs named when a typed ID matches more than one.
+_CANDIDATES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -197,3 +199,34 @@ def _process_gone(row: sa.Row[*tuple[Any, ...]]) -> bool:
     with its PID and start time is (elsewhere, nobody here can tell)."""
     return (row.pid is not None and row.process_started_at is not None
             and ProcessIdentity(row.host, row.pid, row.process_started_at).is_gone())
+
+
+def run_id_from_prefix(url: str, typed: str) -> str:
+    """The ID of the one run recorded whose ID is ``typed`` or starts with it:
+    an operator types the 8 characters that end a report folder's name, not
+    36. A full ID is taken as it is, even if it begins another.
+
+    Raises:
+        LedgerError: no such run, or several (the message lists them).
+    """
+    runs = runs_table.c
+    matching = runs.run_id.startswith(typed, autoescape=True)
+    with engine_for(url).begin() as conn:
+        if conn.execute(sa.select(runs.run_id).where(runs.run_id == typed)).first():
+            return typed
+        total = conn.execute(sa.select(sa.func.count()).where(matching)).scalar_one()
+        shown = conn.execute(
+            sa.select(runs.run_id, runs.flow, runs.started_at).where(matching)
+            .order_by(runs.started_at, runs.run_id).limit(_CANDIDATES_SHOWN)
+        ).all()
+    if total == 1:
+        return str(shown[0].run_id)
+    if not total:
+        raise LedgerError(f"The ledger has no run {typed}, nor one whose ID starts with it: "
+                          "give the flow run ID the command printed (or the Prefect UI shows), "
+                          "and the report location (or ledger URL) of that run.")
+    named = ", ".join(f"{row.run_id} ({row.flow}, started {row.started_at:%Y-%m-%d %H:%M:%SZ})"
+                      for row in shown)
+    rest = f" and {total - len(shown)} more" if total > len(shown) else ""
+    raise LedgerError(f"{total} runs have an ID starting with {typed}: {named}{rest}; "
+                      "give more of the ID.")

@@ -23,9 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from import_rules.rules import MAX_UID_LENGTH
 from tasks.ledger.migrations import upgrade
-from tasks.locations import is_s3
 
-LEDGER_FILE_NAME = "ledger.sqlite"
 # Files per claim transaction: long enough to amortise the lock, short
 # enough that a concurrent run waits milliseconds, not seconds.
 CLAIM_CHUNK = 500
@@ -193,7 +191,7 @@ inventory_table = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("version", sa.String(256), nullable=False),
     sa.Column("change", sa.String(16), nullable=False),
-    # Why an only_new listing left the file alone (retry policy), else NULL.
+    # Why a listing left the file alone (retry policy; never with reimport), else NULL.
     sa.Column("skip", sa.String(16)),
     # An outcome was recorded for the file since it was listed, by this
     # inventory's runs or any other: nobody takes it from this inventory again.
@@ -255,6 +253,29 @@ reconcile_changes_table = sa.Table(
     sa.Index("ix_reconcile_changes_decided", "datastore_id", "decided_image_set_id"),
 )
 
+# Where each file's instance lives after dicom-reconcile copied the
+# non-primary image set it had landed in (tasks.reconcile_record): a file
+# whose outcome names that set is found here, by verification and retries.
+reconcile_placements_table = sa.Table(
+    "reconcile_placements",
+    metadata,
+    sa.Column("datastore_id", sa.String(64), primary_key=True),
+    sa.Column("uri", sa.String(2048), primary_key=True),
+    # The non-primary set the file's outcome names (deleted once copied).
+    sa.Column("from_image_set_id", sa.String(32), primary_key=True),
+    # The primary set that holds its instance now, at the version the copy made.
+    sa.Column("image_set_id", sa.String(32), nullable=False),
+    sa.Column("image_set_version", sa.String(32)),
+    # The instance's study and series there (a decision may correct them).
+    sa.Column("study_instance_uid", sa.String(MAX_UID_LENGTH)),
+    sa.Column("series_instance_uid", sa.String(MAX_UID_LENGTH)),
+    # Keywords whose values the decision left other than the import stored
+    # (";"-separated; corrections, or the primary set's values kept), never values.
+    sa.Column("attributes", sa.Text),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)
+
 runs_table = sa.Table(
     "ledger_runs",
     metadata,
@@ -277,23 +298,12 @@ runs_table = sa.Table(
 )
 
 
-def ledger_url(configured: str | None, report_location: str) -> str:
-    """The configured URL, else SQLite beside the reports.
-
-    Raises:
-        LedgerError: the reports go to S3, where SQLite cannot live.
-    """
-    if configured:
-        return configured
-    if is_s3(report_location):
-        raise LedgerError(
-            f"The report location {report_location} is on S3, where the SQLite ledger cannot "
-            "live: set DICOM_IMPORT_LEDGER_URL to a SQLite path (sqlite:////var/lib/dicom-import/"
-            "ledger.sqlite) or a PostgreSQL URL."
-        )
-    folder = Path(report_location).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / LEDGER_FILE_NAME}"
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ledger; None for another database (or SQLite in memory)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 _engines: dict[str, Engine] = {}
@@ -305,7 +315,7 @@ def engine_for(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _create_engine(url)
+            engine = new_engine(url)
             upgrade(engine)
             _engines[url] = engine
         return engine
@@ -323,9 +333,15 @@ def dispose_engine(url: str) -> None:
 _SQLITE_WAIT_SECONDS = 60.0
 
 
-def _create_engine(url: str) -> Engine:
+def new_engine(url: str) -> Engine:
+    """An engine of its own (:func:`engine_for` keeps one per URL, migrated)."""
     dialect = sa.engine.make_url(url).get_backend_name()
     if dialect == "sqlite":
+        # Opening a SQLite ledger begins it, folder and all; commands that
+        # must not begin one check first (tasks.ledger.location).
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # Waits for another run's write transaction instead of failing with
         # "database is locked".
         engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_WAIT_SECONDS})

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
@@ -15,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.ledger.files import IMPORTED
+from tasks.ledger.location import require_existing
 from tasks.ledger.schema import (
     LedgerError,
     chunks,
@@ -23,13 +23,16 @@ from tasks.ledger.schema import (
     outcomes_table,
     runs_table,
 )
+from tasks.ledger.schema import (
+    reconcile_placements_table as placements_table,
+)
 from tasks.statuses import FileStatus
 
 # Outcomes that say the file is in the data store: what verification checks.
-_LANDED = frozenset({*IMPORTED, FileStatus.VERIFY_MISMATCH.value})
+LANDED = frozenset({*IMPORTED, FileStatus.VERIFY_MISMATCH.value})
 IMPORTED_COLUMNS = ["source_uri", "sop_instance_uid", "study_instance_uid",
                     "series_instance_uid", "image_set_id", "job_id", "warning_codes",
-                    "status", "recorded_at"]
+                    "status", "recorded_at", "reconciled_attributes"]
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,28 @@ def imported_files(
 ) -> ImportedFiles:
     """The imported files of a run, of a job, or of a data store (optionally
     under a source): a run's and a job's as their outcomes recorded them, a
-    data store's as each file's latest outcome stands.
+    data store's as each file's latest outcome stands; either way in the
+    image set that holds the instance now, where a reconciliation moved it
+    (with the keywords it left other than imported: ``reconciled_attributes``).
 
     Raises:
         LedgerError: no such run.
     """
-    outcomes = outcomes_table.c
+    outcomes, placed = outcomes_table.c, placements_table.c
     columns = [outcomes.uri.label("source_uri"), outcomes.sop_instance_uid,
-               outcomes.study_instance_uid, outcomes.series_instance_uid,
-               outcomes.image_set_id, outcomes.job_id, outcomes.warning_codes, outcomes.status,
-               outcomes.recorded_at, outcomes.datastore_id]
-    query = sa.select(*columns).where(outcomes.status.in_(_LANDED))
+               sa.func.coalesce(placed.study_instance_uid, outcomes.study_instance_uid)
+               .label("study_instance_uid"),
+               sa.func.coalesce(placed.series_instance_uid, outcomes.series_instance_uid)
+               .label("series_instance_uid"),
+               sa.func.coalesce(placed.image_set_id, outcomes.image_set_id)
+               .label("image_set_id"),
+               outcomes.job_id, outcomes.warning_codes, outcomes.status, outcomes.recorded_at,
+               placed.attributes.label("reconciled_attributes"), outcomes.datastore_id]
+    query = sa.select(*columns).select_from(outcomes_table.outerjoin(
+        placements_table, sa.and_(placed.datastore_id == outcomes.datastore_id,
+                                  placed.uri == outcomes.uri,
+                                  placed.from_image_set_id == outcomes.image_set_id)),
+    ).where(outcomes.status.in_(LANDED))
     with engine_for(url).begin() as conn:
         if run_id:
             run = conn.execute(sa.select(runs_table.c.datastore_id)
@@ -77,7 +91,7 @@ def imported_files(
             files = files_table.c
             query = query.join(files_table, sa.and_(
                 files.datastore_id == outcomes.datastore_id, files.uri == outcomes.uri,
-                files.run_id == outcomes.run_id, files.status.in_(_LANDED)))
+                files.run_id == outcomes.run_id, files.status.in_(LANDED)))
         if datastore_id:
             query = query.where(outcomes.datastore_id == datastore_id)
         if source:
@@ -93,21 +107,6 @@ def imported_files(
     if datastore_id is None and len(stores) == 1:
         datastore_id = stores.pop()
     return ImportedFiles(datastore_id, rows[IMPORTED_COLUMNS].reset_index(drop=True))
-
-
-def require_existing(url: str) -> None:
-    """Opening a SQLite path that does not exist would create an empty ledger.
-
-    Raises:
-        LedgerError: no ledger there; the message says what to give.
-    """
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(
-        parsed.database
-    ).exists():
-        raise LedgerError(f"There is no ledger at {parsed.database}: give the report "
-                          "location the run used (--report-location), or set "
-                          "DICOM_IMPORT_LEDGER_URL.")
 
 
 @task(name="select-imported-files", cache_policy=NO_CACHE)
@@ -132,7 +131,7 @@ def record_verification(url: str, datastore_id: str, failed: Mapping[str, str]) 
                 .where(files_table.c.datastore_id == datastore_id,
                        files_table.c.uri == sa.bindparam("file_uri"),
                        # Not IN: an expanding parameter cannot go in executemany.
-                       sa.or_(*(files_table.c.status == status for status in _LANDED)))
+                       sa.or_(*(files_table.c.status == status for status in LANDED)))
                 .values(status=FileStatus.VERIFY_MISMATCH.value,
                         reason=sa.bindparam("file_reason"), updated_at=now),
                 [{"file_uri": uri, "file_reason": reason} for uri, reason in chunk],

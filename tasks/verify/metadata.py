@@ -106,9 +106,11 @@ def check_metadata(
     document: dict[str, Any], entry: dict[str, Any], item: FileToVerify, source: SourceFacts
 ) -> FileVerification:
     """Attributes at their levels and the number of frames, against the
-    source. Differences the import reported (a coercion warning) are named
-    in the detail but do not make a mismatch."""
+    source. Differences the import reported (a coercion warning), and those
+    an operator's reconciliation decided, are named in the detail but do not
+    make a mismatch."""
     warned = set((item.warning_codes or "").split(";"))
+    reconciled = set((item.reconciled or "").split(";"))
     study = document.get("Study") or {}
     levels = {
         "Patient": (document.get("Patient") or {}).get("DICOM") or {},
@@ -119,6 +121,9 @@ def check_metadata(
     differing = [keyword for level, keywords in COMPARED_ATTRIBUTES.items()
                  for keyword in keywords
                  if not _same(levels[level].get(keyword), source.attributes.get(keyword))]
+    decided = [keyword for keyword in differing if keyword in reconciled]
+    differing = [keyword for keyword in differing if keyword not in reconciled]
+    notes = [f"{', '.join(decided)} as reconciled"] if decided else []
     problems = [f"{keyword} differs" for keyword in differing]
     stored = len(entry.get("ImageFrames") or [])
     frames_differ = stored != source.frames
@@ -127,11 +132,14 @@ def check_metadata(
     tolerated = (not differing or warned & COERCION_WARNINGS) and (
         not frames_differ or warned & FRAME_WARNINGS)
     if not problems:
-        return FileVerification(item.source_uri, Verification.VERIFIED)
+        return FileVerification(item.source_uri, Verification.VERIFIED,
+                                "; ".join(notes) or None)
     if tolerated:
         return FileVerification(item.source_uri, Verification.VERIFIED,
-                                "as the import warned: " + "; ".join(problems))
-    return FileVerification(item.source_uri, Verification.MISMATCH, "; ".join(problems))
+                                "; ".join(["as the import warned: " + "; ".join(problems),
+                                           *notes]))
+    return FileVerification(item.source_uri, Verification.MISMATCH,
+                            "; ".join(problems + notes))
 
 
 def _same(stored: Any, source: str | None) -> bool:

@@ -27,6 +27,9 @@ class FileToVerify:
     # The warnings HealthImaging attached to it, as the report spells them
     # (';'-separated): a coercion it reported is not a mismatch.
     warning_codes: str | None = None
+    # Keywords a reconciliation left other than imported (';'-separated): an
+    # operator's decision, not a mismatch (tasks.reconcile_record).
+    reconciled: str | None = None
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def files_in(rows: pd.DataFrame) -> list[FileToVerify]:
     return [
         FileToVerify(r["source_uri"], r["sop_instance_uid"], r["study_instance_uid"],
                      r["series_instance_uid"], r["image_set_id"], r["job_id"],
-                     r["warning_codes"])
+                     r["warning_codes"], r.get("reconciled_attributes"))
         for r in rows.to_dict("records")
         if r["image_set_id"] and r["sop_instance_uid"] and r["study_instance_uid"]
         and r["series_instance_uid"]

@@ -53,7 +53,9 @@ def expected_statuses(folder: Path, slices: int) -> dict[Path, str]:
 
 
 @pytest.mark.heavy(minutes=3)
-def test_demo_accounts_for_every_sample_file_and_runs_again(tmp_path: Path) -> None:
+def test_demo_accounts_for_every_sample_file_and_runs_again(
+    tmp_path: Path, user_data_folder: Path
+) -> None:
     done = demo(tmp_path)
     assert "3 import jobs" in done.stdout
     assert done.stdout.rstrip().endswith(
@@ -61,6 +63,9 @@ def test_demo_accounts_for_every_sample_file_and_runs_again(tmp_path: Path) -> N
         "dicom-import-demo")
     output = tmp_path / "demo-output"
     assert statuses_by_file(output) == expected_statuses(tmp_path / "expected", 12)
+    assert done.stdout.rstrip().endswith(f"The demo's reports and ledger: {output / 'reports'}")
+    # Its ledger is its own: the user's data folder is left alone.
+    assert not (user_data_folder / "dicom-import").exists()
 
     # The folder is the demo's own now: a rerun replaces what it wrote, only that.
     (output / "notes.txt").write_text("mine")

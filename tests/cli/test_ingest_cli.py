@@ -33,6 +33,7 @@ def ingest(source: Path | str, tmp_path: Path, *extra: str) -> list[str]:
         str(source),
         "--datastore",
         "cli-store",
+        "--create-datastore",
         "--staging-prefix",
         f"s3://{BUCKET}/staging",
         "--output-prefix",

@@ -72,6 +72,9 @@ def test_slow_temporary_server_is_waited_for(tmp_path: Path) -> None:
     [line] = error_lines(done)
     assert done.returncode == 2
     assert "empty" in line and str(tmp_path / "empty") in line
+    # Prefect stops that server as the command exits, and says so in its own
+    # log line, which stays off the console without --verbose.
+    assert "Stopping temporary server" not in done.stderr, done.stderr
 
 
 def test_api_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:

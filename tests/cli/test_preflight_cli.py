@@ -110,6 +110,11 @@ def fails_in_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> st
     return line
 
 
+def datastore_names(svc: LocalService) -> list[str]:
+    summaries = admin(svc, "medical-imaging").list_datastores()["datastoreSummaries"]
+    return sorted(summary["datastoreName"] for summary in summaries)
+
+
 def assert_nothing_created(svc: LocalService, tmp_path: Path) -> None:
     assert admin(svc, "medical-imaging").list_datastores()["datastoreSummaries"] == []
     assert admin(svc, "s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
@@ -171,6 +176,24 @@ def test_unreachable_endpoint(service: LocalService, aws: AwsCalls, source: Path
     assert_nothing_created(service, tmp_path)
 
 
+@pytest.mark.parametrize(("address", "expected"), [
+    ("tcp://127.0.0.1:{closed}", "no Dask scheduler answers there"),
+    ("tcp://127.0.0.1:8786x", "not a Dask scheduler address"),
+    ("scheduler.internal", "not a Dask scheduler address"),
+    ("http://127.0.0.1:{closed}", "not a Dask scheduler address"),
+])
+def test_dask_address_that_cannot_serve(service: LocalService, aws: AwsCalls, source: Path,
+                                        tmp_path: Path, capsys: Any, address: str,
+                                        expected: str) -> None:
+    address = address.format(closed=closed_port())
+
+    line = fails_in_one_line(argv(source, tmp_path, **{"dask-address": address}), capsys)
+
+    assert line.startswith(f"dicom-import ingest: --dask-address {address}: {expected}")
+    assert not aws.calls  # found before any request
+    assert_nothing_created(service, tmp_path)
+
+
 def test_no_credentials(service: LocalService, aws: AwsCalls, source: Path, tmp_path: Path,
                         capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -188,17 +211,43 @@ def test_no_credentials(service: LocalService, aws: AwsCalls, source: Path, tmp_
     assert_nothing_created(service, tmp_path)
 
 
+@pytest.mark.parametrize(("url", "says"), [
+    ("sqlite:///{tmp_path}/a-file/ledger.sqlite", "is a file, not a folder"),
+    ("postgresql+psycopg://nobody@127.0.0.1:{port}/ledger", "cannot open the ledger"),
+], ids=["sqlite-under-a-file", "postgresql-not-answering"])
 def test_unusable_ledger_url(service: LocalService, aws: AwsCalls, source: Path,
-                             tmp_path: Path, capsys: Any,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DICOM_IMPORT_LEDGER_URL",
-                       f"sqlite:///{tmp_path}/no-such-folder/ledger.sqlite")
+                             tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch,
+                             url: str, says: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("DICOM_IMPORT_LEDGER_URL", url.format(tmp_path=tmp_path, port=port))
 
     line = fails_in_one_line(argv(source, tmp_path), capsys)
 
-    assert "DICOM_IMPORT_LEDGER_URL" in line and "no-such-folder" in line
-    assert "cannot open the ledger" in line
+    assert "DICOM_IMPORT_LEDGER_URL" in line and says in line
     assert_nothing_created(service, tmp_path)
+
+
+def test_a_mistyped_datastore_name_creates_nothing_unless_asked(
+    service: LocalService, source: Path, tmp_path: Path, capsys: Any
+) -> None:
+    admin(service, "medical-imaging").create_datastore(datastoreName="preflight-store")
+
+    line = fails_in_one_line(argv(source, tmp_path, datastore="preflight-stor"), capsys)
+
+    assert line == ("dicom-import ingest: --datastore preflight-stor: no data store has this "
+                    "name; the closest: preflight-store. To create it, give "
+                    "--create-datastore.")
+    assert datastore_names(service) == ["preflight-store"]
+    assert admin(service, "s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    assert not (tmp_path / "reports").exists()
+
+    code = main(argv(source, tmp_path, "--create-datastore", datastore="preflight-stor"))
+
+    assert code == 0, capsys.readouterr()
+    assert datastore_names(service) == ["preflight-stor", "preflight-store"]
 
 
 def test_unknown_datastore_id(service: LocalService, aws: AwsCalls, source: Path,

@@ -30,11 +30,14 @@ def test_every_spelling_of_a_folder_is_one_source(
     spellings = [str(tmp_path / "data" / "in1"), "in1", "./in1/", str(tmp_path / "link") + "/"]
     for source in spellings:
         code = main([
-            "ingest", source, "--datastore", "spelling-store",
+            "ingest", source, "--datastore", "spelling-store", "--create-datastore",
             "--staging-prefix", f"s3://{BUCKET}/staging/",
             "--output-prefix", f"s3://{BUCKET}/output",
             "--report-location", str(tmp_path / "reports"),
             "--poll-interval-seconds", "0.2", "--validation-workers", "1",
+            # Each run stages again: a spelling taken for another source
+            # would stage to another folder.
+            "--reimport",
         ])
         assert code == 0, capsys.readouterr().err
 
@@ -57,11 +60,11 @@ def test_an_s3_prefix_with_or_without_its_slash_is_one_source(
         s3.upload_file(str(path), BUCKET, f"landing/{path.name}")
     for source in (f"s3://{BUCKET}/landing", f"s3://{BUCKET}/landing/"):
         code = main([
-            "ingest", source, "--datastore", "s3-spelling-store",
+            "ingest", source, "--datastore", "s3-spelling-store", "--create-datastore",
             "--staging-prefix", f"s3://{BUCKET}/staging",
             "--output-prefix", f"s3://{BUCKET}/output",
             "--report-location", str(tmp_path / "reports"),
-            "--poll-interval-seconds", "0.2", "--validation-workers", "1",
+            "--poll-interval-seconds", "0.2", "--validation-workers", "1", "--reimport",
         ])
         assert code == 0, capsys.readouterr().err
     mi = boto3.client("medical-imaging", config=Config(inject_host_prefix=False))

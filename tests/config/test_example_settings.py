@@ -29,7 +29,8 @@ def load(path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def defaults() -> dict[str, Any]:
-    return {name: field.default for name, field in Settings.model_fields.items()}
+    return {name: field.get_default(call_default_factory=True)
+            for name, field in Settings.model_fields.items()}
 
 
 def test_every_setting_is_named_once() -> None:

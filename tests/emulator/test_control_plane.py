@@ -129,10 +129,15 @@ class TestDatastores:
 
 
 class TestImportJobApi:
-    def test_store_must_be_active(self, mi: Any, s3: Any) -> None:
-        ds = mi.create_datastore()["datastoreId"]
-        with pytest.raises(ClientError) as e:
-            start_job(mi, ds)
+    def test_store_must_be_active(self) -> None:
+        # A store of its own that stays CREATING: the shared service's stores
+        # turn ACTIVE in 50 ms, which a busy machine can spend between calls.
+        config = ServiceConfig(datastore_transition_seconds=600)
+        with LocalService(config=config) as svc:
+            mi, _ = make_clients(svc)
+            ds = mi.create_datastore()["datastoreId"]
+            with pytest.raises(ClientError) as e:
+                start_job(mi, ds)
         assert error_code(e) == "ConflictException"
 
     def test_client_token_is_idempotent(self, mi: Any, s3: Any, datastore_id: str) -> None:

@@ -26,6 +26,8 @@ KNOWN_CROSSINGS = {
     # The backend starts import jobs and checks their input quota up front;
     # turning that around (the worker handed to the backend) is its own change.
     ("emulator.state.models", "emulator.worker.importer"),
+    # Likewise for the instances of a STOW-RS request, stored as a job's are.
+    ("emulator.state.models", "emulator.worker.stow"),
 }
 
 

@@ -11,11 +11,9 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ import boto3
 import pytest
 import s3fs
 from botocore import UNSIGNED
-from botocore.auth import S3SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotocoreCredentials
@@ -42,6 +40,7 @@ from tests.emulator.conftest import (
     wait_datastore_active,
     wait_job_done,
 )
+from tests.local_service import local_service_process
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = REPO / ".awscli" / "bin" / "aws"
@@ -392,6 +391,16 @@ class TestAdminRoute:
         ({"fail_jobs_with_key": "(poison"}, "fail_jobs_with_key"),
         ({"throttle": "yes"}, "throttle"),
         ({"rates": {"GetDatastore": [1]}}, "rates.GetDatastore"),
+        # Each of these was taken, and some broke the service until restart.
+        ({"rates": {"GetDatastore": [1, 10**400]}}, "rates.GetDatastore"),
+        ({"rates": {"GetDatastore": [float("inf"), 1]}}, "rates.GetDatastore"),
+        ({"job_duration_seconds": float("inf")}, "job_duration_seconds"),
+        ({"job_duration_seconds": 1e12}, "job_duration_seconds"),
+        ({"fail_jobs": 10**30}, "fail_jobs"),
+        ({"fail_job_message": "x" * 5000}, "fail_job_message"),
+        ({"fail_jobs_with_key": "a" * 5000}, "fail_jobs_with_key"),
+        ({"seed": 2**80}, "seed"),
+        ({"seed": "7"}, "seed"),
     ])
     def test_checks_every_value(self, service: LocalService, change: dict[str, Any],
                                 field: str) -> None:
@@ -405,6 +414,103 @@ class TestAdminRoute:
         assert status == 200
         assert answer["error_rate"] == {"*": 0.5}
         assert service.faults.fail_jobs == 2
+
+    def test_a_body_over_its_bound_is_not_read(self, service: LocalService) -> None:
+        status, _ = self.post(service, {"fail_job_message": "x" * (100 * 1024)})
+        assert status == 413
+        assert service.faults.fail_job_message != "x" * (100 * 1024)
+
+
+class TestAdminClock:
+    """The clock once took {"advanceSeconds": -1e12}: a 500, then every
+    import failed until the service restarted."""
+
+    def clock(self, svc: LocalService, body: str | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {svc.admin_token}",
+                   "Content-Type": "application/json"}
+        status, _, answer = raw(svc, "POST" if body else "GET", "/_emulator/clock", headers,
+                                body.encode() if body else None)
+        return status, json.loads(answer)
+
+    @pytest.mark.parametrize("body", [
+        '{"advanceSeconds": -1e12}', '{"advanceSeconds": 1e12}', '{"advanceSeconds": 1e400}',
+        '{"advanceSeconds": NaN}', '{"advanceSeconds": -Infinity}',
+        '{"advanceSeconds": "60"}', '{"advanceSeconds": true}', '{"advanceSeconds": null}',
+        '{"advanceSeconds": [1]}', '{"advanceSeconds": 10, "extra": 1}', '[1]',
+    ])
+    def test_a_bad_value_is_400_and_changes_nothing(
+        self, service: LocalService, mi: Any, body: str
+    ) -> None:
+        status, answer = self.clock(service, body)
+
+        assert status == 400
+        assert answer["message"]
+        assert self.clock(service)[1]["offsetSeconds"] == 0
+        datastore = mi.create_datastore(datastoreName="after")["datastoreId"]
+        wait_datastore_active(mi, datastore)
+
+    def test_the_clock_is_bounded_in_all_not_per_move(self, service: LocalService) -> None:
+        step = json.dumps({"advanceSeconds": 40 * 366 * 86400})
+        assert [self.clock(service, step)[0] for _ in range(3)] == [200, 200, 400]
+        assert self.clock(service, json.dumps({"advanceSeconds": -80 * 366 * 86400}))[0] == 200
+        assert self.clock(service)[1]["offsetSeconds"] == 0
+
+    def test_many_moves(self, service: LocalService, mi: Any) -> None:
+        """Each move wrapped the clock in one more function: past about a
+        thousand, reading it exceeded Python's recursion limit."""
+        for _ in range(1100):
+            assert self.clock(service, '{"advanceSeconds": 1}')[0] == 200
+        status, answer = self.clock(service)
+        assert (status, answer["offsetSeconds"]) == (200, 1100)
+        mi.create_datastore(datastoreName="moved")
+
+
+class TestMotoPassThrough:
+    """moto serves many more services than S3, and an admin API that resets
+    them: a signed request (any key passes by default) reset every bucket."""
+
+    def signed(self, svc: LocalService, method: str, path: str, service: str,
+               headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, bytes]:
+        request = AWSRequest(method, f"{svc.endpoint}{path}", data=body, headers=headers or {})
+        SigV4Auth(BotocoreCredentials("any", "key"), service, "us-east-1").add_auth(request)
+        status, _, answer = raw(svc, method, path, dict(request.headers.items()), body)
+        return status, answer
+
+    @pytest.mark.parametrize("signing_name", ["sts", "s3", "iam"])
+    def test_moto_reset_needs_the_admin_token(
+        self, service: LocalService, staged: Any, signing_name: str
+    ) -> None:
+        status, _ = self.signed(service, "POST", "/moto-api/reset", signing_name)
+        assert status == 401
+        unsigned, _, _ = raw(service, "POST", "/moto-api/reset")
+        assert unsigned == 401
+        assert staged.get_object(Bucket=BUCKET, Key="staged/patient.dcm")["Body"].read() == b"PHI"
+
+        status, _, _ = raw(service, "POST", "/moto-api/reset",
+                           {"Authorization": f"Bearer {service.admin_token}"})
+        assert status == 200
+        with pytest.raises(ClientError):
+            staged.head_bucket(Bucket=BUCKET)
+
+    @pytest.mark.parametrize(("name", "call"), [
+        ("sts", lambda c: c.get_caller_identity()),
+        ("iam", lambda c: c.create_user(UserName="intruder")),
+    ])
+    def test_other_services_need_the_admin_token(
+        self, service: LocalService, name: str, call: Any
+    ) -> None:
+        plain = client(service, name)
+        with pytest.raises(ClientError) as refused:
+            call(plain)
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+        trusted = client(service, name)
+
+        def add_token(request: AWSRequest, **_: Any) -> None:
+            request.headers["x-emulator-admin-token"] = service.admin_token
+
+        trusted.meta.events.register("before-sign", add_token)
+        call(trusted)
 
 
 def test_error_rate_option_refuses_unknown_operations_and_bad_probabilities(
@@ -421,28 +527,14 @@ def test_error_rate_option_refuses_unknown_operations_and_bad_probabilities(
 
 
 @pytest.fixture
-def started_on_all_interfaces() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())",
-         "local", "--host", "0.0.0.0", "--port", "0"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    printed = ""
-    assert process.stdout is not None
-    while "Ctrl-C" not in printed:
-        line = process.stdout.readline()
-        assert line, process.stderr.read() if process.stderr else ""
-        printed += line
-    try:
-        yield process, printed
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+def started_on_all_interfaces(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with local_service_process(tmp_path / "service.log", "--host", "0.0.0.0",
+                               "--port", "0") as started:
+        yield started
 
 
 def test_start_prints_the_admin_token_and_warns_beyond_loopback(
-    started_on_all_interfaces: tuple[subprocess.Popen[str], str],
+    started_on_all_interfaces: tuple[subprocess.Popen[str], str], tmp_path: Path,
 ) -> None:
     process, printed = started_on_all_interfaces
     port = int(re.search(r"AWS_ENDPOINT_URL=http://0\.0\.0\.0:(\d+)", printed)[1])  # type: ignore[index]
@@ -454,5 +546,5 @@ def test_start_prints_the_admin_token_and_warns_beyond_loopback(
     connection.close()
 
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert "WARNING: listening on 0.0.0.0" in err
+    process.communicate(timeout=60)
+    assert "WARNING: listening on 0.0.0.0" in (tmp_path / "service.log").read_text()

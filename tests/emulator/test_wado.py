@@ -279,7 +279,6 @@ def test_wado_counts_as_an_access_and_qido_does_not(store: DicomWebStore) -> Non
 # -- an unmodified client from PyPI ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Host without port")
 def test_dicomweb_client_searches_and_retrieves(store: DicomWebStore) -> None:
     from dicomweb_client.api import DICOMwebClient
 

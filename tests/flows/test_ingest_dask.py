@@ -74,6 +74,7 @@ def _run(source: Path, tmp_path: Path, name: str, dask_address: str | None) -> A
     return dicom_ingest(IngestParameters(
         source=str(source),
         datastore=f"{name}-store",
+        create_datastore=True,
         staging_prefix=f"s3://{BUCKET}/staging",
         output_prefix=f"s3://{BUCKET}/output",
         report_location=str(tmp_path / f"reports-{name}"),
@@ -143,7 +144,8 @@ def test_retry_validates_and_stages_on_the_cluster(
         "poll_timeout_seconds": 300,
     }
     service.faults.fail_jobs = 2
-    failed = dicom_ingest(IngestParameters(source=str(source), **locations))
+    failed = dicom_ingest(IngestParameters(source=str(source), create_datastore=True,
+                                           **locations))
     assert _nonzero(failed.counts) == {"job_failed": 20}
 
     retried = retry_failed(

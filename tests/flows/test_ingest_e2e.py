@@ -57,6 +57,7 @@ def _params(tmp_path: Path, **overrides: Any) -> IngestParameters:
     values: dict[str, Any] = {
         "source": str(tmp_path / "source"),
         "datastore": "e2e-store",
+        "create_datastore": True,
         "staging_prefix": f"s3://{BUCKET}/staging",
         "output_prefix": f"s3://{BUCKET}/output",
         "report_location": str(tmp_path / "reports"),
@@ -103,7 +104,7 @@ def test_every_file_gets_its_status(service: Any, corpus: dict[str, str],
 def test_rerun_starts_no_second_job(service: Any, corpus: dict[str, str],
                                     tmp_path: Path) -> None:
     first = dicom_ingest(_params(tmp_path))
-    second = dicom_ingest(_params(tmp_path))
+    second = dicom_ingest(_params(tmp_path, reimport=True))
 
     assert second.run_id == first.run_id
     assert second.datastore_id is not None

@@ -41,6 +41,7 @@ def test_rerun_after_a_crash_imports_nothing_twice(
     params = IngestParameters(
         source=str(tmp_path / "in"),
         datastore="killed-store",
+        create_datastore=True,
         staging_prefix=f"s3://{BUCKET}/staging",
         output_prefix=f"s3://{BUCKET}/output",
         report_location=str(tmp_path / "reports"),

@@ -48,7 +48,7 @@ def source(local_aws: Any, tmp_path: Path) -> Path:
 def _params(source: Path, tmp_path: Path, datastore: str, window_files: int,
             **overrides: Any) -> IngestParameters:
     return IngestParameters(**{
-        "source": str(source), "datastore": datastore,
+        "source": str(source), "datastore": datastore, "create_datastore": True,
         "staging_prefix": f"s3://{BUCKET}/staging", "output_prefix": f"s3://{BUCKET}/output",
         "report_location": str(tmp_path / datastore), "max_files_per_job": 3,
         "max_concurrent_jobs": 2, "poll_interval_seconds": 0.2, "poll_timeout_seconds": 120,
@@ -137,7 +137,7 @@ def test_a_run_that_dies_between_windows_is_picked_up_where_it_stopped(
     assert len(before) == 3  # window 3 was submitted while window 2 was being reported
 
     monkeypatch.setattr(flows.ingest, "job_outputs", read_outputs)
-    result = dicom_ingest(_params(**params, only_new=True))
+    result = dicom_ingest(_params(**params))
 
     after = {j["jobId"] for j in mi.list_dicom_import_jobs(
         datastoreId=datastore_id)["jobSummaries"]}

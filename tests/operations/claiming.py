@@ -21,9 +21,9 @@ class Claimed:
     holders: tuple[Holder, ...]
 
 
-def claim(ledger: RunLedger, files: Sequence[SourceFile], only_new: bool = True) -> Claimed:
+def claim(ledger: RunLedger, files: Sequence[SourceFile], skip_unchanged: bool = True) -> Claimed:
     inventory = Inventory(ledger, f"{ledger.run_id}-{next(_listings)}")
-    inventory.fill("/landing", files, only_new, max_attempts=3)
+    inventory.fill("/landing", files, skip_unchanged, max_attempts=3)
     window = inventory.claim_window(max(len(files), 1))
     left = inventory.leftover()
     return Claimed(window.files, left.claimed_by_other_runs, left.skipped_unchanged, left.holders)

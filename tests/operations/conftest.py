@@ -39,7 +39,8 @@ def _locations(tmp_path: Path) -> dict[str, Any]:
 
 
 def ingest_params(tmp_path: Path, **overrides: Any) -> IngestParameters:
-    values = {"source": str(tmp_path / "source"), "only_new": True, **_locations(tmp_path)}
+    values = {"source": str(tmp_path / "source"), "create_datastore": True,
+              **_locations(tmp_path)}
     return IngestParameters(**{**values, **overrides})
 
 

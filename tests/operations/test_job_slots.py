@@ -39,7 +39,7 @@ def _ingest(source: Path, datastore_id: str, tmp_path: Path) -> subprocess.Popen
 def test_two_runs_share_one_job_slot(service: LocalService, tmp_path: Path) -> None:
     # Long enough that jobs of the two runs would overlap without the limit.
     service.faults.job_duration_seconds = 1.0
-    datastore_id = resolve_datastore(medical_imaging(), "slots-store").datastore_id
+    datastore_id = resolve_datastore(medical_imaging(), "slots-store", create=True).datastore_id
     assert ensure_job_limit(datastore_id, 1) == 1
     for name in ("a", "b"):
         write_ct_series(tmp_path / name, 6, series_spec(f"slots-{name}"), 8, 8)

@@ -311,6 +311,6 @@ def test_an_inventory_counts_its_listed_files_by_status(empty_ledger_url: str) -
     """What a migration's summary counts, on both backends: PostgreSQL refused
     the first version of this query (GROUP BY a label that names a column)."""
     inventory = Inventory(RunLedger(empty_ledger_url, "run-1", DATASTORE), "migration")
-    inventory.fill("/landing", FILES[:5], only_new=False, max_attempts=3)
+    inventory.fill("/landing", FILES[:5], skip_unchanged=False, max_attempts=3)
 
     assert inventory.file_statuses() == {"unfinished": 5}

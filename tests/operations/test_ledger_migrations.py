@@ -63,7 +63,7 @@ def test_a_ledger_from_before_migrations_is_adopted_with_its_rows(tmp_path: Path
     ledger = RunLedger(url, "after-upgrade", DATASTORE)
     ledger.start_run("dicom-ingest", "/landing")
     claimed = claim(ledger, [SourceFile("/landing/a.dcm", 10, "v1", "a.dcm"),
-                             SourceFile("/landing/b.dcm", 20, "v1", "b.dcm")], only_new=True)
+                             SourceFile("/landing/b.dcm", 20, "v1", "b.dcm")], skip_unchanged=True)
 
     assert [f.uri for f in claimed.files] == ["/landing/b.dcm"]  # a.dcm: imported, unchanged
     assert claimed.skipped_unchanged == 1

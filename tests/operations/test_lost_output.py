@@ -37,7 +37,7 @@ def _import(tmp_path: Path) -> tuple[IngestResult, list[Path], list[Path]]:
     source = tmp_path / "source"
     kept = write_ct_series(source / "kept", 3, series_spec("lost-kept"), 16, 16)
     dropped = write_ct_series(source / "dropped", 2, series_spec("lost-dropped"), 16, 16)
-    first = dicom_ingest(ingest_params(tmp_path, only_new=False))
+    first = dicom_ingest(ingest_params(tmp_path))
     assert first.counts["imported"] == 5 and first.jobs == 2
     return first, kept, dropped
 
@@ -73,7 +73,7 @@ def test_lost_output_of_files_the_datastore_holds_imports_nothing_again(
     sets_before = _image_sets(datastore_id)
     _lose_job_outputs()
 
-    rerun = dicom_ingest(ingest_params(tmp_path, only_new=False))
+    rerun = dicom_ingest(ingest_params(tmp_path, reimport=True))
 
     rows = _rows(rerun.report_files_parquet)
     assert sorted(rows["source_uri"]) == sorted(map(str, kept + dropped))
@@ -115,7 +115,7 @@ def test_lost_output_of_a_deleted_image_set_is_output_missing_and_retried(
     _delete_image_set(datastore_id, sets_before[dropped_series.series_instance_uid][0])
     _lose_job_outputs()
 
-    rerun = dicom_ingest(ingest_params(tmp_path, only_new=False))
+    rerun = dicom_ingest(ingest_params(tmp_path, reimport=True))
 
     rows = _rows(rerun.report_files_parquet).set_index("source_uri")
     assert set(rows.loc[list(map(str, kept)), "status"]) == {"imported"}

@@ -193,6 +193,7 @@ def _source(folder: Path, series: int, seed: str) -> list[str]:
 def _migrate(stack: Stack, source: Path, datastore: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "cli", "migrate", str(source), "--datastore", datastore,
+         "--create-datastore",
          "--workers", "2", "--window-files", "40", "--max-jobs-in-flight",
          str(JOBS_IN_FLIGHT), "--check-interval-seconds", "2"],
         cwd=REPO, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +19,18 @@ from cli.main import main
 from emulator.edge.server import LocalService
 from emulator.samples import ct_slice, series_spec, uid, write, write_ct_series
 from flows.ingest import IngestResult, dicom_ingest
+from flows.retry import retry_failed
 from tasks import interruption
 from tasks.conflicts import CONFLICTS_ARTIFACT_KEY
+from tasks.ledger import RunLedger, ledger_url
 from tasks.ledger.schema import reconcile_changes_table as changes_table
-from tests.operations.conftest import DATASTORE, ingest_params, medical_imaging
+from tests.operations.conftest import (
+    DATASTORE,
+    import_jobs,
+    ingest_params,
+    medical_imaging,
+    retry_params,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -103,6 +112,52 @@ def test_report_names_the_conflicting_attribute_without_its_value(
     csv = Path(second.report_files_csv).read_text()
     for text in (artifact, logs, csv):
         assert FIRST_PATIENT not in text and SECOND_PATIENT not in text
+
+
+def test_the_console_says_where_files_landed_and_what_to_run_next(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = replace(series_spec("console"), patient_id=FIRST_PATIENT)
+    write_ct_series(tmp_path / "first", 3, spec, 16, 16)
+    for index in range(3, 5):
+        write(ct_slice(replace(spec, patient_id=SECOND_PATIENT), index, 16, 16),
+              tmp_path / "second" / f"slice_{index:04d}.dcm")
+    first = dicom_ingest(ingest_params(tmp_path, source=str(tmp_path / "first")))
+    params = ingest_params(tmp_path)
+
+    code = main(["ingest", str(tmp_path / "second"), "--datastore", DATASTORE,
+                 "--staging-prefix", str(params.staging_prefix),
+                 "--output-prefix", str(params.output_prefix),
+                 "--report-location", params.report_location,
+                 "--poll-interval-seconds", "0.1", "--validation-workers", "1"])
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert FIRST_PATIENT not in out + err and SECOND_PATIENT not in out + err
+    (non_primary,) = set(pd.read_parquet(next((tmp_path / "reports").rglob(
+        f"*-{_run_id(err)[:8]}/files")))["image_set_id"])
+    assert "Non-primary image sets: 2 files landed beside the primary image set" in out
+    assert f"  image set {non_primary}: 2 files, PatientID (0010,0020)\n" in out
+    (command,) = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith("dicom-import reconcile ")]
+    assert command == (f"dicom-import reconcile decisions.json --datastore {first.datastore_id} "
+                       f"--report-location {tmp_path / 'reports'}")
+
+    # The command as printed, with the operator's decisions file.
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text(json.dumps(
+        {non_primary: {"action": "merge", "corrections": {"PatientID": FIRST_PATIENT}}}))
+    argv = command.split()[1:]
+    argv[argv.index("decisions.json")] = str(decisions)
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert f"image set {non_primary}: merge would:" in out
+    assert f"(reconcile decisions.json in {first.datastore_id} (dry run) " in err
+
+
+def _run_id(err: str) -> str:
+    (run_id,) = re.findall(r"Flow run ([0-9a-f-]{36}) \(", err)
+    return str(run_id)
 
 
 def test_report_is_written_when_the_conflicts_cannot_be_read(
@@ -187,6 +242,36 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(
     assert _recorded(tmp_path) == []
 
 
+def test_dry_run_refuses_what_apply_would_refuse(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both come from one plan: a merge that CopyImageSet would refuse (the
+    Patient IDs still differ) fails in the dry run with the line --apply
+    gives, and --apply writes nothing; with force, the plan says which
+    values the primary set keeps."""
+    first, second = _conflicting_imports(tmp_path)
+    datastore_id, primary = _sets(first)
+    non_primary = _sets(second)[1]
+
+    dry_code, _, dry_err = _reconcile(tmp_path, {non_primary: "merge"}, capsys)
+    code, _, err = _reconcile(tmp_path, {non_primary: "merge"}, capsys, "--apply")
+
+    def failures(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines()
+                if line.startswith("dicom-import reconcile:")]
+
+    assert (dry_code, code) == (1, 1)
+    assert failures(dry_err) == failures(err) == [
+        f"dicom-import reconcile: image set {non_primary}: merge failed: CopyImageSet would be "
+        f"refused: the values of PatientID differ from primary image set {primary}; correct "
+        "them, or set force to keep the primary set's values"]
+    assert _recorded(tmp_path) == []
+    assert _image_set(datastore_id, non_primary)["versionId"] == "1"
+    forced = {non_primary: {"action": "merge", "force": True}}
+    code, out, _ = _reconcile(tmp_path, forced, capsys)
+    assert code == 0 and "afterwards PatientID as reconciled, not as imported" in out
+
+
 def test_apply_merges_a_corrected_set_into_the_primary_set(
     service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -259,6 +344,12 @@ def test_promote_after_giving_the_set_a_series_of_its_own(
     assert _instances(datastore_id, primary) == set(
         _files(first.report_files_parquet)["sop_instance_uid"])
     assert _image_set(datastore_id, primary)["versionId"] == "1"
+    # Verification finds the files in the promoted set, under their new series.
+    assert main(["verify", "--run", str(second.flow_run_id),
+                 "--report-location", str(tmp_path / "reports")]) == 0
+    rows = _verification_report(capsys.readouterr().out)
+    assert rows["image_set_id"].eq(promoted).all()
+    assert rows["verification_detail"].eq("SeriesInstanceUID as reconciled").all()
 
 
 def test_each_failed_decision_is_one_line_and_the_rest_go_on(
@@ -312,7 +403,10 @@ def test_unusable_decisions_file_is_one_line(
 def test_a_service_error_while_checking_fails_that_decision_only(
     service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    medical_imaging().create_datastore(datastoreName=DATASTORE)
+    datastore_id = medical_imaging().create_datastore(datastoreName=DATASTORE)["datastoreId"]
+    # The ledger of earlier imports, which reconcile records in and never begins.
+    RunLedger(ledger_url(None, str(tmp_path / "reports")), "earlier", datastore_id).start_run(
+        "dicom-ingest", None)
     service.faults.error_rate = {"GetImageSet": 1.0}
     decided = "b" * 32
 
@@ -352,3 +446,95 @@ def test_a_stop_lets_the_decision_under_way_finish_and_starts_no_other(
     assert _image_set(datastore_id, non_primary)["imageSetState"] == "DELETED"
     assert [r["operation"] for r in _recorded(tmp_path)] == [
         "UpdateImageSetMetadata", "CopyImageSet", "DeleteImageSet"]
+
+
+def _merge_outside(datastore_id: str, non_primary: str, primary: str) -> None:
+    """What an operator may do on the console, unknown to the ledger: merge a
+    non-primary set into the primary one (force: the primary's values stay),
+    then delete it."""
+    client = medical_imaging()
+
+    def version(image_set_id: str) -> str:
+        deadline = time.monotonic() + 30
+        while (props := _image_set(datastore_id, image_set_id))["imageSetState"] == "LOCKED":
+            assert time.monotonic() < deadline, f"image set {image_set_id} stays LOCKED"
+            time.sleep(0.05)
+        return str(props["versionId"])
+
+    client.copy_image_set(datastoreId=datastore_id, sourceImageSetId=non_primary, force=True,
+                          copyImageSetInformation={
+                              "sourceImageSet": {"latestVersionId": version(non_primary)},
+                              "destinationImageSet": {"imageSetId": primary,
+                                                      "latestVersionId": version(primary)}})
+    version(primary)
+    version(non_primary)
+    client.delete_image_set(datastoreId=datastore_id, imageSetId=non_primary)
+    version(non_primary)
+
+
+def _holders(datastore_id: str) -> dict[str, list[str]]:
+    """SOP Instance UID -> every image set in the data store that holds it."""
+    pages = medical_imaging().get_paginator("search_image_sets").paginate(
+        datastoreId=datastore_id)
+    holders: dict[str, list[str]] = {}
+    for page in pages:
+        for item in page["imageSetsMetadataSummaries"]:
+            for sop in _instances(datastore_id, item["imageSetId"]):
+                holders.setdefault(sop, []).append(item["imageSetId"])
+    return holders
+
+
+def _verification_report(out: str) -> pd.DataFrame:
+    path = next(line.split(": ", 1)[1] for line in out.splitlines()
+                if line.startswith("Verification report: "))
+    rows = pd.read_csv(path)
+    rows["seed"] = rows["source_uri"].map(lambda uri: Path(uri).parent.name)
+    return rows
+
+
+@pytest.mark.usefixtures("ledger_backend")
+def test_verify_and_retry_find_each_file_where_reconcile_left_it(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One series reconciled by dicom-import (the ledger records where its
+    files went), one merged outside it (the ledger still names the deleted
+    set): verify checks the first where reconcile put it; retry imports
+    neither again, so no instance is ever in the data store twice."""
+    seeds = ("decided", "console")
+    first, second = _conflicting_imports(tmp_path, seeds)
+    datastore_id = str(second.datastore_id)
+    before, after = _files(first.report_files_parquet), _files(second.report_files_parquet)
+
+    def set_of(rows: pd.DataFrame, seed: str) -> str:
+        return str(rows.loc[rows["source_uri"].str.contains(f"/{seed}/"), "image_set_id"].iloc[0])
+
+    primary = {seed: set_of(before, seed) for seed in seeds}
+    non_primary = {seed: set_of(after, seed) for seed in seeds}
+    jobs_before = len(import_jobs(datastore_id))
+    code, _, err = _reconcile(tmp_path, {non_primary["decided"]: {
+        "action": "merge", "corrections": {"PatientID": FIRST_PATIENT}}}, capsys, "--apply")
+    assert code == 0, err
+    _merge_outside(datastore_id, non_primary["console"], primary["console"])
+
+    code = main(["verify", "--datastore", DATASTORE, "--source", str(tmp_path / "second"),
+                 "--report-location", str(tmp_path / "reports")])
+
+    out = capsys.readouterr().out
+    rows = _verification_report(out).set_index("seed")
+    decided, console = rows.loc["decided"], rows.loc["console"]
+    assert decided["verification"].eq("verified").all(), decided["verification_detail"]
+    assert decided["image_set_id"].eq(primary["decided"]).all()
+    assert decided["verification_detail"].str.contains("PatientID as reconciled").all()
+    assert console["verification"].eq("missing").all() and code == 1
+
+    retried = retry_failed(retry_params(tmp_path))
+
+    assert retried.jobs == 0 and len(import_jobs(datastore_id)) == jobs_before
+    assert all(len(sets) == 1 for sets in _holders(datastore_id).values())
+    report = _files(retried.report_files_parquet)
+    assert sorted(report["source_uri"]) == sorted(
+        after.loc[after["source_uri"].str.contains("/console/"), "source_uri"])
+    assert report["image_set_id"].eq(primary["console"]).all()
+    assert report["status"].eq("verify_mismatch").all()
+    assert report["verification_detail"].eq("PatientID differs").all()
+    assert report["error_message"].str.contains("dicom-import reconcile").all()

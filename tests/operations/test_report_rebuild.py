@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from config.settings import get_settings
 from emulator.edge.server import LocalService
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series, write_with
 from flows.ingest import dicom_ingest
+from tasks.ledger import RunLedger, ledger_url
 from tests.operations.conftest import ingest_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -58,11 +60,14 @@ def test_rebuilt_report_goes_where_asked(
 ) -> None:
     write_ct_series(tmp_path / "source" / "a", 2, series_spec("rebuild-out"), 16, 16)
     result = dicom_ingest(ingest_params(tmp_path))
+    # <time>-<the flow run ID's first 8 characters>: what an operator has at hand.
+    folder = Path(result.report_files_parquet).parent.name
+    assert str(result.flow_run_id).startswith(folder[-8:])
 
-    code = main(["report", "--run", str(result.flow_run_id), "--report-location",
+    code = main(["report", "--run", folder[-8:], "--report-location",
                  str(tmp_path / "reports"), "--output", str(tmp_path / "copy")])
 
-    assert code == 0
+    assert code == 0, capsys.readouterr().err
     rebuilt = pd.read_parquet(tmp_path / "copy" / "files")
     pd.testing.assert_frame_equal(rebuilt, pd.read_parquet(result.report_files_parquet))
 
@@ -84,3 +89,21 @@ def test_unknown_run_is_one_clear_line(
     assert len(lines) == 2 and "Traceback" not in err
     assert "no run no-such-run" in lines[0]
     assert "no ledger at" in lines[1]
+
+
+def test_a_run_id_start_shared_by_runs_is_refused_naming_them(
+    ledger_backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ledger_url(get_settings().ledger_url, str(tmp_path / "reports"))
+    shared = "5eed0000-"
+    for run_id in (f"{shared}1111", f"{shared}2222", "5eed1111-3333"):
+        RunLedger(url, run_id, "store").start_run("dicom-ingest", str(tmp_path))
+
+    code = main(["report", "--run", shared, "--report-location", str(tmp_path / "reports")])
+
+    out, err = capsys.readouterr()
+    assert code == 2 and not out
+    (line,) = err.splitlines()
+    assert line.startswith(f"dicom-import report: 2 runs have an ID starting with {shared}: "
+                           f"{shared}1111 (dicom-ingest, started ")
+    assert f"{shared}2222 (dicom-ingest, started " in line and "5eed1111" not in line

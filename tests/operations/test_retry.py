@@ -3,17 +3,24 @@ imported, with attempts counted and limits kept."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
+from cli.main import main
 from emulator.edge.server import LocalService
 from emulator.samples import BROKEN_MAKERS, series_spec, write_ct_series
 from flows.ingest import IngestResult, dicom_ingest
 from flows.retry import retry_failed
 from tests.operations.conftest import (
+    BUCKET,
+    DATASTORE,
     import_jobs,
     imported_by_service,
     ingest_params,
@@ -147,3 +154,83 @@ def test_job_of_a_killed_run_is_read_not_imported_again(
     assert rows["status"].eq("imported").all() and rows["job_id"].eq(job.job_id).all()
     assert result.resumed_jobs == 1 and result.jobs == 0
     assert len(import_jobs(datastore_id)) == 1
+
+
+def _tamper(
+    service: LocalService, image_set_id: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """The data store's document of the set changed behind the import's back."""
+    version = service.backend.image_sets.version(image_set_id)
+    document = json.loads(gzip.decompress(service.store.get_blob(version["metadataKey"])))
+    change(document)
+    service.store.put_blob(version["metadataKey"], gzip.compress(json.dumps(document).encode()))
+
+
+def _drop_frames(document: dict[str, Any]) -> None:
+    for series in document["Study"]["Series"].values():
+        for instance in series["Instances"].values():
+            instance["ImageFrames"] = []
+
+
+def _other_patient(document: dict[str, Any]) -> None:
+    document["Patient"]["DICOM"]["PatientID"] = "PID-TAMPERED-0001"
+
+
+def _other_description(document: dict[str, Any]) -> None:
+    document["Study"]["DICOM"]["StudyDescription"] = "Tampered description"
+
+
+@pytest.mark.usefixtures("ledger_backend")
+def test_retry_verifies_what_it_imports_and_fails_what_a_reimport_cannot_replace(
+    service: LocalService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three series changed in the data store: lost frames, which importing
+    the file again replaces; another Patient ID on the primary set, which it
+    cannot (the copy lands in a non-primary set); another study description,
+    which the set keeps (the file still differs). The retry says so and
+    exits 1; it never imports the one beside a non-primary copy again."""
+    source = tmp_path / "source"
+    changes = {"frames": _drop_frames, "patient": _other_patient,
+               "study": _other_description}
+    for folder in changes:
+        write_ct_series(source / folder, 1, series_spec(f"retry-{folder}"), 16, 16)
+    first = dicom_ingest(ingest_params(tmp_path))
+    assert first.verification["verified"] == 3 and first.datastore_id is not None
+    rows = _rows(first.report_files_parquet).set_index("source_uri")
+    of = {Path(str(uri)).parent.name: str(image_set)
+          for uri, image_set in rows["image_set_id"].items()}
+    for folder, change in changes.items():
+        _tamper(service, of[folder], change)
+    reports = ["--report-location", str(tmp_path / "reports")]
+    assert main(["verify", "--datastore", DATASTORE, "--source", str(source), *reports]) == 1
+    capsys.readouterr()
+
+    code = main(["retry", "--datastore", DATASTORE, "--staging-prefix", f"s3://{BUCKET}/staging",
+                 "--output-prefix", f"s3://{BUCKET}/output", "--poll-interval-seconds", "0.1",
+                 "--validation-workers", "1", *reports])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    report = next(line.split(": ", 1)[1] for line in out.splitlines()
+                  if line.startswith("Per-file report: "))
+    rows = _rows(report)
+    rows.index = rows["source_uri"].map(lambda uri: Path(uri).parent.name)
+    assert (rows.loc["frames", "status"], rows.loc["frames", "verification"]) == (
+        "imported", "verified")
+    assert rows.loc["frames", "image_set_id"] == of["frames"] and rows.loc["frames", "is_primary"]
+    assert set(rows["verification"]) == {"verified", "mismatch"}
+    beside, still = rows.loc["patient"], rows.loc["study"]
+    assert beside["status"] == "verify_mismatch" and not beside["is_primary"]
+    assert "imported again into non-primary image set" in beside["error_message"]
+    assert (still["status"], still["image_set_id"]) == ("verify_mismatch", of["study"])
+    assert "still not as the source has it after importing it again (StudyDescription " \
+        "differs)" in still["error_message"]
+    for row in (beside, still):
+        assert row["error_message"].endswith("decide with dicom-import reconcile")
+    assert "2 files are not in the data store as their source has them" in out
+
+    retry_failed(retry_params(tmp_path))
+
+    imports = Counter(imported_by_service(first.datastore_id))
+    assert imports == {"frames/slice_0000.dcm": 2, "patient/slice_0000.dcm": 2,
+                       "study/slice_0000.dcm": 3}

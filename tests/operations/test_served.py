@@ -17,6 +17,7 @@ import boto3
 import httpx
 import pandas as pd
 import pytest
+from botocore.config import Config
 
 from emulator.config import ServiceConfig
 from emulator.edge.server import LocalService
@@ -83,6 +84,7 @@ def _custom_params(source: Path, reports: Path) -> dict[str, Any]:
     return {"params": {
         "source": str(source),
         "datastore": "custom-store",
+        "create_datastore": True,
         "staging_prefix": f"s3://{BUCKET}/staging",
         "output_prefix": f"s3://{BUCKET}/output",
         "report_location": str(reports),
@@ -90,6 +92,13 @@ def _custom_params(source: Path, reports: Path) -> dict[str, Any]:
         "poll_interval_seconds": 0.2,
         "validation_workers": 1,
     }}
+
+
+def _medical_imaging(stack: Stack) -> Any:
+    return boto3.client("medical-imaging", endpoint_url=stack.service.endpoint,
+                        region_name="us-east-1", aws_access_key_id="local",
+                        aws_secret_access_key="local",
+                        config=Config(inject_host_prefix=False))
 
 
 def _only_parquet(folder: Path) -> pd.DataFrame:
@@ -104,13 +113,15 @@ def test_served_deployments(stack: Stack) -> None:
     assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 2 * * *"]
     assert scheduled["global_concurrency_limit"]["limit"] == 1
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
-    assert scheduled["parameters"]["params"]["only_new"] is True
+    assert scheduled["parameters"]["params"]["reimport"] is False
+    assert scheduled["parameters"]["params"]["create_datastore"] is True
     manual = deployments["dicom-ingest/manual"]
     assert manual["schedules"] == [] and manual["global_concurrency_limit"] is None
     properties = manual["parameter_openapi_schema"]["definitions"]["IngestParameters"][
         "properties"]
     assert all(field.get("description") for field in properties.values())
     assert manual["parameters"]["params"]["datastore"] == "served-store"
+    assert manual["parameters"]["params"]["create_datastore"] is False
     assert "dicom-retry-failed/retry" in deployments
     migrate = deployments["dicom-migrate/migrate"]
     fields = migrate["parameter_openapi_schema"]["definitions"]["MigrateParameters"]["properties"]
@@ -148,6 +159,32 @@ def test_manual_deployment_through_the_api(stack: Stack, tmp_path: Path) -> None
                     "dicom-ingest-image-sets"}
 
 
+def test_a_mistyped_datastore_fails_the_run_and_creates_none(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    _medical_imaging(stack).create_datastore(datastoreName="served-typo-target")
+    (tmp_path / "incoming").mkdir()
+    params = _custom_params(tmp_path / "incoming", tmp_path / "reports")
+    params["params"].update(datastore="served-typo-targt", create_datastore=False)
+
+    with temporary_settings({PREFECT_API_URL: stack.server.api_url}):
+        run = cast(FlowRun, run_deployment("dicom-ingest/manual", parameters=params,
+                                           timeout=120))
+
+    assert run.state is not None and run.state.is_failed(), run.state
+    assert ("--datastore served-typo-targt: no data store has this name; the closest: "
+            "served-typo-target. To create it, give --create-datastore.") in str(
+                run.state.message)
+    names = {d["datastoreName"] for d in
+             _medical_imaging(stack).list_datastores()["datastoreSummaries"]}
+    assert "served-typo-targt" not in names
+    assert not (tmp_path / "reports").exists()
+
+
 def test_prefect_yaml_deploys_to_a_work_pool(stack: Stack) -> None:
     env = {**quiet_env(stack.root / "deploy-home"), "PREFECT_API_URL": stack.server.api_url,
            "DICOM_IMPORT_SCHEDULE_SOURCE": "s3://landing/ct/", "PWD": str(REPO)}
@@ -166,6 +203,7 @@ def test_prefect_yaml_deploys_to_a_work_pool(stack: Stack) -> None:
                            "dicom-retry-failed/retry", "dicom-migrate/migrate"}
     scheduled = pooled["dicom-ingest/scheduled"]
     assert scheduled["parameters"]["params"]["source"] == "s3://landing/ct/"
+    assert scheduled["parameters"]["params"]["create_datastore"] is True
     assert scheduled["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     assert pooled["dicom-ingest/manual"]["schedules"] == []
 
@@ -185,6 +223,8 @@ def test_custom_run_from_the_ui(stack: Stack, tmp_path: Path) -> None:
     write_ct_series(source, 3, series_spec("served-ui"), 16, 16)
     manual = _deployments(stack.server)["dicom-ingest/manual"]
     run_name = f"ui-run-{uuid.uuid4().hex[:8]}"
+    # The form's data store exists: a name that matches none would be refused.
+    _medical_imaging(stack).create_datastore(datastoreName="ui-store")
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -79,10 +79,13 @@ def test_verify_a_past_run_exits_non_zero_on_a_mismatch_until_retried(
     write_ct_series(tmp_path / "source" / "a", 2, series_spec("verify-run"), 16, 16)
     first = dicom_ingest(ingest_params(tmp_path, verify="off"))
     assert first.counts["imported"] == 2
-    run = ["verify", "--run", str(first.flow_run_id), "--report-location",
+    # The run by the start of its ID, as its report folder's name ends.
+    run = ["verify", "--run", str(first.flow_run_id)[:8], "--report-location",
            str(tmp_path / "reports"), "--mode", "pixels"]
 
     assert main(run) == 0
+    # The verification is a flow run of its own, named after what it checks.
+    assert f"(verify run {str(first.flow_run_id)[:8]} " in capsys.readouterr().err
     (image_set_id,) = set(_rows(first.report_files_parquet)["image_set_id"])
     _alter_first_frame(service, image_set_id)
     capsys.readouterr()

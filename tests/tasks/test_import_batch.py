@@ -59,7 +59,8 @@ def staged(local_aws: Any, tmp_path: Path) -> tuple[str, str, str, Batch]:
                                         study_instance_uid="1", series_instance_uid="2"))
     (batch,) = make_batches(records)
     client = boto3.client("medical-imaging", config=Config(inject_host_prefix=False))
-    datastore_id = resolve_datastore(client, "import-batch", poll_interval=0.05).datastore_id
+    datastore_id = resolve_datastore(client, "import-batch", create=True,
+                                    poll_interval=0.05).datastore_id
     return datastore_id, f"s3://{BUCKET}/staging/run/batch/", f"s3://{BUCKET}/output/", batch
 
 

@@ -145,7 +145,8 @@ class TestResolveDatastore:
         stub.add_response("get_datastore", _properties("ACTIVE"), {"datastoreId": DS})
         sleeps: list[float] = []
 
-        assert resolve_datastore(client, "new", sleep=sleeps.append).datastore_id == DS
+        assert resolve_datastore(client, "new", create=True,
+                                 sleep=sleeps.append).datastore_id == DS
         assert len(sleeps) == 1
 
     def test_a_created_store_is_logged(self, client: Any, stub: Stubber,
@@ -156,14 +157,14 @@ class TestResolveDatastore:
         stub.add_response("get_datastore", _properties("ACTIVE"), {"datastoreId": DS})
 
         with caplog.at_level("INFO", logger="tasks.import_jobs"):
-            resolve_datastore(client, "new")
+            resolve_datastore(client, "new", create=True)
 
         assert f"Created data store new ({DS})" in caplog.messages
 
-    def test_unknown_name_without_create_is_an_error(self, client: Any, stub: Stubber) -> None:
+    def test_unknown_name_is_an_error_by_default(self, client: Any, stub: Stubber) -> None:
         stub.add_response("list_datastores", {"datastoreSummaries": []})
-        with pytest.raises(DatastoreError, match="No data store is named 'new'"):
-            resolve_datastore(client, "new", create=False)
+        with pytest.raises(DatastoreError, match="--datastore new: no data store has this name"):
+            resolve_datastore(client, "new")
 
     def test_deleted_stores_are_ignored_and_failed_ones_refused(
         self, client: Any, stub: Stubber
