@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: install demo test typecheck bench lint clean
+.PHONY: install viewer demo test typecheck bench lint clean
 
 CONSTRAINTS := constraints.txt
 
@@ -17,7 +17,12 @@ CONSTRAINTS := constraints.txt
 	python3 -m venv .awscli
 	.awscli/bin/pip install --quiet "awscli==1.46.3"
 
-install: .venv/.installed .awscli/bin/aws
+# OHIF's prebuilt viewer for `dicom-import view`: the version and checksum
+# pinned in cli/viewer/ohif.py, fetched with npm once, only its dist/ kept.
+viewer: .venv/.installed
+	$(PY) -m cli.viewer.ohif
+
+install: .venv/.installed .awscli/bin/aws viewer
 
 demo: install
 	.venv/bin/dicom-import demo
@@ -39,4 +44,4 @@ lint: .venv/.installed
 	.venv/bin/ruff check .
 
 clean:
-	rm -rf .venv .awscli .pytest_cache .ruff_cache .mypy_cache build *.egg-info
+	rm -rf .venv .awscli .viewer .pytest_cache .ruff_cache .mypy_cache build *.egg-info

@@ -3,15 +3,17 @@
 Starts the local HealthImaging + S3 service, creates a bucket, writes a
 sample set (real DICOM from pydicom's test files, a generated three-series CT
 study, a few broken files), runs ``dicom_ingest`` on it exactly as an operator
-would, and prints the report. Everything it writes stays in one folder, so the
-reports can be opened afterwards. It deletes only what it wrote: a folder
-holding anything else is refused, never emptied.
+would, and prints the report and the ``dicom-import view`` command that shows
+what landed. Everything it writes stays in one folder (the service's data
+too), so the reports and the images can be opened afterwards. It deletes only
+what it wrote: a folder holding anything else is refused, never emptied.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +29,10 @@ BUCKET = "dicom-import-demo"
 _FOREIGN_AWS_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_MEDICAL_IMAGING", "AWS_PROFILE")
 # Written into the folder on every run: what the next run may replace.
 MARKER = ".dicom-import-demo"
-WRITTEN = ("incoming", "reports")
+# The local service's data stays in local-state, for `dicom-import view`.
+LOCAL_STATE = "local-state"
+WRITTEN = ("incoming", "reports", LOCAL_STATE)
+DATASTORE = "dicom-import-demo"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -60,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return ExitStatus.ERROR
     corpus = write_demo_corpus(folder / "incoming", args.slices)
     print(f"Sample set: {len(corpus)} files in {folder / 'incoming'}")
-    with LocalService(config=ServiceConfig(datastore_transition_seconds=0.5)) as service:
+    with LocalService(data_dir=folder / LOCAL_STATE,
+                      config=ServiceConfig(datastore_transition_seconds=0.5)) as service:
         for name in _FOREIGN_AWS_VARIABLES:
             os.environ.pop(name, None)
         os.environ.update(service.env())
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         s3_client().create_bucket(Bucket=BUCKET)
         params = IngestParameters(
             source=str(folder / "incoming"),
-            datastore="dicom-import-demo",
+            datastore=DATASTORE,
             create_datastore=True,
             staging_prefix=f"s3://{BUCKET}/staging",
             output_prefix=f"s3://{BUCKET}/output",
@@ -80,9 +86,25 @@ def run(args: argparse.Namespace) -> int:
         )
         code = run_ingest(params)
         print_file_report(folder / "reports", folder / "incoming")
-    # Its own, not the user's: the demo's data store lives only as long as the run.
+    # Its own, not the user's: the demo's ledger is with its reports, its data
+    # store in local-state, where only `dicom-import view` opens it again.
     print(f"\nThe demo's reports and ledger: {folder / 'reports'}")
+    print("Look at what landed, in a browser (the report's viewer_path opens each study):")
+    print(f"  {_program()} view --local-data-dir {_shown(folder / LOCAL_STATE)} "
+          f"--datastore {DATASTORE}")
     return code
+
+
+def _program() -> str:
+    """How this command was invoked (``.venv/bin/dicom-import`` after ``make
+    demo``), so that the line printed can be pasted as it is."""
+    invoked = Path(sys.argv[0])
+    return _shown(invoked) if invoked.name == "dicom-import" else "dicom-import"
+
+
+def _shown(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return shlex.quote(str(path) if relative.startswith("..") else relative)
 
 
 def prepare(folder: Path) -> str | None:

@@ -27,7 +27,7 @@ class OneLineErrors(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after main() has set the environment Prefect reads once.
-    from cli import demo, ingest, migrate, reconcile, report, retry, verify
+    from cli import demo, ingest, migrate, reconcile, report, retry, verify, view
     from deployments import serve as serve_cli
     from emulator import cli as local_cli
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_parser(subparsers)
     report.add_parser(subparsers)
     verify.add_parser(subparsers)
+    view.add_parser(subparsers)
     demo.add_parser(subparsers)
     local_cli.add_parser(subparsers)
     serve_cli.add_parser(subparsers)

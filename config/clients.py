@@ -43,6 +43,16 @@ def region() -> str:
     )
 
 
+def dicomweb_endpoint() -> str:
+    """Where HealthImaging's DICOMweb reads go: its own host on AWS
+    (``dicom-medical-imaging.<region>``), the endpoint given when it is not
+    on ``amazonaws.com`` (the local service serves both on one port)."""
+    endpoint = _endpoint_for("AWS_ENDPOINT_URL_MEDICAL_IMAGING")
+    if endpoint and _is_local(endpoint):
+        return endpoint.rstrip("/")
+    return f"https://dicom-medical-imaging.{region()}.amazonaws.com"
+
+
 def medical_imaging_client(max_attempts: int = 5, retry_mode: str = "standard") -> Any:
     """A ``medical-imaging`` client. botocore's own retries are the inner, fast
     layer; the flow's backoff around 402/429 is the outer one.

@@ -49,6 +49,7 @@ from tasks.conflicts import (
 )
 from tasks.crashed_runs import crash_dead_runs
 from tasks.discover import SourceFile
+from tasks.image_sets_artifact import LandedImageSets, publish_image_sets
 from tasks.import_jobs import Datastore, resolve
 from tasks.interruption import stop_requested
 from tasks.job_slots import ensure_job_slots
@@ -187,6 +188,7 @@ class _RunTally:
     unexplained: str | None = None
     # Files by what verification found, over every window.
     verified: dict[str, int] = field(default_factory=dict)
+    image_sets: LandedImageSets = field(default_factory=LandedImageSets)
 
     def add_jobs(self, outcomes: list[JobOutcome]) -> None:
         self.job_ids += [o.job_id for o in outcomes if o.job_id]
@@ -253,6 +255,7 @@ class _Windows:
                 tally.unexplained = tally.unexplained or explained.unexplained
             files = runner.ledger.record_outcomes(files, outcomes)
             self.writer.add_files(files)
+            tally.image_sets.add(files)
             tally.job_tables.append(build_job_summary(window.batches, outcomes, outputs, files))
         tally.add_jobs(outcomes)
 
@@ -330,6 +333,7 @@ def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> Inge
                 verification=tally.verified)
         if datastore is not None:
             publish_conflicts(tally.conflicts, tally.unexplained)
+            publish_image_sets(tally.image_sets)
     get_run_logger().info("Time by stage: %s", timer.summary())
     ledger.finish_run({**writer.counts, **skipped})
     return IngestResult(

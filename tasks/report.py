@@ -38,6 +38,7 @@ from tasks.report_row import file_rows, parquet_schema, report_columns
 from tasks.stage import StagedFile
 from tasks.statuses import RUNNING, FileStatus, FileValidity, JobStatus, StageAction
 from tasks.validate import ValidationRecord
+from tasks.viewer_paths import viewer_paths
 
 # The pipeline, not the file's content, let these down (or has not finished
 # with them): a run that leaves any is not done.
@@ -237,6 +238,7 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
             status == FileStatus.IMPORTED_WITH_WARNINGS.value
         ).astype(object),
     )
+    report = report.assign(viewer_path=viewer_paths(report))
     return report.reindex(columns=report_columns(include_phi))
 
 

@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
+from tasks.viewer_paths import viewer_paths
+
 
 @dataclass(frozen=True)
 class ColumnType:
@@ -82,6 +84,11 @@ FILE_ROW: tuple[Column, ...] = (
            history="is_primary"),
     Column("image_set_version", INTEGER, "That image set's version after the import.",
            history="image_set_version"),
+    # Not in the ledger: derived from the study, the image set and whether it
+    # is primary (tasks.viewer_paths), by file_rows for every row.
+    Column("viewer_path", TEXT,
+           "Where `dicom-import view` opens its image set's study: append it to the "
+           "address the command prints."),
     Column("error_type", TEXT, "What kind of failure stopped it (ours or HealthImaging's).",
            latest="error_type", history="error_type"),
     Column("error_message", TEXT, "Why it was not imported, or how it was confirmed.",
@@ -137,7 +144,8 @@ def parquet_schema(names: Sequence[str]) -> pa.Schema:
 
 def file_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` as report rows without PHI: every declared column, in order
-    and of its declared type, empty cells None (``frame`` may hold only some).
+    and of its declared type, empty cells None (``frame`` may hold only some),
+    ``viewer_path`` derived from the row.
 
     Raises:
         ValueError: ``frame`` has a column the declaration lacks (misspelled,
@@ -146,8 +154,9 @@ def file_rows(frame: pd.DataFrame) -> pd.DataFrame:
     for name in frame.columns:
         _declared(name)
     rows = frame.reindex(columns=FILE_COLUMNS).astype(object)
-    return rows.where(rows.notna(), None).astype(
+    rows = rows.where(rows.notna(), None).astype(
         {name: _BY_NAME[name].type.pandas for name in FILE_COLUMNS})
+    return rows.assign(viewer_path=viewer_paths(rows))
 
 
 def _declared(name: str) -> Column:

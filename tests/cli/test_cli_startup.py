@@ -44,6 +44,7 @@ def _imported_by(*argv: str) -> tuple[int, set[str]]:
     ("report", "--help"),
     ("demo", "--help"),
     ("serve", "--help"),
+    ("view", "--help"),
     ("ingest", "--no-such-option", "x"),
 ])
 def test_usage_answers_without_importing_a_run(argv: tuple[str, ...]) -> None:

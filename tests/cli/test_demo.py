@@ -58,9 +58,12 @@ def test_demo_accounts_for_every_sample_file_and_runs_again(
 ) -> None:
     done = demo(tmp_path)
     assert "3 import jobs" in done.stdout
+    assert done.stdout.rstrip().endswith(
+        "dicom-import view --local-data-dir demo-output/local-state --datastore "
+        "dicom-import-demo")
     output = tmp_path / "demo-output"
     assert statuses_by_file(output) == expected_statuses(tmp_path / "expected", 12)
-    assert done.stdout.rstrip().endswith(f"The demo's reports and ledger: {output / 'reports'}")
+    assert f"\nThe demo's reports and ledger: {output / 'reports'}\n" in done.stdout
     # Its ledger is its own: the user's data folder is left alone.
     assert not (user_data_folder / "dicom-import").exists()
 

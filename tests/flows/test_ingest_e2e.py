@@ -3,6 +3,7 @@ endpoint), reached only through the standard AWS environment variables."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from emulator.samples import (
 )
 from flows.ingest import JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, dicom_ingest
 from flows.parameters import IngestParameters
+from tasks.image_sets_artifact import IMAGE_SETS_ARTIFACT_KEY
 from tasks.report import FILE_COLUMNS
 
 # Each test on both ledger backends: SQLite, and PostgreSQL as machines share it.
@@ -88,6 +90,9 @@ def test_every_file_gets_its_status(service: Any, corpus: dict[str, str],
     # One primary image set per series.
     assert imported.groupby("series_instance_uid")["image_set_id"].nunique().eq(1).all()
     assert imported["image_set_id"].nunique() == len(SERIES)
+    assert imported["viewer_path"].eq("/viewer?StudyInstanceUIDs="
+                                      + imported["study_instance_uid"]).all()
+    assert report.loc[report["status"] != "imported", "viewer_path"].isna().all()
     assert imported["job_id"].nunique() == 3
     assert result.jobs == 3
     assert result.datastore_id is not None
@@ -141,7 +146,7 @@ def test_artifacts_are_published(service: Any, corpus: dict[str, str],
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
                                                flow_run_id=this_run)
             )
-            for key in (JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY)
+            for key in (JOBS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, IMAGE_SETS_ARTIFACT_KEY)
         }
     markdown = str(found[SUMMARY_ARTIFACT_KEY][0].data)
     assert "| imported | 9 |" in markdown
@@ -149,6 +154,13 @@ def test_artifacts_are_published(service: Any, corpus: dict[str, str],
     table = str(found[JOBS_ARTIFACT_KEY][0].data)
     assert "COMPLETED" in table
     assert "Doe" not in markdown + table  # no PHI in artifacts
+    image_sets = json.loads(str(found[IMAGE_SETS_ARTIFACT_KEY][0].data))
+    report = pd.read_parquet(state.result().report_files_parquet)
+    landed = report.dropna(subset=["image_set_id"])
+    assert sorted((row["image_set_id"], row["viewer_path"], row["files"]) for row in image_sets
+                  ) == sorted(landed.groupby(["image_set_id", "viewer_path"]).size().reset_index(
+                      ).itertuples(index=False, name=None))
+    assert "Doe" not in str(found[IMAGE_SETS_ARTIFACT_KEY][0].data)
 
 
 def test_source_in_s3(service: Any, corpus: dict[str, str], tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ def test_deleted_report_is_rebuilt_from_the_ledger(
     tables = {"files": folder / "files", "jobs": folder / "jobs.parquet"}
     originals = {name: pd.read_parquet(path) for name, path in tables.items()}
     assert originals["files"]["expected_warnings"].notna().sum() == 1
+    # Derived, not kept: the ledger gives back what it is derived from.
+    assert originals["files"]["viewer_path"].notna().sum() == 6
     csv = {name: (folder / f"{name}.csv").read_text() for name in ("files", "jobs")}
     for written in folder.iterdir():
         shutil.rmtree(written) if written.is_dir() else written.unlink()

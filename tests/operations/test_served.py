@@ -155,7 +155,8 @@ def test_manual_deployment_through_the_api(stack: Stack, tmp_path: Path) -> None
     assert report["status"].eq("imported").all() and len(report) == 3
     assert report["job_id"].nunique() == 2  # max_files_per_job=2 was used
     mine = {a.key for a in artifacts if a.flow_run_id == run.id}
-    assert mine == {"dicom-ingest-summary", "dicom-ingest-jobs", "dicom-ingest-conflicts"}
+    assert mine == {"dicom-ingest-summary", "dicom-ingest-jobs", "dicom-ingest-conflicts",
+                    "dicom-ingest-image-sets"}
 
 
 def test_a_mistyped_datastore_fails_the_run_and_creates_none(

@@ -278,3 +278,28 @@ def test_warnings_validation_expected_are_reported(scenario) -> None:
     assert rows["/src/ok"]["expected_warnings"] == "INVALID_UID_FORMAT(0xB201)"
     assert rows["/src/ok"]["status"] == FileStatus.IMPORTED
     assert pd.isna(rows["/src/bad"]["expected_warnings"])
+
+
+def test_each_imported_file_says_where_the_viewer_opens_its_study(tmp_path: Path) -> None:
+    """The study for a primary image set; the image set itself for one that
+    is not, so a reviewer can look before reconciling. Nothing for a file in
+    no image set."""
+    records = [_valid("primary", "1.2.1"), _valid("apart", "1.2.1"), _valid("failed", "1.2.1")]
+    batches = make_batches(records, max_files=4, max_bytes=100)
+    staged = [StagedFile(r.uri, batches[0].batch_id, f"st/{r.relative_path}",
+                         StageAction.UPLOADED) for r in records]
+    apart = "d" * 32
+    output = write_job_output(
+        tmp_path / "out",
+        success=[success_row("st/primary", IMAGE_SET), success_row("st/apart", apart, False)],
+        failure=[failure_row("st/failed", "ValidationException", "bad UID")],
+        image_sets=[image_set(IMAGE_SET), image_set(apart, primary=False)])
+    outcome = JobOutcome(batches[0].batch_id, DS, "job", JobStatus.COMPLETED,
+                         output_s3_uri=str(output))
+
+    rows = _by_source(build_file_report(records, batches, staged, [outcome],
+                                        {batches[0].batch_id: read_job_output(str(output))}))
+
+    assert rows["/src/primary"]["viewer_path"] == "/viewer?StudyInstanceUIDs=1.1"
+    assert rows["/src/apart"]["viewer_path"] == f"/viewer?StudyInstanceUIDs=1.1&imageSetId={apart}"
+    assert rows["/src/failed"]["viewer_path"] is None
