@@ -61,6 +61,17 @@ def medical_imaging_client(max_attempts: int = 5, retry_mode: str = "standard") 
     )
 
 
+def dicomweb_endpoint() -> str:
+    """Where HealthImaging answers DICOMweb (STOW-RS, WADO-RS, QIDO-RS): its
+    own host on AWS, which no SDK knows (the operations are not in botocore's
+    model); the configured endpoint otherwise (the local service answers
+    DICOMweb on its one port)."""
+    endpoint = _endpoint_for("AWS_ENDPOINT_URL_MEDICAL_IMAGING")
+    if endpoint:
+        return endpoint.rstrip("/")
+    return f"https://dicom-medical-imaging.{region()}.amazonaws.com"
+
+
 def s3_client(max_attempts: int = 5) -> Any:
     endpoint = _endpoint_for("AWS_ENDPOINT_URL_S3")
     config = Config(
