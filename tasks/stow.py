@@ -219,10 +219,10 @@ def send_batch(
                                                Landing.STOW)
     # A file found stored before this run sent it was not read: the answer
     # still names it by its source URI.
-    sent = tuple(progress.read.get(r.uri) or StagedFile(r.uri, batch.batch_id, r.uri,
+    read = tuple(progress.read.get(r.uri) or StagedFile(r.uri, batch.batch_id, r.uri,
                                                         StageAction.SKIPPED, sha256=r.sha256)
                  for r in batch.files)
-    answer = StowAnswer(sent, _placed(datastore_id, batch, progress),
+    answer = StowAnswer(read, _placed(datastore_id, batch, progress),
                         tuple(progress.refused.values()), progress.sends)
     outcome = JobOutcome(batch.batch_id, datastore_id, rid, JobStatus.COMPLETED,
                          input_s3_uri=url, from_earlier_run=started_by != ledger.run_id,
