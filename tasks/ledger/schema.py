@@ -24,6 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from import_rules.rules import MAX_UID_LENGTH
 from tasks.ledger.migrations import upgrade
 from tasks.locations import is_s3
+from tasks.statuses import Landing
 
 LEDGER_FILE_NAME = "ledger.sqlite"
 # Files per claim transaction: long enough to amortise the lock, short
@@ -123,7 +124,7 @@ jobs_table = sa.Table(
     sa.Column("submitted_at", UtcDateTime, nullable=False),
     # An import job, or a STOW-RS request (tasks.statuses.Landing), recorded
     # before it is sent: its input_s3_uri is then the URL it was sent to.
-    sa.Column("landing", sa.String(8), nullable=False, server_default="job"),
+    sa.Column("landing", sa.String(8), nullable=False, server_default=Landing.JOB.value),
 )
 
 outcomes_table = sa.Table(

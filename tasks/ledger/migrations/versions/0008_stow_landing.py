@@ -24,7 +24,8 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("ledger_jobs",
-                  sa.Column("landing", sa.String(8), nullable=False, server_default="job"))
+                  sa.Column("landing", sa.String(8), nullable=False,
+                            server_default=sa.text("'job'")))
     op.add_column("ledger_outcomes", sa.Column("landing", sa.String(8)))
     op.add_column("ledger_run_jobs", sa.Column("landing", sa.String(8)))
     op.execute("UPDATE ledger_outcomes SET landing = 'job' WHERE job_id IS NOT NULL")
