@@ -144,6 +144,7 @@ def test_the_demo_sample_lands_by_stow_with_the_statuses_jobs_give(
     requests_table = pd.read_parquet(next((tmp_path / "stow").rglob("jobs.parquet")))
     assert requests_table["landing"].eq("stow").all()
     assert (requests_table["bytes"] <= 1_000_000).all()
+    assert f"0 import jobs, {requests_table['job_id'].nunique()} STOW-RS requests" in out
     ct_study = stow.loc[stow["source_uri"].str.contains("/ct-study/"), "job_id"]
     assert ct_study.nunique() > 1  # one study, more than 1 MB: more than one request
 
