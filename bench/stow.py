@@ -52,11 +52,12 @@ MB = 1000**2
 
 
 def child(source: str, reports: str, datastore: str, landing: str, poll: float) -> None:
+    from config.settings import LandingMode
     from flows.ingest import dicom_ingest
     from flows.parameters import IngestParameters
 
     params = IngestParameters(
-        source=source, datastore=datastore, landing=landing,
+        source=source, datastore=datastore, landing=LandingMode(landing),
         staging_prefix=f"s3://{BUCKET}/staging", output_prefix=f"s3://{BUCKET}/output",
         report_location=reports, poll_interval_seconds=poll,
     )

@@ -15,7 +15,8 @@ stored:
   (tasks.stow_response) go again, after a wait;
 * no answer (a timeout, a reset) or another 5xx: the service may have
   stored any of it, so what landed is looked up first, and only the rest
-  goes again;
+  goes again (with any file some run imported with other bytes: that its
+  instance is there does not say these bytes are);
 * a request some run sent before (the ledger knows it: a rerun after a
   kill, or an earlier attempt that failed): what landed is looked up before
   anything is sent.
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -89,6 +90,8 @@ class RequestRecorder(Protocol):
     ) -> str: ...
 
     def record_job_status(self, outcome: JobOutcome) -> None: ...
+
+    def imported_as_other_bytes(self, sha256: Mapping[str, str | None]) -> set[str]: ...
 
 
 def request_id(datastore_id: str, batch_digest: str, attempt: int = 0) -> str:
@@ -206,12 +209,15 @@ def send_batch(
             except requests.RequestException as lost:
                 progress.last_problem = f"no answer ({type(lost).__name__}: {lost})"
                 response = None
-        refusal = _take(response, sent, progress, client, datastore_id, study)
-        if refusal is not None:
+        in_doubt = _take(response, sent, progress)
+        if isinstance(in_doubt, str):  # refused whole
             if not progress.stored:
                 return _refused_whole(batch, datastore_id, rid, url, ledger, started_by,
-                                      refusal)
-            progress.give_up(NOT_STORED, refusal)
+                                      in_doubt)
+            progress.give_up(NOT_STORED, in_doubt)
+        elif in_doubt:
+            progress.landed(_sent_and_found(client, datastore_id, study, in_doubt, progress,
+                                            ledger))
     progress.give_up(NOT_STORED, f"Not stored after {progress.sends} STOW-RS sends: "
                                  f"{progress.last_problem}.")
     if started_by is None:
@@ -233,10 +239,10 @@ def send_batch(
 
 def _take(
     response: requests.Response | None, sent: Sequence[ValidationRecord], progress: _Progress,
-    client: StowClient, datastore_id: str, study: str,
-) -> str | None:
-    """Learn what a send of ``sent`` did; the reason when the service refused
-    the request whole (nothing of it will be stored by sending it again)."""
+) -> list[ValidationRecord] | str:
+    """Learn what a send of ``sent`` did: the files it may or may not have
+    stored, to look up before any is sent again; or the reason when the
+    service refused the request whole (sending it again would not store it)."""
     in_doubt: Sequence[ValidationRecord] = ()
     status = response.status_code if response is not None else None
     if response is not None and status in ANSWERED:
@@ -256,10 +262,21 @@ def _take(
         in_doubt = sent  # it may have stored any of it before the answer was lost
     else:
         return _refusal(response)
-    pending = [r for r in in_doubt if r.uri in progress.pending]
-    if pending:
-        progress.landed(look_up(client, datastore_id, study, pending))
-    return None
+    return [r for r in in_doubt if r.uri in progress.pending]
+
+
+def _sent_and_found(
+    client: StowClient, datastore_id: str, study: str, records: Sequence[ValidationRecord],
+    progress: _Progress, ledger: RequestRecorder,
+) -> dict[str, Stored]:
+    """What the data store holds of files just sent without a clear answer.
+    Not a file some run imported with other bytes: the data store holding
+    its instance would not say whether these bytes landed, so it is sent
+    again (the bytes sent are the ones that must be there)."""
+    found = look_up(client, datastore_id, study, records)
+    other = ledger.imported_as_other_bytes(
+        {uri: progress.read[uri].sha256 for uri in found if uri in progress.read})
+    return {uri: stored for uri, stored in found.items() if uri not in other}
 
 
 def _refusal(response: requests.Response) -> str:

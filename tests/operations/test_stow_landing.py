@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pydicom
 import pytest
 import requests
 import sqlalchemy as sa
@@ -185,6 +186,28 @@ def test_a_lost_answer_is_looked_up_not_sent_again(
     assert set(image_set_versions(result.datastore_id).values()) == {1}
     assert wire.stores == 2 and wire.searches >= 1
     assert report["job_id"].nunique() == 2
+
+
+def test_a_changed_file_whose_answer_is_lost_is_sent_again(
+    service: LocalService, tmp_path: Path, wire: Wire,
+) -> None:
+    """Its instance in the data store is the old bytes' (same UIDs): finding
+    it says nothing of the new bytes, which are sent again rather than
+    reported imported unseen."""
+    [first, *_] = write_studies(tmp_path / "source", 1, 2)
+    dicom_ingest(ingest_params(tmp_path, landing="stow"))
+    changed = pydicom.dcmread(first)
+    changed.PixelData = bytes(len(changed.PixelData))
+    changed.save_as(first)
+    wire.faults = ["lost"]
+    rerun = dicom_ingest(ingest_params(tmp_path, landing="stow"))
+
+    rows = report_of(rerun)
+    assert rows["source_uri"].tolist() == [str(first)] and rows["change"].eq("changed").all()
+    assert rows["status"].eq("imported").all()
+    assert wire.stores == 3  # the first run's request, the lost send, the send again
+    assert rerun.datastore_id is not None
+    assert list(image_set_versions(rerun.datastore_id).values()) == [3]
 
 
 def test_503_and_429_are_sent_again(service: LocalService, tmp_path: Path, wire: Wire) -> None:
