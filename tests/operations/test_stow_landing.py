@@ -245,7 +245,7 @@ def kill_during_requests(
 ) -> AbstractContextManager[None]:
     """An ingestion of six studies (a request each, one at a time) killed
     once the first request stored its study: the others sent or not."""
-    write_studies(tmp_path / "source", 6, 8, size=128)
+    write_studies(tmp_path / "source", 6, 8, size=256)
     monkeypatch.setenv("DICOM_IMPORT_STOW_CONCURRENCY", "1")
     return after_a_killed_run("flows.ingest:dicom_ingest", stow_params(tmp_path, datastore_id),
                               lambda: bool(image_set_versions(datastore_id)),
