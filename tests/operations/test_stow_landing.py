@@ -118,11 +118,13 @@ def test_the_demo_sample_lands_by_stow_with_the_statuses_jobs_give(
     monkeypatch.setenv("DICOM_IMPORT_STOW_REQUEST_MB", "1")
     get_settings.cache_clear()
     common = ["--validation-workers", "1", "--poll-interval-seconds", "0.2"]
-    by_job = main(["ingest", str(source), "--datastore", "demo-jobs", "--landing", "job",
+    by_job = main(["ingest", str(source), "--datastore", new_datastore("demo-jobs"),
+                   "--landing", "job",
                    "--staging-prefix", f"s3://{BUCKET}/staging", "--output-prefix",
                    f"s3://{BUCKET}/output", "--report-location", str(tmp_path / "jobs"),
                    *common])
-    by_stow = main(["ingest", str(source), "--datastore", "demo-stow", "--landing", "stow",
+    by_stow = main(["ingest", str(source), "--datastore", new_datastore("demo-stow"),
+                    "--landing", "stow",
                     "--report-location", str(tmp_path / "stow"), *common])
     out = capsys.readouterr().out
     assert (by_job, by_stow) == (0, 0), out
