@@ -48,11 +48,11 @@ def new_datastore(name: str) -> str:
 
 def write_studies(source: Path, studies: int, slices: int, size: int = 16) -> list[Path]:
     """One series per study: each study is one request, each image set made
-    by one request (version 1)."""
+    by one request (version 1). Instances of their own per folder."""
     files: list[Path] = []
     for number in range(studies):
         files += write_ct_series(source / f"study-{number}", slices,
-                                 series_spec(f"stow-{number}"), size, size)
+                                 series_spec(f"stow-{source.name}-{number}"), size, size)
     return files
 
 
