@@ -4,6 +4,7 @@ nothing stored twice whatever happens to a request or its answer."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -61,11 +62,15 @@ class Wire:
     """The DICOMweb requests the pipeline sends, and a fault per STOW-RS
     request to answer it with, in order: "503" or "429" (answered without
     the service seeing the request), "lost" (the service stores the body,
-    then the connection drops before the answer reaches the client)."""
+    then the connection drops before the answer reaches the client), or a
+    FailureReason code such as "0x0110" (the service stores the body, and
+    the answer says its first instance failed with that reason)."""
 
     faults: list[str] = field(default_factory=list)
     stores: int = 0
     searches: int = 0
+    # Instances in each STOW-RS request body, in order.
+    parts: list[int] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -81,6 +86,10 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wire]:
         if request.method != "POST" or "/studies/" not in url:
             return real(adapter, request, **kwargs)
         seen.stores += 1
+        body = request.body
+        assert hasattr(body, "read") and hasattr(body, "seek")
+        seen.parts.append(body.read().count(b"Content-Type: application/dicom\r\n"))
+        body.seek(0)
         fault = seen.faults.pop(0) if seen.faults else None
         if fault in ("503", "429"):
             answer = requests.Response()
@@ -91,6 +100,14 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wire]:
         response = real(adapter, request, **kwargs)
         if fault == "lost":
             raise requests.ConnectionError("connection reset after the request was stored")
+        if fault is not None and fault.startswith("0x"):
+            answer = response.json()
+            first, *rest = answer["00081199"]["Value"]
+            answer["00081199"]["Value"] = rest
+            answer["00081198"] = {"vr": "SQ", "Value": [{
+                "00081150": first["00081150"], "00081155": first["00081155"],
+                "00081197": {"vr": "US", "Value": [int(fault, 16)]}}]}
+            response._content = json.dumps(answer).encode()
         return response
 
     monkeypatch.setattr(HTTPAdapter, "send", send)
@@ -210,6 +227,28 @@ def test_a_changed_file_whose_answer_is_lost_is_sent_again(
     assert wire.stores == 3  # the first run's request, the lost send, the send again
     assert rerun.datastore_id is not None
     assert list(image_set_versions(rerun.datastore_id).values()) == [3]
+
+
+@pytest.mark.parametrize(("reason", "parts", "status"), [
+    ("0x0110", [3, 1], "imported"),  # a processing failure: the instance alone again
+    ("0xA900", [3], "import_failed"),  # refused for what it is: not sent again
+])
+def test_only_the_failed_instance_is_sent_again_and_only_if_it_may_pass(
+    service: LocalService, tmp_path: Path, wire: Wire, reason: str, parts: list[int],
+    status: str,
+) -> None:
+    files = write_studies(tmp_path / "source", 1, 3)
+    wire.faults = [reason]
+    result = dicom_ingest(ingest_params(tmp_path, landing="stow"))
+
+    report = report_of(result).set_index("source_uri")
+    assert wire.parts == parts
+    failed = report["status"] != "imported"
+    assert report.loc[failed, "status"].tolist() == ([status] if status != "imported" else [])
+    if status == "import_failed":
+        assert report.loc[failed, "error_type"].tolist() == ["ValidationException"]
+        assert "0xA900" in report.loc[failed, "error_message"].iloc[0]
+    assert len(report) == len(files)
 
 
 def test_503_and_429_are_sent_again(service: LocalService, tmp_path: Path, wire: Wire) -> None:
