@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pandas as pd
 import pydicom
@@ -86,8 +86,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wire]:
         if request.method != "POST" or "/studies/" not in url:
             return real(adapter, request, **kwargs)
         seen.stores += 1
-        body = request.body
-        assert hasattr(body, "read") and hasattr(body, "seek")
+        body = cast(IO[bytes], request.body)  # the request body's file (tasks.stow_body)
         seen.parts.append(body.read().count(b"Content-Type: application/dicom\r\n"))
         body.seek(0)
         fault = seen.faults.pop(0) if seen.faults else None
