@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 BENCHES = ("emulator_service", "validate", "stage", "manifest", "job_slots", "end_to_end",
-           "verify", "fanout")
+           "verify", "fanout", "stow")
 
 
 def main() -> None:

@@ -33,11 +33,18 @@ def free_port() -> int:
 @contextmanager
 def local_service(*flags: str) -> Iterator[str]:
     """``dicom-import local`` in a subprocess; yields its endpoint."""
+    with local_service_process(*flags) as (endpoint, _):
+        yield endpoint
+
+
+@contextmanager
+def local_service_process(*flags: str) -> Iterator[tuple[str, int]]:
+    """``dicom-import local`` in a subprocess; yields its endpoint and process ID."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "cli", "local", "--port", str(port), *flags]
-    with _serving(command, f"{endpoint}/_emulator/health", "the local service", 300):
-        yield endpoint
+    with _serving(command, f"{endpoint}/_emulator/health", "the local service", 300) as pid:
+        yield endpoint, pid
 
 
 @contextmanager
@@ -59,8 +66,9 @@ def prefect_server(home: Path) -> Iterator[str]:
 def _serving(
     command: list[str], health: str, what: str, timeout: float,
     env: dict[str, str] | None = None,
-) -> Iterator[None]:
-    """``command`` running until the block ends, once ``health`` answers."""
+) -> Iterator[int]:
+    """``command`` running until the block ends, once ``health`` answers;
+    yields its process ID."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -74,7 +82,7 @@ def _serving(
                 raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.2)
     try:
-        yield
+        yield process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -38,7 +38,9 @@ def datastore_label(name: str | None, datastore_id: str | None) -> str:
 def print_ingest_story(result: IngestResult, params: IngestParameters) -> None:
     source = params.source
     label = datastore_label(result.datastore_name, result.datastore_id)
-    print(f"\nData store {label}: {result.files} files processed, {result.jobs} import jobs")
+    requests = f", {result.stow_requests} STOW-RS requests" if result.stow_requests else ""
+    print(f"\nData store {label}: {result.files} files processed, {result.jobs} import jobs"
+          f"{requests}")
     counts = {status: count for status, count in result.counts.items() if count}
     skipped = {
         "skipped (unchanged)": result.skipped_unchanged,

@@ -34,6 +34,22 @@ class VerifyMode(StrEnum):
     OFF = "off"
 
 
+class LandingMode(StrEnum):
+    """How a run's valid files reach the data store."""
+
+    # Staged to S3, then an import job per batch: built for throughput.
+    JOB = "job"
+    # Sent with DICOMweb STOW-RS, a study at a time, from the source: built
+    # for latency (no staging, no job to wait for).
+    STOW = "stow"
+    # STOW-RS for a delivery under the stow_auto_* thresholds, jobs otherwise.
+    AUTO = "auto"
+
+
+# AWS's limit on one STOW-RS request body.
+STOW_REQUEST_MAX_MB = 1000
+
+
 APP_NAME = "dicom-import"
 
 
@@ -114,6 +130,29 @@ class Settings(BaseSettings):
         description="Import again files the ledger holds unchanged (same size and version, "
         "or same SHA-256) and SOP instances the data store holds with the same SHA-256. "
         "Off: a rerun imports only what is new or changed.",
+    )
+    landing: LandingMode = Field(
+        default=LandingMode.JOB,
+        description="How valid files reach the data store: job (staged to S3, import jobs), "
+        "stow (DICOMweb STOW-RS from the source) or auto (STOW-RS for small deliveries).",
+    )
+    stow_request_mb: int = Field(
+        default=50, ge=1, le=STOW_REQUEST_MAX_MB,
+        description="Largest STOW-RS request body, in MB (10^6 bytes; AWS takes at most 1 GB).",
+    )
+    stow_concurrency: int = Field(
+        default=4, ge=1, le=64,
+        description="STOW-RS requests in flight at once, on kept-alive connections.",
+    )
+    stow_auto_max_files: int = Field(
+        default=1000, ge=0,
+        description="With landing auto: a delivery of at most this many valid files (and at "
+        "most stow_auto_max_mb) goes by STOW-RS, a larger one by import jobs.",
+    )
+    stow_auto_max_mb: int = Field(
+        default=1000, ge=0,
+        description="With landing auto: the most MB (10^6 bytes) a delivery sent by STOW-RS "
+        "may hold.",
     )
     claim_lease_seconds: float = Field(
         default=12 * 3600.0,

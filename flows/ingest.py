@@ -74,7 +74,7 @@ from tasks.report import (
     not_taken_rows,
 )
 from tasks.stage import staging_run_id
-from tasks.statuses import Skip
+from tasks.statuses import Landing, Skip
 from tasks.validate import with_earlier_instances
 from tasks.verify.results import FileVerification, verification_counts, with_verification
 from tasks.verify.run import files_to_verify, verify
@@ -88,7 +88,9 @@ class IngestResult(BaseModel):
     datastore_id: str | None
     datastore_name: str | None = None
     files: int
+    # Import jobs, and STOW-RS requests (--landing stow|auto), of this run.
     jobs: int
+    stow_requests: int = 0
     counts: dict[str, int]
     report_files_parquet: str
     # Only for runs small enough to open in a spreadsheet (see README.md).
@@ -180,6 +182,7 @@ class _RunTally:
     already_imported_from: Counter[str] = field(default_factory=Counter)
     job_tables: list[pd.DataFrame] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
+    stow_requests: list[str] = field(default_factory=list)
     jobs_from_earlier_runs: list[str] = field(default_factory=list)
     # Series with files in non-primary image sets (few), for one artifact.
     conflicts: list[SeriesConflict] = field(default_factory=list)
@@ -191,7 +194,9 @@ class _RunTally:
     image_sets: LandedImageSets = field(default_factory=LandedImageSets)
 
     def add_jobs(self, outcomes: list[JobOutcome]) -> None:
-        self.job_ids += [o.job_id for o in outcomes if o.job_id]
+        self.job_ids += [o.job_id for o in outcomes if o.job_id and o.landing is Landing.JOB]
+        self.stow_requests += [o.job_id for o in outcomes
+                               if o.job_id and o.landing is Landing.STOW]
         self.jobs_from_earlier_runs += [o.job_id for o in outcomes
                                         if o.job_id and o.from_earlier_run]
 
@@ -328,7 +333,8 @@ def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> Inge
     ledger.record_report(folder, jobs)
     with timer.stage("report"):
         paths = writer.close(jobs, {"counts": writer.counts, **skipped,
-                                    "jobs": len(tally.job_ids)})
+                                    "jobs": len(tally.job_ids),
+                                    "stow_requests": len(tally.stow_requests)})
         publish(job_rows(jobs), writer.counts, skipped, paths.files_parquet,
                 verification=tally.verified)
         if datastore is not None:
@@ -342,6 +348,7 @@ def _finish(windows: _Windows, datastore: Datastore | None, folder: str) -> Inge
         datastore_name=datastore.name if datastore else None,
         files=writer.rows,
         jobs=len(tally.job_ids),
+        stow_requests=len(tally.stow_requests),
         counts=writer.counts,
         report_files_parquet=paths.files_parquet,
         report_files_csv=paths.files_csv,

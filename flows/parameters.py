@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from config.settings import VerifyMode, get_settings
+from config.settings import LandingMode, VerifyMode, get_settings
 from tasks.locations import canonical_source, is_s3
 
 
@@ -121,6 +121,13 @@ class ImportOptions(BaseModel):
         description="Import jobs a file may have been in: past this, a file whose job failed "
         "is no longer imported again by itself (reported given_up; retry with force does).",
     )
+    landing: LandingMode = Field(
+        default_factory=_setting("landing"), validate_default=True,
+        description="How valid files reach the data store: job (staged under the staging "
+        "prefix, then import jobs), stow (DICOMweb STOW-RS requests read from the source: "
+        "needs no staging or output prefix), or auto (STOW-RS for a small delivery, jobs "
+        "otherwise; the stow_auto_* settings).",
+    )
     include_phi: bool = Field(
         default=False,
         description="Add patient name, ID and birth date to the report files. Off by default: "
@@ -138,15 +145,15 @@ class ImportOptions(BaseModel):
     @model_validator(mode="after")
     def _import_needs_locations(self) -> ImportOptions:
         if self.imports():
-            missing = [
-                name for name in ("datastore", "staging_prefix", "output_prefix")
-                if not getattr(self, name)
-            ]
+            # STOW-RS alone reads the files from the source: no S3 locations.
+            needed = (("datastore",) if self.landing is LandingMode.STOW
+                      else ("datastore", "staging_prefix", "output_prefix"))
+            missing = [name for name in needed if not getattr(self, name)]
             if missing:
                 dry_run = " (or set dry_run)" if "dry_run" in type(self).model_fields else ""
                 raise ValueError(f"{', '.join(missing)} must be set to import{dry_run}.")
             for name in ("staging_prefix", "output_prefix"):
-                if not is_s3(str(getattr(self, name))):
+                if getattr(self, name) and not is_s3(str(getattr(self, name))):
                     raise ValueError(f"{name} must be an s3:// URI.")
         return self
 

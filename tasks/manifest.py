@@ -209,6 +209,8 @@ def read_outputs(outcomes: list[JobOutcome]) -> dict[str, JobOutput | str]:
     completed = [o for o in outcomes if o.status is JobStatus.COMPLETED]
 
     def read(outcome: JobOutcome) -> JobOutput | str:
+        if outcome.answer is not None:  # a STOW-RS request: its answer is its output
+            return outcome.answer.as_job_output()
         if not outcome.output_s3_uri:
             return "GetDICOMImportJob returned no outputS3Uri for a COMPLETED job."
         try:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from tasks.backoff import is_transient
 from tasks.interruption import sleep_unless_stopped
-from tasks.statuses import TERMINAL, JobStatus
+from tasks.statuses import TERMINAL, JobStatus, Landing
+
+if TYPE_CHECKING:
+    from tasks.stow_answer import StowAnswer
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class JobOutcome:
     input_s3_uri: str | None = None
     # The job was started by an earlier run and got back by its client token.
     from_earlier_run: bool = False
+    # A STOW-RS request stands where a job would (``job_id`` is its ID): it
+    # has no output folder, and its answer is here instead.
+    landing: Landing = Landing.JOB
+    answer: StowAnswer | None = None
 
 
 def wait_for_job(

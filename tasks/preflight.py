@@ -77,9 +77,9 @@ def check_setup(
     """Check everything a run needs, without creating anything that stays.
 
     ``source`` is checked when given (an ingestion reads it; a retry reads
-    the files its ledger names). Without ``imports`` (a dry run) only the
-    source, the report location and the Dask scheduler matter. ``ledger`` is
-    the configured ledger URL, if any.
+    the files its ledger names), and so are the staging and output prefixes.
+    Without ``imports`` (a dry run) only the source, the report location and
+    the Dask scheduler matter. ``ledger`` is the configured ledger URL, if any.
 
     Raises:
         SetupError: the first problem found.
@@ -88,8 +88,11 @@ def check_setup(
     report_uri = _location(REPORT_OPTION, report_location)
     targets: list[tuple[str, S3Uri]] = []
     if imports:
-        targets += [(STAGING_OPTION, _s3_option(STAGING_OPTION, staging_prefix)),
-                    (OUTPUT_OPTION, _s3_option(OUTPUT_OPTION, output_prefix))]
+        # Absent only when nothing is staged (STOW-RS landing): the parameter
+        # model requires both wherever import jobs may run.
+        targets += [(option, _s3_option(option, prefix))
+                    for option, prefix in ((STAGING_OPTION, staging_prefix),
+                                           (OUTPUT_OPTION, output_prefix)) if prefix]
     if report_uri is not None:
         targets.append((REPORT_OPTION, report_uri))
 
@@ -99,7 +102,7 @@ def check_setup(
         _check_local_folder(REPORT_OPTION, report_location)
     if dask_address:
         check_dask_address(dask_address)
-    if source_uri is None and not targets:
+    if source_uri is None and not targets and not imports:
         return  # a dry run from a folder to a folder: no AWS call at all
     _check_credentials()
     s3 = _client(s3_client)
@@ -122,9 +125,7 @@ def _location(option: str, location: str) -> S3Uri | None:
     return _s3_option(option, location) if meant_s3(location) else None
 
 
-def _s3_option(option: str, value: str | None) -> S3Uri:
-    if not value:
-        raise SetupError(f"{option} must be set to import (or set --dry-run).")
+def _s3_option(option: str, value: str) -> S3Uri:
     try:
         return S3Uri.parse(value)
     except ValueError as exc:

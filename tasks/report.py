@@ -36,7 +36,7 @@ from tasks.report_row import FILE_COLUMNS as FILE_COLUMNS
 from tasks.report_row import PHI_COLUMNS as PHI_COLUMNS
 from tasks.report_row import file_rows, parquet_schema, report_columns
 from tasks.stage import StagedFile
-from tasks.statuses import RUNNING, FileStatus, FileValidity, JobStatus, StageAction
+from tasks.statuses import RUNNING, FileStatus, FileValidity, JobStatus, Landing, StageAction
 from tasks.validate import ValidationRecord
 from tasks.viewer_paths import viewer_paths
 
@@ -64,7 +64,7 @@ def confirmed_after(job_status: str, message: str | None) -> str:
 
 
 JOB_COLUMNS = [
-    "batch_id", "job_id", "job_status", "message", "files", "bytes", "input_s3_uri",
+    "batch_id", "job_id", "landing", "job_status", "message", "files", "bytes", "input_s3_uri",
     "output_s3_uri", "scanned_files", "imported_files", "generated_image_sets",
     *[s.value for s in FileStatus],
 ]
@@ -140,8 +140,9 @@ def build_file_report(
             "job_id": [o.job_id for o in outcomes],
             "job_status": [o.status.value for o in outcomes],
             "job_message": [o.message for o in outcomes],
+            "landing": [o.landing.value for o in outcomes],
         },
-        columns=["batch_id", "job_id", "job_status", "job_message"],
+        columns=["batch_id", "job_id", "job_status", "job_message", "landing"],
     )
     files = files.merge(jobs, on="batch_id", how="left")
     # An empty run (everything skipped as unchanged) has float64 empty columns.
@@ -227,6 +228,8 @@ def _decide(files: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
     imported = status.isin([FileStatus.IMPORTED.value, FileStatus.IMPORTED_WITH_WARNINGS.value])
     report = files.assign(
         status=status,
+        # A STOW-RS request's files are keyed by their source URI: never staged.
+        staged_key=files["staged_key"].where(files["landing"] != Landing.STOW.value),
         # Object, never float: a report without one imported file has no
         # value here, and its columns must keep their types (rebuilt reports too).
         image_set_id=files["imageSetId"].where(imported).astype(object),
@@ -263,6 +266,7 @@ def build_job_summary(
         row = {
             "batch_id": batch.batch_id,
             "job_id": outcome.job_id if outcome else None,
+            "landing": outcome.landing.value if outcome else None,
             "job_status": outcome.status.value if outcome else None,
             "message": message,
             "files": len(batch.files),

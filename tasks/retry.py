@@ -34,7 +34,7 @@ from tasks.report_row import file_rows
 from tasks.retry_policy import retry_class
 from tasks.split import RETRY_STAGING
 from tasks.stage import StagedFile, staging_run_id
-from tasks.statuses import Change, FileStatus, JobStatus, RetryClass
+from tasks.statuses import Change, FileStatus, JobStatus, Landing, RetryClass
 from tasks.validate import ValidationRecord
 
 
@@ -176,7 +176,16 @@ def plan(candidates: list[LedgerFile], force: bool, max_attempts: int) -> RetryP
 
 @task(name="resume-job", cache_policy=NO_CACHE)
 def resume_job(job: LedgerJob, poll_interval: float, poll_timeout: float) -> JobOutcome:
-    """Wait for a job another run started (it may have ended long ago)."""
+    """Wait for a job another run started (it may have ended long ago).
+
+    A STOW-RS request has nothing to wait for: its run died before its
+    answer was recorded, so it is taken as a job that FAILED, whose files
+    are looked up in the data store before any is sent again (those it
+    holds are reported imported, never stored twice)."""
+    if job.landing is Landing.STOW:
+        return JobOutcome(job.batch.batch_id, job.datastore_id, job.job_id, JobStatus.FAILED,
+                          "The answer to this STOW-RS request was never recorded.",
+                          input_s3_uri=job.input_s3_uri, landing=Landing.STOW)
     try:
         return wait_for_job(
             medical_imaging_client(), job.datastore_id, job.job_id, job.batch.batch_id,

@@ -41,7 +41,7 @@ from tasks.poll import JobOutcome
 from tasks.report import confirmed_after
 from tasks.report_row import file_rows
 from tasks.retry_policy import job_failure_cause
-from tasks.statuses import ISOLATED, FileStatus, JobFailureCause, JobStatus
+from tasks.statuses import ISOLATED, FileStatus, JobFailureCause, JobStatus, Landing
 
 _SPLIT = "-split"
 # The staging folder names of a retry's own batches (tasks.retry.retry_staging_id).
@@ -55,7 +55,11 @@ def split_staging_id(datastore_id: str, job_id: str) -> str:
 
 
 def _failed_for_content(outcome: JobOutcome) -> bool:
+    """Only an import job: a STOW-RS request answers per instance, so one
+    file never keeps its neighbours out (a request refused whole was
+    refused for its body or its access, which every part would meet)."""
     return (outcome.status is JobStatus.FAILED and outcome.job_id is not None
+            and outcome.landing is Landing.JOB
             and job_failure_cause(outcome.message) is JobFailureCause.CONTENT)
 
 
@@ -72,11 +76,12 @@ def split_when_resumed(input_s3_uri: str, outcome: JobOutcome) -> bool:
     """A job that a retry started (its batch, or a part of one), resumed by a
     later retry after it FAILED for its content: split it, as the retry that
     started it would have."""
+    if not _failed_for_content(outcome):
+        return False
     # staging/<staging id>/<batch id>/
     folders = S3Uri.parse(input_s3_uri).key.rstrip("/").split("/")
     staging_id = folders[-2] if len(folders) > 1 else ""
-    return _failed_for_content(outcome) and (
-        RETRY_STAGING in staging_id or staging_id.endswith(_SPLIT))
+    return RETRY_STAGING in staging_id or staging_id.endswith(_SPLIT)
 
 
 def isolated(batches: Sequence[Batch], outcomes: Sequence[JobOutcome]) -> set[str]:

@@ -71,6 +71,15 @@ TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 RUNNING = frozenset({JobStatus.SUBMITTED, JobStatus.IN_PROGRESS})
 
 
+class Landing(StrEnum):
+    """How a batch's files were sent to the data store (the report's ``landing``)."""
+
+    # An import job: staged to S3, StartDICOMImportJob, its output read.
+    JOB = "job"
+    # A DICOMweb STOW-RS request: the files in its body, its answer per instance.
+    STOW = "stow"
+
+
 class DatastoreStatus(StrEnum):
     """A data store's status as GetDatastore and ListDatastores give it."""
 

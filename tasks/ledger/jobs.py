@@ -17,7 +17,7 @@ from tasks.ledger.part import LedgerPart
 from tasks.ledger.schema import chunks, files_table, insert_for, jobs_table, outcomes_table
 from tasks.locations import S3Uri
 from tasks.poll import JobOutcome
-from tasks.statuses import RUNNING, TERMINAL, FileStatus, JobStatus
+from tasks.statuses import RUNNING, TERMINAL, FileStatus, JobStatus, Landing
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,27 @@ class LedgerJob:
     batch: Batch
     input_s3_uri: str
     files: tuple[LedgerFile, ...] = field(default=())
+    landing: Landing = Landing.JOB
 
     def staged_key(self, item: LedgerFile) -> str:
+        """What the job's output names the file by (a STOW-RS request's
+        answer: its source URI, tasks.stow_answer)."""
+        if self.landing is Landing.STOW:
+            return item.uri
         return S3Uri.parse(self.input_s3_uri).join(item.relative_path).key
 
 
 class Jobs(LedgerPart):
     """The import jobs of the data store, whichever run started them."""
 
-    def record_job_started(self, job_id: str, batch: Batch, input_s3_uri: str) -> str:
-        """Called right after StartDICOMImportJob answered, before any waiting:
-        from here on a retry can find this job even if this run dies. Returns
-        the run that started the job first (another one when a rerun got an
-        earlier run's job back).
+    def record_job_started(
+        self, job_id: str, batch: Batch, input_s3_uri: str, landing: Landing = Landing.JOB
+    ) -> str:
+        """Called right after StartDICOMImportJob answered, before any waiting
+        (a STOW-RS request: before it is sent, ``input_s3_uri`` the URL it
+        goes to): from here on a retry can find this job even if this run
+        dies. Returns the run that started the job first (another one when a
+        rerun got an earlier run's job back).
 
         Attempts count jobs, not calls: the same job returned again (a Prefect
         retry with the same client token) is not a new attempt, and changed
@@ -56,7 +64,7 @@ class Jobs(LedgerPart):
                 .values(datastore_id=self.datastore_id, job_id=job_id, run_id=self.run_id,
                         batch_id=batch.batch_id, batch_digest=batch.digest,
                         input_s3_uri=input_s3_uri, status=JobStatus.SUBMITTED.value,
-                        submitted_at=now)
+                        submitted_at=now, landing=landing.value)
                 .on_conflict_do_nothing()
             )
             started_by: str = conn.execute(
@@ -104,6 +112,15 @@ class Jobs(LedgerPart):
                     for record in chunk
                 ])
         return started_by
+
+    def job_known(self, job_id: str) -> bool:
+        """Whether some run recorded this job (or STOW-RS request) already."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.select(jobs_table.c.job_id).where(
+                    jobs_table.c.datastore_id == self.datastore_id,
+                    jobs_table.c.job_id == job_id)
+            ).first() is not None
 
     def failed_attempts(self, input_s3_uri: str, batch_digest: str) -> int:
         """Jobs of this very batch (same files, same input prefix) that ended
@@ -168,7 +185,7 @@ class Jobs(LedgerPart):
                 batch = Batch(files=tuple(m.as_validation_record() for m in members),
                               digest=job.batch_digest)
                 result.append(LedgerJob(job.job_id, self.datastore_id, job.run_id, batch,
-                                        job.input_s3_uri, members))
+                                        job.input_s3_uri, members, Landing(job.landing)))
         return result
 
     def _outcome_jobs_of(self, run_id: str) -> sa.Select[Any]:

@@ -23,6 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from import_rules.rules import MAX_UID_LENGTH
 from tasks.ledger.migrations import upgrade
+from tasks.statuses import Landing
 
 # Files per claim transaction: long enough to amortise the lock, short
 # enough that a concurrent run waits milliseconds, not seconds.
@@ -119,6 +120,9 @@ jobs_table = sa.Table(
     # job started by a run that died before that is resumed by retry_failed.
     sa.Column("outcome_recorded", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("submitted_at", UtcDateTime, nullable=False),
+    # An import job, or a STOW-RS request (tasks.statuses.Landing), recorded
+    # before it is sent: its input_s3_uri is then the URL it was sent to.
+    sa.Column("landing", sa.String(8), nullable=False, server_default=Landing.JOB.value),
 )
 
 outcomes_table = sa.Table(
@@ -155,6 +159,7 @@ outcomes_table = sa.Table(
     sa.Column("expected_warnings", sa.Text),
     sa.Column("verification", sa.String(16)),
     sa.Column("verification_detail", sa.Text),
+    sa.Column("landing", sa.String(8)),
     sa.Index("ix_ledger_outcomes_job", "datastore_id", "job_id"),
 )
 
@@ -177,6 +182,7 @@ run_jobs_table = sa.Table(
     sa.Column("scanned_files", sa.Integer),
     sa.Column("imported_files", sa.Integer),
     sa.Column("generated_image_sets", sa.Integer),
+    sa.Column("landing", sa.String(8)),
 )
 
 # A source as one listing saw it, handed out in windows (tasks.ledger.inventory).
