@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import requests
 
-from tests.dicomweb_http import SigV4, multipart_parts
+from tests.dicomweb_http import local_auth, multipart_parts
 from tests.emulator.dicomweb_store import (
     BULK_BYTES,
     DicomWebStore,
@@ -282,10 +282,8 @@ def test_wado_counts_as_an_access_and_qido_does_not(store: DicomWebStore) -> Non
 def test_dicomweb_client_searches_and_retrieves(store: DicomWebStore) -> None:
     from dicomweb_client.api import DICOMwebClient
 
-    env = store.service.env()
     session = requests.Session()
-    session.auth = SigV4(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
-                         env["AWS_REGION"])
+    session.auth = local_auth(store.service)
     client = DICOMwebClient(url=store.base(), session=session)
     source = store.sources["rle"]
     uids: dict[str, Any] = {"study_instance_uid": source.StudyInstanceUID,
