@@ -7,6 +7,7 @@ signature so that temporary credentials are refreshed."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import botocore.session
@@ -66,12 +67,24 @@ class SigV4(requests.auth.AuthBase):
             data = body.encode() if isinstance(body, str) else body or b""
             request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(data).hexdigest()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _UNSIGNED}
-        signed = AWSRequest(method=request.method, url=request.url, headers=headers)
-        BotocoreSigV4(self._credentials(), self.service, self.region).add_auth(signed)
-        for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
-            if name in signed.headers:
-                request.headers[name] = signed.headers[name]
+        request.headers.update(signature_headers(
+            self._credentials(), self.region, str(request.method), str(request.url), headers,
+            self.service))
         return request
+
+
+def signature_headers(
+    credentials: Credentials, region_name: str, method: str, url: str,
+    headers: Mapping[str, str | bytes], service: str = SIGNING_NAME,
+) -> dict[str, str]:
+    """The headers that sign a request of ``headers`` (``Authorization``,
+    ``X-Amz-Date``, and the session token's): one signing for every client
+    of the project, whatever carries the request."""
+    signed = AWSRequest(method=method, url=url, headers=dict(headers))
+    BotocoreSigV4(credentials, service, region_name).add_auth(signed)
+    return {name: signed.headers[name]
+            for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token")
+            if name in signed.headers}
 
 
 def signed_session(connections: int = 10, auth: SigV4 | None = None) -> requests.Session:

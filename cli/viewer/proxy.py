@@ -8,7 +8,7 @@ other method, is refused before anything is sent, so the page can make no
 other AWS call, nor reach another data store. ``/dicomweb/imagesets/{id}/…``
 reads one image set, primary or not (HealthImaging's ``?imageSetId=``).
 
-Each request is signed as it leaves (botocore's ``SigV4Auth``, signing name
+Each request is signed as it leaves (config.sigv4: botocore's ``SigV4Auth``, signing name
 ``medical-imaging``, credentials from the standard chain, refreshed when
 they expire); the query is re-encoded the way SigV4 canonicalises it, so
 what is signed is what is sent. Answers stream back as they come. 429 and
@@ -35,9 +35,9 @@ from urllib.parse import quote
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from werkzeug.wrappers import Request, Response
+
+from config.sigv4 import signature_headers
 
 log = logging.getLogger("dicom_import.viewer")
 
@@ -45,7 +45,6 @@ PREFIX = "/dicomweb"
 # /dicomweb/imagesets/{imageSetId}/{rest}: one image set, primary or not.
 IMAGE_SETS = "imagesets"
 IMAGE_SET_PARAMETER = "imageSetId"
-SIGNING_NAME = "medical-imaging"
 HTJ2K_FRAMES = "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202"
 UNCOMPRESSED_FRAMES = ("multipart/related; type=application/octet-stream; "
                        "transfer-syntax=1.2.840.10008.1.2.1")
@@ -189,10 +188,10 @@ class DicomWebProxy:
         with jittered exponential backoff."""
         attempt = 1
         while True:
-            signed = AWSRequest(method="GET", url=url,
-                                headers={"Accept": accept} if accept else {})
-            SigV4Auth(self.credentials(), SIGNING_NAME, self.upstream.region).add_auth(signed)
-            answer = self.pool.urlopen("GET", url, headers=dict(signed.headers.items()),
+            headers = {"Accept": accept} if accept else {}
+            headers.update(signature_headers(self.credentials(), self.upstream.region, "GET",
+                                             url, headers))
+            answer = self.pool.urlopen("GET", url, headers=headers,
                                        preload_content=False, redirect=False)
             if answer.status not in _RETRIED or attempt == _ATTEMPTS:
                 return answer
