@@ -8,10 +8,12 @@ StartDICOMImportJob's ~1 request/s limit; this is the slower, outer layer.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from prefect import State
+
+if TYPE_CHECKING:  # an annotation only: the viewer's proxy backs off without Prefect
+    from prefect import State
 
 # Worth waiting out: over a rate (429), over a quota such as concurrent jobs
 # (402), or a transient server error that outlived botocore's own retries.

@@ -24,7 +24,6 @@ QIDO queries carry patient names and IDs.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +37,7 @@ import urllib3
 from werkzeug.wrappers import Request, Response
 
 from config.sigv4 import signature_headers
+from tasks.backoff import exponential, jittered
 
 log = logging.getLogger("dicom_import.viewer")
 
@@ -75,6 +75,7 @@ _UID_LEVELS = frozenset({"studies", "series", "instances"})
 _ANSWER_HEADERS = ("Content-Type", "Content-Length", "ETag", "Last-Modified")
 _RETRIED = frozenset({429, 500, 502, 503, 504})
 _ATTEMPTS = 4
+_FIRST_DELAY_SECONDS = 0.2
 _CHUNK = 64 * 1024
 
 
@@ -196,7 +197,7 @@ class DicomWebProxy:
             if answer.status not in _RETRIED or attempt == _ATTEMPTS:
                 return answer
             _done_with(answer)
-            time.sleep(random.uniform(0, 0.2 * 2**attempt))
+            time.sleep(jittered(exponential(attempt, _FIRST_DELAY_SECONDS, 5.0)))
             attempt += 1
 
 
